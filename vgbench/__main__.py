@@ -1,0 +1,5 @@
+import sys
+
+from vgbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""The stored form of a data set: ``data/<name>/``.
+
+Files: ``{train,validation,test}.pt`` (dicts with ``x`` float32 and ``y`` int64),
+``stats.pt`` (train-only standardization mean/std), ``manifest.json`` (the
+settings that made them, shapes, class count and sha256 of every file).
+Validation is carved from train with ``split_seed``; test is left untouched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vgbench import atomic
+from vgbench.data import DATASETS, DatasetSettings, RawSplits
+
+SPLITS = ("train", "validation", "test")
+
+
+def settings_hash(settings: DatasetSettings) -> str:
+    text = json.dumps(settings.model_dump(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def standardization_stats(train_x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-channel mean/std for images (N, C, H, W); one global pair for signals (N, L)."""
+    dims = [0, 2, 3] if train_x.ndim == 4 else list(range(train_x.ndim))
+    return {"mean": train_x.mean(dim=dims), "std": train_x.std(dim=dims).clamp_min(1e-8)}
+
+
+def split_validation(raw: RawSplits, settings: DatasetSettings) -> dict[str, dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(settings.split_seed)
+    order = torch.randperm(len(raw.train_y), generator=generator)
+    n_val = round(len(order) * settings.validation_fraction)
+    val, train = order[:n_val], order[n_val:]
+    return {
+        "train": {"x": raw.train_x[train], "y": raw.train_y[train]},
+        "validation": {"x": raw.train_x[val], "y": raw.train_y[val]},
+        "test": {"x": raw.test_x, "y": raw.test_y},
+    }
+
+
+def prepare(name: str, settings: DatasetSettings, data_root: Path) -> dict:
+    """Build data set ``name`` and store it under ``data_root/name``; return the manifest."""
+    spec = DATASETS.get(name)
+    raw = spec.build(settings, data_root / "raw")
+    splits = split_validation(raw, settings)
+    with atomic.replace_dir(data_root / name) as folder:
+        for split, tensors in splits.items():
+            torch.save(tensors, folder / f"{split}.pt")
+        torch.save(standardization_stats(splits["train"]["x"]), folder / "stats.pt")
+        manifest = {
+            "name": name,
+            "settings": settings.model_dump(),
+            "settings_hash": settings_hash(settings),
+            "num_classes": raw.num_classes,
+            "input_shape": list(splits["train"]["x"].shape[1:]),
+            "sizes": {split: len(t["y"]) for split, t in splits.items()},
+            "sha256": {p.name: sha256(p) for p in sorted(folder.glob("*.pt"))},
+        }
+        atomic.write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+def read_manifest(name: str, data_root: Path) -> dict | None:
+    path = data_root / name / "manifest.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def is_current(name: str, settings: DatasetSettings, data_root: Path) -> bool:
+    manifest = read_manifest(name, data_root)
+    return manifest is not None and manifest["settings_hash"] == settings_hash(settings)
+
+
+@dataclass(frozen=True)
+class StoredDataset:
+    name: str
+    splits: dict[str, dict[str, torch.Tensor]]  # standardized
+    num_classes: int
+    input_shape: tuple[int, ...]
+    manifest: dict
+
+
+class DataNotReadyError(RuntimeError):
+    pass
+
+
+def load(name: str, settings: DatasetSettings, data_root: Path, verify: bool = True) -> StoredDataset:
+    """Load ``data/<name>/`` standardized with its train statistics.
+
+    Refuses a folder made with other settings or whose files do not match the
+    manifest's checksums, naming the command that fixes it.
+    """
+    folder = data_root / name
+    manifest = read_manifest(name, data_root)
+    if manifest is None:
+        raise DataNotReadyError(f"{folder} is missing: run `vgbench fetch {name}` (or `dvc repro fetch`)")
+    if manifest["settings_hash"] != settings_hash(settings):
+        raise DataNotReadyError(
+            f"{folder} was made with settings {manifest['settings']}, the profile asks for "
+            f"{settings.model_dump()}: run `vgbench fetch {name}`")
+    if verify:
+        for file, digest in manifest["sha256"].items():
+            if sha256(folder / file) != digest:
+                raise DataNotReadyError(f"{folder / file} does not match its sha256 in the manifest: "
+                                        f"run `vgbench fetch {name}`")
+    stats = torch.load(folder / "stats.pt")
+    shape = [1, -1] + [1] * (len(manifest["input_shape"]) - 1) if len(manifest["input_shape"]) == 3 else [1]
+    mean, std = stats["mean"].reshape(shape), stats["std"].reshape(shape)
+    splits = {}
+    for split in SPLITS:
+        tensors = torch.load(folder / f"{split}.pt")
+        splits[split] = {"x": (tensors["x"] - mean) / std, "y": tensors["y"]}
+    return StoredDataset(name, splits, manifest["num_classes"], tuple(manifest["input_shape"]), manifest)

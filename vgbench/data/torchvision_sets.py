@@ -1,0 +1,71 @@
+"""MNIST, FashionMNIST and CIFAR-10, downloaded through torchvision.
+
+The only network access in vgbench happens here, in ``vgbench fetch``. When the
+download cannot happen, the error says which data sets work offline and where
+to put the raw files by hand (torchvision's own layout under ``data/raw/``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision import datasets as tv
+
+from vgbench.data import DATASETS, DatasetSettings, DatasetSpec, RawSplits, offline_names
+
+
+class DatasetUnavailableError(RuntimeError):
+    """A data set's raw files are neither on disk nor downloadable."""
+
+
+# Raw file names torchvision looks for, for the by-hand instructions.
+_RAW_FILES = {
+    tv.MNIST: "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    tv.FashionMNIST: "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    tv.CIFAR10: "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+}
+
+
+def _open(cls, raw_dir: Path, train: bool):
+    try:
+        return cls(root=str(raw_dir), train=train, download=False)
+    except RuntimeError:
+        pass  # not on disk yet: download below
+    try:
+        return cls(root=str(raw_dir), train=train, download=True)
+    except Exception as error:  # URLError, HTTPError, socket errors, corrupted files
+        raise DatasetUnavailableError(
+            f"could not download {cls.__name__} into {raw_dir} ({type(error).__name__}: {error}). "
+            f"Without network, use an offline data set ({', '.join(offline_names())}), or place the "
+            f"raw files by hand as {raw_dir / _RAW_FILES[cls]} and run `vgbench fetch` again."
+        ) from error
+
+
+def _as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    data = dataset.data
+    data = data if isinstance(data, torch.Tensor) else torch.from_numpy(np.asarray(data))
+    x = data.float().div_(255.0)
+    x = x.unsqueeze(1) if x.ndim == 3 and x.shape[-1] != 3 else x  # MNIST: (N, 28, 28) -> (N, 1, 28, 28)
+    if x.ndim == 4 and x.shape[-1] == 3:  # CIFAR: (N, 32, 32, 3) -> (N, 3, 32, 32)
+        x = x.permute(0, 3, 1, 2).contiguous()
+    y = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.long)
+    return x, y
+
+
+def _builder(cls):
+    def build(settings: DatasetSettings, raw_dir: Path) -> RawSplits:
+        train_x, train_y = _as_tensors(_open(cls, raw_dir, train=True))
+        test_x, test_y = _as_tensors(_open(cls, raw_dir, train=False))
+        return RawSplits(train_x, train_y, test_x, test_y, num_classes=10)
+
+    return build
+
+
+for _name, _cls, _summary in [
+    ("mnist", tv.MNIST, "MNIST handwritten digits, 28x28 grey"),
+    ("fashion_mnist", tv.FashionMNIST, "Fashion-MNIST clothing, 28x28 grey"),
+    ("cifar10", tv.CIFAR10, "CIFAR-10 natural images, 32x32 colour"),
+]:
+    DATASETS.add(_name, DatasetSpec(_name, _summary, DatasetSettings, _builder(_cls), offline=False))

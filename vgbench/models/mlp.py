@@ -1,0 +1,65 @@
+"""Deep fully connected nets: the classic setting of the vanishing gradient.
+
+Depth counts hidden layers. Hidden layer l computes
+``h_l = act(norm(W_l h_{l-1} + b_l))`` and, with ``skip="residual"``, adds
+``h_{l-1}`` (He et al. 2016) for every layer whose input has the same width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from vgbench.models import FAMILIES, Family
+from vgbench.models.recipe import Recipe
+from vgbench.probes.taps import ProbedModel
+
+
+class MLPHParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(64, gt=0, description="units per hidden layer")
+
+
+class HiddenLayer(nn.Module):
+    def __init__(self, fan_in: int, width: int, recipe: Recipe):
+        super().__init__()
+        self.linear = nn.Linear(fan_in, width)
+        self.norm = recipe.make_norm(width)
+        self.activation = recipe.make_activation()
+        recipe.init_weight(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+
+class DeepMLP(ProbedModel):
+    def __init__(self, in_features: int, num_classes: int, depth: int, recipe: Recipe, width: int):
+        super().__init__(recipe.activation)
+        self.residual = recipe.skip == "residual"
+        self.hidden = nn.ModuleList(
+            HiddenLayer(in_features if i == 0 else width, width, recipe) for i in range(depth))
+        self.head = nn.Linear(width, num_classes)
+        # The classifier keeps PyTorch's default init in every remedy, so that the
+        # remedies differ only in the hidden stack they are about.
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1)
+        for index, layer in enumerate(self.hidden):
+            z = self.taps.preactivation(index, layer.norm(layer.linear(h)))
+            out = layer.activation(z)
+            if self.residual and out.shape == h.shape:
+                out = out + h
+            h = self.taps.hidden(index, out)
+        return self.head(h)
+
+    def probe_weights(self) -> list[tuple[str, nn.Parameter]]:
+        return [(f"hidden.{i}.linear.weight", layer.linear.weight) for i, layer in enumerate(self.hidden)]
+
+
+def build_mlp(input_shape: tuple[int, ...], num_classes: int, depth: int,
+              recipe: Recipe, hparams: MLPHParams) -> DeepMLP:
+    return DeepMLP(math.prod(input_shape), num_classes, depth, recipe, hparams.width)
+
+
+FAMILIES.add("mlp", Family("mlp", "deep fully connected classifier", MLPHParams, build_mlp))

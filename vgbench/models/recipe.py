@@ -1,0 +1,128 @@
+"""The model recipe: every knob a remedy may turn, with the allowed values.
+
+Families build from a ``Recipe`` and never look at remedy names (DESIGN.md):
+activation, weight init and normalization are resolved from strings here, the
+way timm's ``create_act`` / ``create_norm`` do. Gradient clipping is part of the
+recipe too but is applied by the Lightning Trainer, not by the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "sigmoid": nn.Sigmoid,
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "leaky_relu": lambda: nn.LeakyReLU(0.01),
+    "elu": nn.ELU,
+    "selu": nn.SELU,
+}
+# Which probe statistic is meaningful for an activation: bounded ones saturate,
+# rectifier-like ones can die (never turn on for any input).
+SATURATING_ACTIVATIONS = {"sigmoid", "tanh"}
+RECTIFIER_ACTIVATIONS = {"relu", "leaky_relu", "elu", "selu"}
+
+# Gain used by the fan-in based inits, per activation (torch.nn.init.calculate_gain).
+_GAIN_NAME = {"sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu",
+              "leaky_relu": "leaky_relu", "elu": "relu", "selu": "selu"}
+
+
+def _small_normal(weight: torch.Tensor, recipe: "Recipe") -> None:
+    # The pre-2010 habit: i.i.d. N(0, std^2) with a fixed small std regardless of
+    # fan-in (e.g. Hinton's 2010 RBM guide uses 0.01). It shrinks the signal at
+    # every layer, which is what makes deep sigmoid nets vanish.
+    nn.init.normal_(weight, 0.0, recipe.init_std)
+
+
+def _pytorch_default(weight: torch.Tensor, recipe: "Recipe") -> None:
+    # What nn.Linear / nn.Conv do on construction: kaiming_uniform with a=sqrt(5),
+    # i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+def _xavier(weight: torch.Tensor, recipe: "Recipe") -> None:
+    # Glorot & Bengio 2010, "normalized initialization": Var = 2 / (fan_in + fan_out).
+    nn.init.xavier_uniform_(weight, gain=1.0)
+
+
+def _he(weight: torch.Tensor, recipe: "Recipe") -> None:
+    # He, Zhang, Ren & Sun 2015: Var = 2 / fan_in for rectifiers (fan_in mode keeps
+    # the forward signal's variance; a is the leaky slope where there is one).
+    slope = 0.01 if recipe.activation == "leaky_relu" else 0.0
+    nn.init.kaiming_normal_(weight, a=slope, mode="fan_in", nonlinearity="leaky_relu")
+
+
+def _lecun(weight: torch.Tensor, recipe: "Recipe") -> None:
+    # LeCun et al. 1998, Var = 1 / fan_in; the init SELU's fixed point assumes
+    # (Klambauer et al. 2017).
+    fan_in = nn.init._calculate_fan_in_and_fan_out(weight)[0]
+    nn.init.normal_(weight, 0.0, 1.0 / math.sqrt(fan_in))
+
+
+def _orthogonal(weight: torch.Tensor, recipe: "Recipe") -> None:
+    # Saxe, McClelland & Ganguli 2014: orthogonal matrices keep all singular
+    # values at the gain, so norms are preserved through a linear chain.
+    gain = nn.init.calculate_gain(_GAIN_NAME[recipe.activation])
+    nn.init.orthogonal_(weight.view(weight.shape[0], -1), gain=gain)
+
+
+INITS: dict[str, Callable[[torch.Tensor, "Recipe"], None]] = {
+    "small_normal": _small_normal,
+    "pytorch_default": _pytorch_default,
+    "xavier": _xavier,
+    "he": _he,
+    "lecun": _lecun,
+    "orthogonal": _orthogonal,
+}
+
+NORMS = ("none", "batchnorm")
+SKIPS = ("none", "residual")
+GRAD_CLIPS = ("none", "norm", "value")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build one network; defaults are the vanishing baseline."""
+
+    activation: str = "sigmoid"
+    init: str = "small_normal"
+    init_std: float = 0.01  # only read by init="small_normal"
+    norm: str = "none"
+    skip: str = "none"
+    grad_clip: str = "none"  # applied by the Trainer (gradient_clip_algorithm)
+    grad_clip_value: float = 1.0
+
+    def __post_init__(self) -> None:
+        allowed = {"activation": tuple(ACTIVATIONS), "init": tuple(INITS), "norm": NORMS,
+                   "skip": SKIPS, "grad_clip": GRAD_CLIPS}
+        for key, options in allowed.items():
+            value = getattr(self, key)
+            if value not in options:
+                raise ValueError(f"recipe.{key}={value!r} is not allowed; choose one of {list(options)}")
+        for key in ("init_std", "grad_clip_value"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"recipe.{key}={getattr(self, key)!r} must be > 0")
+
+    def with_overrides(self, **overrides) -> "Recipe":
+        unknown = set(overrides) - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {[f.name for f in fields(self)]}")
+        return replace(self, **overrides)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def make_activation(self) -> nn.Module:
+        return ACTIVATIONS[self.activation]()
+
+    def make_norm(self, features: int) -> nn.Module:
+        return nn.BatchNorm1d(features) if self.norm == "batchnorm" else nn.Identity()
+
+    def init_weight(self, weight: torch.Tensor) -> None:
+        INITS[self.init](weight, self)

@@ -1,0 +1,1 @@
+"""Gradient-flow probes: taps in the models, Lightning callbacks around them."""

@@ -1,0 +1,174 @@
+"""The gradient-flow probe: a Lightning callback shared by every family.
+
+What it records, per probed layer l (input side first):
+
+- ``dL_dh_norm``: ||dL/dh_l||, the norm over the batch of the gradient of the
+  mean batch loss with respect to the hidden state h_l. This is the signal that
+  vanishes on its way back (Glorot & Bengio 2010: weight gradients can stay
+  flat while it shrinks toward the input); its first/last ratio is the
+  headline vanishing metric.
+- ``weight_grad_norm``: ||dL/dW_l|| as back-propagated, *before* clipping.
+  With clipping on, ``weight_grad_norm_clipped`` holds the same norms *after*
+  the Trainer clipped them (what the optimizer actually used).
+- ``activation_variance``: Var(h_l) over batch and units (signal propagation).
+- ``saturated_fraction`` (sigmoid/tanh: unit-samples within 0.01 of a bound)
+  or ``dead_fraction`` (ReLU family: units whose input is <= 0 for every
+  sample of the batch).
+
+When: once at initialization, on a fixed training batch before the first
+update (phase "init"), and on the live training batch every ``interval_steps``
+optimizer steps (phase "train"). Under DDP the per-rank sums are all-reduced:
+the global loss is the mean over ranks, so ||dL/dh||^2 of the global batch is
+the sum over ranks divided by world_size^2.
+
+The time spent probing is measured and stored as the probe overhead.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from vgbench.probes.taps import ProbedModel, TapRecord
+
+
+def first_last_ratio(values: list[float]) -> float:
+    """values[0] / values[-1] (input-side over output-side); nan when undefined."""
+    if len(values) < 1 or not values[-1] or not all(map(math.isfinite, (values[0], values[-1]))):
+        return float("nan")
+    return values[0] / values[-1]
+
+
+def _norms(params: list[torch.nn.Parameter]) -> list[float]:
+    return [float(p.grad.detach().double().norm()) if p.grad is not None else 0.0 for p in params]
+
+
+class GradientFlowProbe(L.Callback):
+    def __init__(self, init_batch: tuple[torch.Tensor, torch.Tensor], interval_steps: int):
+        self.init_batch = init_batch
+        self.interval_steps = interval_steps
+        self.records: list[dict] = []
+        self.seconds = 0.0
+        self._pending: dict | None = None
+        self._probing_step = False
+
+    # -- helpers -------------------------------------------------------------------------------
+    @staticmethod
+    def _model(pl_module) -> ProbedModel:
+        return pl_module.model
+
+    @staticmethod
+    def _statistics(record: TapRecord, layers: int, reduce_sum=None, world_size: int = 1) -> dict:
+        """Turn tap sums into per-layer statistics, first adding them up over ranks."""
+        keys = ("grad_sq_sum", "hidden_sum", "hidden_sq_sum", "hidden_count",
+                "saturated_count", "elements", "dead_units", "units")
+        table = torch.tensor([[float(getattr(record, key).get(i, 0)) for i in range(layers)] for key in keys],
+                             dtype=torch.float64)
+        if reduce_sum is not None:
+            table = reduce_sum(table)
+        row = dict(zip(keys, table))
+        mean = row["hidden_sum"] / row["hidden_count"].clamp_min(1)
+        variance = row["hidden_sq_sum"] / row["hidden_count"].clamp_min(1) - mean ** 2
+        stats = {
+            "dL_dh_norm": (row["grad_sq_sum"] / world_size ** 2).sqrt().tolist(),
+            "activation_variance": variance.clamp_min(0).tolist(),
+            "saturated_fraction": None, "dead_fraction": None,
+        }
+        if record.saturated_count:
+            stats["saturated_fraction"] = (row["saturated_count"] / row["elements"].clamp_min(1)).tolist()
+        if record.dead_units:
+            # Under DDP this is the mean over ranks of each rank's dead share.
+            stats["dead_fraction"] = (row["dead_units"] / row["units"].clamp_min(1)).tolist()
+        return stats
+
+    @staticmethod
+    def _rank_sum(trainer):
+        strategy = trainer.strategy
+        return lambda table: strategy.reduce(table.to(strategy.root_device), reduce_op="sum").cpu()
+
+    def _finish(self, record: dict) -> None:
+        record["dL_dh_first_last_ratio"] = first_last_ratio(record["dL_dh_norm"])
+        record["weight_grad_first_last_ratio"] = first_last_ratio(record["weight_grad_norm"])
+        self.records.append(record)
+
+    def _log(self, trainer, record: dict) -> None:
+        if trainer.logger is None:
+            return
+        ratio = record["dL_dh_first_last_ratio"]
+        metrics = {"probe/dL_dh_log10_first_last": math.log10(ratio) if ratio > 0 else float("nan"),
+                   "probe/grad_total_norm": record["grad_total_norm"]}
+        for i, value in enumerate(record["dL_dh_norm"]):
+            metrics[f"probe/dL_dh_norm/layer_{i:03d}"] = value
+        trainer.logger.log_metrics(metrics, step=record["step"])
+
+    # -- at initialization -----------------------------------------------------------------------
+    def on_train_start(self, trainer, pl_module) -> None:
+        start = time.perf_counter()
+        model = self._model(pl_module)
+        buffers = {name: b.clone() for name, b in model.named_buffers()}  # batchnorm running stats
+        x, y = (t.to(pl_module.device) for t in self.init_batch)
+        model.zero_grad(set_to_none=True)
+        model.taps.arm()
+        # The bare model, not the DDP wrapper: same batch on every rank, no gradient all-reduce.
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        taps = model.taps.disarm()
+        weights = [p for _, p in model.probe_weights()]
+        total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        record = {"phase": "init", "step": 0, "epoch": 0, "loss": float(loss),
+                  **self._statistics(taps, len(weights)),  # same batch on every rank: no reduction
+                  "weight_grad_norm": _norms(weights), "weight_grad_norm_clipped": None,
+                  "grad_total_norm": float(total), "grad_total_norm_clipped": None}
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+        self._finish(record)
+        self._log(trainer, record)
+        pl_module.after_clipping.append(lambda: self._after_clipping(pl_module))
+        self.seconds += time.perf_counter() - start
+
+    # -- during training ---------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._probing_step = trainer.global_step % self.interval_steps == 0
+        if self._probing_step:
+            self._model(pl_module).taps.arm()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not self._probing_step:
+            return
+        start = time.perf_counter()
+        model = self._model(pl_module)
+        taps = model.taps.disarm()
+        weights = [p for _, p in model.probe_weights()]
+        total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        self._pending = {"phase": "train", "step": trainer.global_step, "epoch": trainer.current_epoch,
+                         **self._statistics(taps, len(weights), self._rank_sum(trainer), trainer.world_size),
+                         "weight_grad_norm": _norms(weights), "weight_grad_norm_clipped": None,
+                         "grad_total_norm": float(total), "grad_total_norm_clipped": None}
+        self.seconds += time.perf_counter() - start
+
+    def _after_clipping(self, pl_module) -> None:
+        if self._pending is None:
+            return
+        model = self._model(pl_module)
+        self._pending["weight_grad_norm_clipped"] = _norms([p for _, p in model.probe_weights()])
+        self._pending["grad_total_norm_clipped"] = float(torch.nn.utils.get_total_norm(
+            [p.grad for p in model.parameters() if p.grad is not None]))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._pending is not None:
+            start = time.perf_counter()
+            record, self._pending = self._pending, None
+            self._finish(record)
+            self._log(trainer, record)
+            self.seconds += time.perf_counter() - start
+        self._probing_step = False
+
+    def total_seconds(self, pl_module) -> float:
+        """Callback time plus the time the taps spent inside forward and backward."""
+        return self.seconds + self._model(pl_module).taps.seconds

@@ -1,0 +1,115 @@
+"""The probe interface between a model and the gradient-flow probes.
+
+A family's forward pass calls ``self.taps.hidden(index, h)`` on each hidden
+state h_l (a layer's output, or an RNN's state at time t) and
+``self.taps.preactivation(index, z)`` on the input of its nonlinearity. While
+the taps are disarmed these are identity functions costing one attribute
+check; when armed (on probe steps only) they keep cheap statistics and hook
+the tensor so that dL/dh_l is captured during backward. Nothing about the
+model has to be rewritten, and no family-specific code lives in the probes.
+
+Statistics are kept as sums over the batch so that DDP ranks can add them up
+before they are turned into norms and fractions (see ``reduce``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from vgbench.models.recipe import RECTIFIER_ACTIVATIONS, SATURATING_ACTIVATIONS
+
+# A sigmoid unit is saturated when its output is within this margin of 0 or 1
+# (tanh: of -1 or 1); its local derivative is then below ~1% of its maximum.
+SATURATION_MARGIN = 0.01
+
+
+@dataclass
+class TapRecord:
+    """Per-layer sums for one probed step; lists are indexed by layer."""
+
+    grad_sq_sum: dict[int, float] = field(default_factory=dict)      # sum_b ||dL/dh_l||^2
+    hidden_sum: dict[int, float] = field(default_factory=dict)       # sum of h
+    hidden_sq_sum: dict[int, float] = field(default_factory=dict)    # sum of h^2
+    hidden_count: dict[int, int] = field(default_factory=dict)       # elements of h
+    saturated_count: dict[int, int] = field(default_factory=dict)    # saturated unit-samples
+    dead_units: dict[int, int] = field(default_factory=dict)         # units off for every sample
+    units: dict[int, int] = field(default_factory=dict)              # units in the layer
+    elements: dict[int, int] = field(default_factory=dict)           # unit-samples in the layer
+
+
+class Taps:
+    """Armed by the probe callback for one step at a time."""
+
+    def __init__(self, activation: str):
+        self.activation = activation
+        self.armed = False
+        self.record = TapRecord()
+        self.seconds = 0.0  # time spent in armed taps, for the probe-overhead figure
+
+    def arm(self) -> None:
+        self.record = TapRecord()
+        self.armed = True
+
+    def disarm(self) -> TapRecord:
+        self.armed = False
+        return self.record
+
+    def hidden(self, index: int, h: torch.Tensor) -> torch.Tensor:
+        if not self.armed:
+            return h
+        start = time.perf_counter()
+        with torch.no_grad():
+            hd = h.detach().double()
+            self.record.hidden_sum[index] = hd.sum().item()
+            self.record.hidden_sq_sum[index] = hd.pow(2).sum().item()
+            self.record.hidden_count[index] = hd.numel()
+        if h.requires_grad:
+            h.register_hook(lambda grad, i=index: self._store_grad(i, grad))
+        self.seconds += time.perf_counter() - start
+        return h
+
+    def _store_grad(self, index: int, grad: torch.Tensor) -> None:
+        start = time.perf_counter()
+        self.record.grad_sq_sum[index] = grad.detach().double().pow(2).sum().item()
+        self.seconds += time.perf_counter() - start
+
+    def preactivation(self, index: int, z: torch.Tensor) -> torch.Tensor:
+        """Saturation (bounded units) or death (rectifiers) from the input z of the nonlinearity."""
+        if not self.armed:
+            return z
+        start = time.perf_counter()
+        with torch.no_grad():
+            zd = z.detach().float()
+            units = zd.transpose(0, 1).reshape(zd.shape[1], -1)  # (units, samples[*positions])
+            self.record.units[index] = units.shape[0]
+            self.record.elements[index] = units.numel()
+            if self.activation in SATURATING_ACTIVATIONS:
+                out = torch.sigmoid(units) if self.activation == "sigmoid" else torch.tanh(units)
+                low, high = (0.0, 1.0) if self.activation == "sigmoid" else (-1.0, 1.0)
+                saturated = (out < low + SATURATION_MARGIN) | (out > high - SATURATION_MARGIN)
+                self.record.saturated_count[index] = int(saturated.sum())
+            elif self.activation in RECTIFIER_ACTIVATIONS:
+                self.record.dead_units[index] = int((units <= 0).all(dim=1).sum())
+        self.seconds += time.perf_counter() - start
+        return z
+
+
+class ProbedModel(nn.Module):
+    """Base class of every family's network.
+
+    Subclasses call ``self.taps.hidden`` / ``self.taps.preactivation`` in
+    forward and list their main weight matrices, input side first, in
+    ``probe_weights`` (one per probed layer, used for the weight-gradient
+    profile).
+    """
+
+    def __init__(self, activation: str):
+        super().__init__()
+        self.taps = Taps(activation)
+
+    def probe_weights(self) -> list[tuple[str, nn.Parameter]]:
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Reports built from cell results alone: leaderboard tables, W&B tables, figures."""

@@ -1,0 +1,1 @@
+"""Training through Lightning: one module, in-memory batches, the cell runner."""

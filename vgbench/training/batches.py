@@ -1,0 +1,65 @@
+"""In-memory data sets batched by tensor slicing.
+
+``IndexBatchSampler`` yields whole index batches; ``TensorSplit[indices]`` slices
+the tensors once per batch, so there is no per-sample ``__getitem__`` and no
+collate. Under DDP each rank takes its own slice of every global batch (we
+shard here and tell Lightning ``use_distributed_sampler=False``); the order is
+a function of (seed, epoch) alone, so it is the same on every rank and every
+rerun.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+
+class TensorSplit(Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[indices], self.y[indices]
+
+
+class IndexBatchSampler(Sampler[torch.Tensor]):
+    def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int,
+                 rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = epoch
+
+    def _order(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator)
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.world_size
+        full, rest = divmod(self.size, global_batch)
+        return full + (1 if rest >= self.world_size else 0)
+
+    def __iter__(self):
+        order = self._order()
+        global_batch = self.batch_size * self.world_size
+        for start in range(0, self.size, global_batch):
+            chunk = order[start:start + global_batch]
+            if len(chunk) < self.world_size:
+                break  # too few samples left to give every rank one
+            # Contiguous shares differing by at most one sample: every sample is used,
+            # including in evaluation, where ranks add up counts rather than means.
+            yield torch.tensor_split(chunk, self.world_size)[self.rank]
+
+
+def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
+           rank: int = 0, world_size: int = 1) -> DataLoader:
+    sampler = IndexBatchSampler(len(y), batch_size, shuffle, seed, rank, world_size)
+    return DataLoader(TensorSplit(x, y), sampler=sampler, batch_size=None)

@@ -1,0 +1,120 @@
+"""The one LightningModule for classification, with the network injected.
+
+It does three things beyond the textbook: it counts evaluation hits as sums
+that DDP ranks add up, it notices a non-finite loss (the cell is then
+"diverged" and training stops, the matrix goes on), and it tells listeners
+after Lightning has clipped gradients, so probes can record norms both before
+and after clipping.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from vgbench.probes.taps import ProbedModel
+
+
+class ClassificationModule(L.LightningModule):
+    def __init__(self, model: ProbedModel, learning_rate: float, optimizer: str = "sgd",
+                 momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.learning_rate, self.optimizer_name = learning_rate, optimizer
+        self.momentum, self.weight_decay = momentum, weight_decay
+        self.after_clipping: list[Callable[[], None]] = []
+        self.diverged_at_step: int | None = None
+        self._epochs: dict[int, dict] = {}  # epoch -> train loss, validation loss/accuracy
+        self.test_metrics: dict = {}
+        self._loss_sum = torch.zeros(())
+        self._loss_steps = 0
+        self._eval_sums: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def configure_optimizers(self):
+        params = self.model.parameters()
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.learning_rate, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+
+    # -- training ---------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_steps = 0
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.cross_entropy(self.model(x), y)
+        if not torch.isfinite(loss):
+            # Stop at once (every rank sees NaN parameters after the all-reduce anyway).
+            if self.diverged_at_step is None:
+                self.diverged_at_step = self.global_step
+            self.trainer.should_stop = True
+        self._loss_sum += loss.detach()
+        self._loss_steps += 1
+        return loss
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_val:
+            for listener in self.after_clipping:
+                listener()
+
+    def on_train_epoch_end(self) -> None:
+        loss = float(self.trainer.strategy.reduce(self._loss_sum / max(self._loss_steps, 1), reduce_op="mean"))
+        self._epochs.setdefault(self.current_epoch, {})["train_loss"] = loss
+        self.log("train/loss", loss, sync_dist=False)
+
+    @property
+    def history(self) -> list[dict]:
+        """One row per epoch: epoch, train_loss, val_loss, val_accuracy."""
+        return [{"epoch": epoch, **row} for epoch, row in sorted(self._epochs.items())]
+
+    # -- evaluation -------------------------------------------------------------------------
+    def _eval_start(self) -> None:
+        self._eval_sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, hits, count
+
+    def _eval_step(self, batch) -> None:
+        x, y = batch
+        logits = self.model(x)
+        loss_sum = F.cross_entropy(logits, y, reduction="sum")
+        hits = (logits.argmax(dim=1) == y).sum()
+        self._eval_sums += torch.stack([loss_sum.double(), hits.double(), torch.tensor(len(y), device=self.device,
+                                                                                       dtype=torch.float64)])
+
+    def _eval_end(self) -> dict[str, float]:
+        loss_sum, hits, count = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum").tolist()
+        loss = loss_sum / count
+        return {"loss": loss if math.isfinite(loss) else float("nan"), "accuracy": hits / count}
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_start()
+
+    def validation_step(self, batch, batch_idx) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._eval_end()
+        if self.trainer.sanity_checking:
+            return
+        self._epochs.setdefault(self.current_epoch, {}).update(
+            val_loss=metrics["loss"], val_accuracy=metrics["accuracy"])
+        self.log_dict({"val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"]}, sync_dist=False)
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_start()
+
+    def test_step(self, batch, batch_idx) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics = self._eval_end()
+        self.log_dict({"test/loss": self.test_metrics["loss"], "test/accuracy": self.test_metrics["accuracy"]},
+                      sync_dist=False)

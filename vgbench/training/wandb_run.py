@@ -1,0 +1,57 @@
+"""One W&B run per cell, offline by default (no account, no network).
+
+Runs land in ``wandb/offline-run-*`` and can be uploaded later with
+``wandb sync wandb/offline-run-*``. Each run is grouped by family, named by
+cell id and carries the full resolved cell config; at the end its summary gets
+the cell's metrics and a ``grad_profile_init`` table (one row per layer).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from lightning.pytorch.loggers import WandbLogger
+
+from vgbench.config import WandbSettings
+from vgbench.matrix import CellSpec
+
+PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "saturated_fraction", "dead_fraction")
+
+
+def make_logger(cell: CellSpec, settings: WandbSettings) -> WandbLogger | None:
+    if settings.mode == "disabled":
+        return None
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    return WandbLogger(
+        project=settings.project, entity=settings.entity, mode=settings.mode,
+        name=cell.cell_id, group=cell.family, job_type="train",
+        config={**cell.as_dict(), "cell_id": cell.cell_id},
+        settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, silent=True),
+    )
+
+
+def profile_table(record: dict):
+    """A wandb.Table with one row per probed layer of a probe record."""
+    import wandb
+
+    rows = []
+    for layer in range(len(record["dL_dh_norm"])):
+        row = [layer]
+        for column in PROFILE_COLUMNS:
+            values = record.get(column)
+            row.append(values[layer] if values else None)
+        rows.append(row)
+    return wandb.Table(columns=["layer", *PROFILE_COLUMNS], data=rows)
+
+
+def finish_run(logger: WandbLogger, metrics: dict, init_record: dict) -> None:
+    run = logger.experiment
+    scalars = {key: value for key, value in metrics.items()
+               if isinstance(value, (int, float, str, bool)) or value is None}
+    run.summary.update({key: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                        for key, v in scalars.items()})
+    run.log({"grad_profile_init": profile_table(init_record)})
+    run.finish()
