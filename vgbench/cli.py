@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 from vgbench.config import ConfigError, Params, load_params
+from vgbench.data.store import DataNotReadyError
 from vgbench.registry import UnknownNameError
+from vgbench.report.build import NoResultsError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownNameError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (DataNotReadyError, NoResultsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""The leaderboard stage: cell results in, tables, figures and W&B tables out.
+
+Reads only ``results/cells/*/metrics.json`` and ``grad_profile.json`` of the
+active profile's cells, so everything here can be rebuilt without retraining.
+Writes ``results/leaderboard.{json,csv,md,tex}``, the gradient-profile figure
+and its data under ``results/plots/``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from vgbench import atomic
+from vgbench.config import Params
+from vgbench.matrix import expand
+from vgbench.report import aggregate, figures, formats
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value.item() if hasattr(value, "item") else value
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return [{k: _jsonable(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+class NoResultsError(RuntimeError):
+    """The active profile has no finished cell to aggregate."""
+
+
+def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = True) -> list[Path]:
+    cells = expand(params.active)
+    table, missing = aggregate.cell_table(cells, results_root)
+    if table.empty:
+        raise NoResultsError(f"no cell results under {results_root / 'cells'} for profile {params.profile!r}: "
+                           f"run `vgbench train` first")
+    rows = aggregate.in_matrix_order(aggregate.leaderboard_rows(table), params.active)
+    front = aggregate.frontier(rows)
+    ranked = aggregate.ranking(front)
+    n_seeds = len(params.active.seeds)
+    written = []
+
+    summary = {
+        "profile": params.profile,
+        "cells": len(cells), "cells_missing": missing,
+        "rows": {f"{r['family']}/{r['dataset']}/{r['remedy']}/d{r['depth']}": r for r in _records(rows)},
+        "frontier": {f"{r['family']}/{r['dataset']}/{r['remedy']}": r for r in _records(ranked)},
+    }
+    outputs = {
+        "leaderboard.json": None,
+        "leaderboard.csv": rows.to_csv(index=False),
+        "leaderboard.md": "".join(
+            formats.leaderboard_markdown(rows[rows.family == family], ranked[ranked.family == family],
+                                         f"{family} (profile {params.profile})")
+            for family in rows["family"].unique()),
+        "leaderboard.tex": "\n".join(
+            formats.leaderboard_latex(
+                rows[rows.family == family],
+                caption=(f"{family}: test accuracy (mean $\\pm$ std over {n_seeds} seeds, learning rate chosen "
+                         f"on validation accuracy) and log10 of the first/last hidden-layer gradient norm "
+                         f"ratio at initialization. vgbench profile {params.profile}."),
+                label=f"tab:vgbench-{family}")
+            for family in rows["family"].unique()),
+    }
+    for name, text in outputs.items():
+        path = results_root / name
+        if name == "leaderboard.json":
+            atomic.write_json(path, summary)
+        else:
+            atomic.write_text(path, text)
+        written.append(path)
+
+    # Gradient profile at the deepest depth of each (family, data set): one line per remedy.
+    profiles = []
+    for (family, dataset), group in table.groupby(["family", "dataset"], sort=False):
+        deepest = group[group["depth"] == group["depth"].max()]
+        profile = figures.init_profiles(deepest, results_root)
+        profiles.append(profile)
+        depth = int(group["depth"].max())
+        figure = results_root / "figures" / f"grad_profile_{family}_{dataset}_d{depth}.png"
+        figures.plot_grad_profile(profile, figure, f"{family} on {dataset}, depth {depth}, at initialization")
+        written.append(figure)
+    csv = results_root / "plots" / "grad_profile.csv"
+    figures.write_profile_csv(pd.concat(profiles), csv)
+    written.append(csv)
+
+    if log_to_wandb and params.wandb.mode != "disabled":
+        from vgbench.report.wandb_tables import log_leaderboard
+
+        log_leaderboard(params, rows, ranked, [p for p in written if p.suffix == ".png"])
+    return written

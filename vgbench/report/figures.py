@@ -1,0 +1,59 @@
+"""Figures from stored gradient profiles (never from a live model)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on CI or servers
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from vgbench import atomic, results  # noqa: E402
+
+
+def init_profiles(cells: pd.DataFrame, results_root: Path) -> pd.DataFrame:
+    """Per-layer ||dL/dh_l|| at initialization, averaged in log10 over the cells given."""
+    rows = []
+    for _, cell in cells.iterrows():
+        path = results.cell_dir(results_root, cell["cell_id"]) / "grad_profile.json"
+        init = json.loads(path.read_text())["records"][0]
+        for layer, norm in enumerate(init["dL_dh_norm"]):
+            rows.append({"remedy": cell["remedy"], "family": cell["family"], "dataset": cell["dataset"],
+                         "depth": cell["depth"], "layer": layer + 1,
+                         "log10_dL_dh_norm": math.log10(norm) if norm > 0 else float("-inf")})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.groupby(["family", "dataset", "depth", "remedy", "layer"], as_index=False,
+                         sort=False)["log10_dL_dh_norm"].mean()
+
+
+def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str) -> None:
+    """log ||dL/dh_l|| against layer l, one line per remedy (input side on the left)."""
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
+    styles = ["-", "--", ":", "-."]  # remedies with the same init overlap exactly; keep both visible
+    for index, (remedy, group) in enumerate(profile.groupby("remedy", sort=False)):
+        finite = group[group["log10_dL_dh_norm"] > float("-inf")]
+        axes.plot(finite["layer"], 10.0 ** finite["log10_dL_dh_norm"], marker="o", markersize=3,
+                  linestyle=styles[index % len(styles)], label=remedy)
+    axes.set_yscale("log")
+    axes.set_xlabel("hidden layer l (1 = next to the input)")
+    axes.set_ylabel(r"$\|\partial L / \partial h_l\|$ at initialization")
+    axes.set_title(title)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=7, ncol=2)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def write_profile_csv(profile: pd.DataFrame, path: Path) -> None:
+    """The figure's data for `dvc plots show` (x=layer, y=log10 norm, one series per remedy)."""
+    atomic.write_text(path, profile.to_csv(index=False))

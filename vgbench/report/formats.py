@@ -1,0 +1,106 @@
+"""Leaderboard formatters: pure functions from DataFrames to strings.
+
+Tested against golden files in tests/golden/ (see tests/test_report.py for
+the command that regenerates them).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def _num(value: float, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "-inf" if value < 0 else "inf"
+    return f"{value:.{digits}f}"
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{_num(mean, 3)} ± {_num(std, 3)}"
+
+
+LEADERBOARD_COLUMNS = [
+    ("family", "family"), ("dataset", "data"), ("remedy", "remedy"), ("depth", "depth"),
+    ("learning_rate", "lr"), ("test", "test acc (mean ± std)"), ("n", "n"),
+    ("trainable_rate", "trainable"), ("init_log10_dL_dh_first_last", "log10 dL/dh first/last @init"),
+    ("epochs_to_target", "epochs to target"), ("failures", "failures"), ("wall_seconds_mean", "s/cell"),
+]
+
+
+def _cells(row: pd.Series) -> list[str]:
+    out = []
+    for key, _ in LEADERBOARD_COLUMNS:
+        if key == "test":
+            out.append(_pm(row["test_accuracy_mean"], row["test_accuracy_std"]))
+        elif key == "learning_rate":
+            out.append(f"{row[key]:g}")
+        elif key in ("depth", "n"):
+            out.append(str(int(row[key])))
+        elif key in ("trainable_rate",):
+            out.append(f"{row[key]:.0%}")
+        elif key == "epochs_to_target":
+            out.append(_num(row[key], 1))
+        elif key == "wall_seconds_mean":
+            out.append(_num(row[key], 1))
+        elif key == "init_log10_dL_dh_first_last":
+            out.append(_num(row[key], 1))
+        else:
+            out.append(str(row[key]) if str(row[key]) else "–")
+    return out
+
+
+def _markdown_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def leaderboard_markdown(rows: pd.DataFrame, ranked: pd.DataFrame, title: str) -> str:
+    body = [_cells(row) for _, row in rows.iterrows()]
+    rank_body = [[str(int(r["rank"])), r["family"], r["dataset"], r["remedy"], str(int(r["deepest_trainable_depth"])),
+                  _pm(r["test_accuracy_at_deepest"], r["test_accuracy_std_at_deepest"])]
+                 for _, r in ranked.iterrows()]
+    return "\n\n".join([
+        f"## {title}",
+        _markdown_table([label for _, label in LEADERBOARD_COLUMNS], body),
+        "### Remedies ranked (trainability frontier, then test accuracy at the deepest depth)",
+        _markdown_table(["rank", "family", "data", "remedy", "deepest trainable depth",
+                         "test acc at deepest depth"], rank_body),
+    ]) + "\n"
+
+
+def _tex_escape(text: str) -> str:
+    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
+
+
+def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbench") -> str:
+    """A booktabs table: remedies as rows, depths as column pairs (test accuracy, log10 ratio).
+
+    ``caption`` is LaTeX and goes in as it is; names from the data are escaped.
+    """
+    depths = sorted(rows["depth"].unique())
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             r"\begin{tabular}{ll" + "rr" * len(depths) + "}", r"\toprule"]
+    lines.append(r"& & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{depth {d}}}" for d in depths) + r" \\")
+    lines.append("".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(depths))))
+    lines.append(r"data & remedy & " + " & ".join(r"test acc. & $\log_{10}\frac{g_1}{g_L}$" for _ in depths)
+                 + r" \\")
+    lines.append(r"\midrule")
+    for (dataset, remedy), group in rows.groupby(["dataset", "remedy"], sort=False):
+        cells = [_tex_escape(dataset), _tex_escape(remedy)]
+        by_depth = {int(r["depth"]): r for _, r in group.iterrows()}
+        for depth in depths:
+            row = by_depth.get(int(depth))
+            if row is None:
+                cells += ["--", "--"]
+                continue
+            cells.append(rf"${_num(row['test_accuracy_mean'], 3)} \pm {_num(row['test_accuracy_std'], 3)}$")
+            cells.append(f"${_num(row['init_log10_dL_dh_first_last'], 1)}$".replace("$-inf$", r"$-\infty$"))
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
