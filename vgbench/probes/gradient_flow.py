@@ -119,7 +119,7 @@ class GradientFlowProbe(L.Callback):
         taps = model.taps.disarm()
         weights = [p for _, p in model.probe_weights()]
         total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-        record = {"phase": "init", "step": 0, "epoch": 0, "loss": float(loss),
+        record = {"phase": "init", "step": 0, "epoch": 0, "loss": float(loss.detach()),
                   **self._statistics(taps, len(weights)),  # same batch on every rank: no reduction
                   "weight_grad_norm": _norms(weights), "weight_grad_norm_clipped": None,
                   "grad_total_norm": float(total), "grad_total_norm_clipped": None}

@@ -1,0 +1,30 @@
+"""Shared fixtures: the repo's params, the tiny profile and its data set built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vgbench.config import load_params
+from vgbench.data.store import load, prepare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_params():
+    return load_params(REPO / "params.yaml", profile="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory, tiny_params) -> Path:
+    """A data root holding the tiny profile's MNIST-1D, built once."""
+    root = tmp_path_factory.mktemp("data")
+    prepare("mnist1d", tiny_params.active.dataset_settings("mnist1d"), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_data_root, tiny_params):
+    return load("mnist1d", tiny_params.active.dataset_settings("mnist1d"), tiny_data_root)

@@ -1,0 +1,106 @@
+"""params.yaml validation: every bad input is named with its key, value and what is allowed."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from vgbench.cli import main
+from vgbench.config import ConfigError, parse_params
+from vgbench.matrix import expand
+
+RAW = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def broken(edit) -> dict:
+    data = copy.deepcopy(RAW)
+    edit(data)
+    return data
+
+
+def test_every_shipped_profile_is_valid_and_expands():
+    for name in RAW["profiles"]:
+        params = parse_params(RAW, profile=name)
+        cells = expand(params.active)
+        profile = params.active
+        expected = sum(len(b.remedies) * len(b.depths) for b in profile.matrix) \
+            * len(profile.seeds) * len(profile.learning_rates)
+        assert len(cells) == expected
+
+
+def test_default_profile_shows_the_phenomenon_by_design():
+    default = parse_params(RAW, profile="default").active
+    mlp = [b for b in default.matrix if b.family == "mlp"][0]
+    assert {"baseline", "xavier", "he_relu", "leaky_relu", "elu", "selu_lecun", "batchnorm", "grad_clip",
+            "residual", "modern"} <= set(mlp.remedies)
+    assert min(mlp.depths) <= 3 and max(mlp.depths) >= 10  # one shallow, one deep
+    assert len(default.seeds) >= 2 and default.trainer.accelerator == "cpu"
+    assert "mnist1d" in default.datasets
+    paper = parse_params(RAW, profile="paper").active
+    assert len(paper.seeds) >= 5 and {"mnist", "fashion_mnist"} <= set(paper.datasets)
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda d: d.update(extra_key=1), ["extra_key", "Extra inputs are not permitted"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(depths=[2, 0]), ["depths", "[2, 0]", ">= 1"]),
+    (lambda d: d["profiles"]["tiny"].update(learning_rates=[-0.1]), ["learning_rates", "-0.1", "> 0"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(family="cnn"), ["family", "'cnn'", "allowed", "mlp"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(remedies=["baseline", "dropout"]),
+     ["remedies", "dropout", "allowed", "he_relu"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(dataset="imagenet"),
+     ["dataset", "imagenet", "mnist1d"]),
+    (lambda d: d["profiles"]["tiny"]["training"].update(max_epochs="ten"), ["training.max_epochs", "'ten'"]),
+    (lambda d: d["profiles"]["tiny"]["training"].update(optimizer="rmsprop"), ["optimizer", "'sgd' or 'adam'"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(model={"width": 0}), ["width", "greater than 0"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(model={"heads": 4}), ["heads", "Extra inputs"]),
+    (lambda d: d["profiles"]["tiny"]["datasets"].update(mnist1d={"num_samples": 10}),
+     ["num_samples", "10", "greater than or equal to 100"]),
+    (lambda d: d.update(profile="huge"), ["profile", "'huge'", "allowed", "tiny"]),
+    (lambda d: d["wandb"].update(mode="cloud"), ["wandb.mode", "'cloud'", "'offline'"]),
+    (lambda d: d["profiles"]["tiny"].update(datasets={}), ["not configured", "mnist1d"]),
+])
+def test_bad_values_are_named(edit, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_params(broken(edit))
+    message = str(error.value)
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} missing from:\n{message}"
+
+
+def test_remedy_that_does_not_apply_to_the_family_is_refused(monkeypatch):
+    from vgbench.remedies import REMEDIES, Remedy
+
+    monkeypatch.setitem(REMEDIES._entries, "rnn_only",
+                        Remedy("rnn_only", "test", "none", {}, frozenset({"rnn"})))
+    with pytest.raises(ConfigError, match=r"remedy 'rnn_only' does not apply to family 'mlp'"):
+        parse_params(broken(lambda d: d["profiles"]["tiny"]["matrix"][0].update(remedies=["rnn_only"])))
+
+
+def test_cli_rejects_bad_params_with_exit_2_and_writes_nothing(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(broken(lambda d: d["profiles"]["tiny"].update(seeds=[]))))
+    for command in (["fetch"], ["train"], ["leaderboard"]):
+        code = main([*command, "--params", str(params), "--profile", "tiny",
+                     "--data-root", str(tmp_path / "data"), "--results-root", str(tmp_path / "results")])
+        assert code == 2
+        assert "profiles.tiny.seeds" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_cli_reports_missing_and_invalid_files(tmp_path, capsys):
+    assert main(["train", "--params", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("profile: [unclosed")
+    assert main(["train", "--params", str(bad)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_train_without_fetched_data_names_the_fix(tmp_path, capsys):
+    code = main(["train", "--params", str(REPO / "params.yaml"), "--profile", "tiny",
+                 "--data-root", str(tmp_path / "data"), "--results-root", str(tmp_path / "results")])
+    assert code == 1
+    assert "vgbench fetch mnist1d" in capsys.readouterr().err

@@ -1,0 +1,124 @@
+"""Every family x remedy builds, runs and back-propagates; each remedy does what it claims."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vgbench.models import FAMILIES
+from vgbench.models.recipe import ACTIVATIONS, INITS, Recipe
+from vgbench.remedies import REMEDIES
+
+PAIRS = [(family, remedy) for family in FAMILIES.names() for remedy, entry in REMEDIES.items()
+         if family in entry.families]
+SHAPES = {"mlp": (40,)}
+
+
+def build(family: str, recipe: Recipe, depth: int = 4, **hparams):
+    entry = FAMILIES.get(family)
+    return entry.build(SHAPES[family], 10, depth, recipe, entry.hparams(**hparams))
+
+
+@pytest.mark.parametrize("family, remedy", PAIRS)
+def test_every_pair_builds_runs_and_has_finite_gradients(family, remedy):
+    torch.manual_seed(0)
+    model = build(family, REMEDIES.get(remedy).recipe())
+    x, y = torch.randn(32, *SHAPES[family]), torch.randint(0, 10, (32,))
+    logits = model(x)
+    assert logits.shape == (32, 10)
+    nn.functional.cross_entropy(logits, y).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+    assert len(model.probe_weights()) == 4
+
+
+def test_mlp_parameter_count_and_layers():
+    width, depth = 16, 5
+    model = build("mlp", Recipe(), depth=depth, width=width)
+    expected = (40 * width + width) + (depth - 1) * (width * width + width) + (width * 10 + 10)
+    assert sum(p.numel() for p in model.parameters()) == expected
+    with_bn = build("mlp", Recipe(norm="batchnorm"), depth=depth, width=width)
+    assert sum(p.numel() for p in with_bn.parameters()) == expected + depth * 2 * width
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in with_bn.modules()) == depth
+
+
+def _weight(recipe: Recipe, fan_in: int = 512, fan_out: int = 256) -> torch.Tensor:
+    torch.manual_seed(0)
+    weight = torch.empty(fan_out, fan_in)
+    recipe.init_weight(weight)
+    return weight
+
+
+@pytest.mark.parametrize("init, activation, expected_variance", [
+    ("small_normal", "sigmoid", 0.01 ** 2),
+    ("xavier", "tanh", 2.0 / (512 + 256)),
+    ("he", "relu", 2.0 / 512),
+    ("he", "leaky_relu", 2.0 / (1 + 0.01 ** 2) / 512),
+    ("lecun", "selu", 1.0 / 512),
+    ("pytorch_default", "relu", 1.0 / (3 * 512)),
+])
+def test_init_variance_matches_its_paper(init, activation, expected_variance):
+    weight = _weight(Recipe(init=init, activation=activation))
+    assert weight.var().item() == pytest.approx(expected_variance, rel=0.03)
+    assert abs(weight.mean().item()) < 0.05 * math.sqrt(expected_variance) * 10
+
+
+def test_orthogonal_init_is_orthogonal_with_gain():
+    weight = _weight(Recipe(init="orthogonal", activation="tanh"), fan_in=64, fan_out=64)
+    gain = nn.init.calculate_gain("tanh")
+    assert torch.allclose(weight @ weight.T, gain ** 2 * torch.eye(64), atol=1e-4)
+
+
+@pytest.mark.parametrize("remedy", REMEDIES.names())
+def test_remedy_sets_its_activation(remedy):
+    recipe = REMEDIES.get(remedy).recipe()
+    model = build("mlp", recipe)
+    activations = [m for m in model.modules() if isinstance(m, tuple(type(ACTIVATIONS[a]()) for a in ACTIVATIONS))]
+    assert activations and all(isinstance(m, type(ACTIVATIONS[recipe.activation]())) for m in activations)
+
+
+def test_leaky_relu_slope_and_selu_constants():
+    x = torch.tensor([-2.0, 3.0])
+    assert torch.allclose(ACTIVATIONS["leaky_relu"]()(x), torch.tensor([-0.02, 3.0]))
+    assert ACTIVATIONS["selu"]()(torch.tensor([1.0])).item() == pytest.approx(1.0507, abs=1e-4)
+
+
+def test_residual_adds_the_identity():
+    torch.manual_seed(0)
+    plain = build("mlp", Recipe(), depth=3)
+    residual = build("mlp", Recipe(skip="residual"), depth=3)
+    residual.load_state_dict(plain.state_dict())
+    x = torch.randn(4, 40)
+    h_plain = torch.sigmoid(plain.hidden[0].linear(x))
+    h_res = h_plain
+    for layer in list(residual.hidden)[1:]:
+        h_res = h_res + torch.sigmoid(layer.linear(h_res))
+    assert torch.allclose(residual(x), residual.head(h_res), atol=1e-6)
+
+
+def test_recipe_rejects_unknown_values():
+    with pytest.raises(ValueError, match=r"recipe.activation='swish' is not allowed; choose one of"):
+        Recipe(activation="swish")
+    with pytest.raises(ValueError, match="unknown recipe keys"):
+        Recipe().with_overrides(dropout=0.5)
+    assert set(INITS) == {"small_normal", "pytorch_default", "xavier", "he", "lecun", "orthogonal"}
+
+
+def test_registries_fail_loudly():
+    from vgbench.registry import Registry, UnknownNameError
+
+    registry = Registry("widget")
+    registry.add("a", 1)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.add("a", 2)
+    with pytest.raises(UnknownNameError, match=r"unknown widget 'b'; known: a"):
+        registry.get("b")
+
+
+def test_every_remedy_cites_a_source():
+    for name, remedy in REMEDIES.items():
+        assert remedy.citation and remedy.summary, name
+        assert any(str(year) in remedy.citation for year in range(1990, 2030)), name

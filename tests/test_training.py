@@ -1,0 +1,138 @@
+"""Training: in-memory batching, determinism, divergence as a result, DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO
+from vgbench.config import WandbSettings
+from vgbench.matrix import expand
+from vgbench.training.batches import IndexBatchSampler, loader
+from vgbench.training.run_cell import run_cell
+
+NO_WANDB = WandbSettings(mode="disabled")
+
+
+def test_batches_are_tensor_slices_covering_each_epoch_once():
+    x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
+    batches = list(loader(x, y, batch_size=4, shuffle=True, seed=3))
+    assert [len(b[1]) for b in batches] == [4, 4, 2]
+    seen = torch.cat([b[1] for b in batches])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert all(torch.equal(bx.squeeze(1), by.float()) for bx, by in batches)
+
+
+def test_shuffle_depends_on_seed_and_epoch_only():
+    def order(seed, epoch):
+        sampler = IndexBatchSampler(20, 5, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return torch.cat(list(sampler)).tolist()
+
+    assert order(0, 0) == order(0, 0)
+    assert order(0, 0) != order(0, 1) and order(0, 0) != order(1, 0)
+    assert IndexBatchSampler(20, 5, shuffle=False, seed=0).__iter__().__next__().tolist() == [0, 1, 2, 3, 4]
+
+
+def test_ranks_partition_every_global_batch():
+    world = 3
+    per_rank = []
+    for rank in range(world):
+        sampler = IndexBatchSampler(23, 4, shuffle=True, seed=1, rank=rank, world_size=world)
+        sampler.set_epoch(2)
+        per_rank.append([b.tolist() for b in sampler])
+        assert len(per_rank[-1]) == len(sampler)
+    assert len({len(batches) for batches in per_rank}) == 1  # same number of steps on every rank
+    everything = sorted(i for batches in per_rank for batch in batches for i in batch)
+    assert everything == list(range(23))
+
+
+def _cell(tiny_params, remedy, depth, **changes):
+    cell = next(c for c in expand(tiny_params.active) if c.remedy == remedy and c.depth == depth)
+    return dataclasses.replace(cell, **changes)
+
+
+def test_rerunning_a_cell_gives_identical_metrics(tiny_params, tiny_data, tmp_path):
+    cell = _cell(tiny_params, "he_relu", 6)
+    first = run_cell(cell, tiny_data, tmp_path / "a", NO_WANDB)
+    second = run_cell(cell, tiny_data, tmp_path / "b", NO_WANDB)
+    for key in ("test_accuracy", "test_loss", "history", "init_log10_dL_dh_first_last", "steps"):
+        assert first[key] == second[key], key
+    profile = [json.loads((tmp_path / run / "cells" / cell.cell_id / "grad_profile.json").read_text())
+               for run in ("a", "b")]
+    assert profile[0] == profile[1]
+    other_seed = run_cell(dataclasses.replace(cell, seed=1), tiny_data, tmp_path / "c", NO_WANDB)
+    assert other_seed["history"] != first["history"]
+
+
+def test_a_cell_learns_and_records_everything(tiny_params, tiny_data, tmp_path):
+    cell = _cell(tiny_params, "he_relu", 2)
+    metrics = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
+    on_disk = json.loads((tmp_path / "cells" / cell.cell_id / "metrics.json").read_text())
+    assert on_disk["test_accuracy"] == metrics["test_accuracy"] > 0.25  # chance is 0.1
+    assert on_disk["trainable"] and on_disk["failure"] is None and on_disk["status"] == "completed"
+    assert [row["epoch"] for row in on_disk["history"]] == list(range(cell.training["max_epochs"]))
+    assert on_disk["history"][-1]["train_loss"] < on_disk["history"][0]["train_loss"]
+    assert on_disk["world_size"] == 1 and on_disk["cell"] == cell.as_dict()
+    assert on_disk["environment"]["torch"] == torch.__version__
+    assert on_disk["steps"] == cell.training["max_epochs"] * -(-len(tiny_data.splits["train"]["y"]) //
+                                                                cell.training["batch_size"])
+
+
+def test_a_diverging_cell_is_a_result_not_a_crash(tiny_params, tiny_data, tmp_path):
+    cell = _cell(tiny_params, "he_relu", 6, learning_rate=1e6)
+    metrics = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
+    assert metrics["status"] == "diverged" and metrics["failure"] == "diverged"
+    assert metrics["diverged_at_step"] is not None and metrics["steps"] <= metrics["diverged_at_step"] + 1
+    assert metrics["trainable"] is False
+    text = (tmp_path / "cells" / cell.cell_id / "metrics.json").read_text()
+    assert json.loads(text)["failure"] == "diverged"
+
+
+def test_cli_train_skips_done_cells(tiny_params, tiny_data_root, tmp_path):
+    args = [sys.executable, "-m", "vgbench", "train", "--profile", "tiny", "--only", "baseline-mnist1d-d2",
+            "--params", str(REPO / "params.yaml"), "--data-root", str(tiny_data_root),
+            "--results-root", str(tmp_path)]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    first = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "1 to train" in first.stdout
+    second = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert "1 already done, 0 to train" in second.stdout
+
+
+def test_ddp_on_two_cpu_processes(tiny_params, tiny_data_root, tmp_path):
+    """Lightning's own DDP launcher (strategy=ddp, gloo): one result, written once, world size 2."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"] = "tiny"
+    raw["wandb"]["mode"] = "disabled"
+    raw["profiles"]["tiny"]["trainer"] = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    results = tmp_path / "results"
+    completed = subprocess.run(
+        [sys.executable, "-m", "vgbench", "train", "--only", "he_relu-mnist1d-d2", "--params", str(params),
+         "--data-root", str(tiny_data_root), "--results-root", str(results)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    cells = list((results / "cells").iterdir())
+    assert len(cells) == 1
+    metrics = json.loads((cells[0] / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    assert completed.stdout.count("[1/1]") == 1  # only rank 0 reports and writes
+    # Each rank takes its share of a global batch of 2 x batch_size samples.
+    n_train = json.loads((tiny_data_root / "mnist1d" / "manifest.json").read_text())["sizes"]["train"]
+    training = raw["profiles"]["tiny"]["training"]
+    assert metrics["steps"] == training["max_epochs"] * -(-n_train // (2 * training["batch_size"]))
+    profile = json.loads((cells[0] / "grad_profile.json").read_text())["records"]
+    assert profile[0]["phase"] == "init" and len(profile[0]["dL_dh_norm"]) == 2
+    assert all(n > 0 and n == n for r in profile for n in r["dL_dh_norm"])  # reduced, finite, non-zero
+    assert 0.1 < metrics["test_accuracy"] <= 1.0
+    assert list(cells[0].glob(".*")) == []  # no temporary files left behind
