@@ -7,7 +7,10 @@ MLPs on it show the vanishing gradient plainly.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+
+import numpy as np
 
 import torch
 from mnist1d.data import get_dataset_args, make_dataset
@@ -25,7 +28,13 @@ def build(settings: MNIST1DSettings, raw_dir: Path) -> RawSplits:
     args = get_dataset_args()
     args.num_samples = settings.num_samples
     args.seed = settings.seed
-    data = make_dataset(args)
+    # make_dataset reseeds the global `random` and `np.random`; leave them as they were.
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        data = make_dataset(args)
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
     return RawSplits(
         train_x=torch.tensor(data["x"], dtype=torch.float32),
         train_y=torch.tensor(data["y"], dtype=torch.long),

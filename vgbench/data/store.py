@@ -21,6 +21,10 @@ from vgbench.data import DATASETS, DatasetSettings, RawSplits
 SPLITS = ("train", "validation", "test")
 
 
+class DataNotReadyError(RuntimeError):
+    """A stored data set is missing, stale or corrupted; the message names the fix."""
+
+
 def settings_hash(settings: DatasetSettings) -> str:
     text = json.dumps(settings.model_dump(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -76,7 +80,12 @@ def prepare(name: str, settings: DatasetSettings, data_root: Path) -> dict:
 
 def read_manifest(name: str, data_root: Path) -> dict | None:
     path = data_root / name / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataNotReadyError(f"{path} is not valid JSON ({error}): run `vgbench fetch {name}`") from None
 
 
 def is_current(name: str, settings: DatasetSettings, data_root: Path) -> bool:
@@ -91,10 +100,6 @@ class StoredDataset:
     num_classes: int
     input_shape: tuple[int, ...]
     manifest: dict
-
-
-class DataNotReadyError(RuntimeError):
-    pass
 
 
 def load(name: str, settings: DatasetSettings, data_root: Path, verify: bool = True) -> StoredDataset:
@@ -113,6 +118,9 @@ def load(name: str, settings: DatasetSettings, data_root: Path, verify: bool = T
             f"{settings.model_dump()}: run `vgbench fetch {name}`")
     if verify:
         for file, digest in manifest["sha256"].items():
+            if not (folder / file).is_file():
+                raise DataNotReadyError(f"{folder / file} is missing (listed in the manifest): "
+                                        f"run `vgbench fetch {name}`")
             if sha256(folder / file) != digest:
                 raise DataNotReadyError(f"{folder / file} does not match its sha256 in the manifest: "
                                         f"run `vgbench fetch {name}`")

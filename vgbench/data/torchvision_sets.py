@@ -33,6 +33,11 @@ def _open(cls, raw_dir: Path, train: bool):
         return cls(root=str(raw_dir), train=train, download=False)
     except RuntimeError:
         pass  # not on disk yet: download below
+    except Exception as error:  # on disk but unreadable (e.g. an HTML page saved as a raw file)
+        raise DatasetUnavailableError(
+            f"the raw {cls.__name__} files under {raw_dir} cannot be read ({type(error).__name__}: {error}). "
+            f"Delete them and run `vgbench fetch` again, or replace them by hand as {raw_dir / _RAW_FILES[cls]}."
+        ) from error
     try:
         return cls(root=str(raw_dir), train=train, download=True)
     except Exception as error:  # URLError, HTTPError, socket errors, corrupted files
