@@ -48,6 +48,8 @@ def choose_learning_rates(cells: pd.DataFrame) -> pd.DataFrame:
     """(group..., learning_rate, mean validation accuracy) of the chosen rate per group."""
     scored = cells.assign(selection_score=cells["val_accuracy"].fillna(0.0))
     means = scored.groupby(GROUP + ["learning_rate"], as_index=False)["selection_score"].mean()
+    # Means of equal accuracies summed in another order differ in the last bit; keep such ties ties.
+    means["selection_score"] = means["selection_score"].round(12)
     means = means.sort_values(GROUP + ["selection_score", "learning_rate"],
                               ascending=[True] * len(GROUP) + [False, True])
     return means.groupby(GROUP, as_index=False).head(1).rename(

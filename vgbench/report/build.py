@@ -54,7 +54,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
     outputs = {
         "leaderboard.json": None,
         "leaderboard.csv": rows.to_csv(index=False),
-        "leaderboard.md": "".join(
+        "leaderboard.md": "\n".join(
             formats.leaderboard_markdown(rows[rows.family == family], ranked[ranked.family == family],
                                          f"{family} (profile {params.profile})")
             for family in rows["family"].unique()),
@@ -76,15 +76,16 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         written.append(path)
 
     # Gradient profile at the deepest depth of each (family, data set): one line per remedy.
+    # The folder is replaced as a whole, so figures of another profile never linger in it.
     profiles = []
-    for (family, dataset), group in table.groupby(["family", "dataset"], sort=False):
-        deepest = group[group["depth"] == group["depth"].max()]
-        profile = figures.init_profiles(deepest, results_root)
-        profiles.append(profile)
-        depth = int(group["depth"].max())
-        figure = results_root / "figures" / f"grad_profile_{family}_{dataset}_d{depth}.png"
-        figures.plot_grad_profile(profile, figure, f"{family} on {dataset}, depth {depth}, at initialization")
-        written.append(figure)
+    with atomic.replace_dir(results_root / "figures") as folder:
+        for (family, dataset), group in table.groupby(["family", "dataset"], sort=False):
+            depth = int(group["depth"].max())
+            profile = figures.init_profiles(group[group["depth"] == depth], results_root)
+            profiles.append(profile)
+            name = f"grad_profile_{family}_{dataset}_d{depth}.png"
+            figures.plot_grad_profile(profile, folder / name, f"{family} on {dataset}, depth {depth}, at initialization")
+            written.append(results_root / "figures" / name)
     csv = results_root / "plots" / "grad_profile.csv"
     figures.write_profile_csv(pd.concat(profiles), csv)
     written.append(csv)

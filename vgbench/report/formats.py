@@ -77,6 +77,12 @@ def _tex_escape(text: str) -> str:
     return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
 
 
+def _tex_math(value: float, digits: int) -> str:
+    """A number in math mode; NaN as '--' outside it (the Unicode dash is text-only)."""
+    text = _num(value, digits)
+    return "--" if text == "–" else {"-inf": r"$-\infty$", "inf": r"$\infty$"}.get(text, f"${text}$")
+
+
 def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbench") -> str:
     """A booktabs table: remedies as rows, depths as column pairs (test accuracy, log10 ratio).
 
@@ -99,7 +105,7 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
                 cells += ["--", "--"]
                 continue
             cells.append(rf"${_num(row['test_accuracy_mean'], 3)} \pm {_num(row['test_accuracy_std'], 3)}$")
-            cells.append(f"${_num(row['init_log10_dL_dh_first_last'], 1)}$".replace("$-inf$", r"$-\infty$"))
+            cells.append(_tex_math(row["init_log10_dL_dh_first_last"], 1))
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
               r"\end{table}"]

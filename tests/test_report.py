@@ -1,0 +1,546 @@
+"""The leaderboard stage on synthetic cell results (no training).
+
+Cell results are written in tmp_path with the same schema ``run_cell`` writes
+(``metrics.json`` and ``grad_profile.json`` per cell id, JSON written by
+``vgbench.atomic.write_json`` so -inf/NaN round-trip as they do for real), for
+the cells that ``vgbench.matrix.expand`` produces from a small params dict.
+
+The formatters are checked against golden files in tests/golden/. After an
+intended change to the output, regenerate them with
+
+    VGBENCH_UPDATE_GOLDEN=1 python -m pytest tests/test_report.py
+
+and review the diff of tests/golden/ before committing it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vgbench import atomic, results
+from vgbench.config import parse_params
+from vgbench.matrix import CellSpec, expand
+from vgbench.probes.failure import FAILURE_LABELS
+from vgbench.report import aggregate, build, formats
+
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE_GOLDEN = os.environ.get("VGBENCH_UPDATE_GOLDEN") == "1"
+
+NAN = float("nan")
+NEG_INF = float("-inf")
+
+SEEDS = [0, 1, 2]
+RATES = [0.01, 0.1]
+REMEDIES = ["baseline", "he_relu", "grad_clip"]
+DEPTHS = [2, 6]
+
+
+def small_params(**overrides) -> dict:
+    profile = {
+        "description": "synthetic results for the report tests",
+        "datasets": {"mnist1d": {}},
+        "matrix": [{"family": "mlp", "dataset": "mnist1d", "remedies": REMEDIES, "depths": DEPTHS,
+                    "model": {"width": 8}}],
+        "seeds": SEEDS,
+        "learning_rates": RATES,
+        "training": {"max_epochs": 4, "batch_size": 50, "optimizer": "sgd", "momentum": 0.9,
+                     "target_accuracy": 0.3},
+        "probes": {"interval_steps": 2, "init_batch_size": 32},
+    }
+    profile.update(overrides)
+    return {"profile": "synthetic", "wandb": {"mode": "disabled"}, "profiles": {"synthetic": profile}}
+
+
+def outcome(val, test, *, failure=None, log10=-1.0, epochs=2, wall=1.0, loss=1.5, trainable=None):
+    """One seed's result; ``trainable`` defaults to 'no failure label'."""
+    return {"val": val, "test": test, "failure": failure, "log10": log10, "epochs": epochs,
+            "wall": wall, "loss": loss, "trainable": failure is None if trainable is None else trainable}
+
+
+def vanished(val=0.1, test=0.1):
+    return outcome(val, test, failure="vanished", log10=NEG_INF, epochs=None, loss=2.3)
+
+
+def diverged():
+    return outcome(NAN, NAN, failure="diverged", log10=NAN, epochs=None, loss=NAN)
+
+
+# (remedy, depth, learning rate) -> one outcome per seed (SEEDS order).
+SCENARIO = {
+    # Validation picks 0.01 (mean 0.52 > 0.50) although 0.1 has far better test accuracy.
+    ("baseline", 2, 0.01): [outcome(0.50, 0.40, log10=-1.0, epochs=2, wall=1.0),
+                            outcome(0.52, 0.42, log10=-1.2, epochs=None, wall=2.0),
+                            outcome(0.54, 0.44, log10=-1.4, epochs=5, wall=3.0)],
+    ("baseline", 2, 0.1): [outcome(0.48, 0.90), outcome(0.50, 0.91), outcome(0.52, 0.92)],
+    # Every seed vanished at both rates; equal validation means: the smaller rate wins.
+    ("baseline", 6, 0.01): [vanished(), vanished(), vanished()],
+    ("baseline", 6, 0.1): [vanished(test=0.2), vanished(test=0.2), vanished(test=0.2)],
+    # Validation picks 0.1.
+    ("he_relu", 2, 0.01): [outcome(0.6, 0.9), outcome(0.6, 0.9), outcome(0.6, 0.9)],
+    ("he_relu", 2, 0.1): [outcome(0.7, 0.65, log10=0.1), outcome(0.7, 0.70, log10=0.2),
+                          outcome(0.7, 0.75, log10=0.3)],
+    # 0.1 has mean validation 0.6 with the diverged seed as 0 (0.9 if it were skipped): 0.01 (0.62) wins.
+    ("he_relu", 6, 0.01): [outcome(0.62, 0.6, log10=-0.5), outcome(0.62, 0.6, log10=NEG_INF),
+                           outcome(0.62, 0.6, log10=-0.7)],
+    ("he_relu", 6, 0.1): [outcome(0.9, 0.95), outcome(0.9, 0.95), diverged()],
+    ("grad_clip", 2, 0.01): [outcome(0.5, 0.5), outcome(0.5, 0.5), outcome(0.5, 0.5)],
+    ("grad_clip", 2, 0.1): [outcome(0.55, 0.5), outcome(0.55, 0.6), outcome(0.55, 0.7)],
+    # 0.1 wins (0.8 + 0.8 + 0) / 3 > 0.3 with a diverged seed among the reported ones.
+    ("grad_clip", 6, 0.01): [outcome(0.3, 0.3), outcome(0.3, 0.3), outcome(0.3, 0.3)],
+    ("grad_clip", 6, 0.1): [outcome(0.8, 0.7, log10=-0.2), outcome(0.8, 0.8, log10=-0.4), diverged()],
+}
+
+
+def init_norms(cell: CellSpec) -> list[float]:
+    """||dL/dh_l|| at initialization: depends on remedy, depth and seed, never on the learning rate."""
+    slope = {"baseline": 1.0, "he_relu": 0.0, "grad_clip": 0.5}[cell.remedy]
+    norms = [10.0 ** (-slope * (cell.depth - layer) + 0.1 * cell.seed) for layer in range(1, cell.depth + 1)]
+    if cell.remedy == "baseline" and cell.depth == max(DEPTHS):
+        norms[0] = 0.0  # underflowed: log10 is -inf
+    return norms
+
+
+def probe_record(cell: CellSpec, norms: list[float], phase: str, step: int) -> dict:
+    return {
+        "activation_variance": [0.1] * cell.depth, "dL_dh_first_last_ratio": norms[0] / norms[-1],
+        "dL_dh_norm": norms, "dead_fraction": None, "epoch": 0 if phase == "init" else 1,
+        "grad_total_norm": 0.4, "grad_total_norm_clipped": None, "loss": 2.3, "phase": phase,
+        "saturated_fraction": [0.0] * cell.depth, "step": step,
+        "weight_grad_first_last_ratio": norms[0] / norms[-1], "weight_grad_norm": norms,
+        "weight_grad_norm_clipped": None,
+    }
+
+
+def write_cell(root: Path, cell: CellSpec, result: dict) -> None:
+    """metrics.json and grad_profile.json as run_cell writes them."""
+    folder = results.cell_dir(root, cell.cell_id)
+    norms = init_norms(cell)
+    records = [probe_record(cell, norms, "init", 0), probe_record(cell, [n * 2 for n in norms], "train", 4)]
+    history = [{"epoch": e, "train_loss": 2.0, "val_accuracy": 0.1, "val_loss": 2.0} for e in range(3)]
+    history.append({"epoch": 3, "train_loss": result["loss"], "val_accuracy": result["val"], "val_loss": 1.0})
+    diverged_cell = result["failure"] == "diverged"
+    metrics = {
+        "cell_id": cell.cell_id, "cell": cell.as_dict(),
+        "status": "diverged" if diverged_cell else "completed",
+        "failure": result["failure"], "diverged_at_step": 7 if diverged_cell else None,
+        "trainable": result["trainable"], "chance_accuracy": 0.1,
+        "test_accuracy": result["test"], "test_loss": NAN if diverged_cell else 1.0,
+        "val_accuracy": result["val"], "best_val_accuracy": result["val"],
+        "final_train_loss": result["loss"], "epochs_to_target": result["epochs"],
+        "target_accuracy": cell.training["target_accuracy"],
+        "init_log10_dL_dh_first_last": result["log10"], "init_log10_weight_grad_first_last": result["log10"],
+        "final_log10_dL_dh_first_last": result["log10"], "history": history, "world_size": 1,
+        "num_parameters": 1000, "steps": 16, "fit_seconds": result["wall"] * 0.8,
+        "wall_seconds": result["wall"], "probe_seconds": 0.01, "probe_overhead_fraction": 0.0125,
+        "environment": {"python": "3.11", "platform": "test", "torch": "x", "lightning": "x", "vgbench": "x",
+                        "code_fingerprint": "synthetic", "cuda": None, "cudnn": None},
+        "wandb": None,
+    }
+    atomic.write_json(folder / "grad_profile.json", {"cell_id": cell.cell_id, "records": records})
+    atomic.write_json(folder / "metrics.json", metrics)
+
+
+def write_results(root: Path, cells: list[CellSpec], skip: set[str] = frozenset()) -> None:
+    for cell in cells:
+        if cell.cell_id not in skip:
+            write_cell(root, cell, SCENARIO[(cell.remedy, cell.depth, cell.learning_rate)][SEEDS.index(cell.seed)])
+
+
+@pytest.fixture(scope="module")
+def params():
+    return parse_params(small_params(), source="test")
+
+
+@pytest.fixture(scope="module")
+def cells(params):
+    return expand(params.active)
+
+
+@pytest.fixture(scope="module")
+def results_root(tmp_path_factory, cells):
+    root = tmp_path_factory.mktemp("results")
+    write_results(root, cells)
+    return root
+
+
+@pytest.fixture(scope="module")
+def table(cells, results_root):
+    frame, missing = aggregate.cell_table(cells, results_root)
+    assert missing == []
+    return frame
+
+
+@pytest.fixture(scope="module")
+def rows(table):
+    return aggregate.leaderboard_rows(table).set_index(["remedy", "depth"])
+
+
+# 1. learning-rate protocol --------------------------------------------------------------------------------------
+
+def test_matrix_is_the_full_grid(cells, table):
+    assert len(cells) == len(REMEDIES) * len(DEPTHS) * len(RATES) * len(SEEDS) == len(table) == 36
+
+
+def test_rate_chosen_on_mean_validation_accuracy(table):
+    chosen = aggregate.choose_learning_rates(table)
+    assert list(chosen.columns) == aggregate.GROUP + ["learning_rate", "selection_val_accuracy"]
+    picked = {(r.remedy, r.depth): r.learning_rate for r in chosen.itertuples()}
+    assert picked == {
+        ("baseline", 2): 0.01,   # best validation although 0.1 has the best test accuracy
+        ("baseline", 6): 0.01,   # a tie goes to the smaller rate
+        ("he_relu", 2): 0.1,
+        ("he_relu", 6): 0.01,    # the diverged seed of 0.1 counts as 0
+        ("grad_clip", 2): 0.1,
+        ("grad_clip", 6): 0.1,
+    }
+    score = {(r.remedy, r.depth): r.selection_val_accuracy for r in chosen.itertuples()}
+    assert score[("baseline", 2)] == pytest.approx(0.52)
+    assert score[("he_relu", 6)] == pytest.approx(0.62)
+    assert score[("grad_clip", 6)] == pytest.approx((0.8 + 0.8 + 0.0) / 3)
+
+
+def test_rate_choice_ignores_test_accuracy(table):
+    """Swapping every test accuracy between the rates changes nothing about the choice."""
+    swapped = table.assign(test_accuracy=table["test_accuracy"].sample(frac=1.0, random_state=0).to_numpy())
+    pd.testing.assert_frame_equal(aggregate.choose_learning_rates(table).reset_index(drop=True),
+                                  aggregate.choose_learning_rates(swapped).reset_index(drop=True))
+
+
+def test_tie_breaks_to_smaller_rate_whatever_the_order():
+    frame = pd.DataFrame({"family": "mlp", "dataset": "d", "remedy": "r", "depth": 3,
+                          "learning_rate": [0.3, 0.1, 0.03, 0.3, 0.1, 0.03, 1.0, 1.0],
+                          "val_accuracy": [0.25, 0.5, 0.375, 0.75, 0.5, 0.625, 0.1, 0.2]})
+    chosen = aggregate.choose_learning_rates(frame)
+    assert chosen["learning_rate"].tolist() == [0.03]  # 0.03, 0.1 and 0.3 all average exactly 0.5
+    assert chosen["selection_val_accuracy"].tolist() == [0.5]
+
+
+def test_tie_despite_float_rounding_of_the_means():
+    """Accuracies are multiples of 1/N: (0.4 + 0.8) / 2 and (0.6 + 0.6) / 2 differ only in the last bit."""
+    assert (0.4 + 0.8) / 2 != (0.6 + 0.6) / 2
+    frame = pd.DataFrame({"family": "mlp", "dataset": "d", "remedy": "r", "depth": 3,
+                          "learning_rate": [0.01, 0.01, 0.1, 0.1], "val_accuracy": [0.6, 0.6, 0.4, 0.8]})
+    chosen = aggregate.choose_learning_rates(frame)
+    assert chosen["learning_rate"].tolist() == [0.01]
+    assert chosen["selection_val_accuracy"].tolist() == pytest.approx([0.6])
+
+
+# 2. leaderboard rows --------------------------------------------------------------------------------------------
+
+def test_rows_report_test_accuracy_at_the_chosen_rate_only(rows):
+    assert len(rows) == len(REMEDIES) * len(DEPTHS)
+    row = rows.loc[("baseline", 2)]
+    assert row["learning_rate"] == 0.01
+    assert row["n"] == 3
+    assert row["test_accuracy_mean"] == pytest.approx(0.42)
+    assert row["test_accuracy_std"] == pytest.approx(0.02)  # sample std (ddof=1) of 0.40, 0.42, 0.44
+    assert row["selection_val_accuracy"] == pytest.approx(0.52)
+    assert row["wall_seconds_mean"] == pytest.approx(2.0)
+    assert row["final_train_loss_mean"] == pytest.approx(1.5)
+    assert row["chance_accuracy"] == 0.1
+    he = rows.loc[("he_relu", 2)]
+    assert he["learning_rate"] == 0.1
+    assert he["test_accuracy_mean"] == pytest.approx(0.70)
+    assert he["test_accuracy_std"] == pytest.approx(0.05)
+
+
+def test_diverged_seed_counts_as_zero_test_accuracy(rows):
+    row = rows.loc[("grad_clip", 6)]
+    assert row["learning_rate"] == 0.1 and row["n"] == 3
+    assert row["test_accuracy_mean"] == pytest.approx(0.5)  # (0.7 + 0.8 + 0) / 3
+    assert row["test_accuracy_std"] == pytest.approx(math.sqrt((0.2 ** 2 + 0.3 ** 2 + 0.5 ** 2) / 2))
+    assert row["trainable_rate"] == pytest.approx(2 / 3)
+    assert row["rate_diverged"] == pytest.approx(1 / 3)
+    assert row["failures"] == "diverged 1/3"
+    assert row["init_log10_dL_dh_first_last"] == pytest.approx(-0.3)  # NaN of the diverged seed left out
+    assert row["final_train_loss_mean"] == pytest.approx(1.5)
+
+
+def test_failure_rates_and_summary(rows):
+    vanished_row = rows.loc[("baseline", 6)]
+    assert vanished_row["failures"] == "vanished 3/3"
+    assert vanished_row["rate_vanished"] == 1.0
+    assert vanished_row["trainable_rate"] == 0.0
+    assert vanished_row["test_accuracy_mean"] == pytest.approx(0.1)  # the chosen (smaller) rate's, not 0.2
+    for label in FAILURE_LABELS:
+        assert rows.loc[("he_relu", 2)][f"rate_{label}"] == 0.0
+        if label != "vanished":
+            assert vanished_row[f"rate_{label}"] == 0.0
+    assert rows.loc[("he_relu", 2)]["failures"] == ""
+    assert rows.loc[("he_relu", 2)]["trainable_rate"] == 1.0
+    labels = pd.Series(["vanished", "vanished"])
+    assert aggregate.failure_summary(labels) == "vanished 2/2"
+    assert aggregate.failure_summary(pd.Series([None, "dead_units", "dead_units", None])) == "dead_units 2/4"
+    assert aggregate.failure_summary(pd.Series([None, None])) == ""
+
+
+def test_epochs_to_target_is_the_median_over_seeds_that_reached_it(rows):
+    row = rows.loc[("baseline", 2)]
+    assert row["epochs_to_target"] == pytest.approx(3.5)  # seeds reached at 2 and 5; seed 1 never did
+    assert row["reached_target_rate"] == pytest.approx(2 / 3)
+    never = rows.loc[("baseline", 6)]
+    assert math.isnan(never["epochs_to_target"])
+    assert never["reached_target_rate"] == 0.0
+
+
+def test_log10_ratio_with_infinities(rows):
+    assert rows.loc[("baseline", 2)]["init_log10_dL_dh_first_last"] == pytest.approx(-1.2)
+    # one seed at -inf: mean over the finite ones
+    assert rows.loc[("he_relu", 6)]["init_log10_dL_dh_first_last"] == pytest.approx(-0.6)
+    # every seed at -inf: -inf
+    assert rows.loc[("baseline", 6)]["init_log10_dL_dh_first_last"] == NEG_INF
+    assert rows.loc[("baseline", 6)]["init_log10_weight_grad_first_last"] == NEG_INF
+    assert math.isnan(aggregate._finite_mean(pd.Series([NAN, NAN])))
+
+
+# 3. frontier and ranking ----------------------------------------------------------------------------------------
+
+def test_frontier_and_ranking_from_results(table):
+    rows = aggregate.leaderboard_rows(table)
+    front = aggregate.frontier(rows).set_index("remedy")
+    assert front["deepest_trainable_depth"].to_dict() == {"baseline": 2, "grad_clip": 6, "he_relu": 6}
+    assert front["deepest_depth"].to_dict() == {"baseline": 6, "grad_clip": 6, "he_relu": 6}
+    assert front.loc["he_relu", "test_accuracy_at_deepest"] == pytest.approx(0.6)
+    ranked = aggregate.ranking(aggregate.frontier(rows))
+    # he_relu and grad_clip both train at depth 6; he_relu has the better test accuracy there
+    assert ranked["remedy"].tolist() == ["he_relu", "grad_clip", "baseline"]
+    assert ranked["rank"].tolist() == [1, 2, 3]
+
+
+def _row(remedy, depth, trainable_rate, accuracy, dataset="d", std=0.01):
+    return {"family": "mlp", "dataset": dataset, "remedy": remedy, "depth": depth,
+            "trainable_rate": trainable_rate, "test_accuracy_mean": accuracy, "test_accuracy_std": std}
+
+
+def test_frontier_threshold_and_ranking_order():
+    rows = pd.DataFrame([
+        _row("a", 2, 1.0, 0.9), _row("a", 10, 0.5, 0.6), _row("a", 20, 0.4, 0.3),  # exactly half trains
+        _row("b", 2, 1.0, 0.9), _row("b", 10, 0.4, 0.2), _row("b", 20, 0.6, 0.5),  # a deeper one trains again
+        _row("c", 2, 0.0, 0.1), _row("c", 20, 0.0, 0.1),                          # never trains
+        _row("e", 2, 1.0, 0.9), _row("e", 10, 1.0, 0.8), _row("e", 20, 0.2, 0.4),  # same frontier as a
+        _row("a", 2, 1.0, 0.9, dataset="other"), _row("b", 2, 0.0, 0.1, dataset="other"),
+    ])
+    front = aggregate.frontier(rows)
+    depth = {(r.dataset, r.remedy): r.deepest_trainable_depth for r in front.itertuples()}
+    assert depth == {("d", "a"): 10, ("d", "b"): 20, ("d", "c"): 0, ("d", "e"): 10,
+                     ("other", "a"): 2, ("other", "b"): 0}
+    assert front.set_index(["dataset", "remedy"]).loc[("d", "a"), "test_accuracy_at_deepest"] == 0.3
+    assert aggregate.frontier(rows, majority=0.6).set_index(["dataset", "remedy"]).loc[
+        ("d", "a"), "deepest_trainable_depth"] == 2
+    ranked = aggregate.ranking(front)
+    assert [(r.dataset, r.remedy, r.rank) for r in ranked.itertuples()] == [
+        ("d", "b", 1), ("d", "e", 2), ("d", "a", 3), ("d", "c", 4),  # e beats a on accuracy at depth 20
+        ("other", "a", 1), ("other", "b", 2),
+    ]
+
+
+def test_in_matrix_order_follows_params(table, params):
+    ordered = aggregate.in_matrix_order(aggregate.leaderboard_rows(table), params.active)
+    assert list(zip(ordered["remedy"], ordered["depth"])) == [(r, d) for r in REMEDIES for d in DEPTHS]
+
+
+# 4. missing cells -----------------------------------------------------------------------------------------------
+
+def test_cell_table_reports_missing_cells(tmp_path, cells):
+    skip = {cells[0].cell_id, cells[7].cell_id, cells[-1].cell_id}
+    write_results(tmp_path, cells, skip=skip)
+    # a folder with only a probe file (interrupted cell) is not a result either
+    (results.cell_dir(tmp_path, cells[-1].cell_id)).mkdir(parents=True)
+    (results.cell_dir(tmp_path, cells[-1].cell_id) / "grad_profile.json").write_text('{"records": []}')
+    frame, missing = aggregate.cell_table(cells, tmp_path)
+    assert missing == [c.cell_id for c in cells if c.cell_id in skip]  # in matrix order
+    assert len(frame) == len(cells) - 3
+    assert not set(frame["cell_id"]) & skip
+    first = frame.iloc[0]
+    assert first["cell_id"] == cells[1].cell_id
+    assert (first["family"], first["dataset"], first["remedy"], first["depth"], first["seed"],
+            first["learning_rate"]) == ("mlp", "mnist1d", "baseline", 2, 1, 0.01)
+    assert first["val_accuracy"] == 0.52 and first["test_accuracy"] == 0.42
+
+
+def test_cell_table_of_an_empty_root(tmp_path, cells):
+    frame, missing = aggregate.cell_table(cells, tmp_path)
+    assert frame.empty
+    assert missing == [c.cell_id for c in cells]
+
+
+# 5. formatters against golden files -----------------------------------------------------------------------------
+
+def golden_rows() -> pd.DataFrame:
+    base = {"family": "mlp", "n": 3, "wall_seconds_mean": 1.25}
+    return pd.DataFrame([
+        {**base, "dataset": "mnist1d", "remedy": "baseline", "depth": 2, "learning_rate": 0.01,
+         "test_accuracy_mean": 0.42, "test_accuracy_std": 0.02, "trainable_rate": 1.0,
+         "init_log10_dL_dh_first_last": -1.23, "epochs_to_target": 3.5, "failures": ""},
+        {**base, "dataset": "mnist1d", "remedy": "baseline", "depth": 20, "learning_rate": 0.1,
+         "test_accuracy_mean": 0.1, "test_accuracy_std": 0.0, "trainable_rate": 0.0,
+         "init_log10_dL_dh_first_last": NEG_INF, "epochs_to_target": NAN, "failures": "vanished 3/3"},
+        {**base, "dataset": "mnist1d", "remedy": "he_relu", "depth": 2, "learning_rate": 0.1,
+         "test_accuracy_mean": 0.7, "test_accuracy_std": 0.05, "trainable_rate": 1.0,
+         "init_log10_dL_dh_first_last": 0.04, "epochs_to_target": 1.0, "failures": ""},
+        {**base, "dataset": "mnist1d", "remedy": "he_relu", "depth": 20, "learning_rate": 0.003,
+         "test_accuracy_mean": 0.5, "test_accuracy_std": 0.40825, "trainable_rate": 2 / 3,
+         "init_log10_dL_dh_first_last": NAN, "epochs_to_target": 7.0, "failures": "diverged 1/3"},
+        {**base, "dataset": "mnist1d", "remedy": "grad_clip", "depth": 2, "learning_rate": 0.03,
+         "test_accuracy_mean": 0.5678, "test_accuracy_std": 0.0123, "trainable_rate": 1.0,
+         "init_log10_dL_dh_first_last": -0.96, "epochs_to_target": 2.0, "failures": ""},
+    ])
+
+
+def golden_ranked() -> pd.DataFrame:
+    return pd.DataFrame([
+        {"rank": 1, "family": "mlp", "dataset": "mnist1d", "remedy": "he_relu", "deepest_trainable_depth": 20,
+         "test_accuracy_at_deepest": 0.5, "test_accuracy_std_at_deepest": 0.40825},
+        {"rank": 2, "family": "mlp", "dataset": "mnist1d", "remedy": "grad_clip", "deepest_trainable_depth": 2,
+         "test_accuracy_at_deepest": NAN, "test_accuracy_std_at_deepest": NAN},
+        {"rank": 3, "family": "mlp", "dataset": "mnist1d", "remedy": "baseline", "deepest_trainable_depth": 2,
+         "test_accuracy_at_deepest": 0.1, "test_accuracy_std_at_deepest": 0.0},
+    ])
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE_GOLDEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), (f"{path} is missing: run `VGBENCH_UPDATE_GOLDEN=1 python -m pytest "
+                           f"tests/test_report.py` to create it")
+    assert text == path.read_text(), (f"output differs from {path}; if the change is intended, run "
+                                      f"`VGBENCH_UPDATE_GOLDEN=1 python -m pytest tests/test_report.py`")
+
+
+def test_leaderboard_markdown_golden():
+    text = formats.leaderboard_markdown(golden_rows(), golden_ranked(), "mlp (profile golden)")
+    check_golden("leaderboard.md", text)
+    lines = text.splitlines()
+    assert lines[0] == "## mlp (profile golden)"
+    assert "| mlp | mnist1d | baseline | 2 | 0.01 | 0.420 ± 0.020 | 3 | 100% | -1.2 | 3.5 | – | 1.2 |" in lines
+    assert ("| mlp | mnist1d | baseline | 20 | 0.1 | 0.100 ± 0.000 | 3 | 0% | -inf | – | vanished 3/3 | 1.2 |"
+            in lines)
+    assert ("| mlp | mnist1d | he_relu | 20 | 0.003 | 0.500 ± 0.408 | 3 | 67% | – | 7.0 | diverged 1/3 | 1.2 |"
+            in lines)
+    assert "| 1 | mlp | mnist1d | he_relu | 20 | 0.500 ± 0.408 |" in lines
+    assert "| 2 | mlp | mnist1d | grad_clip | 2 | – ± – |" in lines
+    assert text.endswith("|\n")
+
+
+def test_leaderboard_latex_golden():
+    text = formats.leaderboard_latex(golden_rows(), caption=r"mean $\pm$ std", label="tab:golden")
+    check_golden("leaderboard.tex", text)
+    lines = text.splitlines()
+    assert lines[0] == r"\begin{table}[t]" and lines[-1] == r"\end{table}"
+    assert r"\begin{tabular}{llrrrr}" in lines
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert lines.count(rule) == 1
+    assert lines.index(r"\toprule") < lines.index(r"\midrule") < lines.index(r"\bottomrule")
+    assert r"\cmidrule(lr){3-4}\cmidrule(lr){5-6}" in lines
+    body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+    assert body == [
+        r"mnist1d & baseline & $0.420 \pm 0.020$ & $-1.2$ & $0.100 \pm 0.000$ & $-\infty$ \\",
+        r"mnist1d & he\_relu & $0.700 \pm 0.050$ & $0.0$ & $0.500 \pm 0.408$ & -- \\",
+        r"mnist1d & grad\_clip & $0.568 \pm 0.012$ & $-1.0$ & -- & -- \\",
+    ]
+    assert "he_relu" not in text and "grad_clip" not in text  # underscores escaped
+    assert "±" not in text and "–" not in text  # ASCII LaTeX only
+    assert r"\caption{mean $\pm$ std}" in lines and r"\label{tab:golden}" in lines
+
+
+def test_latex_escapes_names():
+    rows = golden_rows().iloc[:1].assign(dataset="a&b", remedy=r"50%_x\y")
+    text = formats.leaderboard_latex(rows, caption="c")
+    assert r"a\&b & 50\%\_x\textbackslash{}y & " in text
+
+
+# 6. the whole stage ---------------------------------------------------------------------------------------------
+
+def _strict_json(text: str):
+    def reject(constant):
+        raise ValueError(f"not valid JSON: {constant}")
+    return json.loads(text, parse_constant=reject)
+
+
+def test_build_leaderboard(tmp_path, params, cells):
+    write_results(tmp_path, cells)
+    written = build.build_leaderboard(params, tmp_path, log_to_wandb=False)
+
+    for name in ("leaderboard.json", "leaderboard.csv", "leaderboard.md", "leaderboard.tex"):
+        assert tmp_path / name in written and (tmp_path / name).stat().st_size > 0
+    figures = sorted((tmp_path / "figures").glob("*.png"))
+    assert [f.name for f in figures] == ["grad_profile_mlp_mnist1d_d6.png"]
+    assert figures[0] in written
+    data = figures[0].read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+    summary = _strict_json((tmp_path / "leaderboard.json").read_text())
+    assert summary["profile"] == "synthetic"
+    assert summary["cells"] == 36 and summary["cells_missing"] == []
+    assert set(summary["rows"]) == {f"mlp/mnist1d/{r}/d{d}" for r in REMEDIES for d in DEPTHS}
+    row = summary["rows"]["mlp/mnist1d/baseline/d2"]
+    assert row["learning_rate"] == 0.01 and row["depth"] == 2 and row["n"] == 3
+    assert row["test_accuracy_mean"] == pytest.approx(0.42)
+    assert row["test_accuracy_std"] == pytest.approx(0.02)
+    assert row["epochs_to_target"] == pytest.approx(3.5)
+    for value in row.values():
+        assert isinstance(value, (int, float, str)) and not isinstance(value, bool) or value is None
+    vanished_row = summary["rows"]["mlp/mnist1d/baseline/d6"]
+    assert vanished_row["init_log10_dL_dh_first_last"] == "-inf"  # encoded, float() reads it back
+    assert float(vanished_row["init_log10_dL_dh_first_last"]) == NEG_INF
+    assert vanished_row["epochs_to_target"] is None  # NaN
+    assert vanished_row["failures"] == "vanished 3/3"
+    # write_json sorts keys, so the ranking order is in the "rank" values
+    assert sorted((v["rank"], k, v["deepest_trainable_depth"]) for k, v in summary["frontier"].items()) == [
+        (1, "mlp/mnist1d/he_relu", 6), (2, "mlp/mnist1d/grad_clip", 6), (3, "mlp/mnist1d/baseline", 2)]
+
+    csv = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert list(zip(csv["remedy"], csv["depth"])) == [(r, d) for r in REMEDIES for d in DEPTHS]
+    assert csv["test_accuracy_mean"].tolist() == pytest.approx([0.42, 0.1, 0.7, 0.6, 0.6, 0.5])
+
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert md.startswith("## mlp (profile synthetic)\n")
+    assert "| mlp | mnist1d | grad_clip | 6 | 0.1 | 0.500 ± 0.436 | 3 | 67% | -0.3 | 2.0 | diverged 1/3 |" in md
+    tex = (tmp_path / "leaderboard.tex").read_text()
+    assert r"mnist1d & he\_relu & $0.700 \pm 0.050$ & $0.2$ & $0.600 \pm 0.000$ & $-0.6$ \\" in tex
+    assert r"\label{tab:vgbench-mlp}" in tex and "over 3 seeds" in tex
+
+    profile = pd.read_csv(tmp_path / "plots" / "grad_profile.csv")
+    assert tmp_path / "plots" / "grad_profile.csv" in written
+    assert list(profile.columns) == ["family", "dataset", "depth", "remedy", "layer", "log10_dL_dh_norm"]
+    deepest = max(DEPTHS)
+    assert set(profile["depth"]) == {deepest}
+    assert len(profile) == len(REMEDIES) * deepest
+    for remedy in REMEDIES:
+        got = profile[profile["remedy"] == remedy].sort_values("layer")
+        assert got["layer"].tolist() == list(range(1, deepest + 1))
+        expected = []
+        for layer in range(deepest):
+            logs = [math.log10(n) if n > 0 else NEG_INF
+                    for n in (init_norms(c)[layer] for c in cells
+                              if c.remedy == remedy and c.depth == deepest and c.learning_rate == RATES[0])]
+            expected.append(sum(logs) / len(logs))
+        assert got["log10_dL_dh_norm"].tolist() == pytest.approx(expected)
+    baseline = profile[profile["remedy"] == "baseline"].sort_values("layer")["log10_dL_dh_norm"].tolist()
+    assert baseline[0] == NEG_INF  # the underflowed first layer
+    assert baseline[-1] == pytest.approx(0.1)  # last layer: 10**(0.1 * seed), mean over seeds 0, 1, 2
+
+
+def test_build_leaderboard_with_missing_cells(tmp_path, params, cells):
+    skip = {c.cell_id for c in cells if c.remedy == "grad_clip" and c.depth == 6 and c.seed == 2}
+    write_results(tmp_path, cells, skip=skip)
+    build.build_leaderboard(params, tmp_path, log_to_wandb=False)
+    summary = _strict_json((tmp_path / "leaderboard.json").read_text())
+    assert sorted(summary["cells_missing"]) == sorted(skip)
+    row = summary["rows"]["mlp/mnist1d/grad_clip/d6"]
+    assert row["n"] == 2 and row["test_accuracy_mean"] == pytest.approx(0.75)
+    assert row["failures"] == ""
+
+
+def test_build_leaderboard_without_results(tmp_path, params):
+    with pytest.raises(build.NoResultsError, match="no cell results"):
+        build.build_leaderboard(params, tmp_path, log_to_wandb=False)
+    assert not (tmp_path / "leaderboard.json").exists()
