@@ -26,6 +26,9 @@ def make_logger(cell: CellSpec, settings: WandbSettings) -> WandbLogger | None:
     import wandb
 
     return WandbLogger(
+        # WandbLogger passes its save_dir (default ".") to wandb.init as `dir`, which beats
+        # WANDB_DIR; hand WANDB_DIR on so cell runs land where the leaderboard run does.
+        save_dir=os.environ.get("WANDB_DIR") or ".",
         project=settings.project, entity=settings.entity, mode=settings.mode,
         name=cell.cell_id, group=cell.family, job_type="train",
         config={**cell.as_dict(), "cell_id": cell.cell_id},

@@ -1,0 +1,230 @@
+"""The whole pipeline as a user runs it: `dvc repro` on a fresh copy of the repository, tiny profile.
+
+The copy holds what a clone would (tracked files plus files not yet committed
+but not ignored; no data/, results/, wandb/ or dvc.lock) and runs its own
+vgbench code (PYTHONPATH), so the code fingerprint and DVC's dependency hashes
+see the files DVC tracks. W&B runs offline into a temporary WANDB_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.wandb_offline import read_run
+from vgbench.config import load_params
+from vgbench.matrix import expand
+
+TIMEOUT = 600
+STAGES = ("fetch", "train", "leaderboard")
+LEFT_OUT = {"dvc.lock"}  # the copy must make its own
+
+
+def _repository_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, check=True, capture_output=True, text=True).stdout
+    return sorted({name for name in listed.split("\0") if name})
+
+
+def _copy_repository(target: Path) -> None:
+    for name in _repository_files():
+        source = REPO / name
+        if name in LEFT_OUT or not source.is_file():  # deleted in the working tree since it was listed
+            continue
+        destination = target / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, destination)
+
+
+def _select_profile(params_file: Path, profile: str) -> None:
+    text = params_file.read_text()
+    text, count = re.subn(r"(?m)^profile:\s*\S+", f"profile: {profile}", text, count=1)
+    assert count == 1, "params.yaml has no top-level `profile:` line"
+    params_file.write_text(text)
+    assert yaml.safe_load(text)["profile"] == profile
+
+
+def _environment(home: Path) -> dict:
+    env = dict(os.environ)
+    for name in list(env):
+        if name.startswith("WANDB_") or name.startswith("DVC_"):
+            del env[name]
+    # As on a user's machine: Python writes __pycache__/ into the package DVC hashes as a dependency.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env.update(
+        WANDB_DIR=str(home / "wandb-root"), WANDB_SILENT="true",
+        DVC_NO_ANALYTICS="1", DVC_SITE_CACHE_DIR=str(home / "dvc-site-cache"),
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
+        GIT_AUTHOR_NAME="vgbench test", GIT_AUTHOR_EMAIL="test@example.invalid",
+        GIT_COMMITTER_NAME="vgbench test", GIT_COMMITTER_EMAIL="test@example.invalid",
+    )
+    return env
+
+
+class Pipeline:
+    def __init__(self, root: Path, env: dict):
+        self.root, self.env = root, env
+
+    def run(self, *args: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+        return subprocess.run(list(args), cwd=self.root, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def dvc(self, *args: str, timeout: int = TIMEOUT) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, "-m", "dvc", *args, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """A fresh copy of the repository on the tiny profile after one `dvc repro` (the result kept)."""
+    home = tmp_path_factory.mktemp("end-to-end")
+    root = home / "repo"
+    root.mkdir()
+    _copy_repository(root)
+    assert (root / "dvc.yaml").is_file() and (root / ".dvc" / "config").is_file()
+    assert not (root / "data").exists() and not (root / "results").exists()
+    _select_profile(root / "params.yaml", "tiny")
+    env = _environment(home)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    pipe = Pipeline(root, env)
+    init = pipe.run("git", "init", "-q")
+    assert init.returncode == 0, init.stderr
+    pipe.first = pipe.dvc("repro", timeout=TIMEOUT)
+    return pipe
+
+
+def _report(result: subprocess.CompletedProcess) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout[-6000:]}\n--- stderr\n{result.stderr[-6000:]}"
+
+
+@pytest.fixture(scope="module")
+def tiny_groups():
+    params = load_params(REPO / "params.yaml", profile="tiny")
+    cells = expand(params.active)
+    groups = sorted({(c.family, c.dataset, c.remedy, c.depth) for c in cells})
+    return cells, groups
+
+
+def test_dvc_repro_runs_every_stage(pipeline):
+    result = pipeline.first
+    assert result.returncode == 0, _report(result)
+    for stage in STAGES:
+        assert f"Running stage '{stage}'" in result.stdout, _report(result)
+
+
+def test_the_copy_ran_its_own_code(pipeline):
+    check = pipeline.run(sys.executable, "-c", "import vgbench; print(vgbench.__file__)")
+    assert Path(check.stdout.strip()).resolve() == (pipeline.root / "vgbench" / "__init__.py").resolve()
+
+
+def test_leaderboard_files_have_one_row_per_remedy_and_depth(pipeline, tiny_groups):
+    assert pipeline.first.returncode == 0, _report(pipeline.first)
+    cells, groups = tiny_groups
+    results = pipeline.root / "results"
+    for suffix in ("json", "csv", "md", "tex"):
+        assert (results / f"leaderboard.{suffix}").is_file(), suffix
+    csv = pd.read_csv(results / "leaderboard.csv")
+    assert sorted(zip(csv.family, csv.dataset, csv.remedy, csv.depth)) == groups
+    board = json.loads((results / "leaderboard.json").read_text())
+    assert board["profile"] == "tiny"
+    assert board["cells"] == len(cells) and board["cells_missing"] == []
+    assert sorted(board["rows"]) == sorted(f"{f}/{d}/{r}/d{depth}" for f, d, r, depth in groups)
+    markdown = (results / "leaderboard.md").read_text()
+    for family, dataset, remedy, depth in groups:
+        assert sum(line.startswith(f"| {family} | {dataset} | {remedy} | {depth} |")
+                   for line in markdown.splitlines()) == 1, (remedy, depth)
+    tex = (results / "leaderboard.tex").read_text()
+    assert tex.count(r"\begin{table}") == 1 and "profile tiny" in tex
+    remedies = sorted({remedy for _, _, remedy, _ in groups})
+    assert sorted(line.split(" & ")[1].replace(r"\_", "_") for line in tex.splitlines()
+                  if line.startswith("mnist1d & ")) == remedies
+    assert len(list((results / "cells").glob("*/metrics.json"))) == len(cells)
+    profile = pd.read_csv(results / "plots" / "grad_profile.csv")
+    deepest = max(depth for *_, depth in groups)
+    assert set(profile.depth) == {deepest} and sorted(profile.remedy.unique()) == remedies
+    assert (results / "figures" / f"grad_profile_mlp_mnist1d_d{deepest}.png").is_file()
+
+
+def test_dvc_lock_records_the_three_stages(pipeline):
+    assert pipeline.first.returncode == 0, _report(pipeline.first)
+    lock = yaml.safe_load((pipeline.root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    for stage in STAGES:
+        assert lock["stages"][stage]["params"]["params.yaml"]["profile"] == "tiny"
+    outs = {out["path"] for out in lock["stages"]["leaderboard"]["outs"]}
+    assert {"results/leaderboard.json", "results/leaderboard.csv", "results/plots/grad_profile.csv"} <= outs
+
+
+def _numbers(tree, prefix: str = "") -> dict:
+    """{"a/b/c": number} for every int/float leaf (not bool) of a nested dict."""
+    found = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found.update(_numbers(value, path + "/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found[path] = value
+    return found
+
+
+def test_dvc_metrics_show_returns_the_leaderboard_numbers(pipeline):
+    assert pipeline.first.returncode == 0, _report(pipeline.first)
+    shown = pipeline.dvc("metrics", "show", "--json", timeout=120)
+    assert shown.returncode == 0, _report(shown)
+    metrics = json.loads(shown.stdout)
+    [workspace] = metrics.values()
+    data = workspace["data"]["results/leaderboard.json"]["data"]
+    board = json.loads((pipeline.root / "results" / "leaderboard.json").read_text())
+    # DVC shows the numeric leaves of a metrics file (strings, nulls and lists are left out).
+    assert _numbers(data) == _numbers(board)
+    csv = pd.read_csv(pipeline.root / "results" / "leaderboard.csv")
+    for _, row in csv.iterrows():
+        key = f"{row.family}/{row.dataset}/{row.remedy}/d{row.depth}"
+        assert data["rows"][key]["test_accuracy_mean"] == pytest.approx(row.test_accuracy_mean, rel=1e-12)
+
+
+def test_dvc_plots_show_renders_the_gradient_profile(pipeline, tmp_path):
+    assert pipeline.first.returncode == 0, _report(pipeline.first)
+    shown = pipeline.dvc("plots", "show", "--json", timeout=120)
+    assert shown.returncode == 0, _report(shown)
+    assert "grad_profile.csv" in shown.stdout
+    plots = json.loads(shown.stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    rendered = pipeline.dvc("plots", "show", "-o", str(tmp_path / "plots"), timeout=120)
+    assert rendered.returncode == 0, _report(rendered)
+    assert "grad_profile" in (tmp_path / "plots" / "index.html").read_text()
+
+
+def test_every_cell_and_the_leaderboard_logged_an_offline_wandb_run(pipeline, tiny_groups):
+    assert pipeline.first.returncode == 0, _report(pipeline.first)
+    cells, _ = tiny_groups
+    wandb_dir = Path(pipeline.env["WANDB_DIR"])
+    runs = [read_run(folder) for folder in sorted(wandb_dir.rglob("offline-run-*"))]
+    assert sorted(r.run.display_name for r in runs if r.run.job_type == "train") == sorted(c.cell_id for c in cells)
+    assert [r.run.display_name for r in runs if r.run.job_type == "leaderboard"] == ["leaderboard-tiny"]
+    assert all(r.exit_code == 0 for r in runs)
+    assert not (pipeline.root / "wandb").exists(), "runs ignored WANDB_DIR"
+
+
+# .dvcignore leaves out __pycache__/: the .pyc files Python writes while the stages run must not
+# change the train stage's `vgbench` dependency (it did once, and every repro reran train).
+def test_second_repro_does_no_work(pipeline):
+    assert pipeline.first.returncode == 0, _report(pipeline.first)
+    lock_before = (pipeline.root / "dvc.lock").read_text()
+    again = pipeline.dvc("repro", timeout=TIMEOUT)
+    assert again.returncode == 0, _report(again)
+    assert "Running stage" not in again.stdout, _report(again)
+    assert "Data and pipelines are up to date" in again.stdout, _report(again)
+    assert (pipeline.root / "dvc.lock").read_text() == lock_before
+    status = pipeline.dvc("status", "--json", timeout=120)
+    assert status.returncode == 0 and json.loads(status.stdout) == {}, _report(status)

@@ -1,0 +1,188 @@
+"""W&B with no account: offline runs, read back from disk as `wandb sync` would upload them.
+
+One tiny cell is trained with ``mode="offline"`` and its ``run-*.wandb``
+transaction log is parsed (``tests/wandb_offline.py``): config, group,
+per-epoch validation accuracy, probe norms, summary and the init-profile table
+must all match the cell's own result files. The leaderboard stage's run must
+carry the same rows as ``results/leaderboard.csv``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.wandb_offline import offline_runs, read_run, wandb_dir_env
+from vgbench.config import WandbSettings
+from vgbench.matrix import expand
+from vgbench.report.build import build_leaderboard
+from vgbench.training.run_cell import run_cell
+
+OFFLINE = WandbSettings(mode="offline")
+NO_WANDB = WandbSettings(mode="disabled")
+
+
+def _cell(params, remedy: str, depth: int):
+    return next(c for c in expand(params.active) if c.remedy == remedy and c.depth == depth)
+
+
+def _single_run(wandb_dir: Path, job_type: str):
+    runs = [read_run(folder) for folder in offline_runs(wandb_dir)]
+    matching = [run for run in runs if run.run.job_type == job_type]
+    assert len(matching) == 1, f"expected one {job_type} run under {wandb_dir}, found {[r.directory for r in runs]}"
+    return matching[0]
+
+
+@pytest.fixture(scope="module")
+def offline_cell(tiny_params, tiny_data, tmp_path_factory):
+    """A tiny he_relu cell trained with W&B offline: (cell, metrics, grad profile, the run read back, WANDB_DIR).
+
+    Every W&B file goes under a temporary WANDB_DIR, never into the repository's
+    wandb/; the working directory is elsewhere, so a run that ignored WANDB_DIR
+    would be found there.
+    """
+    root = tmp_path_factory.mktemp("offline-cell")
+    elsewhere = root / "cwd"
+    elsewhere.mkdir()
+    with wandb_dir_env(root / "wandb-root") as wandb_dir, pytest.MonkeyPatch.context() as patch:
+        patch.chdir(elsewhere)
+        cell = _cell(tiny_params, "he_relu", 6)
+        results_root = root / "results"
+        metrics = run_cell(cell, tiny_data, results_root, OFFLINE)
+    folder = results_root / "cells" / cell.cell_id
+    assert json.loads((folder / "metrics.json").read_text())["test_accuracy"] == metrics["test_accuracy"]
+    profile = json.loads((folder / "grad_profile.json").read_text())
+    assert not list(elsewhere.rglob("offline-run-*")), "the cell's run ignored WANDB_DIR"
+    return cell, metrics, profile, _single_run(wandb_dir, "train"), wandb_dir
+
+
+def test_offline_run_is_written_under_wandb_dir_and_finished(offline_cell):
+    cell, metrics, _, run, wandb_dir = offline_cell
+    assert run.directory.is_relative_to(wandb_dir)
+    assert run.directory.name.endswith(run.run.run_id)
+    assert metrics["wandb"]["run_id"] == run.run.run_id
+    assert Path(metrics["wandb"]["run_dir"]) == run.files
+    assert run.exit_code == 0  # run.finish() was reached: `wandb sync` uploads it as finished
+
+
+def test_offline_run_config_and_group_identify_the_cell(offline_cell):
+    cell, _, _, run, _ = offline_cell
+    assert run.run.project == "vgbench"
+    assert run.run.display_name == cell.cell_id
+    assert run.run.run_group == cell.family == "mlp"
+    assert run.config["cell_id"] == cell.cell_id
+    assert run.config["recipe"] == cell.recipe
+    for key, value in cell.as_dict().items():
+        assert run.config[key] == value, key
+
+
+def test_offline_run_history_has_validation_accuracy_per_epoch(offline_cell):
+    cell, metrics, _, run, _ = offline_cell
+    rows = [row for row in run.history if "val/accuracy" in row]
+    assert [row["epoch"] for row in rows] == list(range(cell.training["max_epochs"]))
+    assert [row["val/accuracy"] for row in rows] == pytest.approx(
+        [epoch["val_accuracy"] for epoch in metrics["history"]], rel=1e-6)
+
+
+def test_offline_run_history_has_the_probe_norms_of_grad_profile_json(offline_cell):
+    _, _, profile, run, _ = offline_cell
+    records = profile["records"]
+    layers = len(records[0]["dL_dh_norm"])
+    assert layers >= 6
+    rows = [row for row in run.history if "probe/dL_dh_norm/layer_000" in row]
+    assert len(rows) == len(records) > 2  # one logged row per probe record, init first
+    assert records[0]["phase"] == "init"
+    for row, record in zip(rows, records):
+        assert row["trainer/global_step"] == record["step"]
+        logged = [row[f"probe/dL_dh_norm/layer_{i:03d}"] for i in range(layers)]
+        assert logged == pytest.approx(record["dL_dh_norm"], rel=1e-9)
+        assert f"probe/dL_dh_norm/layer_{layers:03d}" not in row
+
+
+def test_offline_run_summary_has_the_cell_metrics(offline_cell):
+    _, metrics, _, run, _ = offline_cell
+    assert run.summary["test_accuracy"] == pytest.approx(metrics["test_accuracy"], rel=1e-12)
+    assert run.summary["cell_id"] == metrics["cell_id"]
+    assert run.summary["failure"] == metrics["failure"]
+    assert run.summary["trainable"] == metrics["trainable"]
+    assert run.summary["init_log10_dL_dh_first_last"] == pytest.approx(
+        metrics["init_log10_dL_dh_first_last"], rel=1e-9)
+
+
+def test_offline_run_grad_profile_init_table_matches_the_init_record(offline_cell):
+    _, _, profile, run, _ = offline_cell
+    init = profile["records"][0]
+    reference = run.summary["grad_profile_init"]
+    assert reference["_type"] == "table-file"
+    path = run.files / reference["path"]
+    assert path.is_file() and path.parent == run.files / "media" / "table"
+    rows = run.table_rows("grad_profile_init")
+    assert [row["layer"] for row in rows] == list(range(len(init["dL_dh_norm"])))
+    assert [row["dL_dh_norm"] for row in rows] == pytest.approx(init["dL_dh_norm"], rel=1e-12)
+    assert [row["weight_grad_norm"] for row in rows] == pytest.approx(init["weight_grad_norm"], rel=1e-12)
+    assert [row["dead_fraction"] for row in rows] == pytest.approx(init["dead_fraction"], rel=1e-12)
+
+
+# -- the leaderboard stage's run ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_results(tiny_params, tiny_data, tmp_path_factory) -> Path:
+    """Results of a few tiny cells (two remedies at both depths); no W&B while training."""
+    root = tmp_path_factory.mktemp("leaderboard-results")
+    for remedy in ("baseline", "he_relu"):
+        for depth in (2, 6):
+            run_cell(_cell(tiny_params, remedy, depth), tiny_data, root, NO_WANDB)
+    return root
+
+
+def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, tmp_path):
+    params = tiny_params.model_copy(update={"wandb": OFFLINE})
+    with wandb_dir_env(tmp_path / "wandb-root") as wandb_dir:
+        build_leaderboard(params, trained_results, log_to_wandb=True)
+    csv = pd.read_csv(trained_results / "leaderboard.csv")
+    assert sorted(zip(csv.remedy, csv.depth)) == [("baseline", 2), ("baseline", 6), ("he_relu", 2), ("he_relu", 6)]
+
+    run = _single_run(wandb_dir, "leaderboard")
+    assert run.run.display_name == "leaderboard-tiny"
+    assert run.config["profile"] == "tiny"
+    assert run.exit_code == 0
+    rows = run.table_rows("leaderboard")
+    assert [(r["remedy"], r["depth"]) for r in rows] == list(zip(csv.remedy, csv.depth))
+    assert [r["test_accuracy_mean"] for r in rows] == pytest.approx(list(csv.test_accuracy_mean), rel=1e-9)
+    assert set(run.table("leaderboard")["columns"]) == set(csv.columns)
+    for row, (_, expected) in zip(rows, csv.iterrows()):
+        for column in ("learning_rate", "n", "trainable_rate", "init_log10_dL_dh_first_last"):
+            value = expected[column]
+            if isinstance(value, float) and math.isnan(value):
+                assert row[column] is None or math.isnan(row[column]), column
+            else:
+                assert row[column] == pytest.approx(value, rel=1e-9), column
+
+    ranking = run.table_rows("ranking")
+    assert sorted(r["remedy"] for r in ranking) == ["baseline", "he_relu"]
+    assert [r["rank"] for r in ranking] == [1, 2]
+    figures = [key for key in run.summary if key.startswith("figures/")]
+    assert figures == ["figures/grad_profile_mlp_mnist1d_d6"]
+    assert (run.files / run.summary[figures[0]]["path"]).is_file()
+
+
+def test_disabled_mode_writes_no_run(tiny_params, trained_results, tmp_path):
+    params = tiny_params.model_copy(update={"wandb": NO_WANDB})
+    copy = tmp_path / "results"
+    shutil.copytree(trained_results / "cells", copy / "cells")
+    with wandb_dir_env(tmp_path / "wandb-root") as wandb_dir:
+        build_leaderboard(params, copy, log_to_wandb=True)
+    assert (copy / "leaderboard.csv").is_file()
+    assert offline_runs(wandb_dir) == []
+
+
+def test_cells_are_not_tied_to_a_wandb_mode(tiny_params):
+    """The W&B mode is not part of a cell's config: switching it never reruns a cell."""
+    cell = _cell(tiny_params, "baseline", 2)
+    assert "wandb" not in json.dumps(dataclasses.asdict(cell))
