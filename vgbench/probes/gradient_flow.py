@@ -62,8 +62,13 @@ class GradientFlowProbe(L.Callback):
         return pl_module.model
 
     @staticmethod
-    def _statistics(record: TapRecord, layers: int, reduce_sum=None, world_size: int = 1) -> dict:
-        """Turn tap sums into per-layer statistics, first adding them up over ranks."""
+    def _statistics(record: TapRecord, reduce_sum=None, world_size: int = 1) -> dict:
+        """Turn tap sums into per-layer statistics, first adding them up over ranks.
+
+        The number of layers is the number of tapped hidden states (layers of an
+        MLP, time steps of an RNN), which need not match ``probe_weights``.
+        """
+        layers = len(record.hidden_count)
         keys = ("grad_sq_sum", "hidden_sum", "hidden_sq_sum", "hidden_count",
                 "saturated_count", "elements", "dead_units", "units")
         table = torch.tensor([[float(getattr(record, key).get(i, 0)) for i in range(layers)] for key in keys],
@@ -120,7 +125,7 @@ class GradientFlowProbe(L.Callback):
         weights = [p for _, p in model.probe_weights()]
         total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         record = {"phase": "init", "step": 0, "epoch": 0, "loss": float(loss.detach()),
-                  **self._statistics(taps, len(weights)),  # same batch on every rank: no reduction
+                  **self._statistics(taps),  # same batch on every rank: no reduction
                   "weight_grad_norm": _norms(weights), "weight_grad_norm_clipped": None,
                   "grad_total_norm": float(total), "grad_total_norm_clipped": None}
         model.zero_grad(set_to_none=True)
@@ -147,7 +152,7 @@ class GradientFlowProbe(L.Callback):
         weights = [p for _, p in model.probe_weights()]
         total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         self._pending = {"phase": "train", "step": trainer.global_step, "epoch": trainer.current_epoch,
-                         **self._statistics(taps, len(weights), self._rank_sum(trainer), trainer.world_size),
+                         **self._statistics(taps, self._rank_sum(trainer), trainer.world_size),
                          "weight_grad_norm": _norms(weights), "weight_grad_norm_clipped": None,
                          "grad_total_norm": float(total), "grad_total_norm_clipped": None}
         self.seconds += time.perf_counter() - start
