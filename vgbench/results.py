@@ -43,6 +43,8 @@ def environment() -> dict:
         "torch": torch.__version__, "lightning": lightning.__version__,
         "vgbench": vgbench.__version__, "code_fingerprint": code_fingerprint(),
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+        # CPU results can depend on the thread count (reduction order): keep it with them.
+        "torch_threads": torch.get_num_threads(),
     }
 
 

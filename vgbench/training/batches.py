@@ -11,7 +11,7 @@ rerun.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 
 class TensorSplit(Dataset):
@@ -59,7 +59,27 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
             yield torch.tensor_split(chunk, self.world_size)[self.rank]
 
 
+class TensorBatches:
+    """A sized iterable of (x, y) batches: what a DataLoader would give, without its per-batch cost.
+
+    Lightning accepts any sized iterable; it calls ``sampler.set_epoch`` through the
+    ``sampler`` attribute as it does for a DataLoader.
+    """
+
+    batch_sampler = None  # read by Lightning
+
+    def __init__(self, split: TensorSplit, sampler: IndexBatchSampler):
+        self.split, self.sampler = split, sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        for indices in self.sampler:
+            yield self.split[indices]
+
+
 def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
-           rank: int = 0, world_size: int = 1) -> DataLoader:
+           rank: int = 0, world_size: int = 1) -> TensorBatches:
     sampler = IndexBatchSampler(len(y), batch_size, shuffle, seed, rank, world_size)
-    return DataLoader(TensorSplit(x, y), sampler=sampler, batch_size=None)
+    return TensorBatches(TensorSplit(x, y), sampler)

@@ -37,6 +37,18 @@ class ClassificationModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
+    def _log(self, metrics: dict[str, float]) -> None:
+        # Straight to the logger (rank 0 only): the values are already reduced over ranks,
+        # and self.log's per-batch bookkeeping measurably slows small models (bench/).
+        if self.logger is not None:
+            self.logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=self.global_step)
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        # Our batches are always (x, y) tensors: skip Lightning's generic collection walk.
+        if device.type == "cpu":
+            return batch
+        return tuple(t.to(device, non_blocking=True) for t in batch)
+
     def configure_optimizers(self):
         params = self.model.parameters()
         if self.optimizer_name == "adam":
@@ -70,7 +82,7 @@ class ClassificationModule(L.LightningModule):
     def on_train_epoch_end(self) -> None:
         loss = float(self.trainer.strategy.reduce(self._loss_sum / max(self._loss_steps, 1), reduce_op="mean"))
         self._epochs.setdefault(self.current_epoch, {})["train_loss"] = loss
-        self.log("train/loss", loss, sync_dist=False)
+        self._log({"train/loss": loss})
 
     @property
     def history(self) -> list[dict]:
@@ -106,7 +118,7 @@ class ClassificationModule(L.LightningModule):
             return
         self._epochs.setdefault(self.current_epoch, {}).update(
             val_loss=metrics["loss"], val_accuracy=metrics["accuracy"])
-        self.log_dict({"val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"]}, sync_dist=False)
+        self._log({"val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"]})
 
     def on_test_epoch_start(self) -> None:
         self._eval_start()
@@ -116,5 +128,4 @@ class ClassificationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._eval_end()
-        self.log_dict({"test/loss": self.test_metrics["loss"], "test/accuracy": self.test_metrics["accuracy"]},
-                      sync_dist=False)
+        self._log({"test/loss": self.test_metrics["loss"], "test/accuracy": self.test_metrics["accuracy"]})

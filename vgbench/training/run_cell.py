@@ -32,7 +32,8 @@ for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=".*log_every_n_steps.*")
-warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 vs torch 2.14 deprecation
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=".*overridden `transfer_batch_to_device`.*")  # ours is intended  # lightning 2.6 vs torch 2.14 deprecation
 
 
 class InMemoryData(L.LightningDataModule):
@@ -96,6 +97,8 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
     trainer = build_trainer(cell, recipe, [probe], logger or False)
     datamodule = InMemoryData(data, cell.training["batch_size"], cell.seed)
 
+    if logger is not None:
+        logger.experiment  # start the W&B run now, so wandb.init is not counted as fit time
     fit_started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule)
     fit_seconds = time.perf_counter() - fit_started
