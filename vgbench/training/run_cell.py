@@ -13,7 +13,6 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 
 from vgbench import atomic, results
 from vgbench.config import WandbSettings
