@@ -122,6 +122,14 @@ class OfflineRun:
         return [dict(zip(table["columns"], row)) for row in table["data"]]
 
 
+def _apply(target: dict, change) -> None:
+    """Apply a config or summary record (its ``update`` and ``remove`` items) to ``target``."""
+    for item in change.update:
+        _put(target, item)
+    for item in change.remove:
+        _drop(target, item)
+
+
 def read_run(directory: Path) -> OfflineRun:
     """Parse ``<directory>/run-*.wandb`` (an ``offline-run-*`` folder)."""
     [log] = sorted(Path(directory).glob("run-*.wandb"))
@@ -137,20 +145,14 @@ def read_run(directory: Path) -> OfflineRun:
             for item in record.run.config.update:
                 _put(config, item)
         elif kind == "config":
-            for item in record.config.update:
-                _put(config, item)
-            for item in record.config.remove:
-                _drop(config, item)
+            _apply(config, record.config)
         elif kind == "history":
             row: dict = {}
             for item in record.history.item:
                 _put(row, item)
             history.append(row)
         elif kind == "summary":
-            for item in record.summary.update:
-                _put(summary, item)
-            for item in record.summary.remove:
-                _drop(summary, item)
+            _apply(summary, record.summary)
         elif kind == "exit":
             exit_code = record.exit.exit_code
     assert run is not None, f"{log} has no run record"

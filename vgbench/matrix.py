@@ -45,11 +45,6 @@ class CellSpec:
         return (f"{self.family}-{self.remedy}-{self.dataset}-d{self.depth}"
                 f"-lr{self.learning_rate:g}-s{self.seed}-{self.config_hash}")
 
-    @property
-    def group(self) -> tuple[str, str, str, int]:
-        """Cells that differ only in seed and learning rate (one leaderboard row)."""
-        return (self.family, self.remedy, self.dataset, self.depth)
-
 
 def expand(profile: Profile) -> list[CellSpec]:
     """Every (block, remedy, depth, learning rate, seed) of the profile, in a stable order."""
@@ -72,7 +67,3 @@ def expand(profile: Profile) -> list[CellSpec]:
     if len(set(ids)) != len(ids):
         raise ValueError("the matrix lists the same cell twice (a family/data set/depth repeated?)")
     return cells
-
-
-def cell_from_dict(data: dict[str, Any]) -> CellSpec:
-    return CellSpec(**data)

@@ -43,8 +43,12 @@ def first_last_ratio(values: list[float]) -> float:
     return values[0] / values[-1]
 
 
-def _norms(params: list[torch.nn.Parameter]) -> list[float]:
-    return [float(p.grad.detach().double().norm()) if p.grad is not None else 0.0 for p in params]
+def gradient_norms(model: ProbedModel) -> tuple[list[float], float]:
+    """||dL/dW_l|| of each probed weight, and the total gradient norm over all parameters."""
+    per_layer = [float(p.grad.detach().double().norm()) if p.grad is not None else 0.0
+                 for _, p in model.probe_weights()]
+    total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    return per_layer, float(total)
 
 
 class GradientFlowProbe(L.Callback):
@@ -95,6 +99,13 @@ class GradientFlowProbe(L.Callback):
         strategy = trainer.strategy
         return lambda table: strategy.reduce(table.to(strategy.root_device), reduce_op="sum").cpu()
 
+    @staticmethod
+    def _gradient_fields(model: ProbedModel) -> dict:
+        """Norms as back-propagated; the clipped ones are filled in after clipping, if any."""
+        per_layer, total = gradient_norms(model)
+        return {"weight_grad_norm": per_layer, "weight_grad_norm_clipped": None,
+                "grad_total_norm": total, "grad_total_norm_clipped": None}
+
     def _finish(self, record: dict) -> None:
         record["dL_dh_first_last_ratio"] = first_last_ratio(record["dL_dh_norm"])
         record["weight_grad_first_last_ratio"] = first_last_ratio(record["weight_grad_norm"])
@@ -122,12 +133,9 @@ class GradientFlowProbe(L.Callback):
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         taps = model.taps.disarm()
-        weights = [p for _, p in model.probe_weights()]
-        total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         record = {"phase": "init", "step": 0, "epoch": 0, "loss": float(loss.detach()),
                   **self._statistics(taps),  # same batch on every rank: no reduction
-                  "weight_grad_norm": _norms(weights), "weight_grad_norm_clipped": None,
-                  "grad_total_norm": float(total), "grad_total_norm_clipped": None}
+                  **self._gradient_fields(model)}
         model.zero_grad(set_to_none=True)
         with torch.no_grad():
             for name, b in model.named_buffers():
@@ -149,21 +157,18 @@ class GradientFlowProbe(L.Callback):
         start = time.perf_counter()
         model = self._model(pl_module)
         taps = model.taps.disarm()
-        weights = [p for _, p in model.probe_weights()]
-        total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         self._pending = {"phase": "train", "step": trainer.global_step, "epoch": trainer.current_epoch,
                          **self._statistics(taps, self._rank_sum(trainer), trainer.world_size),
-                         "weight_grad_norm": _norms(weights), "weight_grad_norm_clipped": None,
-                         "grad_total_norm": float(total), "grad_total_norm_clipped": None}
+                         **self._gradient_fields(model)}
         self.seconds += time.perf_counter() - start
 
     def _after_clipping(self, pl_module) -> None:
         if self._pending is None:
             return
-        model = self._model(pl_module)
-        self._pending["weight_grad_norm_clipped"] = _norms([p for _, p in model.probe_weights()])
-        self._pending["grad_total_norm_clipped"] = float(torch.nn.utils.get_total_norm(
-            [p.grad for p in model.parameters() if p.grad is not None]))
+        start = time.perf_counter()
+        per_layer, total = gradient_norms(self._model(pl_module))
+        self._pending["weight_grad_norm_clipped"], self._pending["grad_total_norm_clipped"] = per_layer, total
+        self.seconds += time.perf_counter() - start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._pending is not None:

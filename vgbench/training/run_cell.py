@@ -111,6 +111,7 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
     chance = 1.0 / data.num_classes
     trainable = not diverged and test["accuracy"] >= chance + cell.probes["trainable_margin"]
     init_record, last_record = probe.records[0], probe.records[-1]
+    probe_seconds = probe.total_seconds(module)
     history = module.history
     best_val = max((row.get("val_accuracy", 0.0) for row in history), default=float("nan"))
     metrics = {
@@ -140,8 +141,8 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
         "steps": trainer.global_step,
         "fit_seconds": fit_seconds,
         "wall_seconds": time.perf_counter() - started,
-        "probe_seconds": probe.total_seconds(module),
-        "probe_overhead_fraction": probe.total_seconds(module) / fit_seconds if fit_seconds else float("nan"),
+        "probe_seconds": probe_seconds,
+        "probe_overhead_fraction": probe_seconds / fit_seconds if fit_seconds else float("nan"),
         "environment": results.environment(),
         "wandb": {"run_id": logger.experiment.id, "run_dir": logger.experiment.dir} if logger else None,
     }
