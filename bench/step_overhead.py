@@ -40,7 +40,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 from vgbench.config import WandbSettings, load_params  # noqa: E402
 from vgbench.matrix import CellSpec, expand  # noqa: E402
-from vgbench.models import FAMILIES  # noqa: E402
+from vgbench.models import FAMILIES, ModelIO  # noqa: E402
 from vgbench.models.recipe import Recipe  # noqa: E402
 from vgbench.training.run_cell import data_for, run_cell  # noqa: E402
 
@@ -79,7 +79,7 @@ def run_vgbench(cell: CellSpec, data, wandb_mode: str = "disabled") -> dict:
     # loop runs in torch's default mode whatever ran before it.
     torch.use_deterministic_algorithms(deterministic)
     return {"seconds": metrics["fit_seconds"], "probe_seconds": metrics["probe_seconds"],
-            "steps": metrics["steps"], "val_accuracy": metrics["val_accuracy"]}
+            "steps": metrics["steps"], "val_accuracy": metrics["val_metric"]}
 
 
 # -- (b) raw PyTorch -----------------------------------------------------------------------------
@@ -87,7 +87,7 @@ def run_raw(cell: CellSpec, data) -> dict:
     torch.manual_seed(cell.seed)
     recipe = Recipe(**cell.recipe)
     family = FAMILIES.get(cell.family)
-    model = family.build(data.input_shape, data.num_classes, cell.depth, recipe,
+    model = family.build(ModelIO(data.input_shape, data.num_classes), cell.depth, recipe,
                          family.hparams.model_validate(cell.model))
     train, val = data.splits["train"], data.splits["validation"]
     batch_size, epochs = cell.training["batch_size"], cell.training["max_epochs"]

@@ -19,9 +19,10 @@ def tiny_params():
 
 @pytest.fixture(scope="session")
 def tiny_data_root(tmp_path_factory, tiny_params) -> Path:
-    """A data root holding the tiny profile's MNIST-1D, built once."""
+    """A data root holding every data set of the tiny profile, built once."""
     root = tmp_path_factory.mktemp("data")
-    prepare("mnist1d", tiny_params.active.dataset_settings("mnist1d"), root)
+    for name, length in tiny_params.active.stored_datasets():
+        prepare(name, tiny_params.active.dataset_settings(name), root, length)
     return root
 
 

@@ -26,8 +26,8 @@ def test_every_shipped_profile_is_valid_and_expands():
         params = parse_params(RAW, profile=name)
         cells = expand(params.active)
         profile = params.active
-        expected = sum(len(b.remedies) * len(b.depths) for b in profile.matrix) \
-            * len(profile.seeds) * len(profile.learning_rates)
+        expected = sum(len(b.remedies) * len(b.depths) * len(profile.block_learning_rates(b))
+                       for b in profile.matrix) * len(profile.seeds)
         assert len(cells) == expected
 
 
@@ -70,13 +70,41 @@ def test_bad_values_are_named(edit, expected):
         assert fragment in message, f"{fragment!r} missing from:\n{message}"
 
 
-def test_remedy_that_does_not_apply_to_the_family_is_refused(monkeypatch):
-    from vgbench.remedies import REMEDIES, Remedy
+def test_remedy_that_does_not_apply_to_the_family_is_refused():
+    with pytest.raises(ConfigError, match=r"remedy 'irnn' does not apply to family 'mlp'"):
+        parse_params(broken(lambda d: d["profiles"]["tiny"]["matrix"][0].update(remedies=["irnn"])))
 
-    monkeypatch.setitem(REMEDIES._entries, "rnn_only",
-                        Remedy("rnn_only", "test", "none", {}, frozenset({"rnn"})))
-    with pytest.raises(ConfigError, match=r"remedy 'rnn_only' does not apply to family 'mlp'"):
-        parse_params(broken(lambda d: d["profiles"]["tiny"]["matrix"][0].update(remedies=["rnn_only"])))
+
+def _block(d, **block):
+    d["profiles"]["tiny"]["matrix"].append({"remedies": ["baseline"], "depths": [5], **block})
+    d["profiles"]["tiny"]["datasets"].setdefault(block["dataset"], {})
+
+
+@pytest.mark.parametrize("block, expected", [
+    (dict(family="rnn", dataset="mnist1d"), ["family 'rnn' reads ['sequence'] inputs", "'vector'"]),
+    (dict(family="mlp", dataset="adding"), ["family 'mlp' reads", "'sequence' inputs"]),
+    (dict(family="rnn", dataset="seq_mnist"), ["length 784; depths must be [784], got [5]"]),
+    (dict(family="rnn", dataset="adding", training={"epochs": 3}), ["training keys ['epochs'] are unknown"]),
+    (dict(family="rnn", dataset="adding", training={"batch_size": 0}), ["matrix.3.training", "batch_size"]),
+    (dict(family="rnn", dataset="adding", learning_rates=[-1.0]), ["learning rates must be > 0, got [-1.0]"]),
+    (dict(family="rnn", dataset="adding", depths=[5, 5]), ["depths are listed twice"]),
+])
+def test_blocks_must_fit_their_family_and_data_set(block, expected):
+    with pytest.raises(ConfigError) as error:
+        parse_params(broken(lambda d: _block(d, **block)))
+    for fragment in expected:
+        assert fragment in str(error.value), f"{fragment!r} missing from:\n{error.value}"
+
+
+def test_block_training_and_rates_replace_the_profile_s(tiny_params):
+    cells = expand(tiny_params.active)
+    rnn = [c for c in cells if c.family == "rnn"]
+    mlp = [c for c in cells if c.family == "mlp"]
+    assert rnn and {c.training["optimizer"] for c in rnn} == {"adam"}
+    assert {c.training["optimizer"] for c in mlp} == {"sgd"}
+    assert {c.learning_rate for c in rnn} == {0.01} and {c.learning_rate for c in mlp} == {0.1}
+    # Per-length data sets are stored once per sequence length the matrix asks for.
+    assert tiny_params.active.stored_datasets() == [("adding", 6), ("copy_memory", 3), ("mnist1d", None)]
 
 
 def test_cli_rejects_bad_params_with_exit_2_and_writes_nothing(tmp_path, capsys):

@@ -9,6 +9,7 @@ see the files DVC tracks. W&B runs offline into a temporary WANDB_DIR.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -140,19 +141,49 @@ def test_leaderboard_files_have_one_row_per_remedy_and_depth(pipeline, tiny_grou
     assert board["cells"] == len(cells) and board["cells_missing"] == []
     assert sorted(board["rows"]) == sorted(f"{f}/{d}/{r}/d{depth}" for f, d, r, depth in groups)
     markdown = (results / "leaderboard.md").read_text()
+    sections = {section.split("\n", 1)[0]: section for section in re.split(r"(?m)^## ", markdown)[1:]}
+    pairs = sorted({(family, dataset) for family, dataset, _, _ in groups})
+    assert sorted(sections) == sorted(f"{family} on {dataset} (profile tiny)" for family, dataset in pairs)
     for family, dataset, remedy, depth in groups:
-        assert sum(line.startswith(f"| {family} | {dataset} | {remedy} | {depth} |")
-                   for line in markdown.splitlines()) == 1, (remedy, depth)
+        section = sections[f"{family} on {dataset} (profile tiny)"]
+        assert sum(line.startswith(f"| {remedy} | {depth} |") for line in section.splitlines()) == 1, \
+            (family, dataset, remedy, depth)
+    assert "Test mse, lower is better; baseline 0.167." in sections["rnn on adding (profile tiny)"]
     tex = (results / "leaderboard.tex").read_text()
-    assert tex.count(r"\begin{table}") == 1 and "profile tiny" in tex
-    remedies = sorted({remedy for _, _, remedy, _ in groups})
-    assert sorted(line.split(" & ")[1].replace(r"\_", "_") for line in tex.splitlines()
-                  if line.startswith("mnist1d & ")) == remedies
+    assert tex.count(r"\begin{table}") == len(pairs) and "profile tiny" in tex
+    for family, dataset in pairs:
+        remedies = sorted({r for f, d, r, _ in groups if (f, d) == (family, dataset)})
+        assert sorted(line.split(" & ")[1].replace(r"\_", "_") for line in tex.splitlines()
+                      if line.startswith(dataset.replace("_", r"\_") + " & ")) == remedies
     assert len(list((results / "cells").glob("*/metrics.json"))) == len(cells)
     profile = pd.read_csv(results / "plots" / "grad_profile.csv")
-    deepest = max(depth for *_, depth in groups)
-    assert set(profile.depth) == {deepest} and sorted(profile.remedy.unique()) == remedies
-    assert (results / "figures" / f"grad_profile_mlp_mnist1d_d{deepest}.png").is_file()
+    for family, dataset in pairs:
+        deepest = max(depth for f, d, _, depth in groups if (f, d) == (family, dataset))
+        remedies = sorted({r for f, d, r, _ in groups if (f, d) == (family, dataset)})
+        part = profile[(profile.family == family) & (profile.dataset == dataset)]
+        assert set(part.depth) == {deepest} and sorted(part.remedy.unique()) == remedies
+        assert (results / "figures" / f"grad_profile_{family}_{dataset}_d{deepest}.png").is_file()
+
+
+def test_sequence_cells_are_scored_by_their_task(pipeline, tiny_groups):
+    assert pipeline.first.returncode == 0, _report(pipeline.first)
+    cells, _ = tiny_groups
+    for cell in cells:
+        metrics = json.loads((pipeline.root / "results" / "cells" / cell.cell_id / "metrics.json").read_text())
+        if cell.dataset == "adding":
+            assert metrics["metric"] == "mse" and metrics["baseline_metric"] == pytest.approx(1 / 6)
+            assert set(metrics["test"]) == {"loss", "mse"} and not metrics["higher_is_better"]
+            # one probed state per time step, and the first/last ratio taken over them
+            init = json.loads((pipeline.root / "results" / "cells" / cell.cell_id /
+                               "grad_profile.json").read_text())["records"][0]
+            assert len(init["dL_dh_norm"]) == cell.depth
+        elif cell.dataset == "copy_memory":
+            assert metrics["metric"] == "cross_entropy"
+            assert set(metrics["test"]) == {"loss", "cross_entropy", "recall_accuracy"}
+            assert metrics["baseline_metric"] == pytest.approx(10 * math.log(8) / (cell.depth + 20))
+        else:
+            assert metrics["metric"] == "accuracy" and metrics["baseline_metric"] == pytest.approx(0.1)
+        assert metrics["test_metric"] == metrics["test"][metrics["metric"]]
 
 
 def test_dvc_lock_records_the_three_stages(pipeline):
@@ -190,7 +221,7 @@ def test_dvc_metrics_show_returns_the_leaderboard_numbers(pipeline):
     csv = pd.read_csv(pipeline.root / "results" / "leaderboard.csv")
     for _, row in csv.iterrows():
         key = f"{row.family}/{row.dataset}/{row.remedy}/d{row.depth}"
-        assert data["rows"][key]["test_accuracy_mean"] == pytest.approx(row.test_accuracy_mean, rel=1e-12)
+        assert data["rows"][key]["test_metric_mean"] == pytest.approx(row.test_metric_mean, rel=1e-12)
 
 
 def test_dvc_plots_show_renders_the_gradient_profile(pipeline, tmp_path):

@@ -20,5 +20,5 @@ def test_a_cell_on_one_gpu_is_deterministic_and_learns(tiny_params, tiny_data, t
     cell = dataclasses.replace(cell, trainer={**cell.trainer, "accelerator": "gpu", "devices": 1})
     first = run_cell(cell, tiny_data, tmp_path / "a", WandbSettings(mode="disabled"))
     second = run_cell(cell, tiny_data, tmp_path / "b", WandbSettings(mode="disabled"))
-    assert first["history"] == second["history"] and first["test_accuracy"] == second["test_accuracy"]
+    assert first["history"] == second["history"] and first["test_metric"] == second["test_metric"]
     assert first["trainable"] and first["environment"]["cuda"] is not None

@@ -8,31 +8,46 @@ import pytest
 import torch
 from torch import nn
 
-from vgbench.models import FAMILIES
+from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import ACTIVATIONS, INITS, Recipe
 from vgbench.remedies import REMEDIES
 
 PAIRS = [(family, remedy) for family in FAMILIES.names() for remedy, entry in REMEDIES.items()
          if family in entry.families]
-SHAPES = {"mlp": (40,)}
+SHAPES = {"vector": (40,), "sequence": (12, 3)}  # one sample of each input kind
+DEPTHS = {"resnet": 8}  # families whose depth has a form (6n + 2); 4 elsewhere
 
 
-def build(family: str, recipe: Recipe, depth: int = 4, **hparams):
+def shape_for(family: str) -> tuple[int, ...]:
+    inputs = FAMILIES.get(family).inputs
+    return SHAPES["vector"] if "vector" in inputs else SHAPES["sequence"]
+
+
+def build(family: str, recipe: Recipe, depth: int | None = None, num_outputs: int = 10, per_step=False, **hparams):
     entry = FAMILIES.get(family)
-    return entry.build(SHAPES[family], 10, depth, recipe, entry.hparams(**hparams))
+    io = ModelIO(shape_for(family), num_outputs, per_step)
+    return entry.build(io, depth or DEPTHS.get(family, 4), recipe, entry.hparams(**hparams))
 
 
 @pytest.mark.parametrize("family, remedy", PAIRS)
 def test_every_pair_builds_runs_and_has_finite_gradients(family, remedy):
     torch.manual_seed(0)
-    model = build(family, REMEDIES.get(remedy).recipe())
-    x, y = torch.randn(32, *SHAPES[family]), torch.randint(0, 10, (32,))
+    model = build(family, REMEDIES.get(remedy).recipe(family))
+    x, y = torch.randn(32, *shape_for(family)), torch.randint(0, 10, (32,))
+    model.taps.arm()  # the probed path too (a family may run another kernel when unprobed)
     logits = model(x)
     assert logits.shape == (32, 10)
     nn.functional.cross_entropy(logits, y).backward()
+    record = model.taps.disarm()
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
-    assert len(model.probe_weights()) == 4
+    assert model.probe_weights() and all(p.requires_grad for _, p in model.probe_weights())
+    assert len(record.grad_sq_sum) == len(record.hidden_count) > 0
+
+
+def test_mlp_rejects_per_step_outputs():
+    with pytest.raises(ValueError, match="per-time-step tasks need the rnn family"):
+        build("mlp", Recipe(), per_step=True)
 
 
 def test_mlp_parameter_count_and_layers():
@@ -72,9 +87,9 @@ def test_orthogonal_init_is_orthogonal_with_gain():
     assert torch.allclose(weight @ weight.T, gain ** 2 * torch.eye(64), atol=1e-4)
 
 
-@pytest.mark.parametrize("remedy", REMEDIES.names())
+@pytest.mark.parametrize("remedy", [name for name, entry in REMEDIES.items() if "mlp" in entry.families])
 def test_remedy_sets_its_activation(remedy):
-    recipe = REMEDIES.get(remedy).recipe()
+    recipe = REMEDIES.get(remedy).recipe("mlp")
     model = build("mlp", recipe)
     activations = [m for m in model.modules() if isinstance(m, tuple(type(ACTIVATIONS[a]()) for a in ACTIVATIONS))]
     assert activations and all(isinstance(m, type(ACTIVATIONS[recipe.activation]())) for m in activations)
@@ -105,6 +120,19 @@ def test_recipe_rejects_unknown_values():
     with pytest.raises(ValueError, match="unknown recipe keys"):
         Recipe().with_overrides(dropout=0.5)
     assert set(INITS) == {"small_normal", "pytorch_default", "xavier", "he", "lecun", "orthogonal"}
+    with pytest.raises(ValueError, match=r"recipe.cell='transformer' is not allowed"):
+        Recipe(cell="transformer")
+
+
+def test_remedy_outside_its_families_says_why():
+    with pytest.raises(ValueError, match=r"remedy 'irnn' does not apply to family 'mlp'"):
+        REMEDIES.get("irnn").recipe("mlp")
+    # The same remedy name may mean a family-specific change ("modern").
+    assert REMEDIES.get("modern").recipe("mlp").norm == "batchnorm"
+    assert REMEDIES.get("modern").recipe("rnn").cell == "lstm"
+    # Remedies override the family's own baseline: tanh for the RNN, sigmoid for the MLP.
+    assert REMEDIES.get("baseline").recipe("rnn").activation == "tanh"
+    assert REMEDIES.get("baseline").recipe("mlp").activation == "sigmoid"
 
 
 def test_registries_fail_loudly():

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vgbench.matrix import expand
-from vgbench.models import FAMILIES
+from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.probes.failure import failure_label, log10_ratio
 from vgbench.probes.gradient_flow import GradientFlowProbe, first_last_ratio
@@ -22,7 +22,7 @@ from vgbench.training.run_cell import run_cell
 def mlp(recipe: Recipe, depth: int = 5, width: int = 12):
     torch.manual_seed(0)
     entry = FAMILIES.get("mlp")
-    return entry.build((40,), 10, depth, recipe, entry.hparams(width=width))
+    return entry.build(ModelIO((40,), 10), depth, recipe, entry.hparams(width=width))
 
 
 def by_hand(model, x, y):
@@ -100,8 +100,9 @@ def test_baseline_vanishes_and_he_relu_does_not():
     assert abs(log10_ratio(first_last_ratio(deep_relu["dL_dh_norm"]))) < 1.5
 
 
-def _cell(tiny_params, remedy: str, depth: int, **changes):
-    cell = next(c for c in expand(tiny_params.active) if c.remedy == remedy and c.depth == depth)
+def _cell(tiny_params, remedy: str, depth: int, family: str = "mlp", **changes):
+    cell = next(c for c in expand(tiny_params.active)
+                if c.family == family and c.remedy == remedy and c.depth == depth)
     return dataclasses.replace(cell, **changes)
 
 
@@ -118,7 +119,8 @@ def test_probe_callback_records_init_and_every_k_steps(tiny_params, tiny_data, t
     import lightning as L
     L.seed_everything(cell.seed, verbose=False)
     entry = FAMILIES.get("mlp")
-    model = entry.build(tiny_data.input_shape, 10, cell.depth, Recipe(**cell.recipe), entry.hparams(**cell.model))
+    model = entry.build(ModelIO(tiny_data.input_shape, 10), cell.depth, Recipe(**cell.recipe),
+                        entry.hparams(**cell.model))
     size = cell.probes["init_batch_size"]
     x, y = tiny_data.splits["train"]["x"][:size], tiny_data.splits["train"]["y"][:size]
     hidden, _ = by_hand(model, x, y)
@@ -146,6 +148,81 @@ def test_clipping_is_recorded_before_and_after(tiny_params, tiny_data, tmp_path)
     run_cell(unclipped, tiny_data, tmp_path, WandbSettings(mode="disabled"))
     records = json.loads((tmp_path / "cells" / unclipped.cell_id / "grad_profile.json").read_text())["records"]
     assert all(r["weight_grad_norm_clipped"] is None for r in records)
+
+
+def rnn(recipe: Recipe, per_step: bool, hidden: int = 6, steps: int = 9, features: int = 3):
+    torch.manual_seed(0)
+    entry = FAMILIES.get("rnn")
+    outputs = 5 if per_step else 1
+    return entry.build(ModelIO((steps, features), outputs, per_step), steps, recipe, entry.hparams(hidden_size=hidden))
+
+
+def rnn_by_hand(model, x):
+    """The recurrence with torch's own single-step cells (RNNCell / LSTMCell / GRUCell) holding the
+    model's weights, keeping every h_t: an implementation independent of the family's."""
+    cells = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
+    kwargs = {"nonlinearity": model.rnn.nonlinearity} if model.cell == "rnn" else {}
+    cell = cells[model.cell](x.shape[-1], model.hidden_size, **kwargs)
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        setattr(cell, name, getattr(model.rnn, f"{name}_l0"))
+    h = x.new_zeros(x.shape[0], model.hidden_size)
+    c = torch.zeros_like(h)
+    states = []
+    for t in range(x.shape[1]):
+        if model.cell == "lstm":
+            h, c = cell(x[:, t], (h, c))
+        else:
+            h = cell(x[:, t], h)
+        h.retain_grad()
+        states.append(h)
+    return states
+
+
+@pytest.mark.parametrize("recipe", [Recipe(activation="tanh"), Recipe(activation="tanh", init="xavier"),
+                                    Recipe(activation="relu", recurrent_init="identity"),
+                                    Recipe(activation="tanh", cell="lstm"), Recipe(activation="tanh", cell="gru")])
+@pytest.mark.parametrize("per_step", [False, True])
+def test_rnn_taps_give_dL_dh_t_for_every_step(recipe, per_step):
+    model = rnn(recipe, per_step)
+    x = torch.randn(16, 9, 3)
+    target = torch.randint(0, 5, (16, 9)) if per_step else torch.randn(16)
+
+    def loss_of(out):
+        return F.cross_entropy(out.flatten(0, 1), target.flatten()) if per_step else F.mse_loss(out.squeeze(-1), target)
+
+    states = rnn_by_hand(model, x)
+    stacked = torch.stack(states, dim=1)
+    loss_of(model.head(stacked) if per_step else model.head(states[-1])).backward()
+    hand = [h.grad.double().norm().item() for h in states]
+    model.zero_grad()
+    model.taps.arm()
+    loss_of(model(x)).backward()
+    stats = GradientFlowProbe._statistics(model.taps.disarm())
+    assert len(stats["dL_dh_norm"]) == 9
+    assert stats["dL_dh_norm"] == pytest.approx(hand, rel=1e-4, abs=1e-12)
+    if not per_step:  # the loss reads only h_T: the gradient can only shrink or grow backwards from there
+        assert first_last_ratio(stats["dL_dh_norm"]) == pytest.approx(hand[0] / hand[-1], rel=1e-4)
+
+
+def test_rnn_fused_and_unrolled_paths_agree():
+    for recipe in (Recipe(activation="tanh"), Recipe(cell="lstm"), Recipe(cell="gru")):
+        model = rnn(recipe, per_step=True)
+        x = torch.randn(4, 9, 3)
+        assert model.fused_ok
+        assert torch.allclose(model(x), model.head(model.unrolled(x)), atol=1e-6)
+
+
+def test_small_init_rnn_vanishes_through_time_and_lstm_does_not():
+    x = torch.randn(32, 40, 3)
+    ratios = {}
+    for name, recipe in {"tanh": Recipe(activation="tanh"), "lstm": Recipe(activation="tanh", cell="lstm")}.items():
+        model = rnn(recipe, per_step=False, hidden=16, steps=40)
+        model.taps.arm()
+        F.mse_loss(model(x).squeeze(-1), torch.randn(32)).backward()
+        ratios[name] = log10_ratio(first_last_ratio(GradientFlowProbe._statistics(model.taps.disarm())["dL_dh_norm"]))
+    # N(0, 0.01^2) recurrent weights shrink dL/dh_t by ~0.04 per step; the forget gate (bias 1) keeps ~0.7.
+    assert ratios["tanh"] < -30
+    assert -10 < ratios["lstm"] < 0
 
 
 def test_failure_labels():

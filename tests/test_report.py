@@ -129,11 +129,12 @@ def write_cell(root: Path, cell: CellSpec, result: dict) -> None:
         "cell_id": cell.cell_id, "cell": cell.as_dict(),
         "status": "diverged" if diverged_cell else "completed",
         "failure": result["failure"], "diverged_at_step": 7 if diverged_cell else None,
-        "trainable": result["trainable"], "chance_accuracy": 0.1,
-        "test_accuracy": result["test"], "test_loss": NAN if diverged_cell else 1.0,
-        "val_accuracy": result["val"], "best_val_accuracy": result["val"],
+        "trainable": result["trainable"], "task": "classification", "metric": "accuracy",
+        "higher_is_better": True, "baseline_metric": 0.1, "test_metric": result["test"],
+        "test": {"accuracy": result["test"], "loss": NAN if diverged_cell else 1.0},
+        "val_metric": result["val"], "best_val_metric": result["val"],
         "final_train_loss": result["loss"], "epochs_to_target": result["epochs"],
-        "target_accuracy": cell.training["target_accuracy"],
+        "target_metric": cell.training["target_accuracy"],
         "init_log10_dL_dh_first_last": result["log10"], "init_log10_weight_grad_first_last": result["log10"],
         "final_log10_dL_dh_first_last": result["log10"], "history": history, "world_size": 1,
         "num_parameters": 1000, "steps": 16, "fit_seconds": result["wall"] * 0.8,
@@ -187,9 +188,9 @@ def test_matrix_is_the_full_grid(cells, table):
     assert len(cells) == len(REMEDIES) * len(DEPTHS) * len(RATES) * len(SEEDS) == len(table) == 36
 
 
-def test_rate_chosen_on_mean_validation_accuracy(table):
+def test_rate_chosen_on_mean_validation_metric(table):
     chosen = aggregate.choose_learning_rates(table)
-    assert list(chosen.columns) == aggregate.GROUP + ["learning_rate", "selection_val_accuracy"]
+    assert list(chosen.columns) == aggregate.GROUP + ["learning_rate", "selection_val_metric"]
     picked = {(r.remedy, r.depth): r.learning_rate for r in chosen.itertuples()}
     assert picked == {
         ("baseline", 2): 0.01,   # best validation although 0.1 has the best test accuracy
@@ -199,7 +200,7 @@ def test_rate_chosen_on_mean_validation_accuracy(table):
         ("grad_clip", 2): 0.1,
         ("grad_clip", 6): 0.1,
     }
-    score = {(r.remedy, r.depth): r.selection_val_accuracy for r in chosen.itertuples()}
+    score = {(r.remedy, r.depth): r.selection_val_metric for r in chosen.itertuples()}
     assert score[("baseline", 2)] == pytest.approx(0.52)
     assert score[("he_relu", 6)] == pytest.approx(0.62)
     assert score[("grad_clip", 6)] == pytest.approx((0.8 + 0.8 + 0.0) / 3)
@@ -207,7 +208,7 @@ def test_rate_chosen_on_mean_validation_accuracy(table):
 
 def test_rate_choice_ignores_test_accuracy(table):
     """Swapping every test accuracy between the rates changes nothing about the choice."""
-    swapped = table.assign(test_accuracy=table["test_accuracy"].sample(frac=1.0, random_state=0).to_numpy())
+    swapped = table.assign(test_metric=table["test_metric"].sample(frac=1.0, random_state=0).to_numpy())
     pd.testing.assert_frame_equal(aggregate.choose_learning_rates(table).reset_index(drop=True),
                                   aggregate.choose_learning_rates(swapped).reset_index(drop=True))
 
@@ -215,20 +216,30 @@ def test_rate_choice_ignores_test_accuracy(table):
 def test_tie_breaks_to_smaller_rate_whatever_the_order():
     frame = pd.DataFrame({"family": "mlp", "dataset": "d", "remedy": "r", "depth": 3,
                           "learning_rate": [0.3, 0.1, 0.03, 0.3, 0.1, 0.03, 1.0, 1.0],
-                          "val_accuracy": [0.25, 0.5, 0.375, 0.75, 0.5, 0.625, 0.1, 0.2]})
+                          "val_metric": [0.25, 0.5, 0.375, 0.75, 0.5, 0.625, 0.1, 0.2], "higher_is_better": True})
     chosen = aggregate.choose_learning_rates(frame)
     assert chosen["learning_rate"].tolist() == [0.03]  # 0.03, 0.1 and 0.3 all average exactly 0.5
-    assert chosen["selection_val_accuracy"].tolist() == [0.5]
+    assert chosen["selection_val_metric"].tolist() == [0.5]
 
 
 def test_tie_despite_float_rounding_of_the_means():
     """Accuracies are multiples of 1/N: (0.4 + 0.8) / 2 and (0.6 + 0.6) / 2 differ only in the last bit."""
     assert (0.4 + 0.8) / 2 != (0.6 + 0.6) / 2
     frame = pd.DataFrame({"family": "mlp", "dataset": "d", "remedy": "r", "depth": 3,
-                          "learning_rate": [0.01, 0.01, 0.1, 0.1], "val_accuracy": [0.6, 0.6, 0.4, 0.8]})
+                          "learning_rate": [0.01, 0.01, 0.1, 0.1], "val_metric": [0.6, 0.6, 0.4, 0.8],
+                          "higher_is_better": True})
     chosen = aggregate.choose_learning_rates(frame)
     assert chosen["learning_rate"].tolist() == [0.01]
-    assert chosen["selection_val_accuracy"].tolist() == pytest.approx([0.6])
+    assert chosen["selection_val_metric"].tolist() == pytest.approx([0.6])
+
+
+def test_loss_metrics_choose_the_lowest_and_count_divergence_as_worst():
+    frame = pd.DataFrame({"family": "rnn", "dataset": "adding", "remedy": "r", "depth": 50,
+                          "learning_rate": [0.001, 0.001, 0.01, 0.01, 0.1, 0.1],
+                          "val_metric": [0.10, 0.12, 0.02, 0.04, 0.001, NAN], "higher_is_better": False})
+    chosen = aggregate.choose_learning_rates(frame)
+    assert chosen["learning_rate"].tolist() == [0.01]  # 0.1 has the lowest finite MSE, but one seed diverged
+    assert chosen["selection_val_metric"].tolist() == pytest.approx([0.03])
 
 
 # 2. leaderboard rows --------------------------------------------------------------------------------------------
@@ -238,23 +249,23 @@ def test_rows_report_test_accuracy_at_the_chosen_rate_only(rows):
     row = rows.loc[("baseline", 2)]
     assert row["learning_rate"] == 0.01
     assert row["n"] == 3
-    assert row["test_accuracy_mean"] == pytest.approx(0.42)
-    assert row["test_accuracy_std"] == pytest.approx(0.02)  # sample std (ddof=1) of 0.40, 0.42, 0.44
-    assert row["selection_val_accuracy"] == pytest.approx(0.52)
+    assert row["test_metric_mean"] == pytest.approx(0.42)
+    assert row["test_metric_std"] == pytest.approx(0.02)  # sample std (ddof=1) of 0.40, 0.42, 0.44
+    assert row["selection_val_metric"] == pytest.approx(0.52)
     assert row["wall_seconds_mean"] == pytest.approx(2.0)
     assert row["final_train_loss_mean"] == pytest.approx(1.5)
-    assert row["chance_accuracy"] == 0.1
+    assert row["baseline_metric"] == 0.1 and row["metric"] == "accuracy" and row["higher_is_better"]
     he = rows.loc[("he_relu", 2)]
     assert he["learning_rate"] == 0.1
-    assert he["test_accuracy_mean"] == pytest.approx(0.70)
-    assert he["test_accuracy_std"] == pytest.approx(0.05)
+    assert he["test_metric_mean"] == pytest.approx(0.70)
+    assert he["test_metric_std"] == pytest.approx(0.05)
 
 
 def test_diverged_seed_counts_as_zero_test_accuracy(rows):
     row = rows.loc[("grad_clip", 6)]
     assert row["learning_rate"] == 0.1 and row["n"] == 3
-    assert row["test_accuracy_mean"] == pytest.approx(0.5)  # (0.7 + 0.8 + 0) / 3
-    assert row["test_accuracy_std"] == pytest.approx(math.sqrt((0.2 ** 2 + 0.3 ** 2 + 0.5 ** 2) / 2))
+    assert row["test_metric_mean"] == pytest.approx(0.5)  # (0.7 + 0.8 + 0) / 3
+    assert row["test_metric_std"] == pytest.approx(math.sqrt((0.2 ** 2 + 0.3 ** 2 + 0.5 ** 2) / 2))
     assert row["trainable_rate"] == pytest.approx(2 / 3)
     assert row["rate_diverged"] == pytest.approx(1 / 3)
     assert row["failures"] == "diverged 1/3"
@@ -267,7 +278,7 @@ def test_failure_rates_and_summary(rows):
     assert vanished_row["failures"] == "vanished 3/3"
     assert vanished_row["rate_vanished"] == 1.0
     assert vanished_row["trainable_rate"] == 0.0
-    assert vanished_row["test_accuracy_mean"] == pytest.approx(0.1)  # the chosen (smaller) rate's, not 0.2
+    assert vanished_row["test_metric_mean"] == pytest.approx(0.1)  # the chosen (smaller) rate's, not 0.2
     for label in FAILURE_LABELS:
         assert rows.loc[("he_relu", 2)][f"rate_{label}"] == 0.0
         if label != "vanished":
@@ -306,7 +317,7 @@ def test_frontier_and_ranking_from_results(table):
     front = aggregate.frontier(rows).set_index("remedy")
     assert front["deepest_trainable_depth"].to_dict() == {"baseline": 2, "grad_clip": 6, "he_relu": 6}
     assert front["deepest_depth"].to_dict() == {"baseline": 6, "grad_clip": 6, "he_relu": 6}
-    assert front.loc["he_relu", "test_accuracy_at_deepest"] == pytest.approx(0.6)
+    assert front.loc["he_relu", "test_metric_at_deepest"] == pytest.approx(0.6)
     ranked = aggregate.ranking(aggregate.frontier(rows))
     # he_relu and grad_clip both train at depth 6; he_relu has the better test accuracy there
     assert ranked["remedy"].tolist() == ["he_relu", "grad_clip", "baseline"]
@@ -314,8 +325,9 @@ def test_frontier_and_ranking_from_results(table):
 
 
 def _row(remedy, depth, trainable_rate, accuracy, dataset="d", std=0.01):
-    return {"family": "mlp", "dataset": dataset, "remedy": remedy, "depth": depth,
-            "trainable_rate": trainable_rate, "test_accuracy_mean": accuracy, "test_accuracy_std": std}
+    return {"family": "mlp", "dataset": dataset, "remedy": remedy, "depth": depth, "metric": "accuracy",
+            "higher_is_better": True, "trainable_rate": trainable_rate, "test_metric_mean": accuracy,
+            "test_metric_std": std}
 
 
 def test_frontier_threshold_and_ranking_order():
@@ -330,7 +342,7 @@ def test_frontier_threshold_and_ranking_order():
     depth = {(r.dataset, r.remedy): r.deepest_trainable_depth for r in front.itertuples()}
     assert depth == {("d", "a"): 10, ("d", "b"): 20, ("d", "c"): 0, ("d", "e"): 10,
                      ("other", "a"): 2, ("other", "b"): 0}
-    assert front.set_index(["dataset", "remedy"]).loc[("d", "a"), "test_accuracy_at_deepest"] == 0.3
+    assert front.set_index(["dataset", "remedy"]).loc[("d", "a"), "test_metric_at_deepest"] == 0.3
     assert aggregate.frontier(rows, majority=0.6).set_index(["dataset", "remedy"]).loc[
         ("d", "a"), "deepest_trainable_depth"] == 2
     ranked = aggregate.ranking(front)
@@ -361,7 +373,7 @@ def test_cell_table_reports_missing_cells(tmp_path, cells):
     assert first["cell_id"] == cells[1].cell_id
     assert (first["family"], first["dataset"], first["remedy"], first["depth"], first["seed"],
             first["learning_rate"]) == ("mlp", "mnist1d", "baseline", 2, 1, 0.01)
-    assert first["val_accuracy"] == 0.52 and first["test_accuracy"] == 0.42
+    assert first["val_metric"] == 0.52 and first["test_metric"] == 0.42 and first["metric"] == "accuracy"
 
 
 def test_cell_table_of_an_empty_root(tmp_path, cells):
@@ -373,22 +385,23 @@ def test_cell_table_of_an_empty_root(tmp_path, cells):
 # 5. formatters against golden files -----------------------------------------------------------------------------
 
 def golden_rows() -> pd.DataFrame:
-    base = {"family": "mlp", "n": 3, "wall_seconds_mean": 1.25}
+    base = {"family": "mlp", "n": 3, "wall_seconds_mean": 1.25, "metric": "accuracy", "higher_is_better": True,
+            "baseline_metric": 0.1, "final_train_loss_mean": 1.5}
     return pd.DataFrame([
         {**base, "dataset": "mnist1d", "remedy": "baseline", "depth": 2, "learning_rate": 0.01,
-         "test_accuracy_mean": 0.42, "test_accuracy_std": 0.02, "trainable_rate": 1.0,
+         "test_metric_mean": 0.42, "test_metric_std": 0.02, "trainable_rate": 1.0,
          "init_log10_dL_dh_first_last": -1.23, "epochs_to_target": 3.5, "failures": ""},
         {**base, "dataset": "mnist1d", "remedy": "baseline", "depth": 20, "learning_rate": 0.1,
-         "test_accuracy_mean": 0.1, "test_accuracy_std": 0.0, "trainable_rate": 0.0,
+         "test_metric_mean": 0.1, "test_metric_std": 0.0, "trainable_rate": 0.0,
          "init_log10_dL_dh_first_last": NEG_INF, "epochs_to_target": NAN, "failures": "vanished 3/3"},
         {**base, "dataset": "mnist1d", "remedy": "he_relu", "depth": 2, "learning_rate": 0.1,
-         "test_accuracy_mean": 0.7, "test_accuracy_std": 0.05, "trainable_rate": 1.0,
+         "test_metric_mean": 0.7, "test_metric_std": 0.05, "trainable_rate": 1.0,
          "init_log10_dL_dh_first_last": 0.04, "epochs_to_target": 1.0, "failures": ""},
         {**base, "dataset": "mnist1d", "remedy": "he_relu", "depth": 20, "learning_rate": 0.003,
-         "test_accuracy_mean": 0.5, "test_accuracy_std": 0.40825, "trainable_rate": 2 / 3,
+         "test_metric_mean": 0.5, "test_metric_std": 0.40825, "trainable_rate": 2 / 3,
          "init_log10_dL_dh_first_last": NAN, "epochs_to_target": 7.0, "failures": "diverged 1/3"},
         {**base, "dataset": "mnist1d", "remedy": "grad_clip", "depth": 2, "learning_rate": 0.03,
-         "test_accuracy_mean": 0.5678, "test_accuracy_std": 0.0123, "trainable_rate": 1.0,
+         "test_metric_mean": 0.5678, "test_metric_std": 0.0123, "trainable_rate": 1.0,
          "init_log10_dL_dh_first_last": -0.96, "epochs_to_target": 2.0, "failures": ""},
     ])
 
@@ -396,11 +409,11 @@ def golden_rows() -> pd.DataFrame:
 def golden_ranked() -> pd.DataFrame:
     return pd.DataFrame([
         {"rank": 1, "family": "mlp", "dataset": "mnist1d", "remedy": "he_relu", "deepest_trainable_depth": 20,
-         "test_accuracy_at_deepest": 0.5, "test_accuracy_std_at_deepest": 0.40825},
+         "test_metric_at_deepest": 0.5, "test_metric_std_at_deepest": 0.40825},
         {"rank": 2, "family": "mlp", "dataset": "mnist1d", "remedy": "grad_clip", "deepest_trainable_depth": 2,
-         "test_accuracy_at_deepest": NAN, "test_accuracy_std_at_deepest": NAN},
+         "test_metric_at_deepest": NAN, "test_metric_std_at_deepest": NAN},
         {"rank": 3, "family": "mlp", "dataset": "mnist1d", "remedy": "baseline", "deepest_trainable_depth": 2,
-         "test_accuracy_at_deepest": 0.1, "test_accuracy_std_at_deepest": 0.0},
+         "test_metric_at_deepest": 0.1, "test_metric_std_at_deepest": 0.0},
     ])
 
 
@@ -416,18 +429,27 @@ def check_golden(name: str, text: str) -> None:
 
 
 def test_leaderboard_markdown_golden():
-    text = formats.leaderboard_markdown(golden_rows(), golden_ranked(), "mlp (profile golden)")
+    text = formats.leaderboard_markdown(golden_rows(), golden_ranked(), "mlp on mnist1d (profile golden)")
     check_golden("leaderboard.md", text)
     lines = text.splitlines()
-    assert lines[0] == "## mlp (profile golden)"
-    assert "| mlp | mnist1d | baseline | 2 | 0.01 | 0.420 ± 0.020 | 3 | 100% | -1.2 | 3.5 | – | 1.2 |" in lines
-    assert ("| mlp | mnist1d | baseline | 20 | 0.1 | 0.100 ± 0.000 | 3 | 0% | -inf | – | vanished 3/3 | 1.2 |"
-            in lines)
-    assert ("| mlp | mnist1d | he_relu | 20 | 0.003 | 0.500 ± 0.408 | 3 | 67% | – | 7.0 | diverged 1/3 | 1.2 |"
-            in lines)
-    assert "| 1 | mlp | mnist1d | he_relu | 20 | 0.500 ± 0.408 |" in lines
-    assert "| 2 | mlp | mnist1d | grad_clip | 2 | – ± – |" in lines
+    assert lines[0] == "## mlp on mnist1d (profile golden)"
+    assert lines[2] == "Test accuracy, higher is better; chance 0.100."
+    assert "| remedy | depth | lr | test acc (mean ± std) | n |" in lines[4]
+    assert "| baseline | 2 | 0.01 | 0.420 ± 0.020 | 3 | 100% | -1.2 | 1.500 | 3.5 | – | 1.2 |" in lines
+    assert "| baseline | 20 | 0.1 | 0.100 ± 0.000 | 3 | 0% | -inf | 1.500 | – | vanished 3/3 | 1.2 |" in lines
+    assert "| he_relu | 20 | 0.003 | 0.500 ± 0.408 | 3 | 67% | – | 1.500 | 7.0 | diverged 1/3 | 1.2 |" in lines
+    assert "| 1 | he_relu | 20 | 0.500 ± 0.408 |" in lines
+    assert "| 2 | grad_clip | 2 | – ± – |" in lines
     assert text.endswith("|\n")
+
+
+def test_loss_metric_tables_name_their_metric_and_baseline():
+    rows = golden_rows().assign(metric="mse", higher_is_better=False, baseline_metric=1 / 6, family="rnn",
+                                dataset="adding")
+    text = formats.leaderboard_markdown(rows, golden_ranked().iloc[:0], "rnn on adding")
+    assert "Test mse, lower is better; baseline 0.167." in text
+    assert "| remedy | depth | lr | test MSE (mean ± std) |" in text
+    assert r"test MSE & $\log_{10}\frac{g_1}{g_L}$" in formats.leaderboard_latex(rows, caption="c")
 
 
 def test_leaderboard_latex_golden():
@@ -483,9 +505,10 @@ def test_build_leaderboard(tmp_path, params, cells):
     assert set(summary["rows"]) == {f"mlp/mnist1d/{r}/d{d}" for r in REMEDIES for d in DEPTHS}
     row = summary["rows"]["mlp/mnist1d/baseline/d2"]
     assert row["learning_rate"] == 0.01 and row["depth"] == 2 and row["n"] == 3
-    assert row["test_accuracy_mean"] == pytest.approx(0.42)
-    assert row["test_accuracy_std"] == pytest.approx(0.02)
+    assert row["test_metric_mean"] == pytest.approx(0.42)
+    assert row["test_metric_std"] == pytest.approx(0.02)
     assert row["epochs_to_target"] == pytest.approx(3.5)
+    assert row.pop("higher_is_better") is True and row["metric"] == "accuracy"
     for value in row.values():
         assert isinstance(value, (int, float, str)) and not isinstance(value, bool) or value is None
     vanished_row = summary["rows"]["mlp/mnist1d/baseline/d6"]
@@ -499,14 +522,14 @@ def test_build_leaderboard(tmp_path, params, cells):
 
     csv = pd.read_csv(tmp_path / "leaderboard.csv")
     assert list(zip(csv["remedy"], csv["depth"])) == [(r, d) for r in REMEDIES for d in DEPTHS]
-    assert csv["test_accuracy_mean"].tolist() == pytest.approx([0.42, 0.1, 0.7, 0.6, 0.6, 0.5])
+    assert csv["test_metric_mean"].tolist() == pytest.approx([0.42, 0.1, 0.7, 0.6, 0.6, 0.5])
 
     md = (tmp_path / "leaderboard.md").read_text()
-    assert md.startswith("## mlp (profile synthetic)\n")
-    assert "| mlp | mnist1d | grad_clip | 6 | 0.1 | 0.500 ± 0.436 | 3 | 67% | -0.3 | 2.0 | diverged 1/3 |" in md
+    assert md.startswith("## mlp on mnist1d (profile synthetic)\n")
+    assert "| grad_clip | 6 | 0.1 | 0.500 ± 0.436 | 3 | 67% | -0.3 | 1.500 | 2.0 | diverged 1/3 |" in md
     tex = (tmp_path / "leaderboard.tex").read_text()
     assert r"mnist1d & he\_relu & $0.700 \pm 0.050$ & $0.2$ & $0.600 \pm 0.000$ & $-0.6$ \\" in tex
-    assert r"\label{tab:vgbench-mlp}" in tex and "over 3 seeds" in tex
+    assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex
 
     profile = pd.read_csv(tmp_path / "plots" / "grad_profile.csv")
     assert tmp_path / "plots" / "grad_profile.csv" in written
@@ -536,7 +559,7 @@ def test_build_leaderboard_with_missing_cells(tmp_path, params, cells):
     summary = _strict_json((tmp_path / "leaderboard.json").read_text())
     assert sorted(summary["cells_missing"]) == sorted(skip)
     row = summary["rows"]["mlp/mnist1d/grad_clip/d6"]
-    assert row["n"] == 2 and row["test_accuracy_mean"] == pytest.approx(0.75)
+    assert row["n"] == 2 and row["test_metric_mean"] == pytest.approx(0.75)
     assert row["failures"] == ""
 
 

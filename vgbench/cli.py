@@ -30,27 +30,26 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _fetch(params: Params, args) -> int:
     from vgbench.data import DATASETS
-    from vgbench.data.store import is_current, prepare
+    from vgbench.data.store import folder_for, is_current, label, prepare
     from vgbench.data.torchvision_sets import DatasetUnavailableError
 
     profile = params.active
-    names = args.names or sorted(profile.datasets)
-    for name in names:
+    for name in args.names:
         if name not in profile.datasets:
             DATASETS.get(name)  # unknown names get the registry's error
             raise ConfigError(f"data set {name!r} is not configured in profile {params.profile!r} "
                               f"(configured: {sorted(profile.datasets)})")
-    for name in names:
-        settings = profile.dataset_settings(name)
-        if is_current(name, settings, args.data_root) and not args.force:
-            print(f"{name}: up to date in {args.data_root / name}")
+    for name, length in profile.stored_datasets(args.names or None):
+        settings, where = profile.dataset_settings(name), folder_for(name, args.data_root, length)
+        if is_current(name, settings, args.data_root, length) and not args.force:
+            print(f"{label(name, length)}: up to date in {where}")
             continue
         try:
-            manifest = prepare(name, settings, args.data_root)
+            manifest = prepare(name, settings, args.data_root, length)
         except DatasetUnavailableError as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-        print(f"{name}: wrote {args.data_root / name} {manifest['sizes']}")
+        print(f"{label(name, length)}: wrote {where} {manifest['sizes']}")
     return 0
 
 
@@ -67,7 +66,8 @@ def _train(params: Params, args) -> int:
     for index, cell in enumerate(todo, 1):
         metrics = run_cell(cell, data_for(cell, args.data_root, data_cache), args.results_root, params.wandb)
         if metrics is not None:
-            print(f"[{index}/{len(todo)}] {cell.cell_id}: test acc {metrics['test_accuracy']:.3f}, "
+            print(f"[{index}/{len(todo)}] {cell.cell_id}: test {metrics['metric']} {metrics['test_metric']:.3f} "
+                  f"(baseline {metrics['baseline_metric']:.3f}), "
                   f"log10 dL/dh first/last {metrics['init_log10_dL_dh_first_last']:+.2f}, "
                   f"failure {metrics['failure']}, {metrics['wall_seconds']:.1f}s", flush=True)
     return 0

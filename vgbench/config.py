@@ -28,20 +28,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _positive_rates(value: list[float]) -> list[float]:
+    bad = [lr for lr in value if not lr > 0]
+    if bad:
+        raise ValueError(f"learning rates must be > 0, got {bad}")
+    return value
+
+
 def _known(registry, name: str) -> str:
     if name not in registry:
         raise ValueError(f"unknown {registry.axis} {name!r}; allowed: {registry.names()}")
     return name
 
 
+class TrainingSettings(_Strict):
+    max_epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0, description="per process, as in Lightning")
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
+    weight_decay: float = Field(0.0, ge=0)
+    target_accuracy: float = Field(0.5, gt=0, le=1, description="for 'epochs to target' (accuracy tasks)")
+
+
 class MatrixBlock(_Strict):
-    """One family's slice of the matrix: remedies x depths on one data set."""
+    """One family's slice of the matrix: remedies x depths on one data set.
+
+    ``learning_rates`` and ``training`` may replace the profile's for this block
+    (RNNs want Adam and other rates than MLPs); the grid stays the same for
+    every remedy of the block, which is what makes the comparison fair.
+    """
 
     family: str
     dataset: str
     remedies: list[str] = Field(min_length=1)
     depths: list[int] = Field(min_length=1, description="hidden layers (or sequence lengths)")
     model: dict[str, Any] = Field(default_factory=dict, description="the family's own hyperparameters")
+    learning_rates: list[float] | None = Field(None, min_length=1, description="instead of the profile's grid")
+    training: dict[str, Any] = Field(default_factory=dict, description="keys of the profile's training to replace")
 
     @field_validator("family")
     @classmethod
@@ -68,27 +91,38 @@ class MatrixBlock(_Strict):
         bad = [d for d in value if d < 1]
         if bad:
             raise ValueError(f"depths must be >= 1, got {bad}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"depths are listed twice: {value}")
         return value
+
+    @field_validator("learning_rates")
+    @classmethod
+    def _rates(cls, value: list[float] | None) -> list[float] | None:
+        return value if value is None else _positive_rates(value)
 
     @model_validator(mode="after")
     def _pairs_and_model(self) -> "MatrixBlock":
         reasons = [r for r in (skip_reason(self.family, name) for name in self.remedies) if r]
         if reasons:
             raise ValueError("; ".join(reasons))
-        FAMILIES.get(self.family).hparams.model_validate(self.model)
+        family, data = FAMILIES.get(self.family), DATASETS.get(self.dataset)
+        if data.kind not in family.inputs:
+            raise ValueError(f"family {self.family!r} reads {sorted(family.inputs)} inputs; data set "
+                             f"{self.dataset!r} gives {data.kind!r} inputs")
+        if data.per_length and not family.depth_is_length:
+            raise ValueError(f"data set {self.dataset!r} is generated per sequence length, which only a family "
+                             f"whose depth is the sequence length can use (not {self.family!r})")
+        if family.depth_is_length and not data.per_length and self.depths != [data.length]:
+            raise ValueError(f"family {self.family!r}: depth is the sequence length, and {self.dataset!r} has "
+                             f"length {data.length}; depths must be [{data.length}], got {self.depths}")
+        family.hparams.model_validate(self.model)
+        unknown = set(self.training) - set(TrainingSettings.model_fields)
+        if unknown:
+            raise ValueError(f"training keys {sorted(unknown)} are unknown; allowed: {list(TrainingSettings.model_fields)}")
         return self
 
     def family_hparams(self) -> BaseModel:
         return FAMILIES.get(self.family).hparams.model_validate(self.model)
-
-
-class TrainingSettings(_Strict):
-    max_epochs: int = Field(gt=0)
-    batch_size: int = Field(gt=0, description="per process, as in Lightning")
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
-    weight_decay: float = Field(0.0, ge=0)
-    target_accuracy: float = Field(0.5, gt=0, le=1, description="for 'epochs to target'")
 
 
 class TrainerSettings(_Strict):
@@ -115,7 +149,9 @@ class ProbeSettings(_Strict):
     vanished_log10_ratio: float = Field(-3.0, lt=0, description="log10 first/last dL/dh below this: vanished")
     exploded_log10_ratio: float = Field(3.0, gt=0, description="log10 first/last dL/dh above this: exploded")
     dead_fraction: float = Field(0.5, gt=0, le=1, description="dead-unit share above this: dead_units")
-    trainable_margin: float = Field(0.1, gt=0, lt=1, description="trainable: test accuracy >= chance + margin")
+    trainable_margin: float = Field(0.1, gt=0, lt=1, description="accuracy tasks, trainable: test accuracy >= chance + margin")
+    trainable_loss_fraction: float = Field(
+        0.5, gt=0, lt=1, description="loss tasks (MSE, copy cross-entropy), trainable: test loss <= fraction x baseline")
 
 
 class Profile(_Strict):
@@ -139,10 +175,7 @@ class Profile(_Strict):
     @field_validator("learning_rates")
     @classmethod
     def _rates(cls, value: list[float]) -> list[float]:
-        bad = [lr for lr in value if not lr > 0]
-        if bad:
-            raise ValueError(f"learning rates must be > 0, got {bad}")
-        return value
+        return _positive_rates(value)
 
     @field_validator("seeds")
     @classmethod
@@ -157,10 +190,33 @@ class Profile(_Strict):
         if missing:
             raise ValueError(f"matrix uses data sets {missing} that are not configured under 'datasets' "
                              f"(configured: {sorted(self.datasets)})")
+        for index, block in enumerate(self.matrix):
+            try:
+                self.block_training(block)
+            except ValidationError as error:
+                raise ValueError(f"matrix.{index}.training: {error}") from None
         return self
 
     def dataset_settings(self, name: str):
         return DATASETS.get(name).settings.model_validate(self.datasets[name])
+
+    def block_training(self, block: MatrixBlock) -> TrainingSettings:
+        return TrainingSettings.model_validate({**self.training.model_dump(), **block.training})
+
+    def block_learning_rates(self, block: MatrixBlock) -> list[float]:
+        return block.learning_rates or self.learning_rates
+
+    def stored_datasets(self, names: list[str] | None = None) -> list[tuple[str, int | None]]:
+        """(data set, sequence length or None) of every stored folder the profile needs."""
+        wanted = []
+        for name in sorted(self.datasets):
+            if names is not None and name not in names:
+                continue
+            spec = DATASETS.get(name)
+            lengths = sorted({spec.length_for(depth) for block in self.matrix if block.dataset == name
+                              for depth in block.depths} - {None})
+            wanted += [(name, length) for length in lengths] if spec.per_length else [(name, None)]
+        return wanted
 
 
 class WandbSettings(_Strict):

@@ -52,16 +52,17 @@ def expand(profile: Profile) -> list[CellSpec]:
     for block in profile.matrix:
         hparams = block.family_hparams().model_dump()
         data_settings = profile.dataset_settings(block.dataset).model_dump()
+        training = profile.block_training(block).model_dump()
         for remedy in block.remedies:
-            recipe = REMEDIES.get(remedy).recipe().as_dict()
+            recipe = REMEDIES.get(remedy).recipe(block.family).as_dict()
             for depth in block.depths:
-                for learning_rate in profile.learning_rates:
+                for learning_rate in profile.block_learning_rates(block):
                     for seed in profile.seeds:
                         cells.append(CellSpec(
                             family=block.family, remedy=remedy, dataset=block.dataset, depth=depth,
                             seed=seed, learning_rate=learning_rate, recipe=recipe, model=hparams,
                             dataset_settings=data_settings,
-                            training=profile.training.model_dump(), trainer=profile.trainer.model_dump(),
+                            training=training, trainer=profile.trainer.model_dump(),
                             probes=profile.probes.model_dump()))
     ids = [cell.cell_id for cell in cells]
     if len(set(ids)) != len(ids):

@@ -1,15 +1,17 @@
-"""The remedy axis: each remedy is a named override of the baseline recipe.
+"""The remedy axis: each remedy is a named override of a family's baseline recipe.
 
 A remedy changes as little as it needs to (so a leaderboard row isolates one
-idea) and cites where it comes from. ``families`` says which model families it
-applies to; ``expand`` only builds valid (family, remedy) pairs and
-``skip_reason`` says why a pair is absent (benchopt's ``skip()``).
+idea) and cites where it comes from. It lists the families it applies to, with
+the overrides for each (usually the same ones; "modern" differs per family).
+``expand`` only builds valid (family, remedy) pairs and ``skip_reason`` says
+why a pair is absent (benchopt's ``skip()``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vgbench.models import FAMILIES
 from vgbench.models.recipe import Recipe
 from vgbench.registry import Registry
 
@@ -19,26 +21,39 @@ class Remedy:
     name: str
     summary: str
     citation: str
-    overrides: dict = field(default_factory=dict)
-    families: frozenset[str] = frozenset({"mlp"})
+    overrides: dict[str, dict] = field(default_factory=dict)  # family -> recipe overrides
 
-    def recipe(self, base: Recipe | None = None) -> Recipe:
-        return (base or Recipe()).with_overrides(**self.overrides)
+    @property
+    def families(self) -> frozenset[str]:
+        return frozenset(self.overrides)
+
+    def recipe(self, family: str) -> Recipe:
+        """The family's baseline recipe with this remedy's overrides for that family."""
+        if family not in self.overrides:
+            raise ValueError(skip_reason(family, self.name))
+        return FAMILIES.get(family).base_recipe.with_overrides(**self.overrides[family])
 
 
 REMEDIES: Registry[Remedy] = Registry("remedy")
 
 
-def _remedy(name: str, summary: str, citation: str, families=("mlp",), **overrides) -> None:
-    REMEDIES.add(name, Remedy(name, summary, citation, dict(overrides), frozenset(families)))
+def _remedy(name: str, summary: str, citation: str, families=("mlp",), per_family=None, **overrides) -> None:
+    """Register a remedy: the same ``overrides`` for every family in ``families``,
+    plus (or instead) family-specific ones in ``per_family``."""
+    table = {family: dict(overrides) for family in families}
+    table.update(per_family or {})
+    REMEDIES.add(name, Remedy(name, summary, citation, table))
 
 
-_remedy("baseline", "sigmoid units, small N(0, 0.01^2) init: the pre-2010 deep net that vanishes",
-        "Glorot & Bengio 2010, AISTATS (the failure they analyse)")
+_remedy("baseline", "the family's base recipe: small N(0, 0.01^2) init; sigmoid (MLP) or tanh (RNN) units",
+        "Glorot & Bengio 2010, AISTATS; Bengio, Simard & Frasconi 1994 (the failures they analyse)",
+        families=("mlp", "rnn"))
 _remedy("xavier", "tanh with Glorot's normalized init",
-        "Glorot & Bengio 2010, AISTATS", activation="tanh", init="xavier")
-_remedy("orthogonal", "tanh with orthogonal init",
-        "Saxe, McClelland & Ganguli 2014, ICLR", activation="tanh", init="orthogonal")
+        "Glorot & Bengio 2010, AISTATS", families=("mlp", "rnn", "highway", "resnet"),
+        activation="tanh", init="xavier")
+_remedy("orthogonal", "tanh with orthogonal init (RNN: the recurrent weights, gain 1)",
+        "Saxe, McClelland & Ganguli 2014, ICLR", families=("mlp",), activation="tanh", init="orthogonal",
+        per_family={"rnn": dict(recurrent_init="orthogonal")})
 _remedy("he_relu", "ReLU with He (Kaiming) init",
         "Glorot, Bordes & Bengio 2011; He et al. 2015, ICCV", activation="relu", init="he")
 _remedy("leaky_relu", "leaky ReLU (slope 0.01) with He init",
@@ -46,17 +61,43 @@ _remedy("leaky_relu", "leaky ReLU (slope 0.01) with He init",
 _remedy("elu", "ELU with He init",
         "Clevert, Unterthiner & Hochreiter 2016, ICLR", activation="elu", init="he")
 _remedy("selu_lecun", "SELU with LeCun-normal init (self-normalizing)",
-        "Klambauer et al. 2017, NeurIPS", activation="selu", init="lecun")
+        "Klambauer et al. 2017, NeurIPS", families=("mlp", "highway", "resnet"), activation="selu", init="lecun")
 _remedy("batchnorm", "batch normalization before each sigmoid",
         "Ioffe & Szegedy 2015, ICML", norm="batchnorm")
 _remedy("grad_clip", "gradient-norm clipping at 1.0 (fights explosion, not vanishing)",
-        "Pascanu, Mikolov & Bengio 2013, ICML", grad_clip="norm", grad_clip_value=1.0)
-_remedy("residual", "identity skip connections around each hidden layer",
-        "He, Zhang, Ren & Sun 2016, CVPR", skip="residual")
-_remedy("modern", "all that apply at once: ReLU + He init + batchnorm + residual + norm clipping",
-        "He et al. 2015; Ioffe & Szegedy 2015; He et al. 2016; Pascanu et al. 2013",
-        activation="relu", init="he", norm="batchnorm", skip="residual",
-        grad_clip="norm", grad_clip_value=1.0)
+        "Pascanu, Mikolov & Bengio 2013, ICML", families=("mlp", "rnn"), grad_clip="norm", grad_clip_value=1.0)
+_remedy("layernorm", "layer normalization of each layer's (each step's) summed input",
+        "Ba, Kiros & Hinton 2016, arXiv:1607.06450", families=("mlp", "rnn"), norm="layernorm")
+_remedy("irnn", "ReLU units with identity-initialized recurrent weights",
+        "Le, Jaitly & Hinton 2015, arXiv:1504.00941", families=("rnn",), activation="relu",
+        recurrent_init="identity")
+_remedy("lstm", "LSTM cell: a gated, additive memory (forget-gate bias 1)",
+        "Hochreiter & Schmidhuber 1997, Neural Computation; Gers et al. 2000", families=("rnn",), cell="lstm")
+_remedy("gru", "GRU cell: gated, interpolating memory",
+        "Cho et al. 2014, EMNLP", families=("rnn",), cell="gru")
+_remedy("residual", "identity skip connections around each hidden layer (ResNet: each block, option A)",
+        "He, Zhang, Ren & Sun 2016, CVPR", families=("mlp", "resnet", "highway"), skip="residual")
+_remedy("plain", "the skip families' plain twin: no skip, ReLU + He init, no normalization",
+        "He, Zhang, Ren & Sun 2016, CVPR (plain nets, Fig. 6); Srivastava, Greff & Schmidhuber 2015 (Fig. 1)",
+        families=("resnet", "highway"))
+_remedy("plain_bn", "the plain twin with batch normalization after each conv / linear map",
+        "Ioffe & Szegedy 2015, ICML; He et al. 2016, CVPR (their plain-20/56 use it)",
+        families=("resnet", "highway"), norm="batchnorm")
+_remedy("residual_bn", "identity shortcuts and batch normalization: the paper's CIFAR ResNet",
+        "He, Zhang, Ren & Sun 2016, CVPR", families=("resnet", "highway"), norm="batchnorm", skip="residual")
+_remedy("highway", "gated highway skips; transform-gate bias from the family's gate_bias (default -2)",
+        "Srivastava, Greff & Schmidhuber 2015, NeurIPS", families=("highway",), skip="highway")
+_remedy("highway_bn", "gated highway skips with batch normalization of the transform's pre-activation",
+        "Srivastava et al. 2015, NeurIPS; Ioffe & Szegedy 2015, ICML", families=("highway",),
+        norm="batchnorm", skip="highway")
+_remedy("modern", "the best combination. MLP: ReLU + He init + batchnorm + residual + norm clipping; "
+        "RNN: LSTM + Xavier input / orthogonal recurrent init + norm clipping",
+        "He et al. 2015; Ioffe & Szegedy 2015; He et al. 2016; Pascanu et al. 2013; Hochreiter & Schmidhuber "
+        "1997; Saxe et al. 2014", families=(),
+        per_family={"mlp": dict(activation="relu", init="he", norm="batchnorm", skip="residual",
+                                grad_clip="norm", grad_clip_value=1.0),
+                    "rnn": dict(cell="lstm", init="xavier", recurrent_init="orthogonal",
+                                grad_clip="norm", grad_clip_value=1.0)})
 
 
 def skip_reason(family: str, remedy: str) -> str | None:

@@ -1,10 +1,16 @@
 """The data-set axis.
 
 Each data set is one module registering a ``DatasetSpec``: its settings model
-(validated with params.yaml) and a ``build`` that returns the raw train and
-test splits. ``vgbench.data.store`` turns those into the stored layout under
+(validated with params.yaml), its task (``vgbench.tasks``), the kind of input
+it gives (a vector, an image, a sequence) and a ``build`` that returns the raw
+train and test splits with the task's closed-form baseline metric.
+``vgbench.data.store`` turns those into the stored layout under
 ``data/<name>/`` (train/validation/test tensors, train-only standardization
 statistics, a manifest with sha256 of every file).
+
+Synthetic sequence tasks are generated per sequence length (``per_length``):
+for the recurrent family the depth axis *is* the length, so each length the
+matrix asks for is its own stored folder ``data/<name>/T<length>/``.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ class RawSplits:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    num_classes: int
+    num_classes: int  # 0 for a real-valued target
+    baseline_metric: float | None = None  # None: chance accuracy 1 / num_classes
 
 
 @dataclass(frozen=True)
@@ -41,8 +48,17 @@ class DatasetSpec:
     name: str
     summary: str
     settings: type[DatasetSettings]
-    build: Callable[[DatasetSettings, Path], RawSplits]  # (settings, raw download dir)
+    build: Callable[[DatasetSettings, Path, int | None], RawSplits]  # (settings, raw dir, length)
     offline: bool  # generated locally, no download needed
+    task: str = "classification"  # a name in vgbench.tasks.TASKS
+    kind: str = "vector"  # vgbench.models.INPUT_KINDS: vector, image or sequence (time, features)
+    per_length: bool = False  # generated for each sequence length the matrix asks for
+    length: int | None = None  # the fixed sequence length of a sequence data set that is not per_length
+    standardize: bool = True  # inputs scaled with train mean/std (not for symbolic task inputs)
+
+    def length_for(self, depth: int) -> int | None:
+        """The stored sequence length a cell of this depth reads (None: one stored copy for all depths)."""
+        return depth if self.per_length else None
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -53,4 +69,4 @@ def offline_names() -> list[str]:
 
 
 # Importing a data-set module registers it (one line per data set).
-from vgbench.data import mnist1d, torchvision_sets  # noqa: E402,F401
+from vgbench.data import adding, copy_memory, mnist1d, sequential, torchvision_sets  # noqa: E402,F401

@@ -24,10 +24,14 @@ class MNIST1DSettings(DatasetSettings):
     seed: int = Field(42, ge=0, description="generator seed (42 is the published data set's)")
 
 
-def build(settings: MNIST1DSettings, raw_dir: Path) -> RawSplits:
+def build(settings: MNIST1DSettings, raw_dir: Path, length: int | None = None) -> RawSplits:
+    """The published generator; ``length`` resamples each signal to that many steps
+    (the package's ``final_seq_length``, 40 by default)."""
     args = get_dataset_args()
     args.num_samples = settings.num_samples
     args.seed = settings.seed
+    if length is not None:
+        args.final_seq_length = length
     # make_dataset reseeds the global `random` and `np.random`; leave them as they were.
     python_state, numpy_state = random.getstate(), np.random.get_state()
     try:

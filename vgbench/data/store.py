@@ -1,8 +1,9 @@
-"""The stored form of a data set: ``data/<name>/``.
+"""The stored form of a data set: ``data/<name>/`` (``data/<name>/T<length>/`` per length).
 
-Files: ``{train,validation,test}.pt`` (dicts with ``x`` float32 and ``y`` int64),
-``stats.pt`` (train-only standardization mean/std), ``manifest.json`` (the
-settings that made them, shapes, class count and sha256 of every file).
+Files: ``{train,validation,test}.pt`` (dicts with ``x`` float32 and ``y``: int64
+labels, or float32 targets for regression), ``stats.pt`` (train-only
+standardization mean/std), ``manifest.json`` (the settings that made them,
+task, shapes, class count, baseline metric and sha256 of every file).
 Validation is carved from train with ``split_seed``; test is left untouched.
 """
 
@@ -39,8 +40,9 @@ def sha256(path: Path) -> str:
 
 
 def standardization_stats(train_x: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-channel mean/std for images (N, C, H, W); one global pair for signals (N, L)."""
-    dims = [0, 2, 3] if train_x.ndim == 4 else list(range(train_x.ndim))
+    """Per-channel mean/std for images (N, C, H, W) and per-feature for sequences (N, T, F);
+    one global pair for signals (N, L)."""
+    dims = {4: [0, 2, 3], 3: [0, 1]}.get(train_x.ndim, list(range(train_x.ndim)))
     return {"mean": train_x.mean(dim=dims), "std": train_x.std(dim=dims).clamp_min(1e-8)}
 
 
@@ -56,12 +58,26 @@ def split_validation(raw: RawSplits, settings: DatasetSettings) -> dict[str, dic
     }
 
 
-def prepare(name: str, settings: DatasetSettings, data_root: Path) -> dict:
-    """Build data set ``name`` and store it under ``data_root/name``; return the manifest."""
+def folder_for(name: str, data_root: Path, length: int | None = None) -> Path:
+    return data_root / name if length is None else data_root / name / f"T{length}"
+
+
+def label(name: str, length: int | None = None) -> str:
+    """How commands name a stored data set: ``adding`` or ``adding@T50``."""
+    return name if length is None else f"{name}@T{length}"
+
+
+def prepare(name: str, settings: DatasetSettings, data_root: Path, length: int | None = None) -> dict:
+    """Build data set ``name`` (at sequence ``length`` for per-length ones) and store it; return the manifest."""
     spec = DATASETS.get(name)
-    raw = spec.build(settings, data_root / "raw")
+    if spec.per_length != (length is not None):
+        raise ValueError(f"data set {name!r}: a length is {'required' if spec.per_length else 'not allowed'} "
+                         f"(got {length!r})")
+    raw = spec.build(settings, data_root / "raw", length)
     splits = split_validation(raw, settings)
-    with atomic.replace_dir(data_root / name) as folder:
+    num_classes = raw.num_classes
+    baseline = raw.baseline_metric if raw.baseline_metric is not None else 1.0 / num_classes
+    with atomic.replace_dir(folder_for(name, data_root, length)) as folder:
         for split, tensors in splits.items():
             torch.save(tensors, folder / f"{split}.pt")
         torch.save(standardization_stats(splits["train"]["x"]), folder / "stats.pt")
@@ -69,7 +85,12 @@ def prepare(name: str, settings: DatasetSettings, data_root: Path) -> dict:
             "name": name,
             "settings": settings.model_dump(),
             "settings_hash": settings_hash(settings),
-            "num_classes": raw.num_classes,
+            "length": length,
+            "task": spec.task,
+            "kind": spec.kind,
+            "standardize": spec.standardize,
+            "num_classes": num_classes,
+            "baseline_metric": baseline,
             "input_shape": list(splits["train"]["x"].shape[1:]),
             "sizes": {split: len(t["y"]) for split, t in splits.items()},
             "sha256": {p.name: sha256(p) for p in sorted(folder.glob("*.pt"))},
@@ -78,8 +99,8 @@ def prepare(name: str, settings: DatasetSettings, data_root: Path) -> dict:
     return manifest
 
 
-def read_manifest(name: str, data_root: Path) -> dict | None:
-    path = data_root / name / "manifest.json"
+def read_manifest(name: str, data_root: Path, length: int | None = None) -> dict | None:
+    path = folder_for(name, data_root, length) / "manifest.json"
     if not path.exists():
         return None
     try:
@@ -88,28 +109,37 @@ def read_manifest(name: str, data_root: Path) -> dict | None:
         raise DataNotReadyError(f"{path} is not valid JSON ({error}): run `vgbench fetch {name}`") from None
 
 
-def is_current(name: str, settings: DatasetSettings, data_root: Path) -> bool:
-    manifest = read_manifest(name, data_root)
+def is_current(name: str, settings: DatasetSettings, data_root: Path, length: int | None = None) -> bool:
+    manifest = read_manifest(name, data_root, length)
     return manifest is not None and manifest["settings_hash"] == settings_hash(settings)
 
 
 @dataclass(frozen=True)
 class StoredDataset:
     name: str
-    splits: dict[str, dict[str, torch.Tensor]]  # standardized
+    splits: dict[str, dict[str, torch.Tensor]]  # standardized where the data set asks for it
     num_classes: int
     input_shape: tuple[int, ...]
     manifest: dict
 
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
 
-def load(name: str, settings: DatasetSettings, data_root: Path, verify: bool = True) -> StoredDataset:
-    """Load ``data/<name>/`` standardized with its train statistics.
+    @property
+    def baseline_metric(self) -> float:
+        return self.manifest["baseline_metric"]
+
+
+def load(name: str, settings: DatasetSettings, data_root: Path, length: int | None = None,
+         verify: bool = True) -> StoredDataset:
+    """Load ``data/<name>/`` (or its ``T<length>/``), standardized with its train statistics.
 
     Refuses a folder made with other settings or whose files do not match the
     manifest's checksums, naming the command that fixes it.
     """
-    folder = data_root / name
-    manifest = read_manifest(name, data_root)
+    folder = folder_for(name, data_root, length)
+    manifest = read_manifest(name, data_root, length)
     if manifest is None:
         raise DataNotReadyError(f"{folder} is missing: run `vgbench fetch {name}` (or `dvc repro fetch`)")
     if manifest["settings_hash"] != settings_hash(settings):
@@ -125,10 +155,11 @@ def load(name: str, settings: DatasetSettings, data_root: Path, verify: bool = T
                 raise DataNotReadyError(f"{folder / file} does not match its sha256 in the manifest: "
                                         f"run `vgbench fetch {name}`")
     stats = torch.load(folder / "stats.pt")
-    shape = [1, -1] + [1] * (len(manifest["input_shape"]) - 1) if len(manifest["input_shape"]) == 3 else [1]
+    shape = {"image": [1, -1, 1, 1], "sequence": [1, 1, -1]}.get(manifest["kind"], [1])
     mean, std = stats["mean"].reshape(shape), stats["std"].reshape(shape)
     splits = {}
     for split in SPLITS:
         tensors = torch.load(folder / f"{split}.pt")
-        splits[split] = {"x": (tensors["x"] - mean) / std, "y": tensors["y"]}
+        x = (tensors["x"] - mean) / std if manifest["standardize"] else tensors["x"]
+        splits[split] = {"x": x, "y": tensors["y"]}
     return StoredDataset(name, splits, manifest["num_classes"], tuple(manifest["input_shape"]), manifest)

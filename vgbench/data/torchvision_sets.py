@@ -60,7 +60,7 @@ def _as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _builder(cls):
-    def build(settings: DatasetSettings, raw_dir: Path) -> RawSplits:
+    def build(settings: DatasetSettings, raw_dir: Path, length: int | None = None) -> RawSplits:
         train_x, train_y = _as_tensors(_open(cls, raw_dir, train=True))
         test_x, test_y = _as_tensors(_open(cls, raw_dir, train=False))
         return RawSplits(train_x, train_y, test_x, test_y, num_classes=10)
@@ -68,9 +68,11 @@ def _builder(cls):
     return build
 
 
+BUILDERS = {}  # name -> build, also read by the pixel-sequence data sets
 for _name, _cls, _summary in [
     ("mnist", tv.MNIST, "MNIST handwritten digits, 28x28 grey"),
     ("fashion_mnist", tv.FashionMNIST, "Fashion-MNIST clothing, 28x28 grey"),
     ("cifar10", tv.CIFAR10, "CIFAR-10 natural images, 32x32 colour"),
 ]:
-    DATASETS.add(_name, DatasetSpec(_name, _summary, DatasetSettings, _builder(_cls), offline=False))
+    BUILDERS[_name] = _builder(_cls)
+    DATASETS.add(_name, DatasetSpec(_name, _summary, DatasetSettings, BUILDERS[_name], offline=False, kind="image"))

@@ -1,8 +1,9 @@
 """The model-family axis.
 
-A family is one module that registers a ``Family``: a builder taking
-(input shape, number of classes, depth, recipe, family hparams) and a pydantic
-model of its own hyperparameters, validated with params.yaml.
+A family is one module that registers a ``Family``: a builder taking the data's
+shapes (``ModelIO``), the depth, a recipe and a pydantic model of the family's
+own hyperparameters (validated with params.yaml). ``base_recipe`` is the
+family's vanishing baseline, the recipe that every remedy overrides.
 """
 
 from __future__ import annotations
@@ -16,17 +17,32 @@ from vgbench.models.recipe import Recipe
 from vgbench.probes.taps import ProbedModel
 from vgbench.registry import Registry
 
+INPUT_KINDS = ("vector", "image", "sequence")
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """What a network reads and writes, from the data set and the task."""
+
+    input_shape: tuple[int, ...]  # one sample: (features,), (C, H, W) or (time, features)
+    num_outputs: int              # classes, or 1 for a scalar regression target
+    per_step: bool = False        # one output per time step (copy-memory) instead of one per sequence
+
 
 @dataclass(frozen=True)
 class Family:
     name: str
     summary: str
     hparams: type[BaseModel]
-    build: Callable[[tuple[int, ...], int, int, Recipe, BaseModel], ProbedModel]
+    build: Callable[[ModelIO, int, Recipe, BaseModel], ProbedModel]  # (io, depth, recipe, hparams)
     depth_meaning: str = "hidden layers"
+    depth_is_length: bool = False  # depth is the sequence length (recurrent nets)
+    probed_state: str = "hidden layer"  # what one tapped state is: a hidden layer, a time step, a block
+    inputs: frozenset[str] = frozenset({"vector", "image"})  # data kinds it can read (INPUT_KINDS)
+    base_recipe: Recipe = Recipe()
 
 
 FAMILIES: Registry[Family] = Registry("family")
 
 # Importing a family module registers it (one line per family).
-from vgbench.models import mlp  # noqa: E402,F401
+from vgbench.models import highway, mlp, resnet, rnn  # noqa: E402,F401

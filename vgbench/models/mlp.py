@@ -13,7 +13,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from vgbench.models import FAMILIES, Family
+from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.probes.taps import ProbedModel
 
@@ -34,12 +34,12 @@ class HiddenLayer(nn.Module):
 
 
 class DeepMLP(ProbedModel):
-    def __init__(self, in_features: int, num_classes: int, depth: int, recipe: Recipe, width: int):
+    def __init__(self, in_features: int, num_outputs: int, depth: int, recipe: Recipe, width: int):
         super().__init__(recipe.activation)
         self.residual = recipe.skip == "residual"
         self.hidden = nn.ModuleList(
             HiddenLayer(in_features if i == 0 else width, width, recipe) for i in range(depth))
-        self.head = nn.Linear(width, num_classes)
+        self.head = nn.Linear(width, num_outputs)
         # The classifier keeps PyTorch's default init in every remedy, so that the
         # remedies differ only in the hidden stack they are about.
 
@@ -57,9 +57,10 @@ class DeepMLP(ProbedModel):
         return [(f"hidden.{i}.linear.weight", layer.linear.weight) for i, layer in enumerate(self.hidden)]
 
 
-def build_mlp(input_shape: tuple[int, ...], num_classes: int, depth: int,
-              recipe: Recipe, hparams: MLPHParams) -> DeepMLP:
-    return DeepMLP(math.prod(input_shape), num_classes, depth, recipe, hparams.width)
+def build_mlp(io: ModelIO, depth: int, recipe: Recipe, hparams: MLPHParams) -> DeepMLP:
+    if io.per_step:
+        raise ValueError("the mlp family gives one output per sample; per-time-step tasks need the rnn family")
+    return DeepMLP(math.prod(io.input_shape), io.num_outputs, depth, recipe, hparams.width)
 
 
 FAMILIES.add("mlp", Family("mlp", "deep fully connected classifier", MLPHParams, build_mlp))

@@ -81,14 +81,23 @@ INITS: dict[str, Callable[[torch.Tensor, "Recipe"], None]] = {
     "orthogonal": _orthogonal,
 }
 
-NORMS = ("none", "batchnorm")
-SKIPS = ("none", "residual")
+NORMS = ("none", "batchnorm", "layernorm")
+SKIPS = ("none", "residual", "highway")
 GRAD_CLIPS = ("none", "norm", "value")
+CELLS = ("rnn", "lstm", "gru")  # read by the recurrent family only
+# Recurrent (hidden-to-hidden) weights: "same" as the input weights, or identity
+# (IRNN, Le, Jaitly & Hinton 2015), or any of INITS.
+RECURRENT_INITS = ("same", "identity", *INITS)
+PRETRAINS = ("none", "rbm")  # read by the DBN family: greedy RBM pretraining
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to build one network; defaults are the vanishing baseline."""
+    """How to build one network; defaults are the MLP's vanishing baseline.
+
+    A family may start from other defaults (``Family.base_recipe``, e.g. tanh for
+    the recurrent family) and ignores the fields that do not concern it.
+    """
 
     activation: str = "sigmoid"
     init: str = "small_normal"
@@ -97,10 +106,14 @@ class Recipe:
     skip: str = "none"
     grad_clip: str = "none"  # applied by the Trainer (gradient_clip_algorithm)
     grad_clip_value: float = 1.0
+    cell: str = "rnn"
+    recurrent_init: str = "same"
+    pretrain: str = "none"
 
     def __post_init__(self) -> None:
         allowed = {"activation": tuple(ACTIVATIONS), "init": tuple(INITS), "norm": NORMS,
-                   "skip": SKIPS, "grad_clip": GRAD_CLIPS}
+                   "skip": SKIPS, "grad_clip": GRAD_CLIPS, "cell": CELLS,
+                   "recurrent_init": RECURRENT_INITS, "pretrain": PRETRAINS}
         for key, options in allowed.items():
             value = getattr(self, key)
             if value not in options:
@@ -122,7 +135,26 @@ class Recipe:
         return ACTIVATIONS[self.activation]()
 
     def make_norm(self, features: int) -> nn.Module:
-        return nn.BatchNorm1d(features) if self.norm == "batchnorm" else nn.Identity()
+        """Normalization over ``features`` (channels of a (N, C) or (N, C, L) tensor for batchnorm)."""
+        if self.norm == "batchnorm":
+            return nn.BatchNorm1d(features)
+        if self.norm == "layernorm":
+            return nn.LayerNorm(features)
+        return nn.Identity()
 
     def init_weight(self, weight: torch.Tensor) -> None:
         INITS[self.init](weight, self)
+
+    def init_recurrent_weight(self, weight: torch.Tensor) -> None:
+        """One square hidden-to-hidden block (a family initialises each gate's block apart)."""
+        if self.recurrent_init == "same":
+            self.init_weight(weight)
+        elif self.recurrent_init == "identity":
+            with torch.no_grad():
+                weight.copy_(torch.eye(weight.shape[0], weight.shape[1]))
+        elif self.recurrent_init == "orthogonal":
+            # Gain 1, not the activation's: repeated through time, any other gain
+            # grows or shrinks the state geometrically (Saxe et al. 2014).
+            nn.init.orthogonal_(weight, gain=1.0)
+        else:
+            INITS[self.recurrent_init](weight, self)

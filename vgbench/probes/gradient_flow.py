@@ -14,6 +14,8 @@ What it records, per probed layer l (input side first):
 - ``saturated_fraction`` (sigmoid/tanh: unit-samples within 0.01 of a bound)
   or ``dead_fraction`` (ReLU family: units whose input is <= 0 for every
   sample of the batch).
+- ``gate_mean`` (gated families such as highway nets, else None): the mean
+  transform-gate value T of each layer; near 0 the layer carries its input.
 
 When: once at initialization, on a fixed training batch before the first
 update (phase "init"), and on the live training batch every ``interval_steps``
@@ -31,7 +33,6 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from vgbench.probes.taps import ProbedModel, TapRecord
 
@@ -74,7 +75,7 @@ class GradientFlowProbe(L.Callback):
         """
         layers = len(record.hidden_count)
         keys = ("grad_sq_sum", "hidden_sum", "hidden_sq_sum", "hidden_count",
-                "saturated_count", "elements", "dead_units", "units")
+                "saturated_count", "elements", "dead_units", "units", "gate_sum", "gate_count")
         table = torch.tensor([[float(getattr(record, key).get(i, 0)) for i in range(layers)] for key in keys],
                              dtype=torch.float64)
         if reduce_sum is not None:
@@ -85,13 +86,15 @@ class GradientFlowProbe(L.Callback):
         stats = {
             "dL_dh_norm": (row["grad_sq_sum"] / world_size ** 2).sqrt().tolist(),
             "activation_variance": variance.clamp_min(0).tolist(),
-            "saturated_fraction": None, "dead_fraction": None,
+            "saturated_fraction": None, "dead_fraction": None, "gate_mean": None,
         }
         if record.saturated_count:
             stats["saturated_fraction"] = (row["saturated_count"] / row["elements"].clamp_min(1)).tolist()
         if record.dead_units:
             # Under DDP this is the mean over ranks of each rank's dead share.
             stats["dead_fraction"] = (row["dead_units"] / row["units"].clamp_min(1)).tolist()
+        if record.gate_sum:
+            stats["gate_mean"] = (row["gate_sum"] / row["gate_count"].clamp_min(1)).tolist()
         return stats
 
     @staticmethod
@@ -130,7 +133,7 @@ class GradientFlowProbe(L.Callback):
         model.zero_grad(set_to_none=True)
         model.taps.arm()
         # The bare model, not the DDP wrapper: same batch on every rank, no gradient all-reduce.
-        loss = F.cross_entropy(model(x), y)
+        loss = pl_module.task.loss(model(x), y)
         loss.backward()
         taps = model.taps.disarm()
         record = {"phase": "init", "step": 0, "epoch": 0, "loss": float(loss.detach()),

@@ -2,10 +2,11 @@
 
 A family's forward pass calls ``self.taps.hidden(index, h)`` on each hidden
 state h_l (a layer's output, or an RNN's state at time t) and
-``self.taps.preactivation(index, z)`` on the input of its nonlinearity. While
-the taps are disarmed these are identity functions costing one attribute
-check; when armed (on probe steps only) they keep cheap statistics and hook
-the tensor so that dL/dh_l is captured during backward. Nothing about the
+``self.taps.preactivation(index, z)`` on the input of its nonlinearity; gated
+layers (highway) also call ``self.taps.gate(index, t)`` on their transform
+gate. While the taps are disarmed these are identity functions costing one
+attribute check; when armed (on probe steps only) they keep cheap statistics
+and hook the tensor so that dL/dh_l is captured during backward. Nothing about the
 model has to be rewritten, and no family-specific code lives in the probes.
 
 Statistics are kept as sums over the batch so that DDP ranks can add them up
@@ -39,6 +40,8 @@ class TapRecord:
     dead_units: dict[int, int] = field(default_factory=dict)         # units off for every sample
     units: dict[int, int] = field(default_factory=dict)              # units in the layer
     elements: dict[int, int] = field(default_factory=dict)           # unit-samples in the layer
+    gate_sum: dict[int, float] = field(default_factory=dict)         # sum of transform-gate values
+    gate_count: dict[int, int] = field(default_factory=dict)         # gate unit-samples
 
 
 class Taps:
@@ -76,6 +79,18 @@ class Taps:
         start = time.perf_counter()
         self.record.grad_sq_sum[index] = grad.detach().double().pow(2).sum().item()
         self.seconds += time.perf_counter() - start
+
+    def gate(self, index: int, t: torch.Tensor) -> torch.Tensor:
+        """Mean opening of a transform gate in (0, 1): near 0 the layer carries its input
+        through (Srivastava et al. 2015), near 1 it transforms like a plain layer."""
+        if not self.armed:
+            return t
+        start = time.perf_counter()
+        with torch.no_grad():
+            self.record.gate_sum[index] = t.detach().double().sum().item()
+            self.record.gate_count[index] = t.numel()
+        self.seconds += time.perf_counter() - start
+        return t
 
     def preactivation(self, index: int, z: torch.Tensor) -> torch.Tensor:
         """Saturation (bounded units) or death (rectifiers) from the input z of the nonlinearity."""

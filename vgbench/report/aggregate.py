@@ -1,11 +1,13 @@
 """Aggregate cell results into leaderboard rows; reads metrics.json files only.
 
 The fair learning-rate protocol: every (family, remedy, data set, depth) is
-trained at every rate of the profile's grid for every seed. For each such
-group, the rate with the highest mean final-epoch *validation* accuracy over
-seeds is chosen (a diverged seed counts as 0; ties go to the smaller rate),
-and only that rate's *test* results are reported, aggregated over seeds with
-their spread. No test number ever influences the choice.
+trained at every rate of its block's grid for every seed. For each such group,
+the rate with the best mean final-epoch *validation* metric over seeds is
+chosen (the task's metric: accuracy, MSE or cross-entropy, in its direction; a
+diverged seed counts as the worst value, accuracy 0 or loss +inf; ties go to
+the smaller rate), and only that rate's *test* results are reported,
+aggregated over seeds with their spread. No test number ever influences the
+choice.
 """
 
 from __future__ import annotations
@@ -34,30 +36,42 @@ def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame,
         rows.append({
             "cell_id": cell.cell_id, "family": cell.family, "dataset": cell.dataset, "remedy": cell.remedy,
             "depth": cell.depth, "seed": cell.seed, "learning_rate": cell.learning_rate,
-            "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
+            "metric": metrics["metric"], "higher_is_better": bool(metrics["higher_is_better"]),
+            "baseline_metric": metrics["baseline_metric"],
+            "val_metric": metrics["val_metric"], "test_metric": metrics["test_metric"],
             "trainable": bool(metrics["trainable"]), "failure": metrics["failure"],
             "init_log10_dL_dh_first_last": metrics["init_log10_dL_dh_first_last"],
             "init_log10_weight_grad_first_last": metrics["init_log10_weight_grad_first_last"],
             "epochs_to_target": metrics["epochs_to_target"], "final_train_loss": metrics["final_train_loss"],
-            "wall_seconds": metrics["wall_seconds"], "chance_accuracy": metrics["chance_accuracy"],
+            "wall_seconds": metrics["wall_seconds"],
         })
     return pd.DataFrame(rows), missing
 
 
+def _worst_if_missing(values: pd.Series, higher_is_better: pd.Series) -> pd.Series:
+    """NaN (a diverged seed) becomes the worst value: accuracy 0, a loss +inf."""
+    return values.where(values.notna(), higher_is_better.map({True: 0.0, False: math.inf}))
+
+
 def choose_learning_rates(cells: pd.DataFrame) -> pd.DataFrame:
-    """(group..., learning_rate, mean validation accuracy) of the chosen rate per group."""
-    scored = cells.assign(selection_score=cells["val_accuracy"].fillna(0.0))
-    means = scored.groupby(GROUP + ["learning_rate"], as_index=False)["selection_score"].mean()
-    # Means of equal accuracies summed in another order differ in the last bit; keep such ties ties.
+    """(group..., learning_rate, selection_val_metric): the chosen rate per group and its mean validation metric."""
+    val = _worst_if_missing(cells["val_metric"], cells["higher_is_better"])
+    # One score where higher is better for every task (a loss is negated).
+    scored = cells.assign(selection_score=val.where(cells["higher_is_better"], -val))
+    means = scored.groupby(GROUP + ["learning_rate", "higher_is_better"], as_index=False)["selection_score"].mean()
+    # Means of equal values summed in another order differ in the last bit; keep such ties ties.
     means["selection_score"] = means["selection_score"].round(12)
     means = means.sort_values(GROUP + ["selection_score", "learning_rate"],
                               ascending=[True] * len(GROUP) + [False, True])
-    return means.groupby(GROUP, as_index=False).head(1).rename(
-        columns={"selection_score": "selection_val_accuracy"})
+    chosen = means.groupby(GROUP, as_index=False).head(1)
+    value = chosen["selection_score"].where(chosen["higher_is_better"], -chosen["selection_score"])
+    return chosen.assign(selection_val_metric=value)[GROUP + ["learning_rate", "selection_val_metric"]]
 
 
 def _std(values: pd.Series) -> float:
-    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    if len(values) < 2:
+        return 0.0
+    return float(values.std(ddof=1)) if all(map(math.isfinite, values)) else float("nan")
 
 
 def _finite_mean(values: pd.Series) -> float:
@@ -73,14 +87,17 @@ def leaderboard_rows(cells: pd.DataFrame) -> pd.DataFrame:
     picked = cells.merge(chosen, on=GROUP + ["learning_rate"])
     rows = []
     for key, group in picked.groupby(GROUP, sort=True):
-        test = group["test_accuracy"].fillna(0.0)
+        test = _worst_if_missing(group["test_metric"], group["higher_is_better"])
         reached = group["epochs_to_target"].dropna()
         row = dict(zip(GROUP, key))
         row.update({
             "learning_rate": group["learning_rate"].iloc[0],
-            "selection_val_accuracy": group["selection_val_accuracy"].iloc[0],
+            "metric": group["metric"].iloc[0],
+            "higher_is_better": bool(group["higher_is_better"].iloc[0]),
+            "baseline_metric": group["baseline_metric"].iloc[0],
+            "selection_val_metric": group["selection_val_metric"].iloc[0],
             "n": len(group),
-            "test_accuracy_mean": float(test.mean()), "test_accuracy_std": _std(test),
+            "test_metric_mean": float(test.mean()), "test_metric_std": _std(test),
             "trainable_rate": float(group["trainable"].mean()),
             "init_log10_dL_dh_first_last": _finite_mean(group["init_log10_dL_dh_first_last"]),
             "init_log10_weight_grad_first_last": _finite_mean(group["init_log10_weight_grad_first_last"]),
@@ -88,7 +105,6 @@ def leaderboard_rows(cells: pd.DataFrame) -> pd.DataFrame:
             "reached_target_rate": len(reached) / len(group),
             "final_train_loss_mean": _finite_mean(group["final_train_loss"]),
             "wall_seconds_mean": float(group["wall_seconds"].mean()),
-            "chance_accuracy": group["chance_accuracy"].iloc[0],
         })
         for label in FAILURE_LABELS:
             row[f"rate_{label}"] = float((group["failure"] == label).mean())
@@ -110,19 +126,22 @@ def frontier(rows: pd.DataFrame, majority: float = 0.5) -> pd.DataFrame:
         trained = group[group["trainable_rate"] >= majority]
         deepest = group.loc[group["depth"].idxmax()]
         out.append({"family": family, "dataset": dataset, "remedy": remedy,
+                    "metric": deepest["metric"], "higher_is_better": deepest["higher_is_better"],
                     "deepest_trainable_depth": int(trained["depth"].max()) if len(trained) else 0,
                     "deepest_depth": int(deepest["depth"]),
-                    "test_accuracy_at_deepest": deepest["test_accuracy_mean"],
-                    "test_accuracy_std_at_deepest": deepest["test_accuracy_std"]})
+                    "test_metric_at_deepest": deepest["test_metric_mean"],
+                    "test_metric_std_at_deepest": deepest["test_metric_std"]})
     return pd.DataFrame(out)
 
 
 def ranking(front: pd.DataFrame) -> pd.DataFrame:
-    """Remedies ranked within each (family, data set): by frontier, then accuracy at the deepest depth."""
-    ordered = front.sort_values(["family", "dataset", "deepest_trainable_depth", "test_accuracy_at_deepest"],
-                                ascending=[True, True, False, False])
+    """Remedies ranked within each (family, data set): by frontier, then the metric at the deepest depth."""
+    metric = front["test_metric_at_deepest"]
+    goodness = metric.where(front["higher_is_better"].astype(bool), -metric)
+    ordered = front.assign(_goodness=goodness).sort_values(
+        ["family", "dataset", "deepest_trainable_depth", "_goodness"], ascending=[True, True, False, False])
     ordered = ordered.assign(rank=ordered.groupby(["family", "dataset"]).cumcount() + 1)
-    return ordered.reset_index(drop=True)
+    return ordered.drop(columns="_goodness").reset_index(drop=True)
 
 
 def in_matrix_order(rows: pd.DataFrame, profile: Profile) -> pd.DataFrame:

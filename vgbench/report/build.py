@@ -16,6 +16,7 @@ import pandas as pd
 from vgbench import atomic
 from vgbench.config import Params
 from vgbench.matrix import expand
+from vgbench.models import FAMILIES
 from vgbench.report import aggregate, figures, formats
 
 
@@ -27,6 +28,10 @@ def _jsonable(value):
 
 def _records(frame: pd.DataFrame) -> list[dict]:
     return [{k: _jsonable(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def _tex(text: str) -> str:
+    return formats.tex_escape(text)
 
 
 class NoResultsError(RuntimeError):
@@ -51,21 +56,27 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         "rows": {f"{r['family']}/{r['dataset']}/{r['remedy']}/d{r['depth']}": r for r in _records(rows)},
         "frontier": {f"{r['family']}/{r['dataset']}/{r['remedy']}": r for r in _records(ranked)},
     }
+    pairs = list(rows[["family", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
+
+    def part(frame: pd.DataFrame, family: str, dataset: str) -> pd.DataFrame:
+        return frame[(frame.family == family) & (frame.dataset == dataset)]
+
     outputs = {
         "leaderboard.json": None,
         "leaderboard.csv": rows.to_csv(index=False),
         "leaderboard.md": "\n".join(
-            formats.leaderboard_markdown(rows[rows.family == family], ranked[ranked.family == family],
-                                         f"{family} (profile {params.profile})")
-            for family in rows["family"].unique()),
+            formats.leaderboard_markdown(part(rows, family, dataset), part(ranked, family, dataset),
+                                         f"{family} on {dataset} (profile {params.profile})")
+            for family, dataset in pairs),
         "leaderboard.tex": "\n".join(
             formats.leaderboard_latex(
-                rows[rows.family == family],
-                caption=(f"{family}: test accuracy (mean $\\pm$ std over {n_seeds} seeds, learning rate chosen "
-                         f"on validation accuracy) and log10 of the first/last hidden-layer gradient norm "
-                         f"ratio at initialization. vgbench profile {params.profile}."),
-                label=f"tab:vgbench-{family}")
-            for family in rows["family"].unique()),
+                part(rows, family, dataset),
+                caption=(f"{family} on {_tex(dataset)}: {formats.metric_title(part(rows, family, dataset))} "
+                         f"(mean $\\pm$ std over {n_seeds} seeds, learning rate chosen on the validation metric) "
+                         f"and log10 of the first/last hidden-state gradient norm ratio at initialization. "
+                         f"vgbench profile {_tex(params.profile)}."),
+                label=f"tab:vgbench-{family}-{dataset}".replace("_", "-"))
+            for family, dataset in pairs),
     }
     for name, text in outputs.items():
         path = results_root / name
@@ -84,7 +95,8 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
             profile = figures.init_profiles(group[group["depth"] == depth], results_root)
             profiles.append(profile)
             name = f"grad_profile_{family}_{dataset}_d{depth}.png"
-            figures.plot_grad_profile(profile, folder / name, f"{family} on {dataset}, depth {depth}, at initialization")
+            figures.plot_grad_profile(profile, folder / name, f"{family} on {dataset}, depth {depth}, at initialization",
+                                      FAMILIES.get(family).probed_state)
             written.append(results_root / "figures" / name)
     csv = results_root / "plots" / "grad_profile.csv"
     figures.write_profile_csv(pd.concat(profiles), csv)

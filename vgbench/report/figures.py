@@ -32,8 +32,8 @@ def init_profiles(cells: pd.DataFrame, results_root: Path) -> pd.DataFrame:
                          sort=False)["log10_dL_dh_norm"].mean()
 
 
-def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str) -> None:
-    """log ||dL/dh_l|| against layer l, one line per remedy (input side on the left)."""
+def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str, probed_state: str = "hidden layer") -> None:
+    """log ||dL/dh_l|| against layer (or time step) l, one line per remedy (input side on the left)."""
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
     styles = ["-", "--", ":", "-."]  # remedies with the same init overlap exactly; keep both visible
     for index, (remedy, group) in enumerate(profile.groupby("remedy", sort=False)):
@@ -41,7 +41,7 @@ def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str) -> None:
         axes.plot(finite["layer"], 10.0 ** finite["log10_dL_dh_norm"], marker="o", markersize=3,
                   linestyle=styles[index % len(styles)], label=remedy)
     axes.set_yscale("log")
-    axes.set_xlabel("hidden layer l (1 = next to the input)")
+    axes.set_xlabel(f"{probed_state} l (1 = first from the input)")
     axes.set_ylabel(r"$\|\partial L / \partial h_l\|$ at initialization")
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)

@@ -23,10 +23,23 @@ def _pm(mean: float, std: float) -> str:
     return f"{_num(mean, 3)} ± {_num(std, 3)}"
 
 
+# How each task metric is named in table headers (Markdown, LaTeX).
+METRIC_NAMES = {"accuracy": ("acc", "acc."), "mse": ("MSE", "MSE"), "cross_entropy": ("CE", "CE")}
+
+
+def metric_title(rows: pd.DataFrame) -> str:
+    """'accuracy, higher is better, chance 0.100' for a table's caption line."""
+    row = rows.iloc[0]
+    direction = "higher" if row["higher_is_better"] else "lower"
+    baseline = "chance" if row["higher_is_better"] else "baseline"
+    return f"test {row['metric']}, {direction} is better; {baseline} {_num(row['baseline_metric'], 3)}"
+
+
 LEADERBOARD_COLUMNS = [
-    ("family", "family"), ("dataset", "data"), ("remedy", "remedy"), ("depth", "depth"),
-    ("learning_rate", "lr"), ("test", "test acc (mean ± std)"), ("n", "n"),
+    ("remedy", "remedy"), ("depth", "depth"),
+    ("learning_rate", "lr"), ("test", "test {metric} (mean ± std)"), ("n", "n"),
     ("trainable_rate", "trainable"), ("init_log10_dL_dh_first_last", "log10 dL/dh first/last @init"),
+    ("final_train_loss_mean", "final train loss"),
     ("epochs_to_target", "epochs to target"), ("failures", "failures"), ("wall_seconds_mean", "s/cell"),
 ]
 
@@ -35,7 +48,7 @@ def _cells(row: pd.Series) -> list[str]:
     out = []
     for key, _ in LEADERBOARD_COLUMNS:
         if key == "test":
-            out.append(_pm(row["test_accuracy_mean"], row["test_accuracy_std"]))
+            out.append(_pm(row["test_metric_mean"], row["test_metric_std"]))
         elif key == "learning_rate":
             out.append(f"{row[key]:g}")
         elif key in ("depth", "n"):
@@ -48,6 +61,8 @@ def _cells(row: pd.Series) -> list[str]:
             out.append(_num(row[key], 1))
         elif key == "init_log10_dL_dh_first_last":
             out.append(_num(row[key], 1))
+        elif key == "final_train_loss_mean":
+            out.append(_num(row[key], 3))
         else:
             out.append(str(row[key]) if str(row[key]) else "–")
     return out
@@ -60,20 +75,22 @@ def _markdown_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def leaderboard_markdown(rows: pd.DataFrame, ranked: pd.DataFrame, title: str) -> str:
+    """One (family, data set): its rows by remedy and depth, then its remedies ranked."""
+    metric = METRIC_NAMES.get(rows.iloc[0]["metric"], (rows.iloc[0]["metric"],))[0]
     body = [_cells(row) for _, row in rows.iterrows()]
-    rank_body = [[str(int(r["rank"])), r["family"], r["dataset"], r["remedy"], str(int(r["deepest_trainable_depth"])),
-                  _pm(r["test_accuracy_at_deepest"], r["test_accuracy_std_at_deepest"])]
+    rank_body = [[str(int(r["rank"])), r["remedy"], str(int(r["deepest_trainable_depth"])),
+                  _pm(r["test_metric_at_deepest"], r["test_metric_std_at_deepest"])]
                  for _, r in ranked.iterrows()]
     return "\n\n".join([
         f"## {title}",
-        _markdown_table([label for _, label in LEADERBOARD_COLUMNS], body),
-        "### Remedies ranked (trainability frontier, then test accuracy at the deepest depth)",
-        _markdown_table(["rank", "family", "data", "remedy", "deepest trainable depth",
-                         "test acc at deepest depth"], rank_body),
+        metric_title(rows).capitalize() + ".",
+        _markdown_table([label.format(metric=metric) for _, label in LEADERBOARD_COLUMNS], body),
+        f"### Remedies ranked (trainability frontier, then test {metric} at the deepest depth)",
+        _markdown_table(["rank", "remedy", "deepest trainable depth", f"test {metric} at deepest depth"], rank_body),
     ]) + "\n"
 
 
-def _tex_escape(text: str) -> str:
+def tex_escape(text: str) -> str:
     return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
 
 
@@ -84,27 +101,29 @@ def _tex_math(value: float, digits: int) -> str:
 
 
 def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbench") -> str:
-    """A booktabs table: remedies as rows, depths as column pairs (test accuracy, log10 ratio).
+    """A booktabs table of one (family, data set): remedies as rows, depths as column pairs
+    (test metric, log10 ratio).
 
     ``caption`` is LaTeX and goes in as it is; names from the data are escaped.
     """
+    metric = METRIC_NAMES.get(rows.iloc[0]["metric"], ("", tex_escape(rows.iloc[0]["metric"])))[1]
     depths = sorted(rows["depth"].unique())
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
              r"\begin{tabular}{ll" + "rr" * len(depths) + "}", r"\toprule"]
     lines.append(r"& & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{depth {d}}}" for d in depths) + r" \\")
     lines.append("".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(depths))))
-    lines.append(r"data & remedy & " + " & ".join(r"test acc. & $\log_{10}\frac{g_1}{g_L}$" for _ in depths)
+    lines.append(r"data & remedy & " + " & ".join(rf"test {metric} & $\log_{{10}}\frac{{g_1}}{{g_L}}$" for _ in depths)
                  + r" \\")
     lines.append(r"\midrule")
     for (dataset, remedy), group in rows.groupby(["dataset", "remedy"], sort=False):
-        cells = [_tex_escape(dataset), _tex_escape(remedy)]
+        cells = [tex_escape(dataset), tex_escape(remedy)]
         by_depth = {int(r["depth"]): r for _, r in group.iterrows()}
         for depth in depths:
             row = by_depth.get(int(depth))
             if row is None:
                 cells += ["--", "--"]
                 continue
-            cells.append(rf"${_num(row['test_accuracy_mean'], 3)} \pm {_num(row['test_accuracy_std'], 3)}$")
+            cells.append(rf"${_num(row['test_metric_mean'], 3)} \pm {_num(row['test_metric_std'], 3)}$")
             cells.append(_tex_math(row["init_log10_dL_dh_first_last"], 1))
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{{label}}}",

@@ -1,10 +1,10 @@
-"""The one LightningModule for classification, with the network injected.
+"""The one LightningModule, with the network and the task injected.
 
-It does three things beyond the textbook: it counts evaluation hits as sums
-that DDP ranks add up, it notices a non-finite loss (the cell is then
-"diverged" and training stops, the matrix goes on), and it tells listeners
-after Lightning has clipped gradients, so probes can record norms both before
-and after clipping.
+It does three things beyond the textbook: it keeps evaluation results as sums
+that DDP ranks add up (the task says which sums), it notices a non-finite loss
+(the cell is then "diverged" and training stops, the matrix goes on), and it
+tells listeners after Lightning has clipped gradients, so probes can record
+norms both before and after clipping.
 """
 
 from __future__ import annotations
@@ -14,21 +14,22 @@ from typing import Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from vgbench.probes.taps import ProbedModel
+from vgbench.tasks import TASKS, Task
 
 
-class ClassificationModule(L.LightningModule):
-    def __init__(self, model: ProbedModel, learning_rate: float, optimizer: str = "sgd",
+class TaskModule(L.LightningModule):
+    def __init__(self, model: ProbedModel, task: Task | str, learning_rate: float, optimizer: str = "sgd",
                  momentum: float = 0.9, weight_decay: float = 0.0):
         super().__init__()
         self.model = model
+        self.task = TASKS.get(task) if isinstance(task, str) else task
         self.learning_rate, self.optimizer_name = learning_rate, optimizer
         self.momentum, self.weight_decay = momentum, weight_decay
         self.after_clipping: list[Callable[[], None]] = []
         self.diverged_at_step: int | None = None
-        self._epochs: dict[int, dict] = {}  # epoch -> train loss, validation loss/accuracy
+        self._epochs: dict[int, dict] = {}  # epoch -> train loss, validation loss and metrics
         self.test_metrics: dict = {}
         self._loss_sum = torch.zeros(())
         self._loss_steps = 0
@@ -63,7 +64,7 @@ class ClassificationModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        loss = F.cross_entropy(self.model(x), y)
+        loss = self.task.loss(self.model(x), y)
         if not torch.isfinite(loss):
             # Stop at once (every rank sees NaN parameters after the all-reduce anyway).
             if self.diverged_at_step is None:
@@ -86,25 +87,22 @@ class ClassificationModule(L.LightningModule):
 
     @property
     def history(self) -> list[dict]:
-        """One row per epoch: epoch, train_loss, val_loss, val_accuracy."""
+        """One row per epoch: epoch, train_loss, val_loss, val_<metric> for each task metric."""
         return [{"epoch": epoch, **row} for epoch, row in sorted(self._epochs.items())]
 
     # -- evaluation -------------------------------------------------------------------------
     def _eval_start(self) -> None:
-        self._eval_sums = torch.zeros(3, device=self.device, dtype=torch.float64)  # loss sum, hits, count
+        self._eval_sums = None
 
     def _eval_step(self, batch) -> None:
         x, y = batch
-        logits = self.model(x)
-        loss_sum = F.cross_entropy(logits, y, reduction="sum")
-        hits = (logits.argmax(dim=1) == y).sum()
-        self._eval_sums += torch.stack([loss_sum.double(), hits.double(), torch.tensor(len(y), device=self.device,
-                                                                                       dtype=torch.float64)])
+        sums = torch.stack([s.double() for s in self.task.sums(self.model(x), y)])
+        self._eval_sums = sums if self._eval_sums is None else self._eval_sums + sums
 
     def _eval_end(self) -> dict[str, float]:
-        loss_sum, hits, count = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum").tolist()
-        loss = loss_sum / count
-        return {"loss": loss if math.isfinite(loss) else float("nan"), "accuracy": hits / count}
+        sums = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum").tolist()
+        return {key: value if math.isfinite(value) else float("nan")
+                for key, value in self.task.finish(sums).items()}
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start()
@@ -116,9 +114,8 @@ class ClassificationModule(L.LightningModule):
         metrics = self._eval_end()
         if self.trainer.sanity_checking:
             return
-        self._epochs.setdefault(self.current_epoch, {}).update(
-            val_loss=metrics["loss"], val_accuracy=metrics["accuracy"])
-        self._log({"val/loss": metrics["loss"], "val/accuracy": metrics["accuracy"]})
+        self._epochs.setdefault(self.current_epoch, {}).update({f"val_{k}": v for k, v in metrics.items()})
+        self._log({f"val/{k}": v for k, v in metrics.items()})
 
     def on_test_epoch_start(self) -> None:
         self._eval_start()
@@ -128,4 +125,4 @@ class ClassificationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._eval_end()
-        self._log({"test/loss": self.test_metrics["loss"], "test/accuracy": self.test_metrics["accuracy"]})
+        self._log({f"test/{k}": v for k, v in self.test_metrics.items()})

@@ -17,14 +17,15 @@ import lightning as L
 from vgbench import atomic, results
 from vgbench.config import WandbSettings
 from vgbench.data import DATASETS
-from vgbench.data.store import StoredDataset, load
+from vgbench.data.store import StoredDataset, load, settings_hash
 from vgbench.matrix import CellSpec
-from vgbench.models import FAMILIES
+from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.probes.failure import failure_label, log10_ratio
 from vgbench.probes.gradient_flow import GradientFlowProbe
 from vgbench.training.batches import loader
-from vgbench.training.module import ClassificationModule
+from vgbench.tasks import TASKS, Task
+from vgbench.training.module import TaskModule
 from vgbench.training.wandb_run import finish_run, make_logger
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -57,12 +58,20 @@ class InMemoryData(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
 
-def _epochs_to_target(history: list[dict], target: float) -> int | None:
-    """1-based count of epochs until validation accuracy first reached ``target``."""
+def _epochs_to_target(history: list[dict], task: Task, target: float) -> int | None:
+    """1-based count of epochs until the validation metric first reached ``target``."""
     for row in history:
-        if row.get("val_accuracy", 0.0) >= target:
+        value = row.get(f"val_{task.metric}", float("nan"))
+        if value == value and task.reached(value, target):
             return row["epoch"] + 1
     return None
+
+
+def _best(values: list[float], task: Task) -> float:
+    finite = [v for v in values if v == v]
+    if not finite:
+        return float("nan")
+    return max(finite) if task.higher_is_better else min(finite)
 
 
 def build_trainer(cell: CellSpec, recipe: Recipe, callbacks, logger) -> L.Trainer:
@@ -85,10 +94,11 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
     L.seed_everything(cell.seed, workers=True, verbose=False)
     recipe = Recipe(**cell.recipe)
     family = FAMILIES.get(cell.family)
-    model = family.build(data.input_shape, data.num_classes, cell.depth, recipe,
-                         family.hparams.model_validate(cell.model))
-    module = ClassificationModule(model, cell.learning_rate, cell.training["optimizer"],
-                                  cell.training["momentum"], cell.training["weight_decay"])
+    task = TASKS.get(data.task)
+    io = ModelIO(data.input_shape, task.num_outputs(data.num_classes), task.per_step)
+    model = family.build(io, cell.depth, recipe, family.hparams.model_validate(cell.model))
+    module = TaskModule(model, task, cell.learning_rate, cell.training["optimizer"],
+                        cell.training["momentum"], cell.training["weight_decay"])
     train = data.splits["train"]
     init_size = cell.probes["init_batch_size"]
     probe = GradientFlowProbe((train["x"][:init_size], train["y"][:init_size]), cell.probes["interval_steps"])
@@ -104,16 +114,19 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
     diverged = module.diverged_at_step is not None
     if not diverged:
         trainer.test(module, datamodule=datamodule, verbose=False)
-    test = module.test_metrics if not diverged else {"loss": float("nan"), "accuracy": float("nan")}
+    test = module.test_metrics if not diverged else {"loss": float("nan"), task.metric: float("nan")}
 
     if trainer.global_rank != 0:
         return None
-    chance = 1.0 / data.num_classes
-    trainable = not diverged and test["accuracy"] >= chance + cell.probes["trainable_margin"]
+    baseline = data.baseline_metric
+    loss_fraction = cell.probes["trainable_loss_fraction"]
+    trainable = not diverged and task.trainable(test[task.metric], baseline, cell.probes["trainable_margin"],
+                                                loss_fraction)
+    target = task.target(baseline, cell.training["target_accuracy"], loss_fraction)
     init_record, last_record = probe.records[0], probe.records[-1]
     probe_seconds = probe.total_seconds(module)
     history = module.history
-    best_val = max((row.get("val_accuracy", 0.0) for row in history), default=float("nan"))
+    last = history[-1] if history else {}
     metrics = {
         "cell_id": cell.cell_id,
         "cell": cell.as_dict(),
@@ -125,13 +138,17 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
             dead_fraction=cell.probes["dead_fraction"]),
         "diverged_at_step": module.diverged_at_step,
         "trainable": trainable,
-        "chance_accuracy": chance,
-        "test_accuracy": test["accuracy"], "test_loss": test["loss"],
-        "val_accuracy": history[-1].get("val_accuracy", float("nan")) if history else float("nan"),
-        "best_val_accuracy": best_val,
-        "final_train_loss": history[-1].get("train_loss", float("nan")) if history else float("nan"),
-        "epochs_to_target": _epochs_to_target(history, cell.training["target_accuracy"]),
-        "target_accuracy": cell.training["target_accuracy"],
+        "task": task.name,
+        "metric": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "baseline_metric": baseline,
+        "test_metric": test[task.metric],
+        "test": test,
+        "val_metric": last.get(f"val_{task.metric}", float("nan")),
+        "best_val_metric": _best([row.get(f"val_{task.metric}", float("nan")) for row in history], task),
+        "final_train_loss": last.get("train_loss", float("nan")),
+        "epochs_to_target": _epochs_to_target(history, task, target),
+        "target_metric": target,
         "init_log10_dL_dh_first_last": log10_ratio(init_record["dL_dh_first_last_ratio"]),
         "init_log10_weight_grad_first_last": log10_ratio(init_record["weight_grad_first_last_ratio"]),
         "final_log10_dL_dh_first_last": log10_ratio(last_record["dL_dh_first_last_ratio"]),
@@ -155,9 +172,11 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
 
 
 def data_for(cell: CellSpec, data_root: Path, cache: dict) -> StoredDataset:
-    """Load each data set once per process (cells share it)."""
-    settings = DATASETS.get(cell.dataset).settings.model_validate(cell.dataset_settings)
-    key = (cell.dataset, tuple(sorted(cell.dataset_settings.items())))
+    """Load each stored data set once per process (cells share it)."""
+    spec = DATASETS.get(cell.dataset)
+    settings = spec.settings.model_validate(cell.dataset_settings)
+    length = spec.length_for(cell.depth)
+    key = (cell.dataset, length, settings_hash(settings))
     if key not in cache:
-        cache[key] = load(cell.dataset, settings, data_root)
+        cache[key] = load(cell.dataset, settings, data_root, length)
     return cache[key]

@@ -16,7 +16,8 @@ from lightning.pytorch.loggers import WandbLogger
 from vgbench.config import WandbSettings
 from vgbench.matrix import CellSpec
 
-PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "saturated_fraction", "dead_fraction")
+PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "saturated_fraction", "dead_fraction",
+                   "gate_mean")
 
 
 def make_logger(cell: CellSpec, settings: WandbSettings) -> WandbLogger | None:
@@ -37,15 +38,20 @@ def make_logger(cell: CellSpec, settings: WandbSettings) -> WandbLogger | None:
 
 
 def profile_table(record: dict):
-    """A wandb.Table with one row per probed layer of a probe record."""
+    """A wandb.Table with one row per probed state (layer, time step, block) of a probe record.
+
+    A column whose list is not one value per state stays empty: an RNN's two
+    weight matrices are shared by all time steps (their norms are in grad_profile.json).
+    """
     import wandb
 
+    states = len(record["dL_dh_norm"])
     rows = []
-    for layer in range(len(record["dL_dh_norm"])):
+    for layer in range(states):
         row = [layer]
         for column in PROFILE_COLUMNS:
             values = record.get(column)
-            row.append(values[layer] if values else None)
+            row.append(values[layer] if values and len(values) == states else None)
         rows.append(row)
     return wandb.Table(columns=["layer", *PROFILE_COLUMNS], data=rows)
 

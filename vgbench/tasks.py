@@ -1,0 +1,101 @@
+"""The task kinds: what a data set asks of a network, and how it is scored.
+
+A data set names its task (``DatasetSpec.task``). The task owns the loss, the
+evaluation sums that DDP ranks add up, the headline metric with its direction,
+and the rule that calls a cell trainable against the data set's closed-form
+baseline (chance accuracy, the constant predictor's MSE, the memoryless
+cross-entropy). One LightningModule serves every task (DESIGN.md sketched one
+per task kind; the differences fit in these few functions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from vgbench.registry import Registry
+
+# Copy-memory (Arjovsky, Shah & Bengio 2016): the last RECALL_LENGTH outputs are the recall.
+RECALL_LENGTH = 10
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    summary: str
+    metric: str                 # the headline metric, a key of ``finish``'s result
+    higher_is_better: bool
+    per_step: bool              # one output per time step
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]        # (outputs, y) -> mean loss
+    sums: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]  # (outputs, y) -> additive sums
+    finish: Callable[[list[float]], dict[str, float]]                 # summed sums -> metrics incl. "loss"
+    scalar_output: bool = False  # one real output instead of one logit per class
+
+    def num_outputs(self, num_classes: int) -> int:
+        return 1 if self.scalar_output else num_classes
+
+    def trainable(self, metric: float, baseline: float, accuracy_margin: float, loss_fraction: float) -> bool:
+        """Accuracy tasks: at least ``accuracy_margin`` above chance. Loss tasks: at most
+        ``loss_fraction`` of the baseline loss ("well below" the memoryless/constant predictor)."""
+        if metric != metric:  # NaN
+            return False
+        if self.higher_is_better:
+            return metric >= baseline + accuracy_margin
+        return metric <= baseline * loss_fraction
+
+    def target(self, baseline: float, target_accuracy: float, loss_fraction: float) -> float:
+        """The validation metric counted as 'reached' for epochs-to-target."""
+        return target_accuracy if self.higher_is_better else baseline * loss_fraction
+
+    def reached(self, value: float, target: float) -> bool:
+        return value >= target if self.higher_is_better else value <= target
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def _count(y: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(float(len(y)), device=y.device)
+
+
+# -- classification: one label per sample ----------------------------------------------------------
+def _classification_sums(logits, y):
+    return [F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(dim=1) == y).sum(), _count(y)]
+
+
+TASKS.add("classification", Task(
+    "classification", "one class per sample; accuracy against chance 1/C", "accuracy", True, False,
+    loss=F.cross_entropy, sums=_classification_sums,
+    finish=lambda s: {"loss": s[0] / s[2], "accuracy": s[1] / s[2]}))
+
+
+# -- regression: one real target per sample (adding problem) ---------------------------------------
+def _mse(outputs, y):
+    return F.mse_loss(outputs.squeeze(-1), y)
+
+
+TASKS.add("regression", Task(
+    "regression", "one real target per sample; MSE against the constant predictor's (the target variance)",
+    "mse", False, False, loss=_mse,
+    sums=lambda out, y: [F.mse_loss(out.squeeze(-1), y, reduction="sum"), _count(y)],
+    finish=lambda s: {"loss": s[0] / s[1], "mse": s[0] / s[1]}, scalar_output=True))
+
+
+# -- copy memory: one symbol per time step, scored on the recall ----------------------------------
+def _copy_loss(logits, y):
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+def _copy_sums(logits, y):
+    recall_logits, recall_y = logits[:, -RECALL_LENGTH:], y[:, -RECALL_LENGTH:]
+    return [F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"), _count(y.flatten()),
+            (recall_logits.argmax(dim=-1) == recall_y).sum(), _count(recall_y.flatten())]
+
+
+TASKS.add("copy_memory", Task(
+    "copy_memory", "one symbol per time step; cross-entropy against the memoryless 10 ln 8 / (T + 20), "
+    "and accuracy on the recall positions", "cross_entropy", False, True, loss=_copy_loss, sums=_copy_sums,
+    finish=lambda s: {"loss": s[0] / s[1], "cross_entropy": s[0] / s[1], "recall_accuracy": s[2] / s[3]}))
