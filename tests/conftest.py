@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,16 @@ def tiny_data_root(tmp_path_factory, tiny_params) -> Path:
 @pytest.fixture(scope="session")
 def tiny_data(tiny_data_root, tiny_params):
     return load("mnist1d", tiny_params.active.dataset_settings("mnist1d"), tiny_data_root)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make every download fail at once; returns the list of URLs torchvision tried."""
+    tried: list[str] = []
+
+    def refuse(request, *args, **kwargs):
+        tried.append(getattr(request, "full_url", request))
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return tried

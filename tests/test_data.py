@@ -10,8 +10,6 @@ import copy
 import pickle
 import shutil
 import struct
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +30,6 @@ SMALL = MNIST1DSettings(num_samples=400)
 
 
 # ----------------------------------------------------------------------------------------- helpers
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Make every download fail at once; returns the list of URLs torchvision tried."""
-    tried: list[str] = []
-
-    def refuse(request, *args, **kwargs):
-        tried.append(getattr(request, "full_url", request))
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    return tried
-
 
 def write_params(folder: Path, datasets: dict) -> Path:
     """A params.yaml whose active profile is the repo's `tiny` with ``datasets`` replaced."""

@@ -151,9 +151,11 @@ def test_leaderboard_files_have_one_row_per_remedy_and_depth(pipeline, tiny_grou
     assert "Test mse, lower is better; baseline 0.167." in sections["rnn on adding (profile tiny)"]
     tex = (results / "leaderboard.tex").read_text()
     assert tex.count(r"\begin{table}") == len(pairs) and "profile tiny" in tex
+    tables = {re.search(r"\\label\{(.*?)\}", table).group(1): table for table in tex.split(r"\begin{table}")[1:]}
     for family, dataset in pairs:
         remedies = sorted({r for f, d, r, _ in groups if (f, d) == (family, dataset)})
-        assert sorted(line.split(" & ")[1].replace(r"\_", "_") for line in tex.splitlines()
+        table = tables[f"tab:vgbench-{family}-{dataset}".replace("_", "-")]
+        assert sorted(line.split(" & ")[1].replace(r"\_", "_") for line in table.splitlines()
                       if line.startswith(dataset.replace("_", r"\_") + " & ")) == remedies
     assert len(list((results / "cells").glob("*/metrics.json"))) == len(cells)
     profile = pd.read_csv(results / "plots" / "grad_profile.csv")
@@ -245,6 +247,23 @@ def test_every_cell_and_the_leaderboard_logged_an_offline_wandb_run(pipeline, ti
     assert [r.run.display_name for r in runs if r.run.job_type == "leaderboard"] == ["leaderboard-tiny"]
     assert all(r.exit_code == 0 for r in runs)
     assert not (pipeline.root / "wandb").exists(), "runs ignored WANDB_DIR"
+
+
+def test_dbn_pretraining_is_cached_and_logged(pipeline, tiny_groups):
+    assert pipeline.first.returncode == 0, _report(pipeline.first)
+    cells, _ = tiny_groups
+    [pretrain] = [c for c in cells if c.family == "dbn" and c.remedy == "pretrain"]
+    record = json.loads((pipeline.root / "results" / "cells" / pretrain.cell_id / "pretraining.json").read_text())
+    assert (pipeline.root / "results" / "pretrained" / record["key"] / "stack.pt").is_file()
+    [run] = [read_run(folder) for folder in Path(pipeline.env["WANDB_DIR"]).rglob("offline-run-*")
+             if read_run(folder).run.display_name == pretrain.cell_id]
+    rows = run.table_rows("pretraining")
+    epochs = pretrain.pretrain["epochs"]
+    assert sorted((r["layer"], r["epoch"]) for r in rows) == [
+        (layer, epoch) for layer in range(pretrain.depth) for epoch in range(epochs + 1)]
+    last = [r["reconstruction_error_val"] for r in rows if r["epoch"] == epochs]
+    assert last == pytest.approx([layer["epochs"][-1]["reconstruction_error_val"]
+                                  for layer in record["stats"]["layers"]])
 
 
 # .dvcignore leaves out __pycache__/: the .pyc files Python writes while the stages run must not

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.test_data import no_network, write_mnist_raw, write_params  # noqa: F401 (fixture)
+from tests.test_data import write_mnist_raw, write_params
 from vgbench.cli import main
 from vgbench.data import DATASETS, DatasetSettings
 from vgbench.data import adding, copy_memory, mnist1d
@@ -93,7 +93,7 @@ def test_sequential_mnist1d_is_mnist1d_read_one_step_at_a_time(tmp_path):
     assert not torch.equal(permuted.train_x, plain.train_x)
 
 
-def test_pixel_mnist_is_784_steps(tmp_path, no_network):  # noqa: F811
+def test_pixel_mnist_is_784_steps(tmp_path, no_network):
     written = write_mnist_raw(tmp_path / "raw", "MNIST")
     manifest = prepare("seq_mnist", PermutationSettings(), tmp_path)
     assert no_network == []

@@ -62,6 +62,8 @@ def _train(params: Params, args) -> int:
     todo = [c for c in cells if args.force or not results.is_done(args.results_root, c.cell_id)]
     print(f"profile {params.profile}: {len(cells)} cells, {len(cells) - len(todo)} already done, "
           f"{len(todo)} to train", flush=True)
+    for folder in ("cells", "pretrained"):  # DVC outputs, present even when a profile leaves one empty
+        (args.results_root / folder).mkdir(parents=True, exist_ok=True)
     data_cache: dict = {}
     for index, cell in enumerate(todo, 1):
         metrics = run_cell(cell, data_for(cell, args.data_root, data_cache), args.results_root, params.wandb)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vgbench.data import DATASETS
 from vgbench.models import FAMILIES
+from vgbench.pretraining.for_cell import PretrainingSettings
 from vgbench.remedies import REMEDIES, skip_reason
 
 
@@ -163,6 +164,7 @@ class Profile(_Strict):
     training: TrainingSettings
     trainer: TrainerSettings = TrainerSettings()
     probes: ProbeSettings
+    pretraining: PretrainingSettings = Field(PretrainingSettings(), description="greedy RBM pretraining (dbn)")
 
     @field_validator("datasets")
     @classmethod

@@ -31,6 +31,7 @@ class CellSpec:
     training: dict[str, Any] = field(hash=False)
     trainer: dict[str, Any] = field(hash=False)
     probes: dict[str, Any] = field(hash=False)
+    pretrain: dict[str, Any] | None = field(default=None, hash=False)  # only for cells that pretrain
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,7 +64,8 @@ def expand(profile: Profile) -> list[CellSpec]:
                             seed=seed, learning_rate=learning_rate, recipe=recipe, model=hparams,
                             dataset_settings=data_settings,
                             training=training, trainer=profile.trainer.model_dump(),
-                            probes=profile.probes.model_dump()))
+                            probes=profile.probes.model_dump(),
+                            pretrain=profile.pretraining.model_dump() if recipe["pretrain"] != "none" else None))
     ids = [cell.cell_id for cell in cells]
     if len(set(ids)) != len(ids):
         raise ValueError("the matrix lists the same cell twice (a family/data set/depth repeated?)")

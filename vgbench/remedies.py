@@ -47,10 +47,10 @@ def _remedy(name: str, summary: str, citation: str, families=("mlp",), per_famil
 
 _remedy("baseline", "the family's base recipe: small N(0, 0.01^2) init; sigmoid (MLP) or tanh (RNN) units",
         "Glorot & Bengio 2010, AISTATS; Bengio, Simard & Frasconi 1994 (the failures they analyse)",
-        families=("mlp", "rnn"))
-_remedy("xavier", "tanh with Glorot's normalized init",
+        families=("mlp", "rnn", "dbn"))
+_remedy("xavier", "tanh with Glorot's normalized init (DBN: the sigmoid stack keeps sigmoid)",
         "Glorot & Bengio 2010, AISTATS", families=("mlp", "rnn", "highway", "resnet"),
-        activation="tanh", init="xavier")
+        activation="tanh", init="xavier", per_family={"dbn": dict(init="xavier")})
 _remedy("orthogonal", "tanh with orthogonal init (RNN: the recurrent weights, gain 1)",
         "Saxe, McClelland & Ganguli 2014, ICLR", families=("mlp",), activation="tanh", init="orthogonal",
         per_family={"rnn": dict(recurrent_init="orthogonal")})
@@ -63,7 +63,7 @@ _remedy("elu", "ELU with He init",
 _remedy("selu_lecun", "SELU with LeCun-normal init (self-normalizing)",
         "Klambauer et al. 2017, NeurIPS", families=("mlp", "highway", "resnet"), activation="selu", init="lecun")
 _remedy("batchnorm", "batch normalization before each sigmoid",
-        "Ioffe & Szegedy 2015, ICML", norm="batchnorm")
+        "Ioffe & Szegedy 2015, ICML", families=("mlp", "dbn"), norm="batchnorm")
 _remedy("grad_clip", "gradient-norm clipping at 1.0 (fights explosion, not vanishing)",
         "Pascanu, Mikolov & Bengio 2013, ICML", families=("mlp", "rnn"), grad_clip="norm", grad_clip_value=1.0)
 _remedy("layernorm", "layer normalization of each layer's (each step's) summed input",
@@ -76,7 +76,10 @@ _remedy("lstm", "LSTM cell: a gated, additive memory (forget-gate bias 1)",
 _remedy("gru", "GRU cell: gated, interpolating memory",
         "Cho et al. 2014, EMNLP", families=("rnn",), cell="gru")
 _remedy("residual", "identity skip connections around each hidden layer (ResNet: each block, option A)",
-        "He, Zhang, Ren & Sun 2016, CVPR", families=("mlp", "resnet", "highway"), skip="residual")
+        "He, Zhang, Ren & Sun 2016, CVPR", families=("mlp", "dbn", "resnet", "highway"), skip="residual")
+_remedy("pretrain", "greedy layer-wise RBM pretraining of the sigmoid stack, then fine-tuning by backprop",
+        "Hinton, Osindero & Teh 2006, Neural Computation; Bengio, Lamblin, Popovici & Larochelle 2007, NeurIPS",
+        families=("dbn",), pretrain="rbm")
 _remedy("plain", "the skip families' plain twin: no skip, ReLU + He init, no normalization",
         "He, Zhang, Ren & Sun 2016, CVPR (plain nets, Fig. 6); Srivastava, Greff & Schmidhuber 2015 (Fig. 1)",
         families=("resnet", "highway"))

@@ -45,4 +45,4 @@ class Family:
 FAMILIES: Registry[Family] = Registry("family")
 
 # Importing a family module registers it (one line per family).
-from vgbench.models import highway, mlp, resnet, rnn  # noqa: E402,F401
+from vgbench.models import dbn, highway, mlp, resnet, rnn  # noqa: E402,F401

@@ -1,7 +1,8 @@
 """Train one cell through Lightning and write its result files.
 
-Rank 0 writes ``metrics.json`` and ``grad_profile.json`` (atomically) and
-owns the W&B run; every rank trains. A diverging cell is a result, not an
+Rank 0 writes ``metrics.json`` and ``grad_profile.json`` (and, for cells that
+pretrain, ``pretraining.json``) atomically and owns the W&B run; every rank
+trains. A diverging cell is a result, not an
 exception: it is written with ``failure: "diverged"`` and the matrix goes on.
 """
 
@@ -21,6 +22,7 @@ from vgbench.data.store import StoredDataset, load, settings_hash
 from vgbench.matrix import CellSpec
 from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
+from vgbench.pretraining.for_cell import PretrainingSettings, pretrain_into
 from vgbench.probes.failure import failure_label, log10_ratio
 from vgbench.probes.gradient_flow import GradientFlowProbe
 from vgbench.training.batches import loader
@@ -97,6 +99,10 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
     task = TASKS.get(data.task)
     io = ModelIO(data.input_shape, task.num_outputs(data.num_classes), task.per_step)
     model = family.build(io, cell.depth, recipe, family.hparams.model_validate(cell.model))
+    pretraining = None
+    if recipe.pretrain == "rbm":  # before the init probe, which then measures the pretrained stack
+        pretraining = pretrain_into(model, PretrainingSettings.model_validate(cell.pretrain), data, cell.seed,
+                                    cell.dataset_settings, results_root / "pretrained")
     module = TaskModule(model, task, cell.learning_rate, cell.training["optimizer"],
                         cell.training["momentum"], cell.training["weight_decay"])
     train = data.splits["train"]
@@ -149,6 +155,7 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
         "final_train_loss": last.get("train_loss", float("nan")),
         "epochs_to_target": _epochs_to_target(history, task, target),
         "target_metric": target,
+        "pretraining": {k: v for k, v in pretraining.items() if k != "stats"} if pretraining else None,
         "init_log10_dL_dh_first_last": log10_ratio(init_record["dL_dh_first_last_ratio"]),
         "init_log10_weight_grad_first_last": log10_ratio(init_record["weight_grad_first_last_ratio"]),
         "final_log10_dL_dh_first_last": log10_ratio(last_record["dL_dh_first_last_ratio"]),
@@ -165,9 +172,11 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
     }
     folder = results.cell_dir(results_root, cell.cell_id)
     atomic.write_json(folder / "grad_profile.json", {"cell_id": cell.cell_id, "records": probe.records})
+    if pretraining is not None:
+        atomic.write_json(folder / "pretraining.json", {"cell_id": cell.cell_id, **pretraining})
     atomic.write_json(folder / "metrics.json", metrics)  # last: its presence marks the cell done
     if logger is not None:
-        finish_run(logger, metrics, init_record)
+        finish_run(logger, metrics, init_record, pretraining)
     return metrics
 
 

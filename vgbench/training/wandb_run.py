@@ -3,7 +3,9 @@
 Runs land in ``wandb/offline-run-*`` and can be uploaded later with
 ``wandb sync wandb/offline-run-*``. Each run is grouped by family, named by
 cell id and carries the full resolved cell config; at the end its summary gets
-the cell's metrics and a ``grad_profile_init`` table (one row per layer).
+the cell's metrics and a ``grad_profile_init`` table (one row per layer), and
+for cells that pretrain a ``pretraining`` table (per RBM layer and epoch:
+reconstruction error on train and validation, free-energy gap).
 """
 
 from __future__ import annotations
@@ -56,11 +58,26 @@ def profile_table(record: dict):
     return wandb.Table(columns=["layer", *PROFILE_COLUMNS], data=rows)
 
 
-def finish_run(logger: WandbLogger, metrics: dict, init_record: dict) -> None:
+PRETRAINING_COLUMNS = ("reconstruction_error_train", "reconstruction_error_val", "free_energy_gap")
+
+
+def pretraining_table(pretraining: dict):
+    """A wandb.Table with one row per (RBM layer, pretraining epoch); epoch 0 is before training."""
+    import wandb
+
+    rows = [[layer["layer"], row["epoch"], *(row[column] for column in PRETRAINING_COLUMNS)]
+            for layer in pretraining["stats"]["layers"] for row in layer["epochs"]]
+    return wandb.Table(columns=["layer", "epoch", *PRETRAINING_COLUMNS], data=rows)
+
+
+def finish_run(logger: WandbLogger, metrics: dict, init_record: dict, pretraining: dict | None = None) -> None:
     run = logger.experiment
     scalars = {key: value for key, value in metrics.items()
                if isinstance(value, (int, float, str, bool)) or value is None}
     run.summary.update({key: (None if isinstance(v, float) and not math.isfinite(v) else v)
                         for key, v in scalars.items()})
-    run.log({"grad_profile_init": profile_table(init_record)})
+    tables = {"grad_profile_init": profile_table(init_record)}
+    if pretraining is not None:
+        tables["pretraining"] = pretraining_table(pretraining)
+    run.log(tables)
     run.finish()
