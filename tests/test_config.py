@@ -85,9 +85,13 @@ def _block(d, **block):
     (dict(family="mlp", dataset="adding"), ["family 'mlp' reads", "'sequence' inputs"]),
     (dict(family="rnn", dataset="seq_mnist"), ["length 784; depths must be [784], got [5]"]),
     (dict(family="rnn", dataset="adding", training={"epochs": 3}), ["training keys ['epochs'] are unknown"]),
-    (dict(family="rnn", dataset="adding", training={"batch_size": 0}), ["matrix.3.training", "batch_size"]),
+    (dict(family="rnn", dataset="adding", training={"batch_size": 0}), ["matrix.4.training.batch_size = 0: Input should be greater than 0"]),
     (dict(family="rnn", dataset="adding", learning_rates=[-1.0]), ["learning rates must be > 0, got [-1.0]"]),
     (dict(family="rnn", dataset="adding", depths=[5, 5]), ["depths are listed twice"]),
+    (dict(family="mlp", dataset="mnist1d", training={"augment": "pad_crop_flip"}),
+     ["matrix.4.training.augment = 'pad_crop_flip' needs an image data set", "'vector'"]),
+    (dict(family="mlp", dataset="mnist1d", training={"lr_milestones": [0.75, 0.5]}),
+     ["lr_milestones must be increasing fractions", "[0.75, 0.5]"]),
 ])
 def test_blocks_must_fit_their_family_and_data_set(block, expected):
     with pytest.raises(ConfigError) as error:

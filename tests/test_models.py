@@ -129,7 +129,7 @@ def test_remedy_outside_its_families_says_why():
         REMEDIES.get("irnn").recipe("mlp")
     # The same remedy name may mean a family-specific change ("modern").
     assert REMEDIES.get("modern").recipe("mlp").norm == "batchnorm"
-    assert REMEDIES.get("modern").recipe("rnn").cell == "lstm"
+    assert REMEDIES.get("modern").recipe("rnn").cell == "gru"
     # Remedies override the family's own baseline: tanh for the RNN, sigmoid for the MLP.
     assert REMEDIES.get("baseline").recipe("rnn").activation == "tanh"
     assert REMEDIES.get("baseline").recipe("mlp").activation == "sigmoid"

@@ -205,12 +205,13 @@ def test_highway_gates_carry_the_gradient_where_a_plain_sigmoid_net_loses_it():
 def test_highway_taps_one_state_per_layer():
     model = build("highway", ModelIO((1, 6, 6), 4), 7, highway_recipe("highway"), width=8)
     stats = probed_statistics(model, torch.randn(8, 1, 6, 6), torch.randint(0, 4, (8,)))
-    assert len(stats["dL_dh_norm"]) == len(stats["gate_mean"]) == len(stats["dead_fraction"]) == 7
+    assert len(stats["dL_dh_norm"]) == len(stats["gate_mean"]) == len(stats["saturated_fraction"]) == 7  # tanh
     assert [name for name, _ in model.probe_weights()] == [f"layers.{i}.linear.weight" for i in range(7)]
 
 
-def test_both_families_are_registered_with_the_relu_he_baseline():
-    for name, state in (("resnet", "residual block"), ("highway", "hidden layer")):
+def test_both_families_are_registered_with_their_plain_baselines():
+    for name, state, activation, init in (("resnet", "residual block", "relu", "he"),
+                                          ("highway", "hidden layer", "tanh", "xavier")):
         family = FAMILIES.get(name)
         assert family.probed_state == state and family.inputs == frozenset({"vector", "image"})
-        assert family.base_recipe == Recipe(activation="relu", init="he", norm="none", skip="none")
+        assert family.base_recipe == Recipe(activation=activation, init=init, norm="none", skip="none")

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -136,3 +137,41 @@ def test_ddp_on_two_cpu_processes(tiny_params, tiny_data_root, tmp_path):
     assert all(n > 0 and n == n for r in profile for n in r["dL_dh_norm"])  # reduced, finite, non-zero
     assert 0.1 < metrics["test_metric"] <= 1.0
     assert list(cells[0].glob(".*")) == []  # no temporary files left behind
+
+
+def test_pad_crop_flip_takes_a_shifted_maybe_flipped_window_of_the_padded_image():
+    from vgbench.training.augment import PAD, pad_crop_flip
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 5, 6)
+    out = pad_crop_flip(x)
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD))
+    seen_flip = seen_shift = False
+    for i in range(len(x)):
+        windows = [(dy, dx, flip) for dy in range(2 * PAD + 1) for dx in range(2 * PAD + 1) for flip in (False, True)
+                   if torch.equal(out[i], (lambda w: w.flip(-1) if flip else w)(padded[i, :, dy:dy + 5, dx:dx + 6]))]
+        assert windows, i
+        seen_flip |= any(flip for *_, flip in windows)
+        seen_shift |= any((dy, dx) != (PAD, PAD) for dy, dx, _ in windows)
+    assert seen_flip and seen_shift
+    with pytest.raises(ValueError, match="needs image batches"):
+        pad_crop_flip(torch.randn(4, 40))
+
+
+def test_lr_milestones_divide_the_rate_by_ten():
+    from vgbench.models import FAMILIES, ModelIO
+    from vgbench.models.recipe import Recipe
+    from vgbench.training.module import TaskModule
+
+    entry = FAMILIES.get("mlp")
+    model = entry.build(ModelIO((40,), 10), 2, Recipe(), entry.hparams(width=8))
+    config = TaskModule(model, "classification", 0.1, lr_milestones=(2, 3)).configure_optimizers()
+    optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(4):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert isinstance(TaskModule(model, "classification", 0.1).configure_optimizers(), torch.optim.SGD)

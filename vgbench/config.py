@@ -49,6 +49,18 @@ class TrainingSettings(_Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD only")
     weight_decay: float = Field(0.0, ge=0)
     target_accuracy: float = Field(0.5, gt=0, le=1, description="for 'epochs to target' (accuracy tasks)")
+    lr_milestones: list[float] = Field(
+        default_factory=list, description="fractions of max_epochs at which the learning rate is divided by 10 "
+                                          "(He et al. 2016: [0.5, 0.75])")
+    augment: Literal["none", "pad_crop_flip"] = Field(
+        "none", description="training-batch augmentation (pad_crop_flip: He et al. 2016's CIFAR one; images only)")
+
+    @field_validator("lr_milestones")
+    @classmethod
+    def _milestones(cls, value: list[float]) -> list[float]:
+        if any(not 0 < m < 1 for m in value) or value != sorted(set(value)):
+            raise ValueError(f"lr_milestones must be increasing fractions strictly between 0 and 1, got {value}")
+        return value
 
 
 class MatrixBlock(_Strict):
@@ -194,9 +206,14 @@ class Profile(_Strict):
                              f"(configured: {sorted(self.datasets)})")
         for index, block in enumerate(self.matrix):
             try:
-                self.block_training(block)
+                training = self.block_training(block)
             except ValidationError as error:
-                raise ValueError(f"matrix.{index}.training: {error}") from None
+                raise ValueError("; ".join(
+                    f"matrix.{index}.training.{'.'.join(map(str, item['loc']))} = {item.get('input')!r}: "
+                    f"{item['msg'].removeprefix('Value error, ')}" for item in error.errors())) from None
+            if training.augment != "none" and DATASETS.get(block.dataset).kind != "image":
+                raise ValueError(f"matrix.{index}.training.augment = {training.augment!r} needs an image data set; "
+                                 f"{block.dataset!r} gives {DATASETS.get(block.dataset).kind!r} inputs")
         return self
 
     def dataset_settings(self, name: str):
@@ -248,7 +265,9 @@ def _format(error: ValidationError, source: str) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  - {key} = {item.get('input')!r}: {message}")
+        value = repr(item.get("input"))
+        # A whole profile as "the bad value" says nothing; the message names the key inside it.
+        lines.append(f"  - {key} = {value}: {message}" if len(value) <= 200 else f"  - {key}: {message}")
     return "\n".join(lines)
 
 

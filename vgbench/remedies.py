@@ -80,7 +80,7 @@ _remedy("residual", "identity skip connections around each hidden layer (ResNet:
 _remedy("pretrain", "greedy layer-wise RBM pretraining of the sigmoid stack, then fine-tuning by backprop",
         "Hinton, Osindero & Teh 2006, Neural Computation; Bengio, Lamblin, Popovici & Larochelle 2007, NeurIPS",
         families=("dbn",), pretrain="rbm")
-_remedy("plain", "the skip families' plain twin: no skip, ReLU + He init, no normalization",
+_remedy("plain", "the skip families' plain twin, no skip and no normalization (ResNet: ReLU + He; highway: tanh + Xavier)",
         "He, Zhang, Ren & Sun 2016, CVPR (plain nets, Fig. 6); Srivastava, Greff & Schmidhuber 2015 (Fig. 1)",
         families=("resnet", "highway"))
 _remedy("plain_bn", "the plain twin with batch normalization after each conv / linear map",
@@ -94,12 +94,12 @@ _remedy("highway_bn", "gated highway skips with batch normalization of the trans
         "Srivastava et al. 2015, NeurIPS; Ioffe & Szegedy 2015, ICML", families=("highway",),
         norm="batchnorm", skip="highway")
 _remedy("modern", "the best combination. MLP: ReLU + He init + batchnorm + residual + norm clipping; "
-        "RNN: LSTM + Xavier input / orthogonal recurrent init + norm clipping",
-        "He et al. 2015; Ioffe & Szegedy 2015; He et al. 2016; Pascanu et al. 2013; Hochreiter & Schmidhuber "
-        "1997; Saxe et al. 2014", families=(),
+        "RNN: GRU + Xavier input / orthogonal recurrent init + norm clipping",
+        "He et al. 2015; Ioffe & Szegedy 2015; He et al. 2016; Pascanu et al. 2013; Cho et al. 2014; "
+        "Saxe et al. 2014", families=(),
         per_family={"mlp": dict(activation="relu", init="he", norm="batchnorm", skip="residual",
                                 grad_clip="norm", grad_clip_value=1.0),
-                    "rnn": dict(cell="lstm", init="xavier", recurrent_init="orthogonal",
+                    "rnn": dict(cell="gru", init="xavier", recurrent_init="orthogonal",
                                 grad_clip="norm", grad_clip_value=1.0)})
 
 

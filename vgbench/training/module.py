@@ -17,16 +17,20 @@ import torch
 
 from vgbench.probes.taps import ProbedModel
 from vgbench.tasks import TASKS, Task
+from vgbench.training.augment import AUGMENTATIONS
 
 
 class TaskModule(L.LightningModule):
     def __init__(self, model: ProbedModel, task: Task | str, learning_rate: float, optimizer: str = "sgd",
-                 momentum: float = 0.9, weight_decay: float = 0.0):
+                 momentum: float = 0.9, weight_decay: float = 0.0, lr_milestones: tuple[int, ...] = (),
+                 augment: str = "none"):
         super().__init__()
         self.model = model
         self.task = TASKS.get(task) if isinstance(task, str) else task
         self.learning_rate, self.optimizer_name = learning_rate, optimizer
         self.momentum, self.weight_decay = momentum, weight_decay
+        self.lr_milestones = list(lr_milestones)  # epochs at which the rate is divided by 10
+        self.augment = AUGMENTATIONS[augment]
         self.after_clipping: list[Callable[[], None]] = []
         self.diverged_at_step: int | None = None
         self._epochs: dict[int, dict] = {}  # epoch -> train loss, validation loss and metrics
@@ -53,9 +57,14 @@ class TaskModule(L.LightningModule):
     def configure_optimizers(self):
         params = self.model.parameters()
         if self.optimizer_name == "adam":
-            return torch.optim.Adam(params, lr=self.learning_rate, weight_decay=self.weight_decay)
-        return torch.optim.SGD(params, lr=self.learning_rate, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
+            optimizer = torch.optim.Adam(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=self.learning_rate, momentum=self.momentum,
+                                        weight_decay=self.weight_decay)
+        if not self.lr_milestones:
+            return optimizer
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=self.lr_milestones, gamma=0.1)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
 
     # -- training ---------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -64,6 +73,8 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
+        if self.augment is not None:
+            x = self.augment(x)
         loss = self.task.loss(self.model(x), y)
         if not torch.isfinite(loss):
             # Stop at once (every rank sees NaN parameters after the all-reduce anyway).

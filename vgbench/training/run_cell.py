@@ -103,8 +103,10 @@ def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: Wan
     if recipe.pretrain == "rbm":  # before the init probe, which then measures the pretrained stack
         pretraining = pretrain_into(model, PretrainingSettings.model_validate(cell.pretrain), data, cell.seed,
                                     cell.dataset_settings, results_root / "pretrained")
-    module = TaskModule(model, task, cell.learning_rate, cell.training["optimizer"],
-                        cell.training["momentum"], cell.training["weight_decay"])
+    training = cell.training
+    milestones = tuple(round(f * training["max_epochs"]) for f in training["lr_milestones"])
+    module = TaskModule(model, task, cell.learning_rate, training["optimizer"], training["momentum"],
+                        training["weight_decay"], milestones, training["augment"])
     train = data.splits["train"]
     init_size = cell.probes["init_batch_size"]
     probe = GradientFlowProbe((train["x"][:init_size], train["y"][:init_size]), cell.probes["interval_steps"])
