@@ -61,6 +61,9 @@ def test_default_profile_shows_the_phenomenon_by_design():
     (lambda d: d.update(profile="huge"), ["profile", "'huge'", "allowed", "tiny"]),
     (lambda d: d["wandb"].update(mode="cloud"), ["wandb.mode", "'cloud'", "'offline'"]),
     (lambda d: d["profiles"]["tiny"].update(datasets={}), ["not configured", "mnist1d"]),
+    (lambda d: d["profiles"]["tiny"]["pretraining"].update(k=0), ["profiles.tiny.pretraining.k = 0", "greater"]),
+    (lambda d: d["profiles"]["tiny"]["pretraining"].update(visible_units="binary"),
+     ["pretraining.visible_units = 'binary'", "'gaussian' or 'bernoulli'"]),
 ])
 def test_bad_values_are_named(edit, expected):
     with pytest.raises(ConfigError) as error:
@@ -75,6 +78,9 @@ def test_remedy_that_does_not_apply_to_the_family_is_refused():
         parse_params(broken(lambda d: d["profiles"]["tiny"]["matrix"][0].update(remedies=["irnn"])))
 
 
+APPENDED = len(RAW["profiles"]["tiny"]["matrix"])  # the index of a block _block appends
+
+
 def _block(d, **block):
     d["profiles"]["tiny"]["matrix"].append({"remedies": ["baseline"], "depths": [5], **block})
     d["profiles"]["tiny"]["datasets"].setdefault(block["dataset"], {})
@@ -85,11 +91,11 @@ def _block(d, **block):
     (dict(family="mlp", dataset="adding"), ["family 'mlp' reads", "'sequence' inputs"]),
     (dict(family="rnn", dataset="seq_mnist"), ["length 784; depths must be [784], got [5]"]),
     (dict(family="rnn", dataset="adding", training={"epochs": 3}), ["training keys ['epochs'] are unknown"]),
-    (dict(family="rnn", dataset="adding", training={"batch_size": 0}), ["matrix.4.training.batch_size = 0: Input should be greater than 0"]),
+    (dict(family="rnn", dataset="adding", training={"batch_size": 0}), [f"matrix.{APPENDED}.training.batch_size = 0: Input should be greater than 0"]),
     (dict(family="rnn", dataset="adding", learning_rates=[-1.0]), ["learning rates must be > 0, got [-1.0]"]),
     (dict(family="rnn", dataset="adding", depths=[5, 5]), ["depths are listed twice"]),
     (dict(family="mlp", dataset="mnist1d", training={"augment": "pad_crop_flip"}),
-     ["matrix.4.training.augment = 'pad_crop_flip' needs an image data set", "'vector'"]),
+     [f"matrix.{APPENDED}.training.augment = 'pad_crop_flip' needs an image data set", "'vector'"]),
     (dict(family="mlp", dataset="mnist1d", training={"lr_milestones": [0.75, 0.5]}),
      ["lr_milestones must be increasing fractions", "[0.75, 0.5]"]),
 ])

@@ -494,10 +494,11 @@ def test_build_leaderboard(tmp_path, params, cells):
     for name in ("leaderboard.json", "leaderboard.csv", "leaderboard.md", "leaderboard.tex"):
         assert tmp_path / name in written and (tmp_path / name).stat().st_size > 0
     figures = sorted((tmp_path / "figures").glob("*.png"))
-    assert [f.name for f in figures] == ["grad_profile_mlp_mnist1d_d6.png"]
-    assert figures[0] in written
-    data = figures[0].read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert [f.name for f in figures] == ["depth_mlp_mnist1d.png", "grad_profile_mlp_mnist1d_d6.png"]
+    for figure in figures:
+        assert figure in written
+        data = figure.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
     summary = _strict_json((tmp_path / "leaderboard.json").read_text())
     assert summary["profile"] == "synthetic"

@@ -167,9 +167,9 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
     ranking = run.table_rows("ranking")
     assert sorted(r["remedy"] for r in ranking) == ["baseline", "he_relu"]
     assert [r["rank"] for r in ranking] == [1, 2]
-    figures = [key for key in run.summary if key.startswith("figures/")]
-    assert figures == ["figures/grad_profile_mlp_mnist1d_d6"]
-    assert (run.files / run.summary[figures[0]]["path"]).is_file()
+    figures = sorted(key for key in run.summary if key.startswith("figures/"))
+    assert figures == ["figures/depth_mlp_mnist1d", "figures/grad_profile_mlp_mnist1d_d6"]
+    assert all((run.files / run.summary[figure]["path"]).is_file() for figure in figures)
 
 
 def test_disabled_mode_writes_no_run(tiny_params, trained_results, tmp_path):

@@ -2,8 +2,9 @@
 
 Reads only ``results/cells/*/metrics.json`` and ``grad_profile.json`` of the
 active profile's cells, so everything here can be rebuilt without retraining.
-Writes ``results/leaderboard.{json,csv,md,tex}``, the gradient-profile figure
-and its data under ``results/plots/``.
+Writes ``results/leaderboard.{json,csv,md,tex}``, the figures (gradient
+profile at the deepest depth, and metric / training loss / gradient ratio
+against depth) and the profile's data under ``results/plots/``.
 """
 
 from __future__ import annotations
@@ -97,6 +98,15 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
             name = f"grad_profile_{family}_{dataset}_d{depth}.png"
             figures.plot_grad_profile(profile, folder / name, f"{family} on {dataset}, depth {depth}, at initialization",
                                       FAMILIES.get(family).probed_state)
+            written.append(results_root / "figures" / name)
+        # Test metric, training loss and gradient ratio against depth (where there are two depths or more).
+        for family, dataset in pairs:
+            part_rows = part(rows, family, dataset)
+            if part_rows["depth"].nunique() < 2:
+                continue
+            name = f"depth_{family}_{dataset}.png"
+            figures.plot_against_depth(part_rows, folder / name, f"{family} on {dataset} (profile {params.profile})",
+                                       FAMILIES.get(family).depth_meaning)
             written.append(results_root / "figures" / name)
     csv = results_root / "plots" / "grad_profile.csv"
     figures.write_profile_csv(pd.concat(profiles), csv)

@@ -47,6 +47,42 @@ def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str, probed_stat
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7, ncol=2)
     figure.tight_layout()
+    _save(figure, path)
+
+
+def plot_against_depth(rows: pd.DataFrame, path: Path, title: str, depth_meaning: str) -> None:
+    """Three panels against depth, one line per remedy: test metric (mean ± std over seeds), final
+    training loss, and log10 ||dL/dh_first|| / ||dL/dh_last|| at initialization.
+
+    He et al. 2016 tell degradation (training loss rises with depth while gradients stay healthy)
+    from vanishing (the ratio collapses); side by side, the panels show which one a remedy fixes.
+    """
+    metric = rows["metric"].iloc[0]
+    panels = [("test_metric_mean", f"test {metric}"), ("final_train_loss_mean", "final training loss"),
+              ("init_log10_dL_dh_first_last", "log10 dL/dh first/last at init")]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    for index, (remedy, group) in enumerate(rows.groupby("remedy", sort=False)):
+        group = group.sort_values("depth")
+        style = dict(marker="o", markersize=4, linestyle=["-", "--", ":", "-."][index % 4], label=remedy)
+        axes[0].errorbar(group["depth"], group["test_metric_mean"], yerr=group["test_metric_std"].fillna(0.0),
+                         capsize=3, **style)
+        for axis, (column, _) in zip(axes[1:], panels[1:]):
+            values = group[column].where(group[column].abs() < float("inf"))  # -inf: underflow, left out
+            axis.plot(group["depth"], values, **style)
+    axes[0].axhline(rows["baseline_metric"].iloc[0], color="grey", linewidth=0.8, linestyle=":",
+                    label="chance" if rows["higher_is_better"].iloc[0] else "baseline")
+    axes[1].set_yscale("log")
+    for axis, (_, label) in zip(axes, panels):
+        axis.set_xlabel(f"depth ({depth_meaning})")
+        axis.set_ylabel(label)
+        axis.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+def _save(figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(tmp)
