@@ -5,8 +5,9 @@ Trains ONE cell of the active profile two ways, in the same process, alternately
   (a) vgbench: ``run_cell`` (Lightning Trainer + gradient-flow probes), W&B disabled;
       its ``fit_seconds`` (``trainer.fit``, validation included) is the vgbench time;
   (b) raw: the same model (same builder, same seed), the same standardized data, a plain
-      SGD loop over shuffled index batches sliced from the tensors, the same batch size,
-      epochs, gradient clipping and per-epoch validation accuracy.
+      SGD/Adam loop over shuffled index batches sliced from the tensors, the same batch size,
+      epochs, gradient clipping, task loss and per-epoch validation metric (any family and
+      task: an RNN cell on the adding problem works as well as an MLP cell).
 
 Prints the median seconds and per-step milliseconds of each, the ratio vgbench/raw, and
 the ratio of two extra vgbench runs with W&B offline (files in a temp dir) so the W&B cost
@@ -14,6 +15,7 @@ shows. ``--cprofile N`` also profiles one run of each and prints where vgbench's
 
     python bench/step_overhead.py                       # deep he_relu cell, depth 20, lr 0.1, seed 0
     python bench/step_overhead.py --cell grad_clip-mnist1d-d20-lr0.1-s0 --repeats 5
+    python bench/step_overhead.py --cell rnn-gru-adding-d50 --repeats 3
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -42,6 +43,7 @@ from vgbench.config import WandbSettings, load_params  # noqa: E402
 from vgbench.matrix import CellSpec, expand  # noqa: E402
 from vgbench.models import FAMILIES, ModelIO  # noqa: E402
 from vgbench.models.recipe import Recipe  # noqa: E402
+from vgbench.tasks import TASKS  # noqa: E402
 from vgbench.training.run_cell import data_for, run_cell  # noqa: E402
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning", "wandb"):
@@ -79,7 +81,7 @@ def run_vgbench(cell: CellSpec, data, wandb_mode: str = "disabled") -> dict:
     # loop runs in torch's default mode whatever ran before it.
     torch.use_deterministic_algorithms(deterministic)
     return {"seconds": metrics["fit_seconds"], "probe_seconds": metrics["probe_seconds"],
-            "steps": metrics["steps"], "val_accuracy": metrics["val_metric"]}
+            "steps": metrics["steps"], "val_metric": metrics["val_metric"]}
 
 
 # -- (b) raw PyTorch -----------------------------------------------------------------------------
@@ -87,8 +89,9 @@ def run_raw(cell: CellSpec, data) -> dict:
     torch.manual_seed(cell.seed)
     recipe = Recipe(**cell.recipe)
     family = FAMILIES.get(cell.family)
-    model = family.build(ModelIO(data.input_shape, data.num_classes), cell.depth, recipe,
-                         family.hparams.model_validate(cell.model))
+    task = TASKS.get(data.task)
+    io = ModelIO(data.input_shape, task.num_outputs(data.num_classes), task.per_step)
+    model = family.build(io, cell.depth, recipe, family.hparams.model_validate(cell.model))
     train, val = data.splits["train"], data.splits["validation"]
     batch_size, epochs = cell.training["batch_size"], cell.training["max_epochs"]
     clip = recipe.grad_clip
@@ -100,7 +103,7 @@ def run_raw(cell: CellSpec, data) -> dict:
     else:
         optimizer = torch.optim.SGD(params, lr=cell.learning_rate, momentum=cell.training["momentum"],
                                     weight_decay=cell.training["weight_decay"])
-    steps, accuracy, stopped = 0, float("nan"), False
+    steps, val_metric, stopped = 0, float("nan"), False
     for epoch in range(epochs):
         if stopped:
             break
@@ -111,7 +114,7 @@ def run_raw(cell: CellSpec, data) -> dict:
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
             x, y = train["x"][index], train["y"][index]
-            loss = F.cross_entropy(model(x), y)
+            loss = task.loss(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if clip == "norm":
@@ -125,14 +128,15 @@ def run_raw(cell: CellSpec, data) -> dict:
                 stopped = True
                 break
         model.eval()
-        hits = 0
+        sums = None
         with torch.inference_mode():
             for start in range(0, len(val["y"]), batch_size):
                 x, y = val["x"][start:start + batch_size], val["y"][start:start + batch_size]
-                hits += int((model(x).argmax(dim=1) == y).sum())
-        accuracy = hits / len(val["y"])
+                batch = torch.stack([value.double() for value in task.sums(model(x), y)])
+                sums = batch if sums is None else sums + batch
+        val_metric = task.finish(sums.tolist())[task.metric]
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "steps": steps, "val_accuracy": accuracy}
+    return {"seconds": seconds, "steps": steps, "val_metric": val_metric}
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -227,10 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     if raw[0]["steps"] != steps:
         print(f"warning: vgbench ran {steps} steps, raw {raw[0]['steps']}")
     print()
-    print(f"{'':10} {'median s':>9} {'ms/step':>8} {'val acc':>8}   runs (s)")
+    print(f"{'':10} {'median s':>9} {'ms/step':>8} {'val':>8}   runs (s)")
     for name, rows, seconds in (("vgbench", vg, vg_s), ("raw", raw, raw_s)):
         runs = " ".join(f"{row['seconds']:.3f}" for row in rows)
-        print(f"{name:10} {seconds:9.3f} {1000 * seconds / steps:8.3f} {rows[-1]['val_accuracy']:8.3f}   {runs}")
+        print(f"{name:10} {seconds:9.3f} {1000 * seconds / steps:8.3f} {rows[-1]['val_metric']:8.3f}   {runs}")
     print(f"{'probes':10} {probe_s:9.3f} {1000 * probe_s / steps:8.3f}          (inside vgbench's time)")
     paired = [a["seconds"] / b["seconds"] for a, b in zip(vg, raw)]
     print(f"{'overhead':10} {vg_s - raw_s:9.3f} {1000 * (vg_s - raw_s) / steps:8.3f}")
