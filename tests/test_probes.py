@@ -239,3 +239,12 @@ def test_failure_labels():
     assert failure_label(diverged=False, trainable=False, init_record={**init, "dL_dh_first_last_ratio": 0.5},
                          last_record={**last, "dead_fraction": [0.1]}, **kwargs) == "no_learning"
     assert log10_ratio(0.0) == float("-inf") and math.isnan(log10_ratio(float("nan")))
+
+
+def test_weight_gradient_ratio_only_with_one_weight_per_probed_state():
+    probe = GradientFlowProbe((torch.zeros(1, 40), torch.zeros(1, dtype=torch.long)), 1)
+    probe._finish({"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0, 12.0]})
+    probe._finish({"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0]})  # an RNN: input, recurrent
+    assert probe.records[0]["weight_grad_first_last_ratio"] == 0.25
+    assert math.isnan(probe.records[1]["weight_grad_first_last_ratio"])
+    assert probe.records[1]["dL_dh_first_last_ratio"] == 0.25

@@ -175,3 +175,15 @@ def test_lr_milestones_divide_the_rate_by_ten():
         schedule.step()
     assert rates == pytest.approx([0.1, 0.1, 0.01, 0.001])
     assert isinstance(TaskModule(model, "classification", 0.1).configure_optimizers(), torch.optim.SGD)
+
+
+def test_trainer_threads_pins_torch_threads_and_is_recorded(tiny_params, tiny_data, tmp_path):
+    before = torch.get_num_threads()
+    cell = _cell(tiny_params, "he_relu", 2)
+    cell = dataclasses.replace(cell, trainer={**cell.trainer, "threads": 1})
+    try:
+        metrics = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
+        assert torch.get_num_threads() == 1
+        assert metrics["environment"]["torch_threads"] == 1 and metrics["cell"]["trainer"]["threads"] == 1
+    finally:
+        torch.set_num_threads(before)

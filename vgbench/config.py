@@ -139,7 +139,7 @@ class MatrixBlock(_Strict):
 
 
 class TrainerSettings(_Strict):
-    """Passed to ``lightning.Trainer`` as they are."""
+    """Passed to ``lightning.Trainer`` as they are, except ``threads`` (``torch.set_num_threads``)."""
 
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
     devices: int | Literal["auto"] = 1
@@ -147,6 +147,9 @@ class TrainerSettings(_Strict):
     num_nodes: int = Field(1, gt=0)
     precision: Literal["32-true", "16-mixed", "bf16-mixed", "64-true"] = "32-true"
     deterministic: bool = True
+    threads: int | None = Field(
+        None, gt=0, description="torch intra-op CPU threads per process (null: torch's default). CPU results "
+                                "depend on it (reduction order), so the default profile pins it")
 
     @field_validator("devices")
     @classmethod

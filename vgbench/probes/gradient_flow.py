@@ -111,7 +111,11 @@ class GradientFlowProbe(L.Callback):
 
     def _finish(self, record: dict) -> None:
         record["dL_dh_first_last_ratio"] = first_last_ratio(record["dL_dh_norm"])
-        record["weight_grad_first_last_ratio"] = first_last_ratio(record["weight_grad_norm"])
+        # Only meaningful with one weight per probed state: an RNN's two matrices (input,
+        # recurrent) are shared by every time step, and their ratio is not a depth profile.
+        per_state = len(record["weight_grad_norm"]) == len(record["dL_dh_norm"])
+        record["weight_grad_first_last_ratio"] = (first_last_ratio(record["weight_grad_norm"]) if per_state
+                                                  else float("nan"))
         self.records.append(record)
 
     def _log(self, trainer, record: dict) -> None:

@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 
 from vgbench import atomic, results
 from vgbench.config import WandbSettings
@@ -78,9 +79,10 @@ def _best(values: list[float], task: Task) -> float:
 
 def build_trainer(cell: CellSpec, recipe: Recipe, callbacks, logger) -> L.Trainer:
     clip = recipe.grad_clip != "none"
+    lightning_settings = {key: value for key, value in cell.trainer.items() if key != "threads"}
     return L.Trainer(
         max_epochs=cell.training["max_epochs"],
-        **cell.trainer,
+        **lightning_settings,
         gradient_clip_val=recipe.grad_clip_value if clip else None,
         gradient_clip_algorithm=recipe.grad_clip if clip else None,
         callbacks=callbacks, logger=logger,
@@ -93,6 +95,8 @@ def build_trainer(cell: CellSpec, recipe: Recipe, callbacks, logger) -> L.Traine
 def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: WandbSettings) -> dict | None:
     """Train ``cell``; return its metrics dict on rank 0 (None on other ranks)."""
     started = time.perf_counter()
+    if cell.trainer.get("threads"):
+        torch.set_num_threads(cell.trainer["threads"])
     L.seed_everything(cell.seed, workers=True, verbose=False)
     recipe = Recipe(**cell.recipe)
     family = FAMILIES.get(cell.family)
