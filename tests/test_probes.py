@@ -204,6 +204,29 @@ def test_rnn_taps_give_dL_dh_t_for_every_step(recipe, per_step):
         assert first_last_ratio(stats["dL_dh_norm"]) == pytest.approx(hand[0] / hand[-1], rel=1e-4)
 
 
+def test_sigmoid_rnn_runs_the_unrolled_loop_and_reports_saturation():
+    # nn.RNN has no sigmoid: this cell never takes the fused path.
+    model = rnn(Recipe(activation="sigmoid"), per_step=False)
+    assert not model.fused_ok
+    x = torch.randn(16, 9, 3)
+    states = torch.stack(rnn_by_hand_sigmoid(model, x), dim=1)
+    assert torch.allclose(model(x), model.head(states[:, -1]), atol=1e-6)
+    model.taps.arm()
+    F.mse_loss(model(x).squeeze(-1), torch.randn(16)).backward()
+    stats = GradientFlowProbe._statistics(model.taps.disarm())
+    assert len(stats["saturated_fraction"]) == 9 and stats["dead_fraction"] is None
+
+
+def rnn_by_hand_sigmoid(model, x):
+    h = x.new_zeros(x.shape[0], model.hidden_size)
+    states = []
+    for t in range(x.shape[1]):
+        h = torch.sigmoid(x[:, t] @ model.rnn.weight_ih_l0.T + model.rnn.bias_ih_l0
+                          + h @ model.rnn.weight_hh_l0.T + model.rnn.bias_hh_l0)
+        states.append(h)
+    return states
+
+
 def test_rnn_fused_and_unrolled_paths_agree():
     for recipe in (Recipe(activation="tanh"), Recipe(cell="lstm"), Recipe(cell="gru")):
         model = rnn(recipe, per_step=True)
