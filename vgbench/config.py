@@ -214,9 +214,10 @@ class Profile(_Strict):
                 raise ValueError("; ".join(
                     f"matrix.{index}.training.{'.'.join(map(str, item['loc']))} = {item.get('input')!r}: "
                     f"{item['msg'].removeprefix('Value error, ')}" for item in error.errors())) from None
-            if training.augment != "none" and DATASETS.get(block.dataset).kind != "image":
+            kind = DATASETS.get(block.dataset).kind
+            if training.augment != "none" and kind != "image":
                 raise ValueError(f"matrix.{index}.training.augment = {training.augment!r} needs an image data set; "
-                                 f"{block.dataset!r} gives {DATASETS.get(block.dataset).kind!r} inputs")
+                                 f"{block.dataset!r} gives {kind!r} inputs")
         return self
 
     def dataset_settings(self, name: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from vgbench.data import DATASETS, DatasetSpec, RawSplits
-from vgbench.data.synthetic import SyntheticSettings, require_length, split_generator
+from vgbench.data.synthetic import SyntheticSettings, generate_splits, require_length
 
 CONSTANT_PREDICTOR_MSE = 1.0 / 6.0  # Var(U1 + U2) for independent U[0, 1]
 
@@ -36,9 +36,8 @@ def generate(count: int, length: int, generator: torch.Generator) -> tuple[torch
 
 def build(settings: SyntheticSettings, raw_dir: Path, length: int | None) -> RawSplits:
     length = require_length("adding", length, minimum=2)
-    train_x, train_y = generate(settings.train_size, length, split_generator("adding", settings.seed, length, "train"))
-    test_x, test_y = generate(settings.test_size, length, split_generator("adding", settings.seed, length, "test"))
-    return RawSplits(train_x, train_y, test_x, test_y, num_classes=0, baseline_metric=CONSTANT_PREDICTOR_MSE)
+    return RawSplits(*generate_splits("adding", settings, length, generate), num_classes=0,
+                     baseline_metric=CONSTANT_PREDICTOR_MSE)
 
 
 DATASETS.add("adding", DatasetSpec(

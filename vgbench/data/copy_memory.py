@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from vgbench.data import DATASETS, DatasetSpec, RawSplits
-from vgbench.data.synthetic import SyntheticSettings, require_length, split_generator
+from vgbench.data.synthetic import SyntheticSettings, generate_splits, require_length
 from vgbench.tasks import RECALL_LENGTH
 
 DATA_SYMBOLS, BLANK, DELIMITER, ALPHABET = 8, 8, 9, 10
@@ -41,9 +41,7 @@ def generate(count: int, delay: int, generator: torch.Generator) -> tuple[torch.
 
 def build(settings: SyntheticSettings, raw_dir: Path, length: int | None) -> RawSplits:
     delay = require_length("copy_memory", length)
-    train_x, train_y = generate(settings.train_size, delay, split_generator("copy_memory", settings.seed, delay, "train"))
-    test_x, test_y = generate(settings.test_size, delay, split_generator("copy_memory", settings.seed, delay, "test"))
-    return RawSplits(train_x, train_y, test_x, test_y, num_classes=ALPHABET,
+    return RawSplits(*generate_splits("copy_memory", settings, delay, generate), num_classes=ALPHABET,
                      baseline_metric=memoryless_cross_entropy(delay))
 
 

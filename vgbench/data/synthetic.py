@@ -9,6 +9,7 @@ be regenerated alone (DomainBed's Debug data sets, minGPT's AdditionDataset).
 from __future__ import annotations
 
 import hashlib
+from typing import Callable
 
 import torch
 from pydantic import Field
@@ -25,6 +26,15 @@ class SyntheticSettings(DatasetSettings):
 def split_generator(name: str, seed: int, length: int, split: str) -> torch.Generator:
     digest = hashlib.sha256(f"{name}:{seed}:{length}:{split}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def generate_splits(name: str, settings: SyntheticSettings, length: int,
+                    generate: Callable[[int, int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train_x, train_y, test_x, test_y) from ``generate(count, length, generator)``, each split seeded apart."""
+    train = generate(settings.train_size, length, split_generator(name, settings.seed, length, "train"))
+    test = generate(settings.test_size, length, split_generator(name, settings.seed, length, "test"))
+    return (*train, *test)
 
 
 def require_length(name: str, length: int | None, minimum: int = 1) -> int:

@@ -34,12 +34,21 @@ class Family:
     name: str
     summary: str
     hparams: type[BaseModel]
-    build: Callable[[ModelIO, int, Recipe, BaseModel], ProbedModel]  # (io, depth, recipe, hparams)
+    builder: Callable[[ModelIO, int, Recipe, BaseModel], ProbedModel]  # (io, depth, recipe, hparams)
     depth_meaning: str = "hidden layers"
     depth_is_length: bool = False  # depth is the sequence length (recurrent nets)
     probed_state: str = "hidden layer"  # what one tapped state is: a hidden layer, a time step, a block
     inputs: frozenset[str] = frozenset({"vector", "image"})  # data kinds it can read (INPUT_KINDS)
     base_recipe: Recipe = Recipe()
+    per_step_outputs: bool = False  # can give one output per time step (copy-memory)
+
+    def build(self, io: ModelIO, depth: int, recipe: Recipe, hparams: BaseModel) -> ProbedModel:
+        """The network for ``io``; refuses per-time-step outputs the family cannot give."""
+        if io.per_step and not self.per_step_outputs:
+            able = " or ".join(name for name, family in FAMILIES.items() if family.per_step_outputs)
+            raise ValueError(f"the {self.name} family gives one output per sample; "
+                             f"per-time-step tasks need the {able} family")
+        return self.builder(io, depth, recipe, hparams)
 
 
 FAMILIES: Registry[Family] = Registry("family")

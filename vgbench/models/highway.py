@@ -93,9 +93,6 @@ class HighwayNet(ProbedModel):
 
 
 def build_highway(io: ModelIO, depth: int, recipe: Recipe, hparams: HighwayHParams) -> HighwayNet:
-    if io.per_step:
-        raise ValueError("the highway family gives one output per sample; "
-                         "per-time-step tasks need the rnn family")
     return HighwayNet(math.prod(io.input_shape), io.num_outputs, depth, recipe,
                       hparams.width, hparams.gate_bias)
 

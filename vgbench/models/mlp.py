@@ -58,8 +58,6 @@ class DeepMLP(ProbedModel):
 
 
 def build_mlp(io: ModelIO, depth: int, recipe: Recipe, hparams: MLPHParams) -> DeepMLP:
-    if io.per_step:
-        raise ValueError("the mlp family gives one output per sample; per-time-step tasks need the rnn family")
     return DeepMLP(math.prod(io.input_shape), io.num_outputs, depth, recipe, hparams.width)
 
 

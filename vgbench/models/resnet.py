@@ -139,9 +139,6 @@ class CifarResNet(ProbedModel):
 
 
 def build_resnet(io: ModelIO, depth: int, recipe: Recipe, hparams: ResNetHParams) -> CifarResNet:
-    if io.per_step:
-        raise ValueError("the resnet family gives one output per sample; "
-                         "per-time-step tasks need the rnn family")
     if len(io.input_shape) == 1:
         in_channels, dims = 1, 1
     elif len(io.input_shape) == 3:

@@ -28,7 +28,6 @@ from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.probes.taps import ProbedModel
 
-GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # blocks of hidden_size rows in the stacked weights
 LSTM_FORGET_BIAS = 1.0  # Gers, Schmidhuber & Cummins 2000; Jozefowicz et al. 2015
 
 
@@ -53,7 +52,7 @@ class RecurrentNet(ProbedModel):
         self.rnn = FUSED[recipe.cell](io.input_shape[1], hidden_size, batch_first=True, **extra)
         self.fused_ok = recipe.norm == "none" and (recipe.cell != "rnn" or bool(extra))
         self.activation = recipe.make_activation() if recipe.cell == "rnn" else nn.Tanh()
-        blocks = GATES[recipe.cell]
+        blocks = self.rnn.weight_ih_l0.shape[0] // hidden_size  # gate blocks stacked in the weights: 1, 4 or 3
         # Layer normalization of the summed input of each step (Ba, Kiros & Hinton 2016);
         # for the GRU, of the recurrent term, which its reset gate scales.
         self.norm = recipe.make_norm(blocks * hidden_size)
@@ -112,4 +111,5 @@ def build_rnn(io: ModelIO, depth: int, recipe: Recipe, hparams: RNNHParams) -> R
 FAMILIES.add("rnn", Family(
     "rnn", "recurrent net (vanilla/IRNN, LSTM, GRU) on sequences", RNNHParams, build_rnn,
     depth_meaning="sequence length (copy-memory: the delay T)", depth_is_length=True,
-    inputs=frozenset({"sequence"}), base_recipe=Recipe(activation="tanh"), probed_state="time step"))
+    inputs=frozenset({"sequence"}), base_recipe=Recipe(activation="tanh"), probed_state="time step",
+    per_step_outputs=True))

@@ -31,8 +31,8 @@ from pydantic import Field
 from vgbench.data.store import StoredDataset
 from vgbench.models.mlp import DeepMLP
 from vgbench.pretraining.cache import load_or_pretrain, stack_key, stack_key_fields
-from vgbench.pretraining.inputs import scale_to_unit_interval
-from vgbench.pretraining.stack import PretrainSettings, pretrain_stack
+from vgbench.pretraining.inputs import scale_to_unit_interval, unit_interval_scaling
+from vgbench.pretraining.stack import EPOCH_MONITORS, PretrainSettings, pretrain_stack
 from vgbench.pretraining.unroll import load_into_mlp
 
 
@@ -59,10 +59,8 @@ def pretrain_into(model: DeepMLP, settings: PretrainingSettings, data: StoredDat
     """Load the pretrained stack for this model into it; return what the cell records about it."""
     train, val = data.splits["train"]["x"].flatten(1), data.splits["validation"]["x"].flatten(1)
     gaussian = settings.visible_units == "gaussian"
-    low = span = None
     if not gaussian:
-        low = train.min(dim=0).values
-        span = (train.max(dim=0).values - low).clamp_min(1e-12)
+        low, span = unit_interval_scaling(train)  # before train is replaced by its scaled copy
         train, val = scale_to_unit_interval(train, val)
     widths = [layer.linear.out_features for layer in model.hidden]
     identity = {"name": data.name, "settings": dataset_settings, "length": data.manifest.get("length"),
@@ -79,8 +77,6 @@ def pretrain_into(model: DeepMLP, settings: PretrainingSettings, data: StoredDat
     return {
         "key": stack_key(key_fields), "cached": cached, "visible_units": settings.visible_units,
         "seconds": stack.stats["seconds"],
-        "reconstruction_error_train": [row["reconstruction_error_train"] for row in final],
-        "reconstruction_error_val": [row["reconstruction_error_val"] for row in final],
-        "free_energy_gap": [row["free_energy_gap"] for row in final],
+        **{monitor: [row[monitor] for row in final] for monitor in EPOCH_MONITORS},
         "stats": stack.stats,
     }

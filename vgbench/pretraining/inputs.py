@@ -16,6 +16,13 @@ import torch
 _MIN_RANGE = 1e-12
 
 
+def unit_interval_scaling(x_train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature (minimum, range) of the training split, samples flattened to (N, features)."""
+    train = x_train.flatten(1)
+    low = train.min(dim=0).values
+    return low, (train.max(dim=0).values - low).clamp_min(_MIN_RANGE)
+
+
 def scale_to_unit_interval(x_train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Min-max scale every feature to [0, 1] with the *training* minimum and maximum.
 
@@ -24,7 +31,5 @@ def scale_to_unit_interval(x_train: torch.Tensor, *others: torch.Tensor) -> tupl
     their values outside the training range are clamped to [0, 1]. Samples are
     flattened to (N, features), the view a DeepMLP reads.
     """
-    train = x_train.flatten(1)
-    low = train.min(dim=0).values
-    span = (train.max(dim=0).values - low).clamp_min(_MIN_RANGE)
+    low, span = unit_interval_scaling(x_train)
     return tuple(((x.flatten(1) - low) / span).clamp(0.0, 1.0) for x in (x_train, *others))

@@ -115,6 +115,10 @@ def _check_inputs(x_train: torch.Tensor, x_val: torch.Tensor, widths: Sequence[i
                          "scale_to_unit_interval, or pretrain with gaussian_first=True on standardized inputs")
 
 
+# What ``_epoch_stats`` records per layer and epoch (the W&B table and the cell's record read them).
+EPOCH_MONITORS = ("reconstruction_error_train", "reconstruction_error_val", "free_energy_gap")
+
+
 def _epoch_stats(rbm: RBM, epoch: int, train: torch.Tensor, val: torch.Tensor,
                  train_subset: torch.Tensor, val_subset: torch.Tensor) -> dict:
     return {

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger
 
 from vgbench.config import WandbSettings
 from vgbench.matrix import CellSpec
+from vgbench.pretraining.stack import EPOCH_MONITORS
 
 PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "saturated_fraction", "dead_fraction",
                    "gate_mean")
@@ -58,16 +59,13 @@ def profile_table(record: dict):
     return wandb.Table(columns=["layer", *PROFILE_COLUMNS], data=rows)
 
 
-PRETRAINING_COLUMNS = ("reconstruction_error_train", "reconstruction_error_val", "free_energy_gap")
-
-
 def pretraining_table(pretraining: dict):
     """A wandb.Table with one row per (RBM layer, pretraining epoch); epoch 0 is before training."""
     import wandb
 
-    rows = [[layer["layer"], row["epoch"], *(row[column] for column in PRETRAINING_COLUMNS)]
+    rows = [[layer["layer"], row["epoch"], *(row[column] for column in EPOCH_MONITORS)]
             for layer in pretraining["stats"]["layers"] for row in layer["epochs"]]
-    return wandb.Table(columns=["layer", "epoch", *PRETRAINING_COLUMNS], data=rows)
+    return wandb.Table(columns=["layer", "epoch", *EPOCH_MONITORS], data=rows)
 
 
 def finish_run(logger: WandbLogger, metrics: dict, init_record: dict, pretraining: dict | None = None) -> None:
