@@ -43,7 +43,7 @@ def test_only_pretraining_cells_carry_the_pretraining_settings(tiny_params):
 def test_pretrained_stack_is_loaded_cached_and_recorded(tiny_params, tiny_data, tmp_path):
     cell = _dbn_cell(tiny_params, "pretrain")
     first = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
-    record = first["pretraining"]
+    record = first.pretraining
     assert record["cached"] is False and record["visible_units"] == "gaussian"
     assert len(record["reconstruction_error_train"]) == cell.depth == len(record["free_energy_gap"])
     stacks = sorted((tmp_path / "pretrained").glob("rbm-*"))
@@ -55,11 +55,11 @@ def test_pretrained_stack_is_loaded_cached_and_recorded(tiny_params, tiny_data, 
     # Another learning rate of the same (data, depth, width, seed) fine-tunes the same stack.
     other_rate = dataclasses.replace(cell, learning_rate=0.03)
     second = run_cell(other_rate, tiny_data, tmp_path, NO_WANDB)
-    assert second["pretraining"]["cached"] is True and second["pretraining"]["key"] == record["key"]
+    assert second.pretraining["cached"] is True and second.pretraining["key"] == record["key"]
     # The init probe saw the pretrained net: it differs from the random one of the baseline cell.
     baseline = run_cell(_dbn_cell(tiny_params, "baseline"), tiny_data, tmp_path, NO_WANDB)
-    assert baseline["pretraining"] is None
-    assert first["init_log10_dL_dh_first_last"] != pytest.approx(baseline["init_log10_dL_dh_first_last"])
+    assert baseline.pretraining is None
+    assert first.init_log10_dL_dh_first_last != pytest.approx(baseline.init_log10_dL_dh_first_last)
 
 
 def _stack_for(model, data: StoredDataset, settings: PretrainingSettings, root):

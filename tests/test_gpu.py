@@ -20,8 +20,8 @@ def test_a_cell_on_one_gpu_is_deterministic_and_learns(tiny_params, tiny_data, t
     cell = dataclasses.replace(cell, trainer={**cell.trainer, "accelerator": "gpu", "devices": 1})
     first = run_cell(cell, tiny_data, tmp_path / "a", WandbSettings(mode="disabled"))
     second = run_cell(cell, tiny_data, tmp_path / "b", WandbSettings(mode="disabled"))
-    assert first["history"] == second["history"] and first["test_metric"] == second["test_metric"]
-    assert first["trainable"] and first["environment"]["cuda"] is not None
+    assert first.history == second.history and first.test_metric == second.test_metric
+    assert first.trainable and first.environment["cuda"] is not None
 
 
 @pytest.mark.parametrize("family, remedy", [("rnn", "gru"), ("rnn", "lstm"), ("resnet", "residual"),
@@ -35,8 +35,8 @@ def test_every_kernel_path_is_deterministic_on_a_gpu(family, remedy, tiny_params
     data = data_for(cell, tiny_data_root, {})
     first = run_cell(cell, data, tmp_path / "a", WandbSettings(mode="disabled"))
     second = run_cell(cell, data, tmp_path / "b", WandbSettings(mode="disabled"))
-    assert first["history"] == second["history"] and first["test_metric"] == second["test_metric"]
-    assert first["init_log10_dL_dh_first_last"] == second["init_log10_dL_dh_first_last"]
+    assert first.history == second.history and first.test_metric == second.test_metric
+    assert first.init_log10_dL_dh_first_last == second.init_log10_dL_dh_first_last
 
 
 def test_pad_crop_flip_runs_on_the_gpu():

@@ -113,7 +113,7 @@ def test_probe_callback_records_init_and_every_k_steps(tiny_params, tiny_data, t
     interval = cell.probes["interval_steps"]
     train_steps = [r["step"] for r in records if r["phase"] == "train"]
     assert records[0]["phase"] == "init" and records[0]["step"] == 0
-    assert train_steps == list(range(0, metrics["steps"], interval))
+    assert train_steps == list(range(0, metrics.steps, interval))
     # The init record is the fixed batch probed by hand on a freshly built, identically seeded model.
     torch.manual_seed(cell.seed)
     import lightning as L
@@ -125,10 +125,10 @@ def test_probe_callback_records_init_and_every_k_steps(tiny_params, tiny_data, t
     x, y = tiny_data.splits["train"]["x"][:size], tiny_data.splits["train"]["y"][:size]
     hidden, _ = by_hand(model, x, y)
     assert records[0]["dL_dh_norm"] == pytest.approx([h.grad.double().norm().item() for h in hidden], rel=1e-5)
-    assert metrics["init_log10_dL_dh_first_last"] == pytest.approx(
+    assert metrics.init_log10_dL_dh_first_last == pytest.approx(
         math.log10(hidden[0].grad.norm().item() / hidden[-1].grad.norm().item()), rel=1e-4)
-    assert 0 < metrics["probe_seconds"] < metrics["fit_seconds"]
-    assert metrics["probe_overhead_fraction"] == pytest.approx(metrics["probe_seconds"] / metrics["fit_seconds"])
+    assert 0 < metrics.probe_seconds < metrics.fit_seconds
+    assert metrics.probe_overhead_fraction == pytest.approx(metrics.probe_seconds / metrics.fit_seconds)
 
 
 def test_clipping_is_recorded_before_and_after(tiny_params, tiny_data, tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from vgbench.cell_result import SCHEMA_VERSION
 from vgbench import atomic, results
 from vgbench.config import parse_params
 from vgbench.matrix import CellSpec, expand
@@ -126,7 +127,7 @@ def write_cell(root: Path, cell: CellSpec, result: dict) -> None:
     history.append({"epoch": 3, "train_loss": result["loss"], "val_accuracy": result["val"], "val_loss": 1.0})
     diverged_cell = result["failure"] == "diverged"
     metrics = {
-        "cell_id": cell.cell_id, "cell": cell.as_dict(),
+        "schema_version": SCHEMA_VERSION, "cell_id": cell.cell_id, "cell": cell.as_dict(),
         "status": "diverged" if diverged_cell else "completed",
         "failure": result["failure"], "diverged_at_step": 7 if diverged_cell else None,
         "trainable": result["trainable"], "task": "classification", "metric": "accuracy",
@@ -134,7 +135,7 @@ def write_cell(root: Path, cell: CellSpec, result: dict) -> None:
         "test": {"accuracy": result["test"], "loss": NAN if diverged_cell else 1.0},
         "val_metric": result["val"], "best_val_metric": result["val"],
         "final_train_loss": result["loss"], "epochs_to_target": result["epochs"],
-        "target_metric": cell.training["target_accuracy"],
+        "target_metric": cell.training["target_accuracy"], "pretraining": None,
         "init_log10_dL_dh_first_last": result["log10"], "init_log10_weight_grad_first_last": result["log10"],
         "final_log10_dL_dh_first_last": result["log10"], "history": history, "world_size": 1,
         "num_parameters": 1000, "steps": 16, "fit_seconds": result["wall"] * 0.8,

@@ -65,19 +65,19 @@ def test_rerunning_a_cell_gives_identical_metrics(tiny_params, tiny_data, tmp_pa
     first = run_cell(cell, tiny_data, tmp_path / "a", NO_WANDB)
     second = run_cell(cell, tiny_data, tmp_path / "b", NO_WANDB)
     for key in ("test_metric", "test", "history", "init_log10_dL_dh_first_last", "steps"):
-        assert first[key] == second[key], key
+        assert getattr(first, key) == getattr(second, key), key
     profile = [json.loads((tmp_path / run / "cells" / cell.cell_id / "grad_profile.json").read_text())
                for run in ("a", "b")]
     assert profile[0] == profile[1]
     other_seed = run_cell(dataclasses.replace(cell, seed=1), tiny_data, tmp_path / "c", NO_WANDB)
-    assert other_seed["history"] != first["history"]
+    assert other_seed.history != first.history
 
 
 def test_a_cell_learns_and_records_everything(tiny_params, tiny_data, tmp_path):
     cell = _cell(tiny_params, "he_relu", 2)
     metrics = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
     on_disk = json.loads((tmp_path / "cells" / cell.cell_id / "metrics.json").read_text())
-    assert on_disk["test_metric"] == metrics["test_metric"] > 0.25  # chance is 0.1
+    assert on_disk["test_metric"] == metrics.test_metric > 0.25  # chance is 0.1
     assert on_disk["trainable"] and on_disk["failure"] is None and on_disk["status"] == "completed"
     assert [row["epoch"] for row in on_disk["history"]] == list(range(cell.training["max_epochs"]))
     assert on_disk["history"][-1]["train_loss"] < on_disk["history"][0]["train_loss"]
@@ -90,9 +90,9 @@ def test_a_cell_learns_and_records_everything(tiny_params, tiny_data, tmp_path):
 def test_a_diverging_cell_is_a_result_not_a_crash(tiny_params, tiny_data, tmp_path):
     cell = _cell(tiny_params, "he_relu", 6, learning_rate=1e6)
     metrics = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
-    assert metrics["status"] == "diverged" and metrics["failure"] == "diverged"
-    assert metrics["diverged_at_step"] is not None and metrics["steps"] <= metrics["diverged_at_step"] + 1
-    assert metrics["trainable"] is False
+    assert metrics.status == "diverged" and metrics.failure == "diverged"
+    assert metrics.diverged_at_step is not None and metrics.steps <= metrics.diverged_at_step + 1
+    assert metrics.trainable is False
     text = (tmp_path / "cells" / cell.cell_id / "metrics.json").read_text()
     assert json.loads(text)["failure"] == "diverged"
 
@@ -106,7 +106,8 @@ def test_cli_train_skips_done_cells(tiny_params, tiny_data_root, tmp_path):
     assert first.returncode == 0, first.stderr
     assert "1 to train" in first.stdout
     second = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert "1 already done, 0 to train" in second.stdout
+    assert second.returncode == 0, second.stderr
+    assert "1 cells, 1 done" in second.stdout and "0 to train" in second.stdout
 
 
 def test_ddp_on_two_cpu_processes(tiny_params, tiny_data_root, tmp_path):
@@ -184,6 +185,6 @@ def test_trainer_threads_pins_torch_threads_and_is_recorded(tiny_params, tiny_da
     try:
         metrics = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
         assert torch.get_num_threads() == 1
-        assert metrics["environment"]["torch_threads"] == 1 and metrics["cell"]["trainer"]["threads"] == 1
+        assert metrics.environment["torch_threads"] == 1 and metrics.cell["trainer"]["threads"] == 1
     finally:
         torch.set_num_threads(before)

@@ -56,7 +56,7 @@ def offline_cell(tiny_params, tiny_data, tmp_path_factory):
         results_root = root / "results"
         metrics = run_cell(cell, tiny_data, results_root, OFFLINE)
     folder = results_root / "cells" / cell.cell_id
-    assert json.loads((folder / "metrics.json").read_text())["test_metric"] == metrics["test_metric"]
+    assert json.loads((folder / "metrics.json").read_text())["test_metric"] == metrics.test_metric
     profile = json.loads((folder / "grad_profile.json").read_text())
     assert not list(elsewhere.rglob("offline-run-*")), "the cell's run ignored WANDB_DIR"
     return cell, metrics, profile, _single_run(wandb_dir, "train"), wandb_dir
@@ -66,8 +66,8 @@ def test_offline_run_is_written_under_wandb_dir_and_finished(offline_cell):
     cell, metrics, _, run, wandb_dir = offline_cell
     assert run.directory.is_relative_to(wandb_dir)
     assert run.directory.name.endswith(run.run.run_id)
-    assert metrics["wandb"]["run_id"] == run.run.run_id
-    assert Path(metrics["wandb"]["run_dir"]) == run.files
+    assert metrics.wandb["run_id"] == run.run.run_id
+    assert Path(metrics.wandb["run_dir"]) == run.files
     assert run.exit_code == 0  # run.finish() was reached: `wandb sync` uploads it as finished
 
 
@@ -87,7 +87,7 @@ def test_offline_run_history_has_validation_accuracy_per_epoch(offline_cell):
     rows = [row for row in run.history if "val/accuracy" in row]
     assert [row["epoch"] for row in rows] == list(range(cell.training["max_epochs"]))
     assert [row["val/accuracy"] for row in rows] == pytest.approx(
-        [epoch["val_accuracy"] for epoch in metrics["history"]], rel=1e-6)
+        [epoch["val_accuracy"] for epoch in metrics.history], rel=1e-6)
 
 
 def test_offline_run_history_has_the_probe_norms_of_grad_profile_json(offline_cell):
@@ -107,12 +107,12 @@ def test_offline_run_history_has_the_probe_norms_of_grad_profile_json(offline_ce
 
 def test_offline_run_summary_has_the_cell_metrics(offline_cell):
     _, metrics, _, run, _ = offline_cell
-    assert run.summary["test_metric"] == pytest.approx(metrics["test_metric"], rel=1e-12)
-    assert run.summary["cell_id"] == metrics["cell_id"]
-    assert run.summary["failure"] == metrics["failure"]
-    assert run.summary["trainable"] == metrics["trainable"]
+    assert run.summary["test_metric"] == pytest.approx(metrics.test_metric, rel=1e-12)
+    assert run.summary["cell_id"] == metrics.cell_id
+    assert run.summary["failure"] == metrics.failure
+    assert run.summary["trainable"] == metrics.trainable
     assert run.summary["init_log10_dL_dh_first_last"] == pytest.approx(
-        metrics["init_log10_dL_dh_first_last"], rel=1e-9)
+        metrics.init_log10_dL_dh_first_last, rel=1e-9)
 
 
 def test_offline_run_grad_profile_init_table_matches_the_init_record(offline_cell):

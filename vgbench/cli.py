@@ -2,8 +2,14 @@
 
     vgbench fetch [NAME ...]     build/download data sets into data/<name>/
     vgbench train [--only TEXT]  train every cell of the active profile not yet done
+                  [--launcher serial|local|slurm] [--jobs N] [--detach] [--retry-failed]
     vgbench leaderboard          aggregate cell results into results/leaderboard.*
     vgbench cells                list the cells of the active profile and their state
+    vgbench status               per family: done, running (where), failed (why), pending
+    vgbench plan                 cells, steps and estimated device-hours of the active profile
+
+``train`` exits 1 unless every cell of the selection is done (so DVC never
+records a partial run), naming what is not done and why.
 
 Configuration errors exit with status 2 and a message naming the key, the bad
 value and what is allowed; nothing is written.
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from vgbench.config import ConfigError, Params, load_params
@@ -53,25 +60,70 @@ def _fetch(params: Params, args) -> int:
     return 0
 
 
-def _train(params: Params, args) -> int:
-    from vgbench import results
+def _states(params: Params, results_root: Path, only: str | None = None):
+    """(cells, {cell_id: CellState}) of the active profile, live claims included."""
+    from vgbench import claims, results
     from vgbench.matrix import expand
-    from vgbench.training.run_cell import data_for, run_cell
 
-    cells = [c for c in expand(params.active) if not args.only or args.only in c.cell_id]
-    todo = [c for c in cells if args.force or not results.is_done(args.results_root, c.cell_id)]
-    print(f"profile {params.profile}: {len(cells)} cells, {len(cells) - len(todo)} already done, "
-          f"{len(todo)} to train", flush=True)
+    cells = [c for c in expand(params.active) if not only or only in c.cell_id]
+    held = claims.live_claims(results_root) if claims.is_rank_zero() else {}
+    return cells, {c.cell_id: results.cell_state(results_root, c.cell_id, held.get(c.cell_id)) for c in cells}
+
+
+def _check_ready(cells, profile, data_root: Path, results_root: Path) -> None:
+    """Before any work: every data set the cells read is stored and current, and results can be written."""
+    from vgbench.data import DATASETS
+    from vgbench.data.store import is_current, label
+
+    needed = {(c.dataset, DATASETS.get(c.dataset).length_for(c.depth)) for c in cells}
+    stale = [label(name, length) for name, length in sorted(needed, key=str)
+             if not is_current(name, profile.dataset_settings(name), data_root, length)]
+    if stale:
+        raise DataNotReadyError(f"data sets {stale} are missing or were made with other settings under "
+                                f"{data_root}: run `vgbench fetch` first")
     for folder in ("cells", "pretrained"):  # DVC outputs, present even when a profile leaves one empty
-        (args.results_root / folder).mkdir(parents=True, exist_ok=True)
-    data_cache: dict = {}
-    for index, cell in enumerate(todo, 1):
-        metrics = run_cell(cell, data_for(cell, args.data_root, data_cache), args.results_root, params.wandb)
-        if metrics is not None:
-            print(f"[{index}/{len(todo)}] {cell.cell_id}: test {metrics['metric']} {metrics['test_metric']:.3f} "
-                  f"(baseline {metrics['baseline_metric']:.3f}), "
-                  f"log10 dL/dh first/last {metrics['init_log10_dL_dh_first_last']:+.2f}, "
-                  f"failure {metrics['failure']}, {metrics['wall_seconds']:.1f}s", flush=True)
+        (results_root / folder).mkdir(parents=True, exist_ok=True)
+
+
+def _train(params: Params, args) -> int:
+    from vgbench import claims
+    from vgbench.launch import LAUNCHERS
+    from vgbench.launch.request import LaunchRequest, launch_folder
+
+    profile = params.active
+    settings = profile.launcher.model_copy(update={
+        key: value for key, value in (("name", args.launcher), ("jobs", args.jobs)) if value is not None})
+    launch = LAUNCHERS.get(settings.name)
+    cells, states = _states(params, args.results_root, args.only)
+    count = lambda state: sum(s.state == state for s in states.values())  # noqa: E731
+    wanted = {"pending", "stale"} | ({"failed"} if args.retry_failed else set())
+    todo = [c for c in cells if args.force or states[c.cell_id].state in wanted]
+    print(f"profile {params.profile}: {len(cells)} cells, {count('done')} done, {count('failed')} failed"
+          f"{' (retrying)' if args.retry_failed else ' (--retry-failed retrains them)'}, "
+          f"{count('running')} running elsewhere; {len(todo)} to train with the {settings.name} launcher",
+          flush=True)
+    _check_ready(todo, profile, args.data_root, args.results_root)
+    if todo:
+        folder, snapshot = launch_folder(args.results_root, args.params)
+        request = LaunchRequest(params=params, params_path=snapshot, profile=params.profile, cells=todo,
+                                data_root=args.data_root, results_root=args.results_root, folder=folder,
+                                settings=settings, retry_failed=args.retry_failed,
+                                not_before=time.time() if args.force else None, detach=args.detach)
+        report = launch(request)
+        if report.get("detached") or not claims.is_rank_zero():
+            return 0  # a DDP rank > 0: rank 0 writes the results and reports
+    _, states = _states(params, args.results_root, args.only)
+    not_done = {cell_id: s for cell_id, s in states.items() if s.state != "done"}
+    if not_done:
+        by_state: dict[str, list[str]] = {}
+        for cell_id, state in not_done.items():
+            by_state.setdefault(state.state, []).append(cell_id)
+        print(f"error: {len(not_done)} of {len(cells)} cells are not done ("
+              + "; ".join(f"{len(ids)} {state}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
+                          for state, ids in sorted(by_state.items()))
+              + "); `vgbench status` says why", file=sys.stderr)
+        return 1
+    print(f"profile {params.profile}: all {len(cells)} cells done", flush=True)
     return 0
 
 
@@ -85,12 +137,40 @@ def _leaderboard(params: Params, args) -> int:
 
 
 def _cells(params: Params, args) -> int:
-    from vgbench import results
-    from vgbench.matrix import expand
+    cells, states = _states(params, args.results_root)
+    for cell in cells:
+        state = states[cell.cell_id]
+        print(f"{state.state:8} {cell.cell_id}" + (f"  ({state.detail})" if state.detail else ""))
+    return 0
 
-    for cell in expand(params.active):
-        state = "done" if results.is_done(args.results_root, cell.cell_id) else "todo"
-        print(f"{state}  {cell.cell_id}")
+
+def _status(params: Params, args) -> int:
+    from vgbench.results import STATES
+
+    cells, states = _states(params, args.results_root, args.only)
+    families = list(dict.fromkeys(c.family for c in cells))
+    rows = [[family] + [sum(1 for c in cells if c.family == family and states[c.cell_id].state == state)
+                        for state in STATES] for family in families]
+    rows.append(["total"] + [sum(s.state == state for s in states.values()) for state in STATES])
+    print(f"profile {params.profile}: {len(cells)} cells under {args.results_root}")
+    header = ["family", *STATES]
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(value).rjust(width) if i else str(value).ljust(width)
+                        for i, (value, width) in enumerate(zip(row, widths))))
+    for state in ("running", "failed", "stale"):
+        listed = [(cell_id, s.detail) for cell_id, s in states.items() if s.state == state]
+        if listed:
+            print(f"\n{state}:")
+            for cell_id, detail in listed:
+                print(f"  {cell_id}: {detail}")
+    return 0
+
+
+def _plan(params: Params, args) -> int:
+    from vgbench.plan import plan_main
+
+    print(plan_main(params, args.device, args.steps, params.active.launcher.slurm.task_minutes))
     return 0
 
 
@@ -103,15 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the cells of the active profile that are not done")
     train.add_argument("--only", help="train only cells whose id contains this text")
     train.add_argument("--force", action="store_true", help="retrain cells that are done")
+    train.add_argument("--retry-failed", action="store_true", help="retrain cells whose last attempt raised")
+    train.add_argument("--launcher", help="serial | local | slurm (default: the profile's launcher.name)")
+    train.add_argument("--jobs", type=int, help="local: worker processes (default: the profile's launcher.jobs)")
+    train.add_argument("--detach", action="store_true", help="slurm: submit and return instead of waiting")
     board = commands.add_parser("leaderboard", help="aggregate results into leaderboard tables and figures")
     board.add_argument("--no-wandb", action="store_true", help="do not log the tables to W&B")
-    commands.add_parser("cells", help="list the active profile's cells and whether each is done")
-    for sub in (fetch, train, board, commands.choices["cells"]):
+    commands.add_parser("cells", help="list the active profile's cells and the state of each")
+    status = commands.add_parser("status", help="cells done, running (where), failed (why) and pending, per family")
+    status.add_argument("--only", help="only cells whose id contains this text")
+    plan = commands.add_parser("plan", help="cells, steps and estimated device-hours, from one timed step per "
+                                            "model shape on this machine")
+    plan.add_argument("--device", default="cpu", help="device to time the steps on (default: %(default)s)")
+    plan.add_argument("--steps", type=int, default=3, help="timed steps per model shape (default: %(default)s)")
+    for sub in (fetch, train, board, commands.choices["cells"], status, plan):
         _common(sub)
     return parser
 
 
-HANDLERS = {"fetch": _fetch, "train": _train, "leaderboard": _leaderboard, "cells": _cells}
+HANDLERS = {"fetch": _fetch, "train": _train, "leaderboard": _leaderboard, "cells": _cells, "status": _status,
+            "plan": _plan}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -170,6 +170,59 @@ class ProbeSettings(_Strict):
         0.5, gt=0, lt=1, description="loss tasks (MSE, copy cross-entropy), trainable: test loss <= fraction x baseline")
 
 
+class SlurmSettings(_Strict):
+    """sbatch settings of the ``slurm`` launcher (submitit); null leaves a setting to the cluster's default."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_minutes: int = Field(60, gt=0, description="wall-clock limit of one array task; on it, submitit "
+                                                    "requeues the task, which resumes from its checkpoints")
+    cpus_per_task: int = Field(2, gt=0)
+    gpus_per_node: int = Field(0, ge=0, description="0 on CPU; a DDP profile gets trainer.devices instead")
+    mem_gb: float | None = Field(None, gt=0)
+    sbatch: dict[str, str | int] = Field(default_factory=dict, description="further sbatch options as they are "
+                                         "spelled on the command line, e.g. {constraint: a100, exclusive: ''}")
+    setup: list[str] = Field(default_factory=list, description="shell lines run before each task "
+                                                               "(module load ..., source venv/bin/activate)")
+    max_array_size: int | None = Field(None, gt=0, description="cap array sizes below the cluster's "
+                                                               "MaxArraySize (read from scontrol show config)")
+    task_minutes: float = Field(30.0, gt=0, description="cells are packed into one array task up to this "
+                                                        "estimated time (vgbench plan); longer ones run alone")
+    max_requeues: int = Field(3, ge=0, description="how often a timed-out or preempted task is requeued")
+    array_parallelism: int = Field(256, gt=0, description="array tasks running at once")
+    poll_seconds: float = Field(10.0, gt=0, description="how often a waiting launch checks progress")
+
+
+class LauncherSettings(_Strict):
+    """How ``vgbench train`` runs the cells (vgbench/launch/); none of it changes a cell's result."""
+
+    name: str = Field("serial", description="serial | local | slurm (vgbench/launch/)")
+    jobs: int | None = Field(None, gt=0, description="local: worker processes (default: one per GPU slot, "
+                                                     "or CPU cores / threads)")
+    threads: int | None = Field(None, gt=0, description="torch threads per worker where trainer.threads is null")
+    gpus: list[int] = Field(default_factory=list, description="local: GPU indices; each worker is pinned to "
+                                                              "one with CUDA_VISIBLE_DEVICES")
+    cells_per_gpu: int = Field(1, gt=0, description="local: workers sharing each GPU")
+    checkpoint_every: int | None = Field(None, gt=0, description="epochs between checkpoints of a cell "
+                                                                 "(null: none); an interrupted cell resumes")
+    slurm: SlurmSettings = SlurmSettings()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        from vgbench.launch import LAUNCHERS
+
+        return _known(LAUNCHERS, value)
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpus(cls, value: list[int]) -> list[int]:
+        if any(g < 0 for g in value) or len(set(value)) != len(value):
+            raise ValueError(f"gpus must be distinct indices >= 0, got {value}")
+        return value
+
+
 class Profile(_Strict):
     description: str
     datasets: dict[str, dict[str, Any]]
@@ -180,6 +233,7 @@ class Profile(_Strict):
     trainer: TrainerSettings = TrainerSettings()
     probes: ProbeSettings
     pretraining: PretrainingSettings = Field(PretrainingSettings(), description="greedy RBM pretraining (dbn)")
+    launcher: LauncherSettings = LauncherSettings()
 
     @field_validator("datasets")
     @classmethod
@@ -200,6 +254,15 @@ class Profile(_Strict):
         if len(set(value)) != len(value) or min(value) < 0:
             raise ValueError(f"seeds must be distinct and >= 0, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _threads_pinned_once(self) -> "Profile":
+        pinned, asked = self.trainer.threads, self.launcher.threads
+        if pinned is not None and asked is not None and pinned != asked:
+            raise ValueError(f"launcher.threads = {asked} but trainer.threads pins {pinned}: results depend on the "
+                             f"thread count, so a cell runs with the threads its config names; drop launcher.threads "
+                             f"or make them equal")
+        return self
 
     @model_validator(mode="after")
     def _datasets_configured(self) -> "Profile":

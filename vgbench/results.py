@@ -1,7 +1,8 @@
 """Where cell results live and what makes one current.
 
-``results/cells/<cell_id>/metrics.json`` is the source of truth for everything
-downstream; ``grad_profile.json`` beside it holds every probe record. A result
+``results/cells/<cell_id>/metrics.json`` (a ``CellResult``) is the source of truth
+for everything downstream; ``grad_profile.json`` beside it holds every probe
+record, and ``error.json`` records a cell that raised. A result
 is reused only if it was written for the same resolved config (the cell id)
 *and* by the same vgbench code (the code fingerprint), so editing a model file
 reruns its cells on the next ``dvc repro``.
@@ -11,16 +12,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
+import time
+import traceback
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import vgbench
+from vgbench import atomic, cell_result
+from vgbench.cell_result import CellResult, UnreadableResultError
 
 PACKAGE_DIR = Path(vgbench.__file__).parent
 # Code that only reads results cannot change them; leave it out of the fingerprint.
-_NOT_TRAINING_CODE = ("report/", "cli.py")
+_NOT_TRAINING_CODE = ("report/", "cli.py", "launch/", "claims.py", "plan.py")
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +52,7 @@ def environment() -> dict:
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
         # CPU results can depend on the thread count (reduction order): keep it with them.
         "torch_threads": torch.get_num_threads(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 
 
@@ -52,11 +60,76 @@ def cell_dir(results_root: Path, cell_id: str) -> Path:
     return results_root / "cells" / cell_id
 
 
-def read_metrics(results_root: Path, cell_id: str) -> dict | None:
-    path = cell_dir(results_root, cell_id) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def read_result(results_root: Path, cell_id: str) -> CellResult | None:
+    """The cell's result, None if it has none; raises ``UnreadableResultError`` for a damaged one."""
+    return cell_result.read(cell_dir(results_root, cell_id) / "metrics.json")
+
+
+def write_error(results_root: Path, cell_id: str, error: BaseException, launch: dict) -> dict:
+    """Record a cell that raised: ``error.json`` beside where its result would be (the others go on)."""
+    previous = read_error(results_root, cell_id)
+    record = {
+        "cell_id": cell_id, "error": f"{type(error).__name__}: {error}",
+        "traceback": "".join(traceback.format_exception(error)),
+        "attempt": (previous["attempt"] + 1) if previous else 1,
+        "code_fingerprint": code_fingerprint(), "written_at": time.time(), **launch,
+    }
+    atomic.write_json(cell_dir(results_root, cell_id) / "error.json", record)
+    return record
+
+
+def read_error(results_root: Path, cell_id: str) -> dict | None:
+    path = cell_dir(results_root, cell_id) / "error.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return {"cell_id": cell_id, "error": f"{path} is damaged", "attempt": 1, "code_fingerprint": None}
+
+
+def clear_error(results_root: Path, cell_id: str) -> None:
+    (cell_dir(results_root, cell_id) / "error.json").unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class CellState:
+    """What the cell files say about one cell (the truth; job accounting is not consulted).
+
+    ``state`` is one of STATES. ``detail`` says why (the error of a failed cell,
+    where a running one runs, why a result is not used).
+    """
+
+    cell_id: str
+    state: str
+    detail: str = ""
+
+
+STATES = ("done", "running", "failed", "stale", "pending")
+
+
+def cell_state(results_root: Path, cell_id: str, claim=None) -> CellState:
+    """done: a current, readable result; running: a live claim; failed: error.json from this code;
+    stale: a result from other code or a damaged one (trained again); pending: nothing yet."""
+    try:
+        result = read_result(results_root, cell_id)
+    except UnreadableResultError as error:
+        result, unreadable = None, str(error)
+    else:
+        unreadable = ""
+    if result is not None:
+        if result.environment.get("code_fingerprint") != code_fingerprint():
+            return CellState(cell_id, "stale", "written by other vgbench training code")
+        if not (cell_dir(results_root, cell_id) / "grad_profile.json").exists():
+            return CellState(cell_id, "stale", "grad_profile.json is missing")
+        return CellState(cell_id, "done")
+    if claim is not None:
+        return CellState(cell_id, "running", claim.where)
+    error = read_error(results_root, cell_id)
+    if error is not None and error.get("code_fingerprint") == code_fingerprint():
+        return CellState(cell_id, "failed", f"attempt {error['attempt']}: {error['error']}")
+    return CellState(cell_id, "stale" if unreadable else "pending", unreadable)
 
 
 def is_done(results_root: Path, cell_id: str) -> bool:
-    metrics = read_metrics(results_root, cell_id)
-    return metrics is not None and metrics.get("environment", {}).get("code_fingerprint") == code_fingerprint()
+    return cell_state(results_root, cell_id).state == "done"

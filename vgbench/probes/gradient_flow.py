@@ -128,8 +128,18 @@ class GradientFlowProbe(L.Callback):
             metrics[f"probe/dL_dh_norm/layer_{i:03d}"] = value
         trainer.logger.log_metrics(metrics, step=record["step"])
 
+    # -- resuming: the records so far travel in the checkpoint --------------------------------------
+    def state_dict(self) -> dict:
+        return {"records": self.records, "seconds": self.seconds}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.records, self.seconds = state_dict["records"], state_dict["seconds"]
+
     # -- at initialization -----------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
+        pl_module.after_clipping.append(lambda: self._after_clipping(pl_module))
+        if self.records:  # resumed from a checkpoint: the init record is the one from before
+            return
         start = time.perf_counter()
         model = self._model(pl_module)
         buffers = {name: b.clone() for name, b in model.named_buffers()}  # batchnorm running stats
@@ -149,7 +159,6 @@ class GradientFlowProbe(L.Callback):
                 b.copy_(buffers[name])
         self._finish(record)
         self._log(trainer, record)
-        pl_module.after_clipping.append(lambda: self._after_clipping(pl_module))
         self.seconds += time.perf_counter() - start
 
     # -- during training ---------------------------------------------------------------------------

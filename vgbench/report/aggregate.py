@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from vgbench import results
+from vgbench.cell_result import UnreadableResultError
 from vgbench.config import Profile
 from vgbench.matrix import CellSpec
 from vgbench.probes.failure import FAILURE_LABELS
@@ -26,26 +27,41 @@ GROUP = ["family", "dataset", "remedy", "depth"]
 
 
 def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One row per finished cell of ``cells``; also the ids of cells without a result."""
+    """One row per finished cell of ``cells`` (read as ``CellResult``s); also the ids of cells without one."""
     rows, missing = [], []
     for cell in cells:
-        metrics = results.read_metrics(results_root, cell.cell_id)
-        if metrics is None:
+        try:
+            result = results.read_result(results_root, cell.cell_id)
+        except UnreadableResultError:
+            result = None
+        if result is None:
             missing.append(cell.cell_id)
             continue
         rows.append({
             "cell_id": cell.cell_id, "family": cell.family, "dataset": cell.dataset, "remedy": cell.remedy,
             "depth": cell.depth, "seed": cell.seed, "learning_rate": cell.learning_rate,
-            "metric": metrics["metric"], "higher_is_better": bool(metrics["higher_is_better"]),
-            "baseline_metric": metrics["baseline_metric"],
-            "val_metric": metrics["val_metric"], "test_metric": metrics["test_metric"],
-            "trainable": bool(metrics["trainable"]), "failure": metrics["failure"],
-            "init_log10_dL_dh_first_last": metrics["init_log10_dL_dh_first_last"],
-            "init_log10_weight_grad_first_last": metrics["init_log10_weight_grad_first_last"],
-            "epochs_to_target": metrics["epochs_to_target"], "final_train_loss": metrics["final_train_loss"],
-            "wall_seconds": metrics["wall_seconds"],
+            "metric": result.metric, "higher_is_better": result.higher_is_better,
+            "baseline_metric": result.baseline_metric,
+            "val_metric": result.val_metric, "test_metric": result.test_metric,
+            "trainable": result.trainable, "failure": result.failure,
+            "init_log10_dL_dh_first_last": result.init_log10_dL_dh_first_last,
+            "init_log10_weight_grad_first_last": result.init_log10_weight_grad_first_last,
+            "epochs_to_target": result.epochs_to_target, "final_train_loss": result.final_train_loss,
+            "wall_seconds": result.wall_seconds,
         })
     return pd.DataFrame(rows), missing
+
+
+def not_in_table(missing: list[str], results_root: Path) -> dict[str, list[str]]:
+    """The cells a table leaves out, by why: ``failed`` (with the error) or ``missing`` (not trained yet)."""
+    left_out: dict[str, list[str]] = {"failed": [], "missing": []}
+    for cell_id in missing:
+        error = results.read_error(results_root, cell_id)
+        if error is not None:
+            left_out["failed"].append(f"{cell_id}: {error['error']}")
+        else:
+            left_out["missing"].append(cell_id)
+    return left_out
 
 
 def _worst_if_missing(values: pd.Series, higher_is_better: pd.Series) -> pd.Series:

@@ -45,6 +45,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
     if table.empty:
         raise NoResultsError(f"no cell results under {results_root / 'cells'} for profile {params.profile!r}: "
                            f"run `vgbench train` first")
+    left_out = aggregate.not_in_table(missing, results_root)
     rows = aggregate.in_matrix_order(aggregate.leaderboard_rows(table), params.active)
     front = aggregate.frontier(rows)
     ranked = aggregate.ranking(front)
@@ -53,7 +54,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
 
     summary = {
         "profile": params.profile,
-        "cells": len(cells), "cells_missing": missing,
+        "cells": len(cells), "cells_missing": missing, "cells_left_out": left_out,
         "rows": {f"{r['family']}/{r['dataset']}/{r['remedy']}/d{r['depth']}": r for r in _records(rows)},
         "frontier": {f"{r['family']}/{r['dataset']}/{r['remedy']}": r for r in _records(ranked)},
     }
@@ -68,7 +69,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         "leaderboard.md": "\n".join(
             formats.leaderboard_markdown(part(rows, family, dataset), part(ranked, family, dataset),
                                          f"{family} on {dataset} (profile {params.profile})")
-            for family, dataset in pairs),
+            for family, dataset in pairs) + formats.left_out_markdown(left_out, len(cells)),
         "leaderboard.tex": "\n".join(
             formats.leaderboard_latex(
                 part(rows, family, dataset),

@@ -90,6 +90,19 @@ def leaderboard_markdown(rows: pd.DataFrame, ranked: pd.DataFrame, title: str) -
     ]) + "\n"
 
 
+def left_out_markdown(left_out: dict[str, list[str]], total: int) -> str:
+    """A closing section naming every cell the tables leave out, so no mean silently has fewer seeds."""
+    if not any(left_out.values()):
+        return ""
+    lines = [f"\n## Cells not in these tables ({sum(map(len, left_out.values()))} of {total})\n"]
+    for why, entries in left_out.items():
+        if entries:
+            lines.append(f"{why.capitalize()} ({len(entries)}):\n")
+            lines += [f"- {entry}" for entry in entries]
+            lines.append("")
+    return "\n".join(lines)
+
+
 def tex_escape(text: str) -> str:
     return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
 

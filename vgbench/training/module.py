@@ -10,9 +10,11 @@ norms both before and after clipping.
 from __future__ import annotations
 
 import math
+import random
 from typing import Callable
 
 import lightning as L
+import numpy as np
 import torch
 
 from vgbench.probes.taps import ProbedModel
@@ -100,6 +102,27 @@ class TaskModule(L.LightningModule):
     def history(self) -> list[dict]:
         """One row per epoch: epoch, train_loss, val_loss, val_<metric> for each task metric."""
         return [{"epoch": epoch, **row} for epoch, row in sorted(self._epochs.items())]
+
+    # -- resuming (vgbench/training/checkpoints.py) -------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["vgbench"] = {
+            "epochs": self._epochs, "diverged_at_step": self.diverged_at_step, "tap_seconds": self.model.taps.seconds,
+            # Only augmentation draws from the global generators during training; keep them anyway.
+            # As plain tensors, tuples and lists, so the checkpoint loads with torch.load(weights_only=True).
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                    "numpy": [value.tolist() if isinstance(value, np.ndarray) else value
+                              for value in np.random.get_state()]},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["vgbench"]
+        self._epochs = {int(epoch): row for epoch, row in state["epochs"].items()}
+        self.diverged_at_step = state["diverged_at_step"]
+        self.model.taps.seconds = state["tap_seconds"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+        name, keys, *rest = state["rng"]["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
 
     # -- evaluation -------------------------------------------------------------------------
     def _eval_start(self) -> None:

@@ -2,7 +2,8 @@
 
 Runs land in ``wandb/offline-run-*`` and can be uploaded later with
 ``wandb sync wandb/offline-run-*``. Each run is grouped by family, named by
-cell id and carries the full resolved cell config; at the end its summary gets
+cell id, has an id derived from it (a restarted cell resumes its run) and
+carries the full resolved cell config; at the end its summary gets
 the cell's metrics and a ``grad_profile_init`` table (one row per layer), and
 for cells that pretrain a ``pretraining`` table (per RBM layer and epoch:
 reconstruction error on train and validation, free-energy gap).
@@ -18,6 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from vgbench.config import WandbSettings
 from vgbench.matrix import CellSpec
 from vgbench.pretraining.stack import EPOCH_MONITORS
+from vgbench.wandb_names import cell_run_id
 
 PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "saturated_fraction", "dead_fraction",
                    "gate_mean")
@@ -34,7 +36,7 @@ def make_logger(cell: CellSpec, settings: WandbSettings) -> WandbLogger | None:
         # WANDB_DIR; hand WANDB_DIR on so cell runs land where the leaderboard run does.
         save_dir=os.environ.get("WANDB_DIR") or ".",
         project=settings.project, entity=settings.entity, mode=settings.mode,
-        name=cell.cell_id, group=cell.family, job_type="train",
+        name=cell.cell_id, id=cell_run_id(cell.cell_id), resume="allow", group=cell.family, job_type="train",
         config={**cell.as_dict(), "cell_id": cell.cell_id},
         settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, silent=True),
     )

@@ -1,0 +1,192 @@
+"""Claims: each cell is trained by one process at a time, whoever launched it.
+
+Before training a cell, a worker (serial, a local worker process, a SLURM array
+task) claims it by creating ``results/claims/<cell_id>.json`` with its host,
+pid, the pid's start time and its SLURM job id. Creation is atomic (a complete
+file is hard-linked into place, which fails if one is there; the same works on
+NFS), so two workers, two launches, or a launch and a hand-run ``vgbench
+train`` never train the same cell. A claim whose owner is gone is taken over:
+
+- a claim made inside a SLURM job is alive while ``squeue`` lists the job
+  (a requeued task taking over its own job's claim is the same job, restarted);
+- otherwise, on the same host, while the pid lives and started when the claim
+  says (pids are reused);
+- a claim from another host outside SLURM cannot be checked from here and is
+  trusted: ``vgbench status`` shows where it is; delete the file to free it.
+
+The check-then-replace of a stale claim runs under an ``flock`` of
+``results/claims/.lock``, so two workers cannot both take over the same claim.
+Claims live outside ``results/cells`` (a DVC output) on purpose.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+ALIVE_SLURM_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+                      "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+
+
+def claims_dir(results_root: Path) -> Path:
+    return results_root / "claims"
+
+
+def claim_path(results_root: Path, cell_id: str) -> Path:
+    return claims_dir(results_root) / f"{cell_id}.json"
+
+
+def _process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat); None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # after the command name, which may hold spaces
+
+
+def current_slurm_job() -> str | None:
+    """This process's SLURM job as squeue names it: ``<array job>_<task>`` for array tasks."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def is_rank_zero() -> bool:
+    """False in the extra processes of a DDP cell (Lightning's, torchrun's or SLURM's ranks > 0).
+
+    Those processes rerun ``vgbench train`` and must train exactly the cells rank 0
+    trains: they neither claim nor skip a cell because rank 0 holds its claim.
+    """
+    if int(os.environ.get("RANK", "0")) or int(os.environ.get("LOCAL_RANK", "0")):
+        return False
+    return not (int(os.environ.get("SLURM_NTASKS", "1")) > 1 and int(os.environ.get("SLURM_PROCID", "0")))
+
+
+@dataclass(frozen=True)
+class Claim:
+    cell_id: str
+    token: str
+    host: str
+    pid: int
+    pid_start: int | None
+    slurm_job_id: str | None
+    launcher: str
+    claimed_at: float
+
+    @property
+    def where(self) -> str:
+        job = f", SLURM job {self.slurm_job_id}" if self.slurm_job_id else ""
+        return f"{self.host} pid {self.pid}{job} ({self.launcher})"
+
+    def is_mine(self) -> bool:
+        return self.host == socket.gethostname() and self.pid == os.getpid()
+
+
+def slurm_job_alive(job_id: str) -> bool | None:
+    """True/False from ``squeue``; None where there is no squeue to ask."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
+                             timeout=30)
+    except subprocess.TimeoutExpired:
+        return True  # a busy controller is no proof of death
+    if out.returncode != 0:
+        # squeue exits non-zero for a job id it no longer knows ("Invalid job id specified").
+        return False if "Invalid job id" in out.stderr else True
+    return any(state.strip() in ALIVE_SLURM_STATES for state in out.stdout.splitlines())
+
+
+def is_alive(claim: Claim) -> bool:
+    if claim.slurm_job_id:
+        if claim.slurm_job_id == current_slurm_job() and not claim.is_mine():
+            return False  # this job was requeued: the claim is its own earlier run's
+        alive = slurm_job_alive(claim.slurm_job_id)
+        if alive is not None:
+            return alive
+    if claim.host == socket.gethostname():
+        start = _process_start(claim.pid)
+        return start is not None and (claim.pid_start is None or start == claim.pid_start)
+    return True  # another host, outside SLURM: nothing here can tell
+
+
+def read_claim(results_root: Path, cell_id: str) -> Claim | None:
+    try:
+        return Claim(**json.loads(claim_path(results_root, cell_id).read_text()))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, TypeError):
+        # Cannot happen with our atomic creation; a hand-edited file is not a claim.
+        return Claim(cell_id, "unreadable", "?", -1, None, None, "?", 0.0)
+
+
+@contextmanager
+def _locked(results_root: Path) -> Iterator[None]:
+    folder = claims_dir(results_root)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _create(path: Path, claim: Claim) -> bool:
+    tmp = path.with_name(f".{path.name}.{claim.token}.tmp")
+    tmp.write_text(json.dumps(asdict(claim), indent=2) + "\n")
+    try:
+        os.link(tmp, path)  # atomic, and fails if a claim is there
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def try_claim(results_root: Path, cell_id: str, launcher: str) -> Claim | None:
+    """Claim ``cell_id`` for this process; None if a live worker holds it."""
+    pid = os.getpid()
+    claim = Claim(cell_id=cell_id, token=uuid.uuid4().hex, host=socket.gethostname(), pid=pid,
+                  pid_start=_process_start(pid), slurm_job_id=current_slurm_job(), launcher=launcher,
+                  claimed_at=time.time())
+    path = claim_path(results_root, cell_id)
+    with _locked(results_root):
+        if _create(path, claim):
+            return claim
+        held = read_claim(results_root, cell_id)
+        if held is not None and is_alive(held):
+            return None
+        path.unlink(missing_ok=True)  # the owner is gone: take over
+        return claim if _create(path, claim) else None
+
+
+def release(results_root: Path, claim: Claim) -> None:
+    """Remove ``claim`` if it is still ours (a takeover may have replaced it)."""
+    with _locked(results_root):
+        held = read_claim(results_root, claim.cell_id)
+        if held is not None and held.token == claim.token:
+            claim_path(results_root, claim.cell_id).unlink(missing_ok=True)
+
+
+def live_claims(results_root: Path) -> dict[str, Claim]:
+    """Every claim whose owner is still alive, by cell id."""
+    folder = claims_dir(results_root)
+    found = {}
+    for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+        claim = read_claim(results_root, path.name.removesuffix(".json"))
+        if claim is not None and is_alive(claim):
+            found[claim.cell_id] = claim
+    return found

@@ -1,0 +1,95 @@
+"""``local``: N worker processes on this machine.
+
+Each worker is ``python -m vgbench.launch.worker`` with the whole list of cells
+to train; the claims hand each cell to exactly one of them, so a worker that
+finishes early simply takes the next free cell (no scheduler of our own). On
+GPUs, worker k is pinned to ``gpus[k % len(gpus)]`` through
+CUDA_VISIBLE_DEVICES (``cells_per_gpu`` workers share a GPU); on CPU each worker
+gets ``threads`` torch threads (the cell's ``trainer.threads`` where it pins
+them), and by default there are as many workers as cores / threads. Every line a
+worker prints is shown prefixed with its slot and kept in
+``results/launch/<timestamp>/worker-<k>.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from pathlib import Path
+
+from vgbench import atomic
+from vgbench.launch import LAUNCHERS
+from vgbench.launch.request import LaunchRequest
+
+
+def worker_count(request: LaunchRequest) -> int:
+    settings = request.settings
+    if settings.jobs:
+        return settings.jobs
+    if settings.gpus:
+        return len(settings.gpus) * settings.cells_per_gpu
+    threads = request.params.active.trainer.threads or settings.threads or 1
+    return max(1, (os.cpu_count() or 1) // threads)
+
+
+def worker_environment(request: LaunchRequest, slot: int) -> dict[str, str]:
+    env = dict(os.environ)
+    if request.settings.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = str(request.settings.gpus[slot % len(request.settings.gpus)])
+    return env
+
+
+def _relay(stream, prefix: str, log: Path) -> None:
+    with open(log, "a") as handle:
+        for line in stream:
+            handle.write(line)
+            handle.flush()
+            print(f"{prefix} {line}", end="", flush=True)
+
+
+@LAUNCHERS.register("local")
+def launch_local(request: LaunchRequest) -> dict[str, list[str]]:
+    ids = [cell.cell_id for cell in request.cells]
+    count = min(worker_count(request), max(1, len(ids)))
+    print(f"local: {count} worker processes" + (f" on GPUs {request.settings.gpus}" if request.settings.gpus else ""),
+          flush=True)
+    workers, relays = [], []
+    for slot in range(count):
+        report = request.folder / f"worker-{slot}.report.json"
+        unit = request.unit(ids, worker=slot, report_path=str(report))
+        unit_path = request.folder / f"worker-{slot}.unit.json"
+        atomic.write_text(unit_path, json.dumps(asdict(unit), indent=2))
+        process = subprocess.Popen([sys.executable, "-m", "vgbench.launch.worker", str(unit_path)],
+                                   env=worker_environment(request, slot), stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, bufsize=1)
+        relay = threading.Thread(target=_relay, args=(process.stdout, f"[w{slot}]",
+                                                      request.folder / f"worker-{slot}.log"), daemon=True)
+        relay.start()
+        workers.append((slot, process, report))
+        relays.append(relay)
+    try:
+        for _, process, _ in workers:
+            process.wait()
+    except BaseException:  # interrupted: stop the workers (they release their claims) and pass it on
+        for _, process, _ in workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for _, process, _ in workers:
+            process.wait()
+        raise
+    for relay in relays:
+        relay.join()
+    merged: dict[str, list[str]] = {"trained": [], "failed": [], "skipped": []}
+    for slot, process, report in workers:
+        if not report.exists():
+            merged["failed"].append(f"worker {slot} (exit status {process.returncode}, no report: "
+                                    f"see {request.folder / f'worker-{slot}.log'})")
+            continue
+        for key, values in json.loads(report.read_text()).items():
+            merged[key] += values
+    return merged

@@ -1,0 +1,76 @@
+"""What a launcher is asked to do, and the unit of work it hands to a worker."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from vgbench.config import LauncherSettings, Params
+from vgbench.matrix import CellSpec
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Cells for one worker: ids plus where to find their config; small and picklable.
+
+    ``params_path`` is the launch's snapshot of the params file, so a job that
+    starts hours later on a cluster trains the config that was launched.
+    """
+
+    params_path: str
+    profile: str
+    data_root: str
+    results_root: str
+    cell_ids: tuple[str, ...]
+    launcher: str
+    checkpoint_every: int | None = None
+    threads: int | None = None  # torch threads where the cell's trainer.threads is null
+    worker: int | None = None
+    retry_failed: bool = False
+    not_before: float | None = None  # --force: results older than this launch are not done
+    report_path: str | None = None
+
+
+@dataclass
+class LaunchRequest:
+    params: Params
+    params_path: Path  # the snapshot under ``folder``
+    profile: str
+    cells: list[CellSpec]  # the cells to train, in matrix order
+    data_root: Path
+    results_root: Path
+    folder: Path  # results/launch/<timestamp>/: snapshot, logs, reports
+    settings: LauncherSettings
+    retry_failed: bool = False
+    not_before: float | None = None
+    detach: bool = False
+    started: float = field(default_factory=time.time)
+
+    def unit(self, cell_ids, **changes) -> WorkUnit:
+        threads = self.settings.threads if self.params.active.trainer.threads is None else None
+        unit = WorkUnit(
+            params_path=str(self.params_path.resolve()), profile=self.profile,
+            data_root=str(self.data_root.resolve()), results_root=str(self.results_root.resolve()),
+            cell_ids=tuple(cell_ids), launcher=self.settings.name, checkpoint_every=self.settings.checkpoint_every,
+            threads=threads, retry_failed=self.retry_failed, not_before=self.not_before)
+        return replace(unit, **changes)
+
+
+def launch_folder(results_root: Path, params_path: Path) -> tuple[Path, Path]:
+    """A new ``results/launch/<timestamp>/`` holding a copy of the params file; (folder, snapshot)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = results_root / "launch"
+    base.mkdir(parents=True, exist_ok=True)
+    folder, count = base / stamp, 1
+    while True:
+        try:
+            folder.mkdir()
+            break
+        except FileExistsError:
+            count += 1
+            folder = base / f"{stamp}-{count}"
+    snapshot = folder / "params.yaml"
+    shutil.copyfile(params_path, snapshot)
+    return folder, snapshot

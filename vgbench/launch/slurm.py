@@ -1,0 +1,179 @@
+"""``slurm``: the cells as submitit job arrays on a SLURM cluster (the only module importing submitit).
+
+What it submits: the cells to train are packed into array tasks by their
+estimated cost (``vgbench plan``'s measurement; short cells together up to
+``task_minutes``, a longer cell alone), each task one ``WorkUnit``. Arrays are
+kept within the cluster's ``MaxArraySize`` (``scontrol show config``), chunked
+into several arrays where needed. The executor is ``submitit.SlurmExecutor``,
+chosen explicitly (``AutoExecutor`` would pick SLURM whenever ``srun`` is on
+PATH). Its folder is ``results/launch/<timestamp>/``: the params snapshot,
+``launch.json`` (array ids, units), and submitit's per-task logs.
+
+Time limits and preemption: each task is a ``submitit.helpers.Checkpointable``.
+On the USR2 that SLURM sends ``signal_delay_s`` before the limit (or a
+preemption notice), submitit requeues the same unit, up to ``max_requeues``
+times; the requeued task skips the cells already done, takes over its own
+claim and resumes the interrupted cell from its last checkpoint
+(``launcher.checkpoint_every``). Lightning's own SLURM auto-requeue is off
+(run_cell.build_trainer), so the two never both requeue.
+
+A profile whose trainer asks for several devices or nodes runs each cell
+alone, as ``nodes x devices`` SLURM tasks under srun: Lightning's DDP reads
+its ranks from SLURM.
+
+Waiting (the default, so ``dvc repro`` works unchanged): progress is read from
+the cell files, which are the truth (``sacct`` may be absent, and submitit then
+reports UNKNOWN), and the queue from ``squeue``; the wait ends when no task of
+the launch is queued or running. ``--detach`` submits and returns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+import submitit
+
+from vgbench import atomic, results
+from vgbench.launch import LAUNCHERS
+from vgbench.launch.request import LaunchRequest, WorkUnit
+from vgbench.launch.worker import run_unit
+
+
+class CellTask(submitit.helpers.Checkpointable):
+    """One array task: train a ``WorkUnit``. ``checkpoint`` (inherited) resubmits the same unit."""
+
+    def __call__(self, unit: WorkUnit) -> dict[str, list[str]]:
+        return run_unit(unit)
+
+
+def cluster_max_array_size() -> int:
+    """MaxArraySize from ``scontrol show config`` (array indices run from 0 to MaxArraySize - 1)."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60, check=True)
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
+    if not match:
+        raise RuntimeError("`scontrol show config` names no MaxArraySize")
+    return int(match.group(1))
+
+
+def chunks(items: list, size: int) -> list[list]:
+    return [items[start:start + size] for start in range(0, len(items), size)]
+
+
+def ddp_tasks(request: LaunchRequest) -> tuple[int, int]:
+    """(nodes, tasks per node) of one cell: several when the trainer asks for DDP across devices or nodes."""
+    trainer = request.params.active.trainer
+    devices = trainer.devices if isinstance(trainer.devices, int) else 1
+    return trainer.num_nodes, devices
+
+
+def executor_for(request: LaunchRequest) -> submitit.SlurmExecutor:
+    settings = request.settings.slurm
+    executor = submitit.SlurmExecutor(folder=request.folder / "%j", max_num_timeout=settings.max_requeues,
+                                      python=sys.executable)
+    nodes, tasks_per_node = ddp_tasks(request)
+    trainer = request.params.active.trainer
+    gpus = tasks_per_node if trainer.accelerator in ("gpu", "cuda") else settings.gpus_per_node
+    parameters = {
+        "job_name": f"vgbench-{request.profile}", "time": settings.time_minutes,
+        "cpus_per_task": settings.cpus_per_task, "nodes": nodes, "ntasks_per_node": tasks_per_node,
+        "array_parallelism": settings.array_parallelism, "setup": list(settings.setup),
+        "additional_parameters": dict(settings.sbatch),
+        "partition": settings.partition, "account": settings.account, "qos": settings.qos,
+        "gpus_per_node": gpus or None,
+        "mem": f"{round(settings.mem_gb * 1024)}M" if settings.mem_gb else None,
+    }
+    executor.update_parameters(**{key: value for key, value in parameters.items() if value is not None})
+    return executor
+
+
+def plan_units(request: LaunchRequest) -> list[WorkUnit]:
+    """Array tasks: one cell each for DDP profiles, else cells packed by estimated cost."""
+    ids = [cell.cell_id for cell in request.cells]
+    nodes, tasks_per_node = ddp_tasks(request)
+    if nodes * tasks_per_node > 1:
+        groups = [[cell_id] for cell_id in ids]
+    else:
+        from vgbench import plan
+
+        estimates = plan.estimate(request.cells)
+        groups = plan.pack(ids, {k: v.seconds for k, v in estimates.items()},
+                           request.settings.slurm.task_minutes * 60)
+    return [request.unit(group) for group in groups]
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, int]:
+    """How many tasks of these jobs (or arrays) are in each state; empty when none is left."""
+    if not job_ids:
+        return {}
+    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%T"], capture_output=True,
+                         text=True, timeout=60)
+    if out.returncode != 0:  # every id unknown to the controller: all finished long ago
+        return {}
+    counts: dict[str, int] = {}
+    for state in out.stdout.split():
+        counts[state] = counts.get(state, 0) + 1
+    return counts
+
+
+def file_progress(request: LaunchRequest) -> dict[str, int]:
+    """Done and failed cells of the launch, from the cell files alone (cheap: existence checks)."""
+    done = failed = 0
+    for cell in request.cells:
+        folder = results.cell_dir(request.results_root, cell.cell_id)
+        metrics = folder / "metrics.json"
+        if metrics.exists() and metrics.stat().st_mtime >= (request.not_before or 0):
+            done += 1
+        elif (folder / "error.json").exists() and (folder / "error.json").stat().st_mtime >= request.started:
+            failed += 1
+    return {"done": done, "failed": failed}
+
+
+def wait(request: LaunchRequest, array_ids: list[str]) -> None:
+    total, last = len(request.cells), None
+    while True:
+        queue = squeue_states(array_ids)
+        progress = file_progress(request)
+        line = (f"slurm: {progress['done']}/{total} cells done, {progress['failed']} failed; tasks "
+                + (", ".join(f"{n} {state.lower()}" for state, n in sorted(queue.items())) or "none queued"))
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if not queue:
+            return
+        time.sleep(request.settings.slurm.poll_seconds)
+
+
+@LAUNCHERS.register("slurm")
+def launch_slurm(request: LaunchRequest) -> dict[str, list[str]]:
+    units = plan_units(request)
+    limit = cluster_max_array_size()
+    if request.settings.slurm.max_array_size:
+        limit = min(limit, request.settings.slurm.max_array_size)
+    executor = executor_for(request)
+    arrays = []
+    for part in chunks(units, limit):
+        jobs = executor.map_array(CellTask(), part)
+        array_id = jobs[0].job_id.split("_")[0]
+        arrays.append({"array_id": array_id, "tasks": len(part),
+                       "cells": [list(unit.cell_ids) for unit in part]})
+        print(f"slurm: submitted array {array_id}: {len(part)} tasks, "
+              f"{sum(len(unit.cell_ids) for unit in part)} cells", flush=True)
+    atomic.write_text(request.folder / "launch.json", json.dumps(
+        {"profile": request.profile, "params": str(request.params_path), "max_array_size": limit,
+         "arrays": arrays}, indent=2) + "\n")
+    array_ids = [entry["array_id"] for entry in arrays]
+    if request.detach:
+        print(f"slurm: detached; watch with `vgbench status`, logs in {request.folder}; "
+              f"`scancel {' '.join(array_ids)}` cancels", flush=True)
+        return {"trained": [], "failed": [], "skipped": [], "detached": array_ids}
+    wait(request, array_ids)
+    report: dict[str, list[str]] = {"trained": [], "failed": [], "skipped": []}
+    for cell in request.cells:
+        state = results.cell_state(request.results_root, cell.cell_id)
+        key = {"done": "trained", "failed": "failed"}.get(state.state, "skipped")
+        report[key].append(cell.cell_id if key != "skipped" else f"{cell.cell_id} ({state.state})")
+    return report

@@ -1,0 +1,87 @@
+"""Resumable cells: the whole training state every ``checkpoint_every`` epochs.
+
+``results/checkpoints/<cell_id>/last.ckpt`` is written through Lightning's own
+``trainer.save_checkpoint`` (model, optimizer, schedule, loop counters, every
+callback's state and the module's ``on_save_checkpoint`` extras: the epoch
+history, the divergence step, probe records, RNG states, seconds spent so far),
+to a temporary file renamed into place, so a kill at any moment leaves the
+previous checkpoint or the new one. A restarted cell passes it to
+``trainer.fit(ckpt_path=...)`` and continues after the last saved epoch; the
+batch order is a function of (seed, epoch) alone, so on CPU the finished cell is
+identical to one that was never interrupted (tested). The folder is removed
+once the cell's result is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint
+
+LAST = "last.ckpt"
+
+
+def checkpoint_dir(results_root: Path, cell_id: str) -> Path:
+    return results_root / "checkpoints" / cell_id
+
+
+def latest(results_root: Path, cell_id: str) -> Path | None:
+    path = checkpoint_dir(results_root, cell_id) / LAST
+    return path if path.exists() else None
+
+
+def remove(results_root: Path, cell_id: str) -> None:
+    shutil.rmtree(checkpoint_dir(results_root, cell_id), ignore_errors=True)
+
+
+class Clock:
+    """Wall and fit seconds of a cell, summed over the runs a restart splits it into."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.fit_started: float | None = None
+        self.fit_ended: float | None = None
+        self.before_wall = 0.0  # seconds of the earlier runs, restored from the checkpoint
+        self.before_fit = 0.0
+
+    def wall(self) -> float:
+        return self.before_wall + time.perf_counter() - self.started
+
+    def fit(self) -> float:
+        if self.fit_started is None:
+            return self.before_fit
+        return self.before_fit + (self.fit_ended or time.perf_counter()) - self.fit_started
+
+
+class EpochCheckpoint(Checkpoint):
+    """Save every ``every`` epochs; a ``Checkpoint`` so Lightning calls it after the module's epoch-end hook
+    (which records the epoch's training loss in the history the checkpoint must hold)."""
+
+    def __init__(self, folder: Path, every: int, clock: Clock):
+        self.folder, self.every, self.clock = Path(folder), every, clock
+        self.restored = False
+        self.resumed_from_epoch: int | None = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.every:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{LAST}.tmp"
+        trainer.save_checkpoint(tmp)
+        if trainer.is_global_zero:
+            os.replace(tmp, self.folder / LAST)
+
+    def state_dict(self) -> dict:
+        return {"wall_seconds": self.clock.wall(), "fit_seconds": self.clock.fit()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.clock.before_wall, self.clock.before_fit = state_dict["wall_seconds"], state_dict["fit_seconds"]
+        self.restored = True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.restored:  # the loop continues after the saved epoch
+            self.resumed_from_epoch = trainer.current_epoch
