@@ -1,0 +1,248 @@
+"""The launcher layer on this machine: claims, the local launcher, failures, status and resuming a killed cell.
+
+Everything runs for real: ``vgbench train`` subprocesses, worker processes,
+SIGKILL sent to a training process, W&B offline runs read back from disk.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.wandb_offline import read_run
+from vgbench import claims, results
+from vgbench.config import load_params
+from vgbench.matrix import expand
+
+IGNORED = {"fit_seconds", "wall_seconds", "probe_seconds", "probe_overhead_fraction", "environment", "launch",
+           "wandb"}
+
+
+def write_params(tmp_path: Path, launcher: dict | None = None, training: dict | None = None,
+                 wandb_mode: str = "disabled") -> Path:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profile"] = "tiny"
+    raw["wandb"]["mode"] = wandb_mode
+    tiny = raw["profiles"]["tiny"]
+    tiny["launcher"] = launcher or {"threads": 1}
+    tiny["training"].update(training or {})
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def vgbench(params: Path, data_root: Path, results_root: Path, *args: str, env: dict | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vgbench", *args, "--params", str(params), "--data-root", str(data_root),
+         "--results-root", str(results_root)],
+        capture_output=True, text=True, timeout=timeout, cwd=params.parent,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+
+def metrics_of(results_root: Path) -> dict[str, dict]:
+    return {folder.name: json.loads((folder / "metrics.json").read_text())
+            for folder in sorted((results_root / "cells").iterdir()) if (folder / "metrics.json").exists()}
+
+
+def comparable(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key not in IGNORED}
+
+
+# -- claims -------------------------------------------------------------------------------------------------
+
+def test_a_claim_is_exclusive_while_its_owner_lives(tmp_path):
+    first = claims.try_claim(tmp_path, "cell-a", "test")
+    assert first is not None and claims.read_claim(tmp_path, "cell-a").token == first.token
+    assert claims.try_claim(tmp_path, "cell-a", "test") is None  # this process is alive
+    assert set(claims.live_claims(tmp_path)) == {"cell-a"}
+    claims.release(tmp_path, first)
+    assert claims.read_claim(tmp_path, "cell-a") is None
+
+
+def test_a_claim_of_a_dead_process_is_taken_over(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    path = claims.claim_path(tmp_path, "cell-b")
+    path.parent.mkdir(parents=True)
+    import socket
+
+    path.write_text(json.dumps({"cell_id": "cell-b", "token": "old", "host": socket.gethostname(), "pid": gone.pid,
+                                "pid_start": 1, "slurm_job_id": None, "launcher": "test", "claimed_at": 0.0}))
+    assert claims.live_claims(tmp_path) == {}
+    taken = claims.try_claim(tmp_path, "cell-b", "test")
+    assert taken is not None and claims.read_claim(tmp_path, "cell-b").token == taken.token != "old"
+
+
+def test_a_reused_pid_does_not_keep_a_claim_alive(tmp_path):
+    mine = claims.try_claim(tmp_path, "cell-c", "test")
+    path = claims.claim_path(tmp_path, "cell-c")
+    record = json.loads(path.read_text())
+    record["pid_start"] += 1  # same pid, another process start: the pid was reused
+    path.write_text(json.dumps(record))
+    assert not claims.is_alive(claims.read_claim(tmp_path, "cell-c"))
+    assert claims.try_claim(tmp_path, "cell-c", "test") not in (None, mine)
+
+
+def _race(args) -> bool:
+    root, barrier_file = args
+    while not Path(barrier_file).exists():
+        time.sleep(0.001)
+    return claims.try_claim(Path(root), "contested", "race") is not None
+
+
+def test_exactly_one_of_many_racing_processes_gets_the_claim(tmp_path):
+    barrier = tmp_path / "go"
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        pending = pool.map_async(_race, [(str(tmp_path), str(barrier))] * 6)
+        time.sleep(1.0)
+        barrier.touch()
+        won = pending.get(timeout=60)
+    # Each winner process has exited by now, but only one ever held the claim.
+    assert sum(won) == 1
+
+
+# -- the local launcher --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def serial_mlp(tmp_path_factory, tiny_data_root):
+    """The tiny profile's MLP cells trained by the serial launcher, one thread."""
+    tmp = tmp_path_factory.mktemp("serial")
+    params = write_params(tmp)
+    done = vgbench(params, tiny_data_root, tmp / "results", "train", "--only", "mlp-")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return metrics_of(tmp / "results")
+
+
+def test_two_local_workers_match_serial_and_train_each_cell_once(serial_mlp, tiny_data_root, tmp_path):
+    params = write_params(tmp_path, {"name": "local", "jobs": 2, "threads": 1})
+    done = vgbench(params, tiny_data_root, tmp_path / "results", "train", "--only", "mlp-")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "local: 2 worker processes" in done.stdout
+    local = metrics_of(tmp_path / "results")
+    assert set(local) == set(serial_mlp) and len(local) == 6
+    for cell_id, metrics in local.items():
+        assert comparable(metrics) == comparable(serial_mlp[cell_id]), cell_id
+        assert metrics["launch"]["launcher"] == "local" and metrics["launch"]["threads"] == 1
+    # Count the trainings: every cell in exactly one worker's report, and both workers worked.
+    launch = next((tmp_path / "results" / "launch").iterdir())
+    trained = [json.loads((launch / f"worker-{k}.report.json").read_text())["trained"] for k in (0, 1)]
+    assert sorted(trained[0] + trained[1]) == sorted(local) and all(trained)
+    assert {m["launch"]["worker"] for m in local.values()} == {0, 1}
+    assert not list((tmp_path / "results" / "claims").glob("*.json"))  # every claim released
+
+
+def test_local_workers_are_pinned_to_their_gpu(tiny_data_root, tmp_path):
+    """CUDA_VISIBLE_DEVICES reaches each worker's environment (recorded in its results); no CUDA needed."""
+    params = write_params(tmp_path, {"name": "local", "gpus": [3, 5], "threads": 1})
+    done = vgbench(params, tiny_data_root, tmp_path / "results", "train", "--only", "mlp-he_relu")
+    assert done.returncode == 0, done.stdout + done.stderr
+    launches = {m["launch"]["worker"]: m["launch"]["cuda_visible_devices"]
+                for m in metrics_of(tmp_path / "results").values()}
+    assert launches and all(device == str([3, 5][worker]) for worker, device in launches.items())
+    env = {m["environment"]["cuda_visible_devices"] for m in metrics_of(tmp_path / "results").values()}
+    assert env <= {"3", "5"}
+
+
+# -- failures, status, retries and the leaderboard --------------------------------------------------------------
+
+def test_a_failing_cell_is_recorded_and_the_others_go_on(tiny_params, tiny_data_root, tmp_path):
+    """A damaged data file (its sha256 no longer matches) makes the adding cells raise; the rest train."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_root, data)
+    damaged = data / "adding" / "T6" / "train.pt"
+    damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")
+    params = write_params(tmp_path)
+    only = ("--only=-d6-",)  # the MLP d6 cells and the two adding cells
+    first = vgbench(params, data, tmp_path / "results", "train", *only)
+    assert first.returncode == 1
+    failed = [c.cell_id for c in expand(load_params(params).active) if "-d6-" in c.cell_id and "adding" in c.cell_id]
+    assert len(failed) == 2 and "2 failed" in first.stderr and failed[0] in first.stderr
+    error = json.loads((results.cell_dir(tmp_path / "results", failed[0]) / "error.json").read_text())
+    assert error["attempt"] == 1 and "sha256" in error["error"] and "Traceback" in error["traceback"]
+    assert error["host"] and error["pid"] > 0
+    assert len(metrics_of(tmp_path / "results")) == 3  # the MLP d6 cells trained
+
+    status = vgbench(params, data, tmp_path / "results", "status")
+    rows = {line.split()[0]: line.split()[1:] for line in status.stdout.splitlines()[1:8] if line.strip()}
+    assert rows["rnn"] == ["0", "0", "2", "0", "1"] and rows["mlp"] == ["3", "0", "0", "0", "3"]
+    assert f"{failed[0]}: attempt 1: DataNotReadyError" in status.stdout
+
+    board = vgbench(params, data, tmp_path / "results", "leaderboard", "--no-wandb")
+    assert board.returncode == 0, board.stderr
+    table = (tmp_path / "results" / "leaderboard.md").read_text()
+    assert "Failed (2)" in table and all(cell_id in table for cell_id in failed)
+    assert "Missing (8)" in table  # the tiny profile's cells not in this --only selection
+
+    again = vgbench(params, data, tmp_path / "results", "train", *only)  # failed cells are not retried silently
+    assert again.returncode == 1 and "0 to train" in again.stdout
+    shutil.copy2(tiny_data_root / "adding" / "T6" / "train.pt", damaged)  # repaired
+    retried = vgbench(params, data, tmp_path / "results", "train", *only, "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    result = results.read_result(tmp_path / "results", failed[0])
+    assert result.launch.attempt == 2
+    assert not (results.cell_dir(tmp_path / "results", failed[0]) / "error.json").exists()
+
+
+# -- resuming a killed cell -------------------------------------------------------------------------------------
+
+def _wait_for(path: Path, process: subprocess.Popen, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def test_a_killed_cell_resumes_from_its_checkpoint_with_identical_metrics(tiny_data_root, tmp_path):
+    params = write_params(tmp_path, {"threads": 1, "checkpoint_every": 1}, {"max_epochs": 12},
+                          wandb_mode="offline")
+    cell = next(c for c in expand(load_params(params).active) if c.remedy == "he_relu" and c.depth == 6)
+    wandb_dir = tmp_path / "wandb-root"
+    wandb_dir.mkdir()
+    env = {"WANDB_DIR": str(wandb_dir), "WANDB_SILENT": "true", "WANDB_MODE": "offline"}
+    reference = vgbench(params, tiny_data_root, tmp_path / "reference", "train", "--only", cell.cell_id,
+                        env={**env, "WANDB_DIR": str(tmp_path)})  # its W&B run lands apart
+    assert reference.returncode == 0, reference.stderr
+
+    root = tmp_path / "results"
+    args = [sys.executable, "-m", "vgbench", "train", "--only", cell.cell_id, "--params", str(params),
+            "--data-root", str(tiny_data_root), "--results-root", str(root)]
+    killed = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    checkpoint = root / "checkpoints" / cell.cell_id / "last.ckpt"
+    _wait_for(checkpoint, killed, 300)
+    time.sleep(0.3)  # a few more epochs
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (results.cell_dir(root, cell.cell_id) / "metrics.json").exists(), "killed too late: cell finished"
+    assert claims.read_claim(root, cell.cell_id) is not None  # a SIGKILL leaves its claim behind
+
+    resumed = subprocess.run(args, cwd=tmp_path, env={**os.environ, **env}, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from epoch" in resumed.stdout
+    result = json.loads((results.cell_dir(root, cell.cell_id) / "metrics.json").read_text())
+    expected = json.loads((results.cell_dir(tmp_path / "reference", cell.cell_id) / "metrics.json").read_text())
+    assert 1 <= result["launch"]["resumed_from_epoch"] < 12
+    assert comparable(result) == comparable(expected)
+    profile = [json.loads((results.cell_dir(r, cell.cell_id) / "grad_profile.json").read_text())["records"]
+               for r in (root, tmp_path / "reference")]
+    assert profile[0] == profile[1]  # probe history survived the kill
+    assert result["fit_seconds"] > 0 and result["probe_seconds"] > 0
+    assert not checkpoint.parent.exists()  # removed once the cell is done
+    runs = sorted(wandb_dir.glob("wandb/offline-run-*"))
+    assert len(runs) == 2 and len({read_run(run).run.run_id for run in runs}) == 1  # one W&B run, resumed
+    assert read_run(runs[-1]).summary["test_metric"] == pytest.approx(result["test_metric"])
