@@ -23,6 +23,7 @@ from tests.wandb_offline import read_run
 from vgbench import claims, results
 from vgbench.config import load_params
 from vgbench.matrix import expand
+from vgbench.wandb_names import cell_run_id
 
 IGNORED = {"fit_seconds", "wall_seconds", "probe_seconds", "probe_overhead_fraction", "environment", "launch",
            "wandb"}
@@ -244,5 +245,9 @@ def test_a_killed_cell_resumes_from_its_checkpoint_with_identical_metrics(tiny_d
     assert result["fit_seconds"] > 0 and result["probe_seconds"] > 0
     assert not checkpoint.parent.exists()  # removed once the cell is done
     runs = sorted(wandb_dir.glob("wandb/offline-run-*"))
-    assert len(runs) == 2 and len({read_run(run).run.run_id for run in runs}) == 1  # one W&B run, resumed
-    assert read_run(runs[-1]).summary["test_metric"] == pytest.approx(result["test_metric"])
+    # One W&B run, resumed: the killed process's directory (its log cut short by SIGKILL) and the
+    # restarted one's carry the same run id.
+    assert len(runs) == 2 and all(run.name.endswith(cell_run_id(cell.cell_id)) for run in runs)
+    restarted = read_run(runs[-1])
+    assert restarted.run.run_id == cell_run_id(cell.cell_id) == result["wandb"]["run_id"]
+    assert restarted.summary["test_metric"] == pytest.approx(result["test_metric"])
