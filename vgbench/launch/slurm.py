@@ -158,7 +158,7 @@ def launch_slurm(request: LaunchRequest) -> dict[str, list[str]]:
     for part in chunks(units, limit):
         jobs = executor.map_array(CellTask(), part)
         array_id = jobs[0].job_id.split("_")[0]
-        arrays.append({"array_id": array_id, "tasks": len(part),
+        arrays.append({"array_id": array_id, "tasks": len(part), "job_ids": [job.job_id for job in jobs],
                        "cells": [list(unit.cell_ids) for unit in part]})
         print(f"slurm: submitted array {array_id}: {len(part)} tasks, "
               f"{sum(len(unit.cell_ids) for unit in part)} cells", flush=True)

@@ -1,0 +1,144 @@
+"""The slurm launcher on a real one-node SLURM cluster (``.ci/slurm-up`` starts one; CI runs it).
+
+Skipped, with the reason, where SLURM is not installed; failing where it is
+installed but the cluster does not answer (``.ci/run`` sets it up, so there a
+dead cluster is an error, not a skip).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from submitit.slurm.slurm import SlurmJob
+
+from tests.test_launch import comparable, metrics_of, vgbench, write_params
+from vgbench import results
+from vgbench.launch.slurm import cluster_max_array_size
+
+pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None,
+                                reason="SLURM is not installed here (`.ci/slurm-up` installs and starts one)")
+
+SLURM = {"name": "slurm", "threads": 1, "checkpoint_every": 1,
+         "slurm": {"cpus_per_task": 1, "time_minutes": 10, "task_minutes": 0.0001, "max_array_size": 4,
+                   "poll_seconds": 1}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cluster():
+    state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    assert state.returncode == 0 and state.stdout.split()[0] in ("idle", "mixed", "allocated"), (
+        f"SLURM is installed but its cluster is not up ({state.stdout.strip() or state.stderr.strip()}): "
+        f"run .ci/slurm-up")
+
+
+def wait_for(predicate, seconds: float, what: str) -> None:
+    deadline = time.time() + seconds
+    while not predicate():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+def launch_json(results_root: Path) -> dict:
+    (folder,) = list((results_root / "launch").iterdir())
+    return json.loads((folder / "launch.json").read_text())
+
+
+def test_max_array_size_is_read_from_the_cluster():
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in config.splitlines() if line.startswith("MaxArraySize"))
+    assert cluster_max_array_size() == int(line.split("=")[1]) > 4
+
+
+def test_slurm_arrays_give_the_serial_results_and_leaderboard(tiny_data_root, tmp_path):
+    """Six MLP cells, one per array task, chunked into arrays of at most 4 (max_array_size)."""
+    (tmp_path / "serial").mkdir()
+    serial_params = write_params(tmp_path / "serial")
+    serial = vgbench(serial_params, tiny_data_root, tmp_path / "serial" / "results", "train", "--only", "mlp-")
+    assert serial.returncode == 0, serial.stderr
+    slurm_dir = tmp_path / "slurm"
+    slurm_dir.mkdir()
+    params = write_params(slurm_dir, SLURM)
+    done = vgbench(params, tiny_data_root, slurm_dir / "results", "train", "--only", "mlp-")
+    assert done.returncode == 0, done.stdout + done.stderr
+    launch = launch_json(slurm_dir / "results")
+    assert [entry["tasks"] for entry in launch["arrays"]] == [4, 2]  # chunked: 6 tasks, arrays of <= 4
+    assert done.stdout.count("slurm: submitted array") == 2
+
+    expected, got = metrics_of(tmp_path / "serial" / "results"), metrics_of(slurm_dir / "results")
+    assert set(got) == set(expected) and len(got) == 6
+    jobs = set()
+    for cell_id, metrics in got.items():
+        assert comparable(metrics) == comparable(expected[cell_id]), cell_id
+        assert metrics["launch"]["launcher"] == "slurm" and metrics["launch"]["slurm_job_id"]
+        jobs.add(metrics["launch"]["slurm_job_id"])
+    assert len(jobs) == 6  # one array task each
+    boards = []
+    for root, params_file in ((tmp_path / "serial" / "results", serial_params), (slurm_dir / "results", params)):
+        board = vgbench(params_file, tiny_data_root, root, "leaderboard", "--no-wandb")
+        assert board.returncode == 0, board.stderr
+        boards.append(pd.read_csv(root / "leaderboard.csv").filter(regex="^(?!wall_seconds)"))
+    pd.testing.assert_frame_equal(boards[0], boards[1])
+
+
+def _slow_cell_params(folder: Path) -> Path:
+    folder.mkdir()
+    return write_params(folder, SLURM, {"max_epochs": 40})
+
+
+def test_scancel_then_relaunch_trains_only_what_is_left_and_resumes(tiny_data_root, tmp_path):
+    params = _slow_cell_params(tmp_path / "run")
+    root = tmp_path / "run" / "results"
+    only = ("--only", "mlp-he_relu")  # two cells, one array task each
+    detached = vgbench(params, tiny_data_root, root, "train", *only, "--detach")
+    assert detached.returncode == 0, detached.stderr
+    array_id = launch_json(root)["arrays"][0]["array_id"]
+    checkpoints = root / "checkpoints"
+    wait_for(lambda: checkpoints.exists() and any(checkpoints.glob("*/last.ckpt")), 240, "a first checkpoint")
+    subprocess.run(["scancel", array_id], check=True)
+    wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", array_id], capture_output=True, text=True).stdout,
+             60, "the cancelled array to leave the queue")
+    before = {path.parent.name: path.stat().st_mtime for path in (root / "cells").glob("*/metrics.json")}
+    interrupted = [p.parent.name for p in checkpoints.glob("*/last.ckpt") if p.parent.name not in before]
+    assert interrupted
+
+    shutil.rmtree(root / "launch")
+    again = vgbench(params, tiny_data_root, root, "train", *only)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"{len(before)} done" in again.stdout and f"{2 - len(before)} to train" in again.stdout
+    for cell_id, mtime in before.items():  # finished cells were not trained again
+        assert (results.cell_dir(root, cell_id) / "metrics.json").stat().st_mtime == mtime
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    reference = vgbench(write_params(reference_dir, {"threads": 1}, {"max_epochs": 40}), tiny_data_root,
+                        reference_dir / "results", "train", *only)
+    assert reference.returncode == 0, reference.stderr
+    expected = metrics_of(reference_dir / "results")
+    for cell_id in interrupted:
+        result = results.read_result(root, cell_id)
+        assert result.launch.resumed_from_epoch is not None and result.launch.resumed_from_epoch >= 1
+        assert comparable(result.model_dump()) == comparable(expected[cell_id])
+
+
+def test_a_timed_out_task_is_requeued_and_resumes(tiny_data_root, tmp_path):
+    params = _slow_cell_params(tmp_path / "run")
+    root = tmp_path / "run" / "results"
+    detached = vgbench(params, tiny_data_root, root, "train", "--only", "mlp-he_relu-mnist1d-d6", "--detach")
+    assert detached.returncode == 0, detached.stderr
+    (job_id,) = launch_json(root)["arrays"][0]["job_ids"]  # one task: submitit submits a plain job
+    (cell_id,) = launch_json(root)["arrays"][0]["cells"][0]
+    wait_for(lambda: (root / "checkpoints" / cell_id / "last.ckpt").exists(), 240, "a first checkpoint")
+    job = SlurmJob(folder=next((root / "launch").iterdir()) / "%j", job_id=job_id)
+    job._interrupt(timeout=True)  # what SLURM sends before the time limit: submitit's USR2
+    metrics = results.cell_dir(root, cell_id) / "metrics.json"
+    wait_for(metrics.exists, 300, "the requeued task to finish the cell")
+    result = results.read_result(root, cell_id)
+    assert result.launch.resumed_from_epoch is not None and result.launch.resumed_from_epoch >= 1
+    assert result.launch.slurm_job_id == job_id  # the same task, requeued
+    log = "".join(path.read_text() for path in next((root / "launch").iterdir()).glob("*/*_log.err"))
+    assert "Requeued job" in log or "requeue" in log.lower()
