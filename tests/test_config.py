@@ -141,4 +141,7 @@ def test_train_without_fetched_data_names_the_fix(tmp_path, capsys):
     code = main(["train", "--params", str(REPO / "params.yaml"), "--profile", "tiny",
                  "--data-root", str(tmp_path / "data"), "--results-root", str(tmp_path / "results")])
     assert code == 1
-    assert "vgbench fetch mnist1d" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    # Checked before any work: one message naming every missing data set and the command that fixes it.
+    assert "run `vgbench fetch adding copy_memory mnist1d` first" in captured.err
+    assert not (tmp_path / "results" / "launch").exists()

@@ -76,11 +76,12 @@ def _check_ready(cells, profile, data_root: Path, results_root: Path) -> None:
     from vgbench.data.store import is_current, label
 
     needed = {(c.dataset, DATASETS.get(c.dataset).length_for(c.depth)) for c in cells}
-    stale = [label(name, length) for name, length in sorted(needed, key=str)
-             if not is_current(name, profile.dataset_settings(name), data_root, length)]
+    stale = sorted((name, length) for name, length in needed
+                   if not is_current(name, profile.dataset_settings(name), data_root, length))
     if stale:
-        raise DataNotReadyError(f"data sets {stale} are missing or were made with other settings under "
-                                f"{data_root}: run `vgbench fetch` first")
+        names = " ".join(dict.fromkeys(name for name, _ in stale))
+        raise DataNotReadyError(f"data sets {[label(*entry) for entry in stale]} are missing under {data_root} or "
+                                f"were made with other settings: run `vgbench fetch {names}` first")
     for folder in ("cells", "pretrained"):  # DVC outputs, present even when a profile leaves one empty
         (results_root / folder).mkdir(parents=True, exist_ok=True)
 

@@ -3,7 +3,9 @@
 Each data set is one module registering a ``DatasetSpec``: its settings model
 (validated with params.yaml), its task (``vgbench.tasks``), the kind of input
 it gives (a vector, an image, a sequence) and a ``build`` that returns the raw
-train and test splits with the task's closed-form baseline metric.
+train and test splits with the task's closed-form baseline metric. Its
+``shape`` says the same split sizes and sample shape from the settings alone,
+without building or downloading anything (``vgbench plan`` reads it).
 ``vgbench.data.store`` turns those into the stored layout under
 ``data/<name>/`` (train/validation/test tensors, train-only standardization
 statistics, a manifest with sha256 of every file).
@@ -44,6 +46,21 @@ class RawSplits:
 
 
 @dataclass(frozen=True)
+class DataShape:
+    """What ``build`` would give, known from the settings alone (no data on disk needed)."""
+
+    input_shape: tuple[int, ...]  # one sample: (features,), (C, H, W) or (time, features)
+    train_size: int  # the raw train split, before ``store.split_validation`` carves validation off it
+    test_size: int
+    num_classes: int  # 0 for a real-valued target
+
+    def split_sizes(self, validation_fraction: float) -> dict[str, int]:
+        """Stored train/validation/test sizes, carved exactly as ``store.split_validation`` does."""
+        validation = round(self.train_size * validation_fraction)
+        return {"train": self.train_size - validation, "validation": validation, "test": self.test_size}
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     name: str
     summary: str
@@ -55,6 +72,7 @@ class DatasetSpec:
     per_length: bool = False  # generated for each sequence length the matrix asks for
     length: int | None = None  # the fixed sequence length of a sequence data set that is not per_length
     standardize: bool = True  # inputs scaled with train mean/std (not for symbolic task inputs)
+    shape: Callable[[DatasetSettings, int | None], DataShape] | None = None  # (settings, length), no I/O
 
     def length_for(self, depth: int) -> int | None:
         """The stored sequence length a cell of this depth reads (None: one stored copy for all depths)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vgbench.data import DATASETS, DatasetSpec, RawSplits
+from vgbench.data import DATASETS, DataShape, DatasetSpec, RawSplits
 from vgbench.data.synthetic import SyntheticSettings, generate_splits, require_length
 
 CONSTANT_PREDICTOR_MSE = 1.0 / 6.0  # Var(U1 + U2) for independent U[0, 1]
@@ -40,7 +40,13 @@ def build(settings: SyntheticSettings, raw_dir: Path, length: int | None) -> Raw
                      baseline_metric=CONSTANT_PREDICTOR_MSE)
 
 
+def shape(settings: SyntheticSettings, length: int | None) -> DataShape:
+    """(T, 2) inputs (value, marker), one real target."""
+    length = require_length("adding", length, minimum=2)
+    return DataShape((length, 2), settings.train_size, settings.test_size, num_classes=0)
+
+
 DATASETS.add("adding", DatasetSpec(
     "adding", "adding problem: sum of two marked values in a length-T sequence (MSE; baseline 1/6)",
     SyntheticSettings, build, offline=True, task="regression", kind="sequence", per_length=True,
-    standardize=False))
+    standardize=False, shape=shape))

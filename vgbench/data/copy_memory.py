@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vgbench.data import DATASETS, DatasetSpec, RawSplits
+from vgbench.data import DATASETS, DataShape, DatasetSpec, RawSplits
 from vgbench.data.synthetic import SyntheticSettings, generate_splits, require_length
 from vgbench.tasks import RECALL_LENGTH
 
@@ -45,7 +45,14 @@ def build(settings: SyntheticSettings, raw_dir: Path, length: int | None) -> Raw
                      baseline_metric=memoryless_cross_entropy(delay))
 
 
+def shape(settings: SyntheticSettings, length: int | None) -> DataShape:
+    """(T + 20, 10) one-hot inputs; targets are one of the 10 symbols per step."""
+    delay = require_length("copy_memory", length)
+    return DataShape((delay + 2 * RECALL_LENGTH, ALPHABET), settings.train_size, settings.test_size,
+                     num_classes=ALPHABET)
+
+
 DATASETS.add("copy_memory", DatasetSpec(
     "copy_memory", "copy memory: recall 10 symbols after a delay T (cross-entropy; baseline 10 ln 8 / (T + 20))",
     SyntheticSettings, build, offline=True, task="copy_memory", kind="sequence", per_length=True,
-    standardize=False))
+    standardize=False, shape=shape))

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 import torch
-from mnist1d.data import get_dataset_args, make_dataset
+from mnist1d.data import get_dataset_args, get_templates, make_dataset
 from pydantic import Field
 
-from vgbench.data import DATASETS, DatasetSettings, DatasetSpec, RawSplits
+from vgbench.data import DATASETS, DataShape, DatasetSettings, DatasetSpec, RawSplits
 
 
 class MNIST1DSettings(DatasetSettings):
@@ -48,5 +48,16 @@ def build(settings: MNIST1DSettings, raw_dir: Path, length: int | None = None) -
     )
 
 
+def shape(settings: MNIST1DSettings, length: int | None = None) -> DataShape:
+    """What ``build`` gives, by the package's own arithmetic: ``make_dataset`` draws
+    ``num_samples // classes`` signals per class and keeps ``int(total * train_split)`` for train."""
+    args = get_dataset_args()
+    classes = len(get_templates()["y"])
+    total = settings.num_samples // classes * classes
+    train = int(total * args.train_split)
+    return DataShape((length if length is not None else args.final_seq_length,), train, total - train,
+                     num_classes=classes)
+
+
 DATASETS.add("mnist1d", DatasetSpec("mnist1d", "MNIST-1D, 40-step signals, 10 classes", MNIST1DSettings,
-                                    build, offline=True))
+                                    build, offline=True, shape=shape))

@@ -10,12 +10,13 @@ necessary.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 from pydantic import Field
 
-from vgbench.data import DATASETS, DatasetSettings, DatasetSpec, RawSplits
+from vgbench.data import DATASETS, DataShape, DatasetSettings, DatasetSpec, RawSplits
 from vgbench.data import mnist1d, torchvision_sets
 from vgbench.data.synthetic import require_length
 
@@ -52,11 +53,26 @@ def _pixel_builder(permuted: bool):
     return build
 
 
+def sequence_shape(flat: DataShape) -> DataShape:
+    """The shape ``as_sequence`` gives: every sample's values as steps of one feature."""
+    return DataShape((math.prod(flat.input_shape), 1), flat.train_size, flat.test_size, flat.num_classes)
+
+
+def _mnist1d_shape(settings: SequentialMNIST1DSettings, length: int | None) -> DataShape:
+    return sequence_shape(mnist1d.shape(settings, require_length("seq_mnist1d", length, minimum=2)))
+
+
+def _pixel_shape(settings: PermutationSettings, length: int | None) -> DataShape:
+    return sequence_shape(torchvision_sets.SHAPES["mnist"](settings, None))
+
+
 for _permuted in (False, True):
     _prefix, _how = ("perm_", "permuted ") if _permuted else ("", "")
     DATASETS.add(f"{_prefix}seq_mnist1d", DatasetSpec(
         f"{_prefix}seq_mnist1d", f"{_how}sequential MNIST-1D: one value per step, T steps, 10 classes",
-        SequentialMNIST1DSettings, _mnist1d_builder(_permuted), offline=True, kind="sequence", per_length=True))
+        SequentialMNIST1DSettings, _mnist1d_builder(_permuted), offline=True, kind="sequence", per_length=True,
+        shape=_mnist1d_shape))
     DATASETS.add(f"{_prefix}seq_mnist", DatasetSpec(
         f"{_prefix}seq_mnist", f"{_how}pixel-by-pixel MNIST: 784 steps, 10 classes (torchvision download)",
-        PermutationSettings, _pixel_builder(_permuted), offline=False, kind="sequence", length=784))
+        PermutationSettings, _pixel_builder(_permuted), offline=False, kind="sequence", length=784,
+        shape=_pixel_shape))

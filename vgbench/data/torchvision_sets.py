@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torchvision import datasets as tv
 
-from vgbench.data import DATASETS, DatasetSettings, DatasetSpec, RawSplits, offline_names
+from vgbench.data import DATASETS, DataShape, DatasetSettings, DatasetSpec, RawSplits, offline_names
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -68,11 +68,20 @@ def _builder(cls):
     return build
 
 
+def _fixed_shape(shape: DataShape):
+    def data_shape(settings: DatasetSettings, length: int | None = None) -> DataShape:
+        return shape
+
+    return data_shape
+
+
 BUILDERS = {}  # name -> build, also read by the pixel-sequence data sets
-for _name, _cls, _summary in [
-    ("mnist", tv.MNIST, "MNIST handwritten digits, 28x28 grey"),
-    ("fashion_mnist", tv.FashionMNIST, "Fashion-MNIST clothing, 28x28 grey"),
-    ("cifar10", tv.CIFAR10, "CIFAR-10 natural images, 32x32 colour"),
+SHAPES = {}  # name -> shape hook, likewise
+for _name, _cls, _summary, _shape in [
+    ("mnist", tv.MNIST, "MNIST handwritten digits, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10)),
+    ("fashion_mnist", tv.FashionMNIST, "Fashion-MNIST clothing, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10)),
+    ("cifar10", tv.CIFAR10, "CIFAR-10 natural images, 32x32 colour", DataShape((3, 32, 32), 50000, 10000, 10)),
 ]:
-    BUILDERS[_name] = _builder(_cls)
-    DATASETS.add(_name, DatasetSpec(_name, _summary, DatasetSettings, BUILDERS[_name], offline=False, kind="image"))
+    BUILDERS[_name], SHAPES[_name] = _builder(_cls), _fixed_shape(_shape)
+    DATASETS.add(_name, DatasetSpec(_name, _summary, DatasetSettings, BUILDERS[_name], offline=False, kind="image",
+                                    shape=SHAPES[_name]))

@@ -1,0 +1,251 @@
+"""``vgbench plan``: data shapes without data, step counts, timing, packing into SLURM array tasks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+from vgbench.config import load_params
+from vgbench.data import DATASETS, offline_names
+from vgbench.data.store import prepare
+from vgbench.matrix import expand
+from vgbench.plan import (CellEstimate, StepCost, cell_seconds, device_description, estimate, format_plan, measure,
+                          pack, plan_main, shape_key, training_steps)
+
+# Small settings (and a length, for per-length data sets) of every offline data set; awkward sizes on
+# purpose: 205 samples is not a multiple of MNIST-1D's 10 classes, and 30% of the train splits is not whole.
+SMALL_OFFLINE = {
+    "mnist1d": ({"num_samples": 205, "validation_fraction": 0.3}, None),
+    "seq_mnist1d": ({"num_samples": 205, "validation_fraction": 0.3}, 7),
+    "perm_seq_mnist1d": ({"num_samples": 205, "validation_fraction": 0.3, "permutation_seed": 3}, 7),
+    "adding": ({"train_size": 13, "test_size": 11, "validation_fraction": 0.3}, 5),
+    "copy_memory": ({"train_size": 13, "test_size": 11, "validation_fraction": 0.3}, 4),
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_cells(tiny_params):
+    return expand(tiny_params.active)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Time with one thread: two threads on two busy cores wait on each other and run many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------- data shapes
+
+def test_every_offline_data_set_is_checked_here():
+    assert sorted(SMALL_OFFLINE) == sorted(offline_names())
+
+
+def test_every_data_set_has_a_shape_hook():
+    assert [name for name, spec in DATASETS.items() if spec.shape is None] == []
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_OFFLINE))
+def test_shape_hook_agrees_with_what_prepare_stores(name, tmp_path):
+    raw_settings, length = SMALL_OFFLINE[name]
+    spec = DATASETS.get(name)
+    settings = spec.settings.model_validate(raw_settings)
+    manifest = prepare(name, settings, tmp_path, length)
+    shape = spec.shape(settings, length)
+    assert list(shape.input_shape) == manifest["input_shape"]
+    assert shape.split_sizes(settings.validation_fraction) == manifest["sizes"]
+    assert shape.num_classes == manifest["num_classes"]
+
+
+def test_mnist1d_shape_follows_the_packages_split():
+    spec = DATASETS.get("mnist1d")
+    shape = spec.shape(spec.settings.model_validate({"num_samples": 205}), None)
+    # 20 signals per class (200 in all), int(200 * 0.8) for train.
+    assert (shape.input_shape, shape.train_size, shape.test_size, shape.num_classes) == ((40,), 160, 40, 10)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mnist", ((1, 28, 28), 60000, 10000)),
+    ("fashion_mnist", ((1, 28, 28), 60000, 10000)),
+    ("cifar10", ((3, 32, 32), 50000, 10000)),
+    ("seq_mnist", ((784, 1), 60000, 10000)),
+    ("perm_seq_mnist", ((784, 1), 60000, 10000)),
+])
+def test_torchvision_shapes_need_no_download(name, expected):
+    spec = DATASETS.get(name)
+    shape = spec.shape(spec.settings(), None)
+    assert (shape.input_shape, shape.train_size, shape.test_size, shape.num_classes) == (*expected, 10)
+
+
+# ----------------------------------------------------------------------------------------- pack
+
+def _check_packing(ids, seconds, limit, tasks):
+    assert [cell_id for task in tasks for cell_id in task] == ids  # every id once, order kept
+    for task in tasks:
+        assert len(task) == 1 or sum(seconds[cell_id] for cell_id in task) <= limit
+
+
+def test_pack_closes_a_task_before_it_would_exceed_the_limit():
+    seconds = dict(zip("abcdefg", [3, 4, 5, 20, 2, 2, 9]))
+    ids = list(seconds)
+    tasks = pack(ids, seconds, 10)
+    assert tasks == [["a", "b"], ["c"], ["d"], ["e", "f"], ["g"]]
+    _check_packing(ids, seconds, 10, tasks)
+
+
+def test_pack_fills_a_task_exactly_to_the_limit():
+    assert pack(["a", "b", "c"], {"a": 5, "b": 5, "c": 1}, 10) == [["a", "b"], ["c"]]
+
+
+def test_pack_gives_a_cell_above_the_limit_its_own_task():
+    seconds = {"a": 1, "b": 50, "c": 1, "d": 60}
+    tasks = pack(list(seconds), seconds, 10)
+    assert tasks == [["a"], ["b"], ["c"], ["d"]]
+    _check_packing(list(seconds), seconds, 10, tasks)
+
+
+def test_pack_many_cells():
+    ids = [f"c{i}" for i in range(200)]
+    seconds = {cell_id: float((i * 37) % 23) for i, cell_id in enumerate(ids)}
+    tasks = pack(ids, seconds, 40)
+    _check_packing(ids, seconds, 40, tasks)
+    # Greedy: no task could have taken the first cell of the next one.
+    for task, following in zip(tasks, tasks[1:]):
+        assert sum(seconds[c] for c in task) + seconds[following[0]] > 40
+
+
+def test_pack_edge_cases():
+    assert pack([], {}, 10) == []
+    with pytest.raises(ValueError, match="limit_seconds"):
+        pack(["a"], {"a": 1}, 0)
+
+
+# ----------------------------------------------------------------------------------------- shape keys
+
+def test_shape_key_groups_seeds_and_rates_but_nothing_else():
+    cells = expand(load_params(REPO / "params.yaml", profile="default").active)
+
+    def model_shape(cell):
+        return cell.family, json.dumps(cell.recipe, sort_keys=True), cell.dataset, cell.depth
+
+    groups: dict[str, set] = {}
+    for cell in cells:
+        groups.setdefault(shape_key(cell), set()).add(model_shape(cell))
+    assert all(len(members) == 1 for members in groups.values())
+    assert len(groups) == len({model_shape(cell) for cell in cells}) == 62  # 2 seeds x 1-2 rates per shape
+    cell = cells[0]
+    assert shape_key(dataclasses.replace(cell, seed=7, learning_rate=0.5)) == shape_key(cell)
+    assert shape_key(dataclasses.replace(cell, depth=cell.depth + 1)) != shape_key(cell)
+    assert shape_key(dataclasses.replace(cell, training={**cell.training, "batch_size": 7})) != shape_key(cell)
+
+
+# ----------------------------------------------------------------------------------------- measuring
+
+def test_measure_times_one_cell_of_every_family(tiny_cells, monkeypatch):
+    torch.set_num_threads(2)  # the cells pin 1 below; the fixture restores torch's own count
+    rng_before = torch.get_rng_state()
+    asked = []
+    set_threads = torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (asked.append(n), set_threads(n)))
+    first_of_family = {}
+    for cell in tiny_cells:
+        first_of_family.setdefault(cell.family, cell)
+    assert sorted(first_of_family) == sorted(["mlp", "rnn", "dbn", "resnet", "highway"])
+    for family, cell in first_of_family.items():
+        pinned = dataclasses.replace(cell, trainer={**cell.trainer, "threads": 1})
+        cost = measure(pinned, steps=1)
+        for seconds in (cost.train_step_seconds, cost.eval_batch_seconds):
+            assert math.isfinite(seconds) and seconds > 0, (family, cost)
+        assert math.isfinite(cost.probe_extra_seconds) and cost.probe_extra_seconds >= 0
+    assert asked[:2] == [1, 2]  # the cell's threads while measuring, then torch's own again
+    assert torch.get_num_threads() == 2
+    assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+def test_estimate_counts_steps_from_the_data_shape(tiny_cells):
+    estimates = estimate(tiny_cells, steps=1)
+    assert sorted(estimates) == sorted(cell.cell_id for cell in tiny_cells)
+    for cell in tiny_cells:
+        spec = DATASETS.get(cell.dataset)
+        settings = spec.settings.model_validate(cell.dataset_settings)
+        shape = spec.shape(settings, spec.length_for(cell.depth))
+        train = shape.train_size - round(shape.train_size * settings.validation_fraction)
+        expected = cell.training["max_epochs"] * math.ceil(train / cell.training["batch_size"])
+        assert estimates[cell.cell_id].steps == expected, cell.cell_id
+        assert estimates[cell.cell_id].seconds > 0
+        assert estimates[cell.cell_id].shape == shape_key(cell)
+    # MNIST-1D as the tiny profile stores it: 5000 -> 4000 train, 800 of them validation; 32 batches of 100.
+    mlp = next(cell for cell in tiny_cells if cell.family == "mlp")
+    assert estimates[mlp.cell_id].steps == 2 * 32
+    pretraining = {cell.remedy: estimates[cell.cell_id].pretraining_seconds for cell in tiny_cells
+                   if cell.family == "dbn"}
+    assert pretraining["pretrain"] > 0 and pretraining["baseline"] == 0
+
+
+def test_cell_seconds_adds_up_epochs_evaluation_and_probes(tiny_cells):
+    mlp = next(cell for cell in tiny_cells if cell.family == "mlp")
+    # 2 epochs x (32 train batches x 1 s + 8 validation batches x 0.5 s) + 10 test batches x 0.5 s
+    # + 16 probed steps (one every 4 of 64) x 0.25 s + the init probe (1 + 0.25 s).
+    assert cell_seconds(mlp, StepCost(1.0, 0.5, 0.25)) == pytest.approx(2 * (32 + 4) + 5 + 4 + 1.25)
+
+
+def test_paper_cells_are_estimated_without_their_data(tmp_path, monkeypatch):
+    cells = expand(load_params(REPO / "params.yaml", profile="paper").active)
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    mnist_mlp = next(c for c in cells if (c.family, c.dataset, c.depth) == ("mlp", "mnist", 2))
+    cifar_resnet = next(c for c in cells if (c.family, c.dataset, c.depth) == ("resnet", "cifar10", 20))
+    estimates = estimate([mnist_mlp, cifar_resnet], steps=1)
+    # MNIST: 60000 - 12000 validation = 48000 / 128 -> 375 batches x 30 epochs.
+    assert estimates[mnist_mlp.cell_id].steps == 375 * 30
+    # CIFAR-10: 50000 - 5000 validation = 45000 / 128 -> 352 batches x 164 epochs (He et al.: ~64k iterations).
+    assert estimates[cifar_resnet.cell_id].steps == 352 * 164
+    assert all(e.seconds > 0 and math.isfinite(e.seconds) for e in estimates.values())
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------- the report
+
+def _table_rows(text: str) -> list[list[str]]:
+    rows = [line.strip("|").split("|") for line in text.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header
+
+
+def test_format_plan_totals_add_up(tiny_cells):
+    estimates = {cell.cell_id: CellEstimate(shape_key(cell), training_steps(cell), 500.0 + 20.0 * index)
+                 for index, cell in enumerate(tiny_cells)}
+    text = format_plan("tiny", tiny_cells, estimates, "cpu: Test CPU, 2 torch threads", task_minutes=25)
+    *groups, total = _table_rows(text)
+    assert [row[:2] for row in groups] == [["mlp", "mnist1d"], ["rnn", "adding"], ["rnn", "copy_memory"],
+                                           ["dbn", "mnist1d"], ["resnet", "mnist1d"], ["highway", "mnist1d"]]
+    assert total[0] == "**total**"
+    assert int(total[2]) == sum(int(row[2]) for row in groups) == len(tiny_cells)
+    assert int(total[3]) == sum(int(row[3]) for row in groups) == len(tiny_cells)  # one shape per cell here
+    steps = sum(e.steps for e in estimates.values())
+    assert int(total[4].replace(",", "")) == sum(int(row[4].replace(",", "")) for row in groups) == steps
+    hours = sum(e.seconds for e in estimates.values()) / 3600
+    assert float(total[5]) == pytest.approx(hours, abs=5e-4)
+    assert sum(float(row[5]) for row in groups) == pytest.approx(hours, abs=5e-4 * len(groups))
+    assert "cpu: Test CPU, 2 torch threads" in text
+    tasks = pack([c.cell_id for c in tiny_cells], {k: e.seconds for k, e in estimates.items()}, 25 * 60)
+    assert len(tasks) == 7  # 8.3-12.3 min cells: two to a 25-minute task
+    assert f"SLURM: {len(tasks)} array tasks of at most 25 min" in text
+    assert "SLURM" not in format_plan("tiny", tiny_cells, estimates, "cpu", task_minutes=None)
+
+
+def test_device_description_names_the_cpu_and_threads():
+    assert re.fullmatch(r"cpu: .+, 3 torch threads", device_description("cpu", threads=3))
+
+
+def test_plan_main_reports_the_profile(tiny_params):
+    text = plan_main(tiny_params, steps=1, task_minutes=30)
+    assert text.startswith("# vgbench plan: profile `tiny`, 13 cells")
+    assert "SLURM: 1 array task of at most 30 min" in text
+    assert "Measured on cpu: " in text

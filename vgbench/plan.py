@@ -1,0 +1,452 @@
+"""How big is a profile, and how long will it take? ``vgbench plan`` answers before anything trains.
+
+A profile's matrix easily runs to thousands of cells, and the paper profile's
+data sets (MNIST, CIFAR-10) may not even be on the machine that plans it. So
+nothing here reads stored data: each data set's ``shape`` hook says its sample
+shape and split sizes from the settings alone, and the cost of a cell is
+measured on random inputs of that shape.
+
+Cells that differ only in seed and learning rate build the same network on the
+same data, so their steps cost the same (``shape_key``). Each such model shape
+is timed once (``measure``: a warm-up step, then a few timed training steps,
+evaluation batches and probed steps), and every cell's time is its step
+count times those costs (``cell_seconds``). The same per-cell estimate packs
+cells into SLURM array tasks of bounded length (``pack``).
+
+Read the estimate as a lower bound; it leaves out Lightning's own per-step cost (bench/README.md measured vgbench at
+1.1-1.25x a raw PyTorch loop), the per-cell start-up (building the Trainer,
+loading the data, W&B), the trainer's precision and determinism settings (steps
+are timed in float32 with torch's defaults), and a loaded machine's noise. A
+multi-device (DDP) cell is timed as one process: each rank takes a batch of
+``batch_size``, so its device-hours are those of one device running every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from vgbench.data import DATASETS, DataShape
+from vgbench.matrix import CellSpec, expand
+from vgbench.models import FAMILIES, ModelIO
+from vgbench.models.recipe import Recipe
+from vgbench.pretraining.for_cell import PretrainingSettings
+from vgbench.pretraining.rbm import RBM
+from vgbench.probes.taps import ProbedModel
+from vgbench.tasks import TASKS, Task
+from vgbench.training.augment import AUGMENTATIONS
+
+# Everything of a cell's config that changes what one step costs; seed and learning rate do not.
+_COST_FREE_FIELDS = ("seed", "learning_rate", "remedy")  # the remedy's recipe is kept; its name changes nothing
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Measured seconds of one model shape on one device."""
+
+    train_step_seconds: float  # forward, task loss, backward, clipping, optimizer step, on one batch
+    eval_batch_seconds: float  # forward and the task's evaluation sums on one batch, no gradients
+    probe_extra_seconds: float = 0.0  # what a probed training step costs beyond a plain one
+
+
+@dataclass(frozen=True)
+class CellEstimate:
+    shape: str  # the cell's ``shape_key``
+    steps: int  # optimizer steps: max_epochs * ceil(train split / batch_size)
+    seconds: float  # training, validation, test, probes and (if any) the RBM pretraining it pays for
+    pretraining_seconds: float = 0.0  # included in ``seconds``
+
+
+# -- what a cell reads and builds --------------------------------------------------------------------
+
+def data_shape(cell: CellSpec) -> DataShape:
+    """The cell's data shape from its data set's ``shape`` hook: no data on disk needed."""
+    spec = DATASETS.get(cell.dataset)
+    if spec.shape is None:
+        raise ValueError(f"data set {cell.dataset!r} has no shape hook, so its cells cannot be planned")
+    settings = spec.settings.model_validate(cell.dataset_settings)
+    return spec.shape(settings, spec.length_for(cell.depth))
+
+
+def split_sizes(cell: CellSpec) -> dict[str, int]:
+    """Stored train/validation/test sizes of the cell's data (validation carved from train)."""
+    return data_shape(cell).split_sizes(cell.dataset_settings["validation_fraction"])
+
+
+def batches(size: int, batch_size: int) -> int:
+    """Batches one pass over ``size`` samples takes (the last one may be short, as in ``training.batches``)."""
+    return math.ceil(size / batch_size)
+
+
+def shape_key(cell: CellSpec) -> str:
+    """A readable key shared by exactly the cells whose steps cost the same.
+
+    Two cells share it when they differ only in seed and learning rate: same
+    family, recipe, model hyperparameters, data set and settings, depth, and
+    training, trainer, probe and pretraining settings.
+    """
+    config = {key: value for key, value in cell.as_dict().items() if key not in _COST_FREE_FIELDS}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cell.family}-{cell.dataset}-d{cell.depth}-{digest}"
+
+
+def _task(cell: CellSpec) -> Task:
+    return TASKS.get(DATASETS.get(cell.dataset).task)
+
+
+def build_model(cell: CellSpec, shape: DataShape) -> ProbedModel:
+    """The cell's network, built as ``run_cell.build`` builds it (without RBM pretraining)."""
+    task = _task(cell)
+    family = FAMILIES.get(cell.family)
+    io = ModelIO(shape.input_shape, task.num_outputs(shape.num_classes), task.per_step)
+    return family.build(io, cell.depth, Recipe(**cell.recipe), family.hparams.model_validate(cell.model))
+
+
+def random_batch(shape: DataShape, task: Task, batch_size: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard-normal inputs and targets of the task's kind: a class id per sample (classification),
+    a real number per sample (regression), a symbol per time step (copy memory)."""
+    x = torch.randn(batch_size, *shape.input_shape, device=device)
+    if task.scalar_output:
+        y = torch.randn(batch_size, device=device)
+    else:
+        target_shape = (batch_size, shape.input_shape[0]) if task.per_step else (batch_size,)
+        y = torch.randint(0, shape.num_classes, target_shape, device=device)
+    return x, y
+
+
+def make_optimizer(cell: CellSpec, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The cell's optimizer, from ``TaskModule.configure_optimizers`` itself (SGD with momentum or Adam)."""
+    from vgbench.training.module import TaskModule  # imports Lightning: only when measuring
+
+    training = cell.training
+    module = TaskModule(model, _task(cell), cell.learning_rate, training["optimizer"], training["momentum"],
+                        training["weight_decay"], augment=training["augment"])
+    configured = module.configure_optimizers()
+    return configured["optimizer"] if isinstance(configured, dict) else configured
+
+
+# -- timing ----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads (None: leave torch's setting), restoring it afterwards."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fastest_call(action: Callable[[], object], calls: int, device: torch.device) -> float:
+    """Wall-clock seconds of the fastest of ``calls`` calls of ``action``, each with the device's queue
+    drained before and after. The fastest, not the mean: on a shared machine noise only ever adds time."""
+    fastest = math.inf
+    for _ in range(calls):
+        _synchronize(device)
+        start = time.perf_counter()
+        action()
+        _synchronize(device)
+        fastest = min(fastest, time.perf_counter() - start)
+    return fastest
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+def measure(cell: CellSpec, device: str = "cpu", steps: int = 3) -> StepCost:
+    """Time one training step, one evaluation batch and one probe's extra cost of the cell's model shape.
+
+    The model is built as ``run_cell.build`` builds it, but never pretrained;
+    inputs are random, of the data set's shape, in batches of
+    ``training.batch_size``; the optimizer is the cell's own. After one
+    warm-up step, ``steps`` training steps (augmentation, forward, task loss,
+    backward, the recipe's gradient clipping, optimizer step) and ``steps``
+    evaluation batches are timed, then two training steps with the probe taps
+    armed; each cost is the fastest of its calls. Runs with ``cell.trainer["threads"]`` torch threads when set and
+    leaves torch's thread count and global random state as they were.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    where = torch.device(device)
+    with torch_threads(cell.trainer.get("threads")), torch.random.fork_rng(devices=_rng_devices(where)):
+        torch.manual_seed(cell.seed)
+        return _measure(cell, where, steps)
+
+
+def _measure(cell: CellSpec, device: torch.device, steps: int) -> StepCost:
+    shape, task = data_shape(cell), _task(cell)
+    model = build_model(cell, shape).to(device)
+    optimizer = make_optimizer(cell, model)
+    x, y = random_batch(shape, task, cell.training["batch_size"], device)
+    augment = AUGMENTATIONS[cell.training["augment"]]
+    recipe = Recipe(**cell.recipe)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = task.loss(model(augment(x) if augment is not None else x), y)
+        loss.backward()
+        if recipe.grad_clip == "norm":
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip_value)
+        elif recipe.grad_clip == "value":
+            torch.nn.utils.clip_grad_value_(model.parameters(), recipe.grad_clip_value)
+        optimizer.step()
+
+    def probed_step() -> None:
+        model.taps.arm()
+        try:
+            train_step()
+        finally:
+            model.taps.disarm()
+
+    def eval_batch() -> None:
+        with torch.inference_mode():
+            task.sums(model(x), y)
+
+    train_step()  # warm-up: allocations, kernel selection, optimizer state
+    train_seconds = _fastest_call(train_step, steps, device)
+    model.eval()
+    try:
+        eval_batch()
+        eval_seconds = _fastest_call(eval_batch, steps, device)
+    finally:
+        model.train()
+    probed_seconds = _fastest_call(probed_step, 2, device)
+    return StepCost(train_seconds, eval_seconds, max(probed_seconds - train_seconds, 0.0))
+
+
+# -- RBM pretraining (dbn cells whose recipe pretrains) ------------------------------------------------
+
+def _rbm_layer_seconds(num_visible: int, num_hidden: int, gaussian_visible: bool,
+                       settings: PretrainingSettings, device: torch.device, calls: int) -> tuple[float, float]:
+    """Seconds of one CD update and of one batch's monitoring (reconstruction error and free energy)."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    rbm = RBM(num_visible, num_hidden, gaussian_visible=gaussian_visible, generator=generator)
+    batch = torch.rand(settings.batch_size, num_visible, generator=generator, device=device)
+
+    def update() -> None:
+        rbm.contrastive_divergence_update(batch, learning_rate=settings.learning_rate, k=settings.k,
+                                          momentum=settings.momentum, weight_decay=settings.weight_decay,
+                                          persistent=settings.persistent)
+
+    def monitor() -> None:
+        rbm.reconstruction_error(batch)
+        rbm.free_energy(batch)
+
+    update()
+    monitor()
+    return _fastest_call(update, calls, device), _fastest_call(monitor, calls, device)
+
+
+def pretraining_seconds(cell: CellSpec, device: str = "cpu", calls: int = 3) -> float:
+    """A rough cost of greedily pretraining the cell's RBM stack (0 for cells that do not pretrain).
+
+    Per layer, ``pretrain_stack`` makes ``epochs * ceil(train / batch)`` CD
+    updates and, before the first epoch and after each, monitors the
+    reconstruction error of train and validation and the free energy of two
+    validation-sized subsets. Each layer's update and monitoring are timed on a
+    random batch of ``pretraining.batch_size`` and scaled by those counts (the
+    monitoring as if every sample were read twice); the pass that feeds each
+    layer's probabilities to the next is left out. Assumes an empty stack cache.
+    """
+    if cell.pretrain is None or cell.recipe.get("pretrain", "none") == "none":
+        return 0.0
+    settings = PretrainingSettings.model_validate(cell.pretrain)
+    shape, sizes = data_shape(cell), split_sizes(cell)
+    where = torch.device(device)
+    updates_per_epoch = batches(sizes["train"], settings.batch_size)
+    monitored_batches = (sizes["train"] + sizes["validation"]) / settings.batch_size
+    with torch_threads(cell.trainer.get("threads")):
+        widths = [layer.linear.out_features for layer in build_model(cell, shape).hidden]
+        total, visible = 0.0, math.prod(shape.input_shape)
+        for index, hidden in enumerate(widths):
+            gaussian = settings.visible_units == "gaussian" and index == 0
+            update, monitor = _rbm_layer_seconds(visible, hidden, gaussian, settings, where, calls)
+            total += settings.epochs * updates_per_epoch * update + (settings.epochs + 1) * monitored_batches * monitor
+            visible = hidden
+    return total
+
+
+def _stack_key(cell: CellSpec) -> tuple[str, int]:
+    """Cells of one shape and seed share one pretrained stack (it does not depend on the learning rate)."""
+    return shape_key(cell), cell.seed
+
+
+# -- estimating ------------------------------------------------------------------------------------
+
+def training_steps(cell: CellSpec) -> int:
+    """Optimizer steps of the cell: ``max_epochs * ceil(stored train split / batch_size)``."""
+    return cell.training["max_epochs"] * batches(split_sizes(cell)["train"], cell.training["batch_size"])
+
+
+def cell_seconds(cell: CellSpec, cost: StepCost) -> float:
+    """Seconds to train, validate (every epoch), test and probe the cell at the measured step costs.
+
+    epochs * (train batches * step + validation batches * eval) + test batches * eval,
+    plus the probes: one probed step every ``probes.interval_steps`` (each costing
+    ``probe_extra_seconds`` over a plain one) and the probe at initialization
+    (about one probed step).
+    """
+    sizes, batch_size = split_sizes(cell), cell.training["batch_size"]
+    epochs = cell.training["max_epochs"]
+    epoch = (batches(sizes["train"], batch_size) * cost.train_step_seconds
+             + batches(sizes["validation"], batch_size) * cost.eval_batch_seconds)
+    test = batches(sizes["test"], batch_size) * cost.eval_batch_seconds
+    probed_steps = math.ceil(training_steps(cell) / cell.probes["interval_steps"])
+    init_probe = cost.train_step_seconds + cost.probe_extra_seconds
+    return epochs * epoch + test + probed_steps * cost.probe_extra_seconds + init_probe
+
+
+def estimate(cells: list[CellSpec], device: str = "cpu", steps: int = 3,
+             on_measured: Callable[[str, StepCost], None] | None = None) -> dict[str, CellEstimate]:
+    """Every cell's ``CellEstimate``, keyed by cell id, measuring each model shape once on ``device``.
+
+    A pretraining cell pays for its RBM stack only when it is the first cell of
+    its shape and seed (the others find the stack in the cache).
+    ``on_measured(shape key, cost)`` is called after each measurement.
+    """
+    costs: dict[str, StepCost] = {}
+    stack_costs: dict[str, float] = {}
+    stacks_paid: set[tuple[str, int]] = set()
+    estimates = {}
+    for cell in cells:
+        key = shape_key(cell)
+        if key not in costs:
+            costs[key] = measure(cell, device, steps)
+            if on_measured is not None:
+                on_measured(key, costs[key])
+        pretraining = 0.0
+        if cell.pretrain is not None and _stack_key(cell) not in stacks_paid:
+            if key not in stack_costs:
+                stack_costs[key] = pretraining_seconds(cell, device)
+            pretraining = stack_costs[key]
+            stacks_paid.add(_stack_key(cell))
+        estimates[cell.cell_id] = CellEstimate(key, training_steps(cell), cell_seconds(cell, costs[key]) + pretraining,
+                                               pretraining)
+    return estimates
+
+
+# -- packing into SLURM array tasks -----------------------------------------------------------------
+
+def pack(cell_ids_in_order: list[str], seconds_by_id: dict[str, float], limit_seconds: float) -> list[list[str]]:
+    """Group cells into array tasks of at most ``limit_seconds`` estimated time each.
+
+    Greedy in the given (matrix) order: a task is closed when adding the next
+    cell would take it over the limit. A cell estimated above the limit on its
+    own gets a task of its own. Every id lands in exactly one task and the
+    order is kept, within and across tasks.
+    """
+    if not limit_seconds > 0:
+        raise ValueError(f"limit_seconds must be > 0, got {limit_seconds}")
+    tasks: list[list[str]] = []
+    current: list[str] = []
+    used = 0.0
+    for cell_id in cell_ids_in_order:
+        seconds = seconds_by_id[cell_id]
+        if current and used + seconds > limit_seconds:
+            tasks.append(current)
+            current, used = [], 0.0
+        current.append(cell_id)
+        used += seconds
+    if current:
+        tasks.append(current)
+    return tasks
+
+
+# -- reporting -------------------------------------------------------------------------------------
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def device_description(device: str, threads: int | None = None) -> str:
+    """What was measured: "cpu: <CPU model>, N torch threads", or "cuda:0: <GPU name>".
+
+    ``threads`` is the thread count the cells pin (``trainer.threads``);
+    None reports torch's current setting.
+    """
+    where = torch.device(device)
+    if where.type == "cuda":
+        index = where.index if where.index is not None else torch.cuda.current_device()
+        return f"cuda:{index}: {torch.cuda.get_device_name(index)}"
+    if where.type == "cpu":
+        count = threads or torch.get_num_threads()
+        return f"cpu: {_cpu_model()}, {count} torch thread{'s' if count != 1 else ''}"
+    return str(where)
+
+
+def _hours(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours:,.1f}" if hours >= 100 else f"{hours:.3f}"
+
+
+def format_plan(profile_name: str, cells: list[CellSpec], estimates: dict[str, CellEstimate], device_text: str,
+                task_minutes: float | None) -> str:
+    """A Markdown report: one row per (family, data set) with its cells, model shapes, optimizer steps
+    and estimated device-hours, in matrix order; a total row; the device measured; and, given
+    ``task_minutes``, how many SLURM array tasks ``pack`` makes of the cells."""
+    groups: dict[tuple[str, str], list[CellSpec]] = {}
+    for cell in cells:
+        groups.setdefault((cell.family, cell.dataset), []).append(cell)
+    lines = [f"# vgbench plan: profile `{profile_name}`, {len(cells)} cells", "",
+             "| family | data set | cells | shapes | steps | device-hours |",
+             "|---|---|---:|---:|---:|---:|"]
+
+    def row(family: str, dataset: str, members: list[CellSpec]) -> str:
+        chosen = [estimates[cell.cell_id] for cell in members]
+        return (f"| {family} | {dataset} | {len(members)} | {len({e.shape for e in chosen})} | "
+                f"{sum(e.steps for e in chosen):,} | {_hours(sum(e.seconds for e in chosen))} |")
+
+    lines += [row(family, dataset, members) for (family, dataset), members in groups.items()]
+    lines.append(row("**total**", "", cells))
+    pretraining = sum(estimates[cell.cell_id].pretraining_seconds for cell in cells)
+    lines += ["", f"Measured on {device_text}: a few timed steps per model shape on random inputs of each data "
+                  f"set's shape; raw PyTorch step times (Lightning adds about 10-25%, bench/README.md), without "
+                  f"per-cell start-up."]
+    if pretraining:
+        lines.append(f"RBM pretraining, included above: {_hours(pretraining)} device-hours (rough; an empty cache).")
+    if task_minutes is not None:
+        limit = task_minutes * 60
+        seconds = {cell.cell_id: estimates[cell.cell_id].seconds for cell in cells}
+        tasks = pack([cell.cell_id for cell in cells], seconds, limit)
+        alone = sum(1 for value in seconds.values() if value > limit)
+        longest = max(seconds.values(), default=0.0) / 60
+        lines.append(f"SLURM: {len(tasks)} array task{'s' if len(tasks) != 1 else ''} of at most "
+                     f"{task_minutes:g} min ({alone} cell{'s' if alone != 1 else ''} estimated above "
+                     f"that run alone; the longest cell: {longest:.1f} min).")
+    return "\n".join(lines) + "\n"
+
+
+def plan_main(params, device: str = "cpu", steps: int = 3, task_minutes: float | None = None) -> str:
+    """The ``vgbench plan`` report of ``params``' active profile (``task_minutes`` None: the profile's
+    ``launcher.slurm.task_minutes``)."""
+    profile = params.active
+    cells = expand(profile)
+    estimates = estimate(cells, device, steps)
+    if task_minutes is None:
+        task_minutes = profile.launcher.slurm.task_minutes
+    return format_plan(params.profile, cells, estimates, device_description(device, profile.trainer.threads),
+                       task_minutes)
