@@ -249,3 +249,23 @@ def test_plan_main_reports_the_profile(tiny_params):
     assert text.startswith("# vgbench plan: profile `tiny`, 13 cells")
     assert "SLURM: 1 array task of at most 30 min" in text
     assert "Measured on cpu: " in text
+
+
+def test_step_costs_are_kept_and_reused(tiny_params, tmp_path, monkeypatch):
+    """`vgbench plan` keeps what it timed; a second plan (or the slurm launcher) times nothing again."""
+    import vgbench.plan as plan_module
+
+    first = plan_main(tiny_params, steps=1, task_minutes=30, results_root=tmp_path)
+    stored = plan_module.load_costs(plan_module.costs_path(tmp_path), "cpu")
+    assert len(stored) == len({shape_key(c) for c in expand(tiny_params.active)})
+    assert "reused" not in first
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a kept shape was timed again")
+
+    monkeypatch.setattr(plan_module, "measure", refuse)
+    second = plan_main(tiny_params, steps=1, task_minutes=30, results_root=tmp_path)
+    assert f"Step costs of {len(stored)} model shapes were reused" in second
+    # Same costs, same table (pretraining is timed afresh, so compare the non-pretraining rows).
+    rows = [[line for line in text.splitlines() if line.startswith("| mlp")] for text in (first, second)]
+    assert rows[0] == rows[1] and rows[0]

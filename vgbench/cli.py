@@ -171,7 +171,7 @@ def _status(params: Params, args) -> int:
 def _plan(params: Params, args) -> int:
     from vgbench.plan import plan_main
 
-    print(plan_main(params, args.device, args.steps, params.active.launcher.slurm.task_minutes))
+    print(plan_main(params, args.device, args.steps, params.active.launcher.slurm.task_minutes, args.results_root))
     return 0
 
 

@@ -315,14 +315,15 @@ def cell_seconds(cell: CellSpec, cost: StepCost) -> float:
 
 
 def estimate(cells: list[CellSpec], device: str = "cpu", steps: int = 3,
-             on_measured: Callable[[str, StepCost], None] | None = None) -> dict[str, CellEstimate]:
+             known: dict[str, StepCost] | None = None) -> dict[str, CellEstimate]:
     """Every cell's ``CellEstimate``, keyed by cell id, measuring each model shape once on ``device``.
 
+    ``known`` holds step costs measured before (``load_costs``): those shapes are
+    not timed again, and the ones timed now are added to it (for ``save_costs``).
     A pretraining cell pays for its RBM stack only when it is the first cell of
     its shape and seed (the others find the stack in the cache).
-    ``on_measured(shape key, cost)`` is called after each measurement.
     """
-    costs: dict[str, StepCost] = {}
+    costs = known if known is not None else {}
     stack_costs: dict[str, float] = {}
     stacks_paid: set[tuple[str, int]] = set()
     estimates = {}
@@ -330,8 +331,6 @@ def estimate(cells: list[CellSpec], device: str = "cpu", steps: int = 3,
         key = shape_key(cell)
         if key not in costs:
             costs[key] = measure(cell, device, steps)
-            if on_measured is not None:
-                on_measured(key, costs[key])
         pretraining = 0.0
         if cell.pretrain is not None and _stack_key(cell) not in stacks_paid:
             if key not in stack_costs:
@@ -341,6 +340,33 @@ def estimate(cells: list[CellSpec], device: str = "cpu", steps: int = 3,
         estimates[cell.cell_id] = CellEstimate(key, training_steps(cell), cell_seconds(cell, costs[key]) + pretraining,
                                                pretraining)
     return estimates
+
+
+# -- step costs kept between runs: `vgbench plan` measures, the slurm launcher packs with them ------------
+
+def costs_path(results_root: Path) -> Path:
+    return results_root / "launch" / "step_costs.json"
+
+
+def load_costs(path: Path, device: str) -> dict[str, StepCost]:
+    """Step costs measured earlier on ``device`` ("cpu", "cuda", ...), by shape key; empty if none."""
+    try:
+        stored = json.loads(path.read_text()).get(device, {})
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {key: StepCost(*values) for key, values in stored.items()}
+
+
+def save_costs(path: Path, device: str, costs: dict[str, StepCost]) -> None:
+    from vgbench import atomic
+
+    try:
+        stored = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        stored = {}
+    stored[device] = {key: [cost.train_step_seconds, cost.eval_batch_seconds, cost.probe_extra_seconds]
+                      for key, cost in costs.items()}
+    atomic.write_json(path, stored)
 
 
 # -- packing into SLURM array tasks -----------------------------------------------------------------
@@ -440,13 +466,21 @@ def format_plan(profile_name: str, cells: list[CellSpec], estimates: dict[str, C
     return "\n".join(lines) + "\n"
 
 
-def plan_main(params, device: str = "cpu", steps: int = 3, task_minutes: float | None = None) -> str:
+def plan_main(params, device: str = "cpu", steps: int = 3, task_minutes: float | None = None,
+              results_root: Path | None = None) -> str:
     """The ``vgbench plan`` report of ``params``' active profile (``task_minutes`` None: the profile's
-    ``launcher.slurm.task_minutes``)."""
+    ``launcher.slurm.task_minutes``). With ``results_root``, step costs measured before on this device
+    are reused and the new ones kept (``results/launch/step_costs.json``)."""
     profile = params.active
     cells = expand(profile)
-    estimates = estimate(cells, device, steps)
+    known = load_costs(costs_path(results_root), device) if results_root else {}
+    reused = len(known)
+    estimates = estimate(cells, device, steps, known)
+    if results_root:
+        save_costs(costs_path(results_root), device, known)
     if task_minutes is None:
         task_minutes = profile.launcher.slurm.task_minutes
-    return format_plan(params.profile, cells, estimates, device_description(device, profile.trainer.threads),
-                       task_minutes)
+    report = format_plan(params.profile, cells, estimates, device_description(device, profile.trainer.threads),
+                         task_minutes)
+    return report + (f"Step costs of {reused} model shapes were reused from {costs_path(results_root)}.\n"
+                     if reused else "")

@@ -37,7 +37,7 @@ import time
 
 import submitit
 
-from vgbench import atomic, results
+from vgbench import atomic, plan, results
 from vgbench.launch import LAUNCHERS
 from vgbench.launch.request import LaunchRequest, WorkUnit
 from vgbench.launch.worker import run_unit
@@ -90,6 +90,31 @@ def executor_for(request: LaunchRequest) -> submitit.SlurmExecutor:
     return executor
 
 
+def estimate_costs(request: LaunchRequest) -> dict:
+    """Per-cell cost estimates for packing, from the step costs ``vgbench plan`` kept (timing what is missing).
+
+    A GPU profile is packed with costs measured on CUDA (``vgbench plan --device cuda`` on a GPU node);
+    where none were measured and this node has no GPU, CPU timings stand in, which overestimates every
+    cell alike: fewer cells per task, never a task over its limit.
+    """
+    import torch
+
+    gpu = request.params.active.trainer.accelerator in ("gpu", "cuda")
+    path = plan.costs_path(request.results_root)
+    device = "cuda" if gpu else "cpu"
+    known = plan.load_costs(path, device)
+    missing = {plan.shape_key(cell) for cell in request.cells} - set(known)
+    if missing and gpu and not torch.cuda.is_available():
+        device, known = "cpu", plan.load_costs(path, "cpu")  # one device's timings throughout
+        missing = {plan.shape_key(cell) for cell in request.cells} - set(known)
+    if missing:
+        print(f"slurm: timing {len(missing)} model shapes on {device} to pack the cells into tasks "
+              f"(`vgbench plan` keeps such timings in {path})", flush=True)
+    estimates = plan.estimate(request.cells, device, known=known)
+    plan.save_costs(path, device, known)
+    return estimates
+
+
 def plan_units(request: LaunchRequest) -> list[WorkUnit]:
     """Array tasks: one cell each for DDP profiles, else cells packed by estimated cost."""
     ids = [cell.cell_id for cell in request.cells]
@@ -97,10 +122,7 @@ def plan_units(request: LaunchRequest) -> list[WorkUnit]:
     if nodes * tasks_per_node > 1:
         groups = [[cell_id] for cell_id in ids]
     else:
-        from vgbench import plan
-
-        estimates = plan.estimate(request.cells)
-        groups = plan.pack(ids, {k: v.seconds for k, v in estimates.items()},
+        groups = plan.pack(ids, {k: v.seconds for k, v in estimate_costs(request).items()},
                            request.settings.slurm.task_minutes * 60)
     return [request.unit(group) for group in groups]
 
