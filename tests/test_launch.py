@@ -251,3 +251,35 @@ def test_a_killed_cell_resumes_from_its_checkpoint_with_identical_metrics(tiny_d
     restarted = read_run(runs[-1])
     assert restarted.run.run_id == cell_run_id(cell.cell_id) == result["wandb"]["run_id"]
     assert restarted.summary["test_metric"] == pytest.approx(result["test_metric"])
+
+
+# -- stopping -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum, launcher", [(signal.SIGTERM, {"threads": 1}),
+                                              (signal.SIGINT, {"name": "local", "jobs": 2, "threads": 1})])
+def test_a_stopped_train_exits_non_zero_and_says_how_far_it_got(signum, launcher, tiny_data_root, tmp_path):
+    """SIGTERM (what SLURM, Kubernetes and `timeout` send) or SIGINT mid-matrix: a non-zero status and one line,
+    never the 0 that would let DVC lock a partial stage."""
+    params = write_params(tmp_path, launcher)
+    root = tmp_path / "results"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vgbench", "train", "--only", "mlp-", "--params", str(params), "--data-root",
+         str(tiny_data_root), "--results-root", str(root)],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    _wait_for(root / "cells", process, 120)
+    deadline = time.time() + 120
+    while not list((root / "cells").glob("*/metrics.json")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.send_signal(signum)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signum, out + err
+    done = len(list((root / "cells").glob("*/metrics.json")))
+    assert 1 <= done < 6, "stopped too late"
+    name = signal.Signals(signum).name
+    assert f"vgbench train: stopped by {name}: {done} of 6 cells done; run the same command again" in err
+    assert "Traceback" not in err
+    assert not list((root / "claims").glob("*.json"))  # claims released on the way out
+    again = vgbench(params, tiny_data_root, root, "train", "--only", "mlp-")
+    assert again.returncode == 0 and f"{done} done" in again.stdout and f"{6 - done} to train" in again.stdout

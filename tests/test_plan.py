@@ -269,3 +269,14 @@ def test_step_costs_are_kept_and_reused(tiny_params, tmp_path, monkeypatch):
     # Same costs, same table (pretraining is timed afresh, so compare the non-pretraining rows).
     rows = [[line for line in text.splitlines() if line.startswith("| mlp")] for text in (first, second)]
     assert rows[0] == rows[1] and rows[0]
+
+
+def test_vgbench_plan_command(tmp_path, capsys):
+    from vgbench.cli import main
+
+    assert main(["plan", "--params", str(REPO / "params.yaml"), "--profile", "tiny", "--steps", "1",
+                 "--results-root", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "# vgbench plan: profile `tiny`, 13 cells" in out and "Measured on cpu:" in out
+    assert "SLURM: 1 array task of at most 30 min" in out
+    assert (tmp_path / "launch" / "step_costs.json").exists()

@@ -18,7 +18,7 @@ import pytest
 from submitit.slurm.slurm import SlurmJob
 
 from tests.test_launch import comparable, metrics_of, vgbench, write_params
-from vgbench import results
+from vgbench import claims, results
 from vgbench.launch.slurm import cluster_max_array_size
 
 pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None,
@@ -142,3 +142,44 @@ def test_a_timed_out_task_is_requeued_and_resumes(tiny_data_root, tmp_path):
     assert result.launch.slurm_job_id == job_id  # the same task, requeued
     log = "".join(path.read_text() for path in next((root / "launch").iterdir()).glob("*/*_log.err"))
     assert "Requeued job" in log or "requeue" in log.lower()
+
+
+def test_a_claim_inside_a_slurm_job_lives_as_long_as_the_job(tmp_path):
+    submitted = subprocess.run(["sbatch", "--parsable", "-o", str(tmp_path / "out"), "--wrap", "sleep 60"],
+                               capture_output=True, text=True, check=True)
+    job_id = submitted.stdout.strip().split(";")[0]
+    path = claims.claim_path(tmp_path, "cell-s")
+    path.parent.mkdir(parents=True)
+    # Another host's claim: only SLURM can say whether its owner lives.
+    path.write_text(json.dumps({"cell_id": "cell-s", "token": "t", "host": "elsewhere", "pid": 1, "pid_start": None,
+                                "slurm_job_id": job_id, "launcher": "slurm", "claimed_at": 0.0}))
+    try:
+        wait_for(lambda: job_id in (claims.queued_slurm_jobs() or set()), 30, "the job to be queued")
+        assert set(claims.live_claims(tmp_path)) == {"cell-s"}
+        assert claims.try_claim(tmp_path, "cell-s", "test") is None
+    finally:
+        subprocess.run(["scancel", job_id], check=True)
+    wait_for(lambda: job_id not in claims.queued_slurm_jobs(), 60, "the job to leave the queue")
+    assert claims.live_claims(tmp_path) == {}
+    assert claims.try_claim(tmp_path, "cell-s", "test") is not None
+
+
+def test_a_ddp_profile_runs_each_cell_alone_as_srun_tasks(tiny_params, tmp_path):
+    """devices x num_nodes SLURM tasks per cell, under srun (submitit's command), one cell per task."""
+    from vgbench.config import parse_params
+    from vgbench.launch.request import LaunchRequest
+    from vgbench.launch.slurm import executor_for, plan_units
+    from vgbench.matrix import expand
+
+    raw = tiny_params.model_dump()
+    raw["profiles"]["tiny"]["trainer"] = {"accelerator": "gpu", "devices": 4, "num_nodes": 2, "strategy": "ddp"}
+    params = parse_params(raw)
+    cells = expand(params.active)[:3]
+    request = LaunchRequest(params=params, params_path=tmp_path / "params.yaml", profile="tiny", cells=cells,
+                            data_root=tmp_path, results_root=tmp_path, folder=tmp_path,
+                            settings=params.active.launcher.model_copy(update={"name": "slurm"}))
+    assert [unit.cell_ids for unit in plan_units(request)] == [(c.cell_id,) for c in cells]
+    script = executor_for(request)._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=4" in script
+    assert "#SBATCH --gpus-per-node=4" in script
+    assert "\nsrun " in script  # Lightning reads the ranks of srun's tasks

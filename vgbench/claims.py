@@ -94,28 +94,32 @@ class Claim:
         return self.host == socket.gethostname() and self.pid == os.getpid()
 
 
-def slurm_job_alive(job_id: str) -> bool | None:
-    """True/False from ``squeue``; None where there is no squeue to ask."""
+def queued_slurm_jobs() -> set[str] | None:
+    """Ids of every job and array task SLURM still holds (``123``, ``123_4``); None where there is no squeue."""
     if shutil.which("squeue") is None:
         return None
     try:
-        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%A|%T"], capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired:
-        return True  # a busy controller is no proof of death
+        return None  # a busy controller is no proof of death
     if out.returncode != 0:
-        # squeue exits non-zero for a job id it no longer knows ("Invalid job id specified").
-        return False if "Invalid job id" in out.stderr else True
-    return any(state.strip() in ALIVE_SLURM_STATES for state in out.stdout.splitlines())
+        return None
+    alive = set()
+    for line in out.stdout.splitlines():
+        name, job_id, state = line.strip().split("|")
+        if state in ALIVE_SLURM_STATES:
+            alive.update((name, job_id))  # array task 123_4 is also job 128 to SLURM
+    return alive
 
 
-def is_alive(claim: Claim) -> bool:
+def is_alive(claim: Claim, queued: set[str] | None = None) -> bool:
+    """``queued``: ``queued_slurm_jobs()`` when checking many claims (asked here when not given)."""
     if claim.slurm_job_id:
         if claim.slurm_job_id == current_slurm_job() and not claim.is_mine():
             return False  # this job was requeued: the claim is its own earlier run's
-        alive = slurm_job_alive(claim.slurm_job_id)
-        if alive is not None:
-            return alive
+        queued = queued if queued is not None else queued_slurm_jobs()
+        if queued is not None:
+            return claim.slurm_job_id in queued
     if claim.host == socket.gethostname():
         start = _process_start(claim.pid)
         return start is not None and (claim.pid_start is None or start == claim.pid_start)
@@ -184,9 +188,8 @@ def release(results_root: Path, claim: Claim) -> None:
 def live_claims(results_root: Path) -> dict[str, Claim]:
     """Every claim whose owner is still alive, by cell id."""
     folder = claims_dir(results_root)
-    found = {}
-    for path in sorted(folder.glob("*.json")) if folder.exists() else []:
-        claim = read_claim(results_root, path.name.removesuffix(".json"))
-        if claim is not None and is_alive(claim):
-            found[claim.cell_id] = claim
-    return found
+    held = [read_claim(results_root, path.name.removesuffix(".json"))
+            for path in (sorted(folder.glob("*.json")) if folder.exists() else [])]
+    held = [claim for claim in held if claim is not None]
+    queued = queued_slurm_jobs() if any(claim.slurm_job_id for claim in held) else None
+    return {claim.cell_id: claim for claim in held if is_alive(claim, queued)}

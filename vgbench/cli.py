@@ -18,6 +18,7 @@ value and what is allowed; nothing is written.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -108,7 +109,7 @@ def _train(params: Params, args) -> int:
         folder, snapshot = launch_folder(args.results_root, args.params)
         request = LaunchRequest(params=params, params_path=snapshot, profile=params.profile, cells=todo,
                                 data_root=args.data_root, results_root=args.results_root, folder=folder,
-                                settings=settings, retry_failed=args.retry_failed,
+                                settings=settings, retry_failed=args.retry_failed or args.force,
                                 not_before=time.time() if args.force else None, detach=args.detach)
         report = launch(request)
         if report.get("detached") or not claims.is_rank_zero():
@@ -206,11 +207,44 @@ HANDLERS = {"fetch": _fetch, "train": _train, "leaderboard": _leaderboard, "cell
             "plan": _plan}
 
 
+class Stopped(SystemExit):
+    """SIGTERM (SLURM, Kubernetes, `timeout`) or SIGINT ended the command; raised from the signal handler.
+
+    Lightning calls handlers that were installed before it, so this reaches us from inside a fit too.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
+
+
+def _stop(signum: int, frame) -> None:
+    raise Stopped(signum)
+
+
+def _stopped_message(params: Params, args, stopped: Stopped) -> str:
+    done = total = "?"
+    if args.command == "train":
+        cells, states = _states(params, args.results_root, args.only)
+        done, total = sum(s.state == "done" for s in states.values()), len(cells)
+    return (f"vgbench {args.command}: stopped by {stopped.signal_name}: {done} of {total} cells done; "
+            f"run the same command again to go on (interrupted cells resume from their checkpoints)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    params = None
     try:
         params = load_params(args.params, args.profile)
+        if args.command == "train":  # a stopped run must not look finished (DVC would lock a partial stage)
+            signal.signal(signal.SIGTERM, _stop)
+            signal.signal(signal.SIGINT, _stop)
         return HANDLERS[args.command](params, args)
+    except Stopped as stopped:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the message short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        print(_stopped_message(params, args, stopped), file=sys.stderr, flush=True)
+        return stopped.code
     except (ConfigError, UnknownNameError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
