@@ -64,6 +64,16 @@ def test_default_profile_shows_the_phenomenon_by_design():
     (lambda d: d["profiles"]["tiny"]["pretraining"].update(k=0), ["profiles.tiny.pretraining.k = 0", "greater"]),
     (lambda d: d["profiles"]["tiny"]["pretraining"].update(visible_units="binary"),
      ["pretraining.visible_units = 'binary'", "'gaussian' or 'bernoulli'"]),
+    (lambda d: d["profiles"]["tiny"].update(launcher={"name": "kubernetes"}),
+     ["profiles.tiny.launcher.name = 'kubernetes'", "unknown launcher", "allowed", "'local'", "'slurm'"]),
+    (lambda d: d["profiles"]["tiny"].update(launcher={"gpus": [0, 0]}),
+     ["launcher.gpus = [0, 0]", "distinct"]),
+    (lambda d: d["profiles"]["tiny"].update(launcher={"slurm": {"time_minutes": 0}}),
+     ["launcher.slurm.time_minutes = 0", "greater than 0"]),
+    (lambda d: d["profiles"]["tiny"].update(launcher={"slurm": {"partiton": "gpu"}}),
+     ["launcher.slurm.partiton", "Extra inputs"]),
+    (lambda d: d["profiles"]["tiny"].update(trainer={"threads": 2}, launcher={"threads": 1}),
+     ["launcher.threads = 1 but trainer.threads pins 2"]),
 ])
 def test_bad_values_are_named(edit, expected):
     with pytest.raises(ConfigError) as error:
