@@ -57,7 +57,11 @@ def metrics_of(results_root: Path) -> dict[str, dict]:
 
 
 def comparable(metrics: dict) -> dict:
-    return {key: value for key, value in metrics.items() if key not in IGNORED}
+    """What must not depend on where and how a cell ran: everything but timings and provenance."""
+    kept = {key: value for key, value in metrics.items() if key not in IGNORED}
+    if kept.get("pretraining"):
+        kept["pretraining"] = {k: v for k, v in kept["pretraining"].items() if k != "seconds"}
+    return kept
 
 
 # -- claims -------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from submitit.slurm.slurm import SlurmJob
 from tests.test_launch import comparable, metrics_of, vgbench, write_params
 from vgbench import claims, results
 from vgbench.launch.slurm import cluster_max_array_size
+from vgbench.matrix import expand
 
 pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None,
                                 reason="SLURM is not installed here (`.ci/slurm-up` installs and starts one)")
@@ -44,9 +45,13 @@ def wait_for(predicate, seconds: float, what: str) -> None:
         time.sleep(0.5)
 
 
+def launch_folder(results_root: Path) -> Path:
+    (folder,) = [path for path in (results_root / "launch").iterdir() if path.is_dir()]
+    return folder
+
+
 def launch_json(results_root: Path) -> dict:
-    (folder,) = list((results_root / "launch").iterdir())
-    return json.loads((folder / "launch.json").read_text())
+    return json.loads((launch_folder(results_root) / "launch.json").read_text())
 
 
 def test_max_array_size_is_read_from_the_cluster():
@@ -55,35 +60,38 @@ def test_max_array_size_is_read_from_the_cluster():
     assert cluster_max_array_size() == int(line.split("=")[1]) > 4
 
 
-def test_slurm_arrays_give_the_serial_results_and_leaderboard(tiny_data_root, tmp_path):
-    """Six MLP cells, one per array task, chunked into arrays of at most 4 (max_array_size)."""
+def test_slurm_arrays_give_the_serial_results_and_leaderboard(tiny_params, tiny_data_root, tmp_path):
+    """The whole tiny profile, one cell per array task, chunked into arrays of at most 4 (max_array_size)."""
     (tmp_path / "serial").mkdir()
     serial_params = write_params(tmp_path / "serial")
-    serial = vgbench(serial_params, tiny_data_root, tmp_path / "serial" / "results", "train", "--only", "mlp-")
+    serial = vgbench(serial_params, tiny_data_root, tmp_path / "serial" / "results", "train")
     assert serial.returncode == 0, serial.stderr
     slurm_dir = tmp_path / "slurm"
     slurm_dir.mkdir()
     params = write_params(slurm_dir, SLURM)
-    done = vgbench(params, tiny_data_root, slurm_dir / "results", "train", "--only", "mlp-")
+    done = vgbench(params, tiny_data_root, slurm_dir / "results", "train")
     assert done.returncode == 0, done.stdout + done.stderr
+    cells = len(expand(tiny_params.active))
     launch = launch_json(slurm_dir / "results")
-    assert [entry["tasks"] for entry in launch["arrays"]] == [4, 2]  # chunked: 6 tasks, arrays of <= 4
-    assert done.stdout.count("slurm: submitted array") == 2
+    assert [entry["tasks"] for entry in launch["arrays"]] == [4] * (cells // 4) + [cells % 4]  # chunked
+    assert done.stdout.count("slurm: submitted array") == len(launch["arrays"])
 
     expected, got = metrics_of(tmp_path / "serial" / "results"), metrics_of(slurm_dir / "results")
-    assert set(got) == set(expected) and len(got) == 6
+    assert set(got) == set(expected) and len(got) == cells
     jobs = set()
     for cell_id, metrics in got.items():
         assert comparable(metrics) == comparable(expected[cell_id]), cell_id
         assert metrics["launch"]["launcher"] == "slurm" and metrics["launch"]["slurm_job_id"]
         jobs.add(metrics["launch"]["slurm_job_id"])
-    assert len(jobs) == 6  # one array task each
+    assert len(jobs) == cells  # one array task each
     boards = []
     for root, params_file in ((tmp_path / "serial" / "results", serial_params), (slurm_dir / "results", params)):
         board = vgbench(params_file, tiny_data_root, root, "leaderboard", "--no-wandb")
         assert board.returncode == 0, board.stderr
         boards.append(pd.read_csv(root / "leaderboard.csv").filter(regex="^(?!wall_seconds)"))
     pd.testing.assert_frame_equal(boards[0], boards[1])
+    assert (slurm_dir / "results" / "leaderboard.md").read_text().count("## ") == \
+        (tmp_path / "serial" / "results" / "leaderboard.md").read_text().count("## ")
 
 
 def _slow_cell_params(folder: Path) -> Path:
@@ -107,7 +115,7 @@ def test_scancel_then_relaunch_trains_only_what_is_left_and_resumes(tiny_data_ro
     interrupted = [p.parent.name for p in checkpoints.glob("*/last.ckpt") if p.parent.name not in before]
     assert interrupted
 
-    shutil.rmtree(root / "launch")
+    shutil.rmtree(launch_folder(root))
     again = vgbench(params, tiny_data_root, root, "train", *only)
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{len(before)} done" in again.stdout and f"{2 - len(before)} to train" in again.stdout
@@ -133,14 +141,14 @@ def test_a_timed_out_task_is_requeued_and_resumes(tiny_data_root, tmp_path):
     (job_id,) = launch_json(root)["arrays"][0]["job_ids"]  # one task: submitit submits a plain job
     (cell_id,) = launch_json(root)["arrays"][0]["cells"][0]
     wait_for(lambda: (root / "checkpoints" / cell_id / "last.ckpt").exists(), 240, "a first checkpoint")
-    job = SlurmJob(folder=next((root / "launch").iterdir()) / "%j", job_id=job_id)
+    job = SlurmJob(folder=launch_folder(root) / "%j", job_id=job_id)
     job._interrupt(timeout=True)  # what SLURM sends before the time limit: submitit's USR2
     metrics = results.cell_dir(root, cell_id) / "metrics.json"
     wait_for(metrics.exists, 300, "the requeued task to finish the cell")
     result = results.read_result(root, cell_id)
     assert result.launch.resumed_from_epoch is not None and result.launch.resumed_from_epoch >= 1
     assert result.launch.slurm_job_id == job_id  # the same task, requeued
-    log = "".join(path.read_text() for path in next((root / "launch").iterdir()).glob("*/*_log.err"))
+    log = "".join(path.read_text() for path in launch_folder(root).glob("*/*_log.err"))
     assert "Requeued job" in log or "requeue" in log.lower()
 
 
