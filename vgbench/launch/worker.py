@@ -75,7 +75,8 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
             continue
         claim = claims.try_claim(root, cell_id, unit.launcher) if rank_zero else None
         if rank_zero and claim is None:
-            report["skipped"].append(f"{cell_id} (claimed by {claims.read_claim(root, cell_id).where})")
+            holder = claims.read_claim(root, cell_id)  # None if released meanwhile: then it is done or failed
+            report["skipped"].append(f"{cell_id} (claimed by {holder.where if holder else 'another worker'})")
             continue
         try:
             if _is_done(root, cell_id, unit):  # finished by another worker between our look and our claim
