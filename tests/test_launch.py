@@ -287,3 +287,16 @@ def test_a_stopped_train_exits_non_zero_and_says_how_far_it_got(signum, launcher
     assert not list((root / "claims").glob("*.json"))  # claims released on the way out
     again = vgbench(params, tiny_data_root, root, "train", "--only", "mlp-")
     assert again.returncode == 0 and f"{done} done" in again.stdout and f"{6 - done} to train" in again.stdout
+
+
+def test_the_slurm_launcher_without_slurm_says_what_is_missing(tiny_data_root, tmp_path):
+    """A machine without SLURM's commands (PATH without them): one message, exit 1, nothing submitted."""
+    params = write_params(tmp_path, {"name": "slurm"})
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python").symlink_to(sys.executable)
+    done = vgbench(params, tiny_data_root, tmp_path / "results", "train", "--only", "mlp-he_relu-mnist1d-d2",
+                   env={"PATH": str(bare)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the slurm launcher needs SLURM's commands on PATH; missing: sbatch, srun, squeue, scontrol" in done.stderr
+    assert "Traceback" not in done.stderr and not list((tmp_path / "results" / "cells").iterdir())

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from vgbench.config import ConfigError, Params, load_params
 from vgbench.data.store import DataNotReadyError
+from vgbench.launch.request import LaunchError
 from vgbench.registry import UnknownNameError
 from vgbench.report.build import NoResultsError
 
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownNameError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataNotReadyError, NoResultsError) as error:
+    except (DataNotReadyError, NoResultsError, LaunchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

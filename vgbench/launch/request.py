@@ -11,6 +11,10 @@ from vgbench.config import LauncherSettings, Params
 from vgbench.matrix import CellSpec
 
 
+class LaunchError(RuntimeError):
+    """A launcher cannot start here (say, no SLURM commands); the message says what is missing."""
+
+
 @dataclass(frozen=True)
 class WorkUnit:
     """Cells for one worker: ids plus where to find their config; small and picklable.

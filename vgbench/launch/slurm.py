@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ import submitit
 
 from vgbench import atomic, plan, results
 from vgbench.launch import LAUNCHERS
-from vgbench.launch.request import LaunchRequest, WorkUnit
+from vgbench.launch.request import LaunchError, LaunchRequest, WorkUnit
 from vgbench.launch.worker import run_unit
 
 
@@ -171,6 +172,10 @@ def wait(request: LaunchRequest, array_ids: list[str]) -> None:
 
 @LAUNCHERS.register("slurm")
 def launch_slurm(request: LaunchRequest) -> dict[str, list[str]]:
+    missing = [command for command in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(command) is None]
+    if missing:
+        raise LaunchError(f"the slurm launcher needs SLURM's commands on PATH; missing: {', '.join(missing)} "
+                          f"(run on a cluster's login node, or `.ci/slurm-up` for a one-node test cluster)")
     units = plan_units(request)
     limit = cluster_max_array_size()
     if request.settings.slurm.max_array_size:
