@@ -300,3 +300,22 @@ def test_the_slurm_launcher_without_slurm_says_what_is_missing(tiny_data_root, t
     assert done.returncode == 1, done.stdout + done.stderr
     assert "the slurm launcher needs SLURM's commands on PATH; missing: sbatch, srun, squeue, scontrol" in done.stderr
     assert "Traceback" not in done.stderr and not list((tmp_path / "results" / "cells").iterdir())
+
+
+def test_two_train_commands_at_once_train_each_cell_once(tiny_data_root, tmp_path):
+    """Two independent `vgbench train` on one results folder: the claims split the work, nothing is trained twice."""
+    params = write_params(tmp_path)
+    args = [sys.executable, "-m", "vgbench", "train", "--only", "mlp-", "--params", str(params), "--data-root",
+            str(tiny_data_root), "--results-root", str(tmp_path / "results")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    both = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    outputs = [process.communicate(timeout=600) for process in both]
+    trained = [line.split(": test ")[0].split("] ")[1] for out, _ in outputs for line in out.splitlines()
+               if ": test " in line]
+    assert sorted(trained) == sorted(metrics_of(tmp_path / "results")) and len(trained) == 6
+    # Each either saw every cell done, or (finishing first) named the cells the other was still training.
+    for process, (out, err) in zip(both, outputs):
+        assert process.returncode == 0 or "running" in err, out + err
+    final = vgbench(params, tiny_data_root, tmp_path / "results", "train", "--only", "mlp-")
+    assert final.returncode == 0 and "6 done" in final.stdout and "0 to train" in final.stdout
