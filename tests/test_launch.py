@@ -319,3 +319,12 @@ def test_two_train_commands_at_once_train_each_cell_once(tiny_data_root, tmp_pat
         assert process.returncode == 0 or "running" in err, out + err
     final = vgbench(params, tiny_data_root, tmp_path / "results", "train", "--only", "mlp-")
     assert final.returncode == 0 and "6 done" in final.stdout and "0 to train" in final.stdout
+
+
+def test_an_unwritable_results_folder_is_refused_before_training(tiny_data_root, tmp_path):
+    params = write_params(tmp_path)
+    results_file = tmp_path / "results"
+    results_file.write_text("not a folder")
+    done = vgbench(params, tiny_data_root, results_file, "train", "--only", "mlp-he_relu-mnist1d-d2")
+    assert done.returncode == 1
+    assert f"cannot write results under {results_file}" in done.stderr and "Traceback" not in done.stderr

@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 from vgbench.config import ConfigError, Params, load_params
@@ -72,8 +74,18 @@ def _states(params: Params, results_root: Path, only: str | None = None):
     return cells, {c.cell_id: results.cell_state(results_root, c.cell_id, held.get(c.cell_id)) for c in cells}
 
 
-def _check_ready(cells, profile, data_root: Path, results_root: Path) -> None:
-    """Before any work: every data set the cells read is stored and current, and results can be written."""
+def _check_writable(results_root: Path) -> None:
+    """Before any work: results can be written (found now, not after a whole cell has trained)."""
+    try:
+        for folder in ("cells", "pretrained"):  # DVC outputs, present even when a profile leaves one empty
+            (results_root / folder).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=results_root / "cells").close()
+    except OSError as error:
+        raise LaunchError(f"cannot write results under {results_root}: {error}") from None
+
+
+def _check_data(cells, profile, data_root: Path) -> None:
+    """Before any work: every data set the cells read is stored and made with the profile's settings."""
     from vgbench.data import DATASETS
     from vgbench.data.store import is_current, label
 
@@ -84,8 +96,6 @@ def _check_ready(cells, profile, data_root: Path, results_root: Path) -> None:
         names = " ".join(dict.fromkeys(name for name, _ in stale))
         raise DataNotReadyError(f"data sets {[label(*entry) for entry in stale]} are missing under {data_root} or "
                                 f"were made with other settings: run `vgbench fetch {names}` first")
-    for folder in ("cells", "pretrained"):  # DVC outputs, present even when a profile leaves one empty
-        (results_root / folder).mkdir(parents=True, exist_ok=True)
 
 
 def _train(params: Params, args) -> int:
@@ -97,15 +107,16 @@ def _train(params: Params, args) -> int:
     settings = profile.launcher.model_copy(update={
         key: value for key, value in (("name", args.launcher), ("jobs", args.jobs)) if value is not None})
     launch = LAUNCHERS.get(settings.name)
+    _check_writable(args.results_root)
     cells, states = _states(params, args.results_root, args.only)
-    count = lambda state: sum(s.state == state for s in states.values())  # noqa: E731
+    count = Counter(s.state for s in states.values())
     wanted = {"pending", "stale"} | ({"failed"} if args.retry_failed else set())
     todo = [c for c in cells if args.force or states[c.cell_id].state in wanted]
-    print(f"profile {params.profile}: {len(cells)} cells, {count('done')} done, {count('failed')} failed"
+    print(f"profile {params.profile}: {len(cells)} cells, {count['done']} done, {count['failed']} failed"
           f"{' (retrying)' if args.retry_failed else ' (--retry-failed retrains them)'}, "
-          f"{count('running')} running elsewhere; {len(todo)} to train with the {settings.name} launcher",
+          f"{count['running']} running elsewhere; {len(todo)} to train with the {settings.name} launcher",
           flush=True)
-    _check_ready(todo, profile, args.data_root, args.results_root)
+    _check_data(todo, profile, args.data_root)
     if todo:
         folder, snapshot = launch_folder(args.results_root, args.params)
         request = LaunchRequest(params=params, params_path=snapshot, profile=params.profile, cells=todo,
