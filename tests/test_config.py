@@ -9,7 +9,7 @@ import yaml
 
 from tests.conftest import REPO
 from vgbench.cli import main
-from vgbench.config import ConfigError, parse_params
+from vgbench.config import ConfigError, load_params, parse_params
 from vgbench.matrix import expand
 
 RAW = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -64,6 +64,12 @@ def test_default_profile_shows_the_phenomenon_by_design():
     (lambda d: d["profiles"]["tiny"]["pretraining"].update(k=0), ["profiles.tiny.pretraining.k = 0", "greater"]),
     (lambda d: d["profiles"]["tiny"]["pretraining"].update(visible_units="binary"),
      ["pretraining.visible_units = 'binary'", "'gaussian' or 'bernoulli'"]),
+    (lambda d: d["profiles"]["tiny"].update(learning_rates=[float("inf")]),
+     ["learning_rates", "inf", "finite and > 0"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][4].update(depths=[8, 9]),
+     ["profiles.tiny.matrix.4", "depths: resnet depth", "6n+2", "not 9"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(model={"widht": 16}),
+     ["matrix.0", "model.widht = 16", "Extra inputs"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"name": "kubernetes"}),
      ["profiles.tiny.launcher.name = 'kubernetes'", "unknown launcher", "allowed", "'local'", "'slurm'"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"gpus": [0, 0]}),
@@ -102,7 +108,7 @@ def _block(d, **block):
     (dict(family="rnn", dataset="seq_mnist"), ["length 784; depths must be [784], got [5]"]),
     (dict(family="rnn", dataset="adding", training={"epochs": 3}), ["training keys ['epochs'] are unknown"]),
     (dict(family="rnn", dataset="adding", training={"batch_size": 0}), [f"matrix.{APPENDED}.training.batch_size = 0: Input should be greater than 0"]),
-    (dict(family="rnn", dataset="adding", learning_rates=[-1.0]), ["learning rates must be > 0, got [-1.0]"]),
+    (dict(family="rnn", dataset="adding", learning_rates=[-1.0]), ["learning rates must be finite and > 0, got [-1.0]"]),
     (dict(family="rnn", dataset="adding", depths=[5, 5]), ["depths are listed twice"]),
     (dict(family="mlp", dataset="mnist1d", training={"augment": "pad_crop_flip"}),
      [f"matrix.{APPENDED}.training.augment = 'pad_crop_flip' needs an image data set", "'vector'"]),
@@ -155,3 +161,27 @@ def test_train_without_fetched_data_names_the_fix(tmp_path, capsys):
     # Checked before any work: one message naming every missing data set and the command that fixes it.
     assert "run `vgbench fetch adding copy_memory mnist1d` first" in captured.err
     assert not (tmp_path / "results" / "launch").exists()
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    text = (REPO / "params.yaml").read_text()
+    doubled = tmp_path / "params.yaml"
+    doubled.write_text(text.replace("profile: default\n", "profile: default\nprofile: tiny\n", 1))
+    line = text.splitlines().index("profile: default") + 1
+    with pytest.raises(ConfigError) as error:
+        load_params(doubled)
+    assert f"key 'profile' is given twice: first on line {line}, again on line {line + 1}" in str(error.value)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(text.replace("    seeds: [0, 1]\n", "    seeds: [0, 1]\n    seeds: [5]\n", 1))
+    with pytest.raises(ConfigError, match="key 'seeds' is given twice"):
+        load_params(nested)
+    load_params(REPO / "params.yaml")  # anchors and aliases (the paper profile's) are not duplicates
+
+
+def test_params_that_is_a_folder_or_binary_is_named(tmp_path, capsys):
+    assert main(["train", "--params", str(tmp_path)]) == 2
+    assert "is a folder; --params takes a params.yaml file" in capsys.readouterr().err
+    binary = tmp_path / "params.pt"
+    binary.write_bytes(bytes(range(256)))
+    assert main(["train", "--params", str(binary)]) == 2
+    assert "not a text file" in capsys.readouterr().err

@@ -9,6 +9,7 @@ is allowed.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,9 +31,9 @@ class _Strict(BaseModel):
 
 
 def _positive_rates(value: list[float]) -> list[float]:
-    bad = [lr for lr in value if not lr > 0]
+    bad = [lr for lr in value if not (lr > 0 and math.isfinite(lr))]
     if bad:
-        raise ValueError(f"learning rates must be > 0, got {bad}")
+        raise ValueError(f"learning rates must be finite and > 0, got {bad}")
     return value
 
 
@@ -128,7 +129,18 @@ class MatrixBlock(_Strict):
         if family.depth_is_length and not data.per_length and self.depths != [data.length]:
             raise ValueError(f"family {self.family!r}: depth is the sequence length, and {self.dataset!r} has "
                              f"length {data.length}; depths must be [{data.length}], got {self.depths}")
-        family.hparams.model_validate(self.model)
+        if family.check_depth is not None:
+            for depth in self.depths:
+                try:
+                    family.check_depth(depth)
+                except ValueError as error:
+                    raise ValueError(f"depths: {error}") from None
+        try:
+            family.hparams.model_validate(self.model)
+        except ValidationError as error:  # named under `model`, where the user wrote it
+            raise ValueError("; ".join(
+                f"model.{'.'.join(map(str, item['loc']))} = {item.get('input')!r}: {item['msg']}"
+                for item in error.errors())) from None
         unknown = set(self.training) - set(TrainingSettings.model_fields)
         if unknown:
             raise ValueError(f"training keys {sorted(unknown)} are unknown; allowed: {list(TrainingSettings.model_fields)}")
@@ -350,12 +362,31 @@ def parse_params(data: Any, source: str = "params.yaml", profile: str | None = N
         raise ConfigError(_format(error, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (YAML itself lets the last one win silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice: first on line {seen[key] + 1}, again on line "
+                                f"{key_node.start_mark.line + 1}; keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: Path | str = "params.yaml", profile: str | None = None) -> Params:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: file not found (run from the repository root or pass --params)")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; --params takes a params.yaml file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; --params takes a params.yaml file") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     return parse_params(data, str(path), profile)

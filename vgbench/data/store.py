@@ -154,12 +154,12 @@ def load(name: str, settings: DatasetSettings, data_root: Path, length: int | No
             if sha256(folder / file) != digest:
                 raise DataNotReadyError(f"{folder / file} does not match its sha256 in the manifest: "
                                         f"run `vgbench fetch {name}`")
-    stats = torch.load(folder / "stats.pt")
+    stats = torch.load(folder / "stats.pt", weights_only=True)
     shape = {"image": [1, -1, 1, 1], "sequence": [1, 1, -1]}.get(manifest["kind"], [1])
     mean, std = stats["mean"].reshape(shape), stats["std"].reshape(shape)
     splits = {}
     for split in SPLITS:
-        tensors = torch.load(folder / f"{split}.pt")
+        tensors = torch.load(folder / f"{split}.pt", weights_only=True)
         x = (tensors["x"] - mean) / std if manifest["standardize"] else tensors["x"]
         splits[split] = {"x": x, "y": tensors["y"]}
     return StoredDataset(name, splits, manifest["num_classes"], tuple(manifest["input_shape"]), manifest)

@@ -41,6 +41,7 @@ class Family:
     inputs: frozenset[str] = frozenset({"vector", "image"})  # data kinds it can read (INPUT_KINDS)
     base_recipe: Recipe = Recipe()
     per_step_outputs: bool = False  # can give one output per time step (copy-memory)
+    check_depth: Callable[[int], object] | None = None  # raises ValueError for a depth it cannot build
 
     def build(self, io: ModelIO, depth: int, recipe: Recipe, hparams: BaseModel) -> ProbedModel:
         """The network for ``io``; refuses per-time-step outputs the family cannot give."""

@@ -151,5 +151,6 @@ def build_resnet(io: ModelIO, depth: int, recipe: Recipe, hparams: ResNetHParams
 FAMILIES.add("resnet", Family(
     "resnet", "CIFAR-style ResNet of 6n+2 conv layers, or its plain twin (He et al. 2016)",
     ResNetHParams, build_resnet, depth_meaning="layers (6n+2)", probed_state="residual block",
+    check_depth=blocks_per_stage,
     inputs=frozenset({"vector", "image"}),
     base_recipe=Recipe(activation="relu", init="he", norm="none", skip="none")))
