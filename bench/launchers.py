@@ -1,6 +1,6 @@
 """Cells per minute of one slice of a profile under several launcher settings, side by side.
 
-    python bench/launchers.py                                   # default profile's MLP cells: serial 2 threads vs 2 local workers x 1 thread
+    python bench/launchers.py     # default MLP cells: serial, 2 threads vs 2 local workers x 1 thread
     python bench/launchers.py --only rnn- --setting serial:1x2 --setting local:2x1 --setting local:1x1
 
 A setting is ``LAUNCHER:JOBSxTHREADS``: the cells' ``trainer.threads`` is set
