@@ -141,7 +141,7 @@ def write_cell(root: Path, cell: CellSpec, result: dict) -> None:
         "num_parameters": 1000, "steps": 16, "fit_seconds": result["wall"] * 0.8,
         "wall_seconds": result["wall"], "probe_seconds": 0.01, "probe_overhead_fraction": 0.0125,
         "environment": {"python": "3.11", "platform": "test", "torch": "x", "lightning": "x", "vgbench": "x",
-                        "code_fingerprint": "synthetic", "cuda": None, "cudnn": None},
+                        "code_fingerprint": results.code_fingerprint(), "cuda": None, "cudnn": None},
         "wandb": None,
     }
     atomic.write_json(folder / "grad_profile.json", {"cell_id": cell.cell_id, "records": records})
@@ -563,6 +563,30 @@ def test_build_leaderboard_with_missing_cells(tmp_path, params, cells):
     row = summary["rows"]["mlp/mnist1d/grad_clip/d6"]
     assert row["n"] == 2 and row["test_metric_mean"] == pytest.approx(0.75)
     assert row["failures"] == ""
+
+
+def test_stale_and_damaged_results_are_left_out_and_named(tmp_path, params, cells):
+    """A result from other training code, a cut-short metrics.json and a missing probe file are never
+    averaged in: the rows have fewer seeds and leaderboard.md names each cell with the reason."""
+    write_results(tmp_path, cells)
+    rows = [c for c in cells if c.remedy == "he_relu" and c.depth == 6 and c.learning_rate == 0.1]
+    other_code, cut_short, no_profile = (results.cell_dir(tmp_path, c.cell_id) for c in rows[:3])
+    record = json.loads((other_code / "metrics.json").read_text())
+    record["environment"]["code_fingerprint"] = "0123456789ab"
+    (other_code / "metrics.json").write_text(json.dumps(record))
+    (cut_short / "metrics.json").write_text((cut_short / "metrics.json").read_text()[:200])
+    (no_profile / "grad_profile.json").unlink()
+    frame, missing = aggregate.cell_table(cells, tmp_path)
+    assert sorted(missing) == sorted(c.cell_id for c in rows[:3]) and len(frame) == len(cells) - 3
+    build.build_leaderboard(params, tmp_path, log_to_wandb=False)
+    summary = _strict_json((tmp_path / "leaderboard.json").read_text())
+    stale = summary["cells_left_out"]["stale"]
+    assert [entry.split(":")[0] for entry in stale] == [c.cell_id for c in rows[:3]]
+    assert "other vgbench training code" in stale[0] and "not valid JSON" in stale[1]
+    assert "grad_profile.json is missing" in stale[2]
+    text = (tmp_path / "leaderboard.md").read_text()
+    assert "## Cells not in these tables (3 of" in text and "Stale (3):" in text
+    assert all(c.cell_id in text for c in rows[:3])
 
 
 def test_build_leaderboard_without_results(tmp_path, params):

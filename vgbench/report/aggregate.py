@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 
 from vgbench import results
-from vgbench.cell_result import UnreadableResultError
 from vgbench.config import Profile
 from vgbench.matrix import CellSpec
 from vgbench.probes.failure import FAILURE_LABELS
@@ -27,16 +26,14 @@ GROUP = ["family", "dataset", "remedy", "depth"]
 
 
 def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame, list[str]]:
-    """One row per finished cell of ``cells`` (read as ``CellResult``s); also the ids of cells without one."""
+    """One row per *done* cell of ``cells`` (a current, readable ``CellResult`` with its probe file);
+    also the ids of the cells left out (``not_in_table`` says why)."""
     rows, missing = [], []
     for cell in cells:
-        try:
-            result = results.read_result(results_root, cell.cell_id)
-        except UnreadableResultError:
-            result = None
-        if result is None:
-            missing.append(cell.cell_id)
+        if results.cell_state(results_root, cell.cell_id).state != "done":
+            missing.append(cell.cell_id)  # not trained, failed, or stale: never averaged in
             continue
+        result = results.read_result(results_root, cell.cell_id)
         rows.append({
             "cell_id": cell.cell_id, "family": cell.family, "dataset": cell.dataset, "remedy": cell.remedy,
             "depth": cell.depth, "seed": cell.seed, "learning_rate": cell.learning_rate,
@@ -53,12 +50,13 @@ def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame,
 
 
 def not_in_table(missing: list[str], results_root: Path) -> dict[str, list[str]]:
-    """The cells a table leaves out, by why: ``failed`` (with the error) or ``missing`` (not trained yet)."""
-    left_out: dict[str, list[str]] = {"failed": [], "missing": []}
+    """The cells a table leaves out, by why: ``failed`` (with the error), ``stale`` (a result from other
+    training code, or a damaged one, with the reason) or ``missing`` (not trained yet, or training now)."""
+    left_out: dict[str, list[str]] = {"failed": [], "stale": [], "missing": []}
     for cell_id in missing:
-        error = results.read_error(results_root, cell_id)
-        if error is not None:
-            left_out["failed"].append(f"{cell_id}: {error['error']}")
+        state = results.cell_state(results_root, cell_id)
+        if state.state in ("failed", "stale"):
+            left_out[state.state].append(f"{cell_id}: {state.detail}")
         else:
             left_out["missing"].append(cell_id)
     return left_out
