@@ -32,8 +32,9 @@ def _launch_info(unit: WorkUnit, attempt: int):
                       threads=torch.get_num_threads(), attempt=attempt)
 
 
-def _is_done(results_root: Path, cell_id: str, unit: WorkUnit) -> bool:
-    if not results.is_done(results_root, cell_id):
+def _is_done(results_root: Path, cell_id: str, unit: WorkUnit, state: results.CellState | None = None) -> bool:
+    """Done, and (under --force) written by this launch."""
+    if (state or results.cell_state(results_root, cell_id)).state != "done":
         return False
     if unit.not_before is None:
         return True
@@ -70,7 +71,7 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
     total = len(unit.cell_ids)
     for index, cell_id in enumerate(unit.cell_ids, 1):
         state = results.cell_state(root, cell_id)
-        if _is_done(root, cell_id, unit) or (state.state == "failed" and not unit.retry_failed):
+        if _is_done(root, cell_id, unit, state) or (state.state == "failed" and not unit.retry_failed):
             report["skipped"].append(f"{cell_id} ({state.state})")
             continue
         claim = claims.try_claim(root, cell_id, unit.launcher) if rank_zero else None
