@@ -119,18 +119,22 @@ def test_exactly_one_of_many_racing_processes_gets_the_claim(tmp_path):
 
 # -- the local launcher --------------------------------------------------------------------------------------
 
+# Cells long enough (seconds each) that the second worker has started before the first could finish them all.
+LONGER = {"max_epochs": 8}
+
+
 @pytest.fixture(scope="module")
 def serial_mlp(tmp_path_factory, tiny_data_root):
     """The tiny profile's MLP cells trained by the serial launcher, one thread."""
     tmp = tmp_path_factory.mktemp("serial")
-    params = write_params(tmp)
+    params = write_params(tmp, training=LONGER)
     done = vgbench(params, tiny_data_root, tmp / "results", "train", "--only", "mlp-")
     assert done.returncode == 0, done.stdout + done.stderr
     return metrics_of(tmp / "results")
 
 
 def test_two_local_workers_match_serial_and_train_each_cell_once(serial_mlp, tiny_data_root, tmp_path):
-    params = write_params(tmp_path, {"name": "local", "jobs": 2, "threads": 1})
+    params = write_params(tmp_path, {"name": "local", "jobs": 2, "threads": 1}, LONGER)
     done = vgbench(params, tiny_data_root, tmp_path / "results", "train", "--only", "mlp-")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "local: 2 worker processes" in done.stdout
