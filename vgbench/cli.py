@@ -123,9 +123,9 @@ def _train(params: Params, args) -> int:
                                 data_root=args.data_root, results_root=args.results_root, folder=folder,
                                 settings=settings, retry_failed=args.retry_failed or args.force,
                                 not_before=time.time() if args.force else None, detach=args.detach)
-        report = launch(request)
-        if report.get("detached") or not claims.is_rank_zero():
-            return 0  # a DDP rank > 0: rank 0 writes the results and reports
+        finished = launch(request)
+        if not finished or not claims.is_rank_zero():
+            return 0  # detached, or a DDP rank > 0 (rank 0 writes the results and reports)
     _, states = _states(params, args.results_root, args.only)
     not_done = {cell_id: s for cell_id, s in states.items() if s.state != "done"}
     if not_done:

@@ -1,7 +1,9 @@
 """The launcher axis: how ``vgbench train`` gets the cells of a profile trained.
 
 A launcher takes a ``LaunchRequest`` (the cells to train, a snapshot of the
-params file, where results go) and returns an exit status. What crosses the
+params file, where results go) and returns True once its cells have run (False:
+it returned without waiting, as ``slurm --detach`` does); what happened to each
+cell is read from the cell files afterwards, never from the launcher. What crosses the
 seam to a worker is a ``WorkUnit``: cell ids plus the params snapshot and the
 profile name, small and picklable; each worker loads its own data, claims each
 cell before training it (``vgbench/claims.py``) and writes its results. So any

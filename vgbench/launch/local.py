@@ -53,7 +53,7 @@ def _relay(stream, prefix: str, log: Path) -> None:
 
 
 @LAUNCHERS.register("local")
-def launch_local(request: LaunchRequest) -> dict[str, list[str]]:
+def launch_local(request: LaunchRequest) -> bool:
     ids = [cell.cell_id for cell in request.cells]
     count = min(worker_count(request), max(1, len(ids)))
     print(f"local: {count} worker processes" + (f" on GPUs {request.settings.gpus}" if request.settings.gpus else ""),
@@ -84,12 +84,8 @@ def launch_local(request: LaunchRequest) -> dict[str, list[str]]:
         raise
     for relay in relays:
         relay.join()
-    merged: dict[str, list[str]] = {"trained": [], "failed": [], "skipped": []}
     for slot, process, report in workers:
-        if not report.exists():
-            merged["failed"].append(f"worker {slot} (exit status {process.returncode}, no report: "
-                                    f"see {request.folder / f'worker-{slot}.log'})")
-            continue
-        for key, values in json.loads(report.read_text()).items():
-            merged[key] += values
-    return merged
+        if not report.exists():  # died before its cells were through (its cells show as pending)
+            print(f"local: worker {slot} ended with exit status {process.returncode} and no report; see "
+                  f"{request.folder / f'worker-{slot}.log'}", file=sys.stderr, flush=True)
+    return True

@@ -8,5 +8,6 @@ from vgbench.launch.worker import run_unit
 
 
 @LAUNCHERS.register("serial")
-def launch_serial(request: LaunchRequest) -> dict[str, list[str]]:
-    return run_unit(request.unit([cell.cell_id for cell in request.cells]))
+def launch_serial(request: LaunchRequest) -> bool:
+    run_unit(request.unit([cell.cell_id for cell in request.cells]))
+    return True

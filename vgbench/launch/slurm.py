@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import submitit
 
@@ -64,6 +65,10 @@ def chunks(items: list, size: int) -> list[list]:
     return [items[start:start + size] for start in range(0, len(items), size)]
 
 
+def on_gpus(request: LaunchRequest) -> bool:
+    return request.params.active.trainer.accelerator in ("gpu", "cuda")
+
+
 def ddp_tasks(request: LaunchRequest) -> tuple[int, int]:
     """(nodes, tasks per node) of one cell: several when the trainer asks for DDP across devices or nodes."""
     trainer = request.params.active.trainer
@@ -76,8 +81,7 @@ def executor_for(request: LaunchRequest) -> submitit.SlurmExecutor:
     executor = submitit.SlurmExecutor(folder=request.folder / "%j", max_num_timeout=settings.max_requeues,
                                       python=sys.executable)
     nodes, tasks_per_node = ddp_tasks(request)
-    trainer = request.params.active.trainer
-    gpus = tasks_per_node if trainer.accelerator in ("gpu", "cuda") else settings.gpus_per_node
+    gpus = tasks_per_node if on_gpus(request) else settings.gpus_per_node
     parameters = {
         "job_name": f"vgbench-{request.profile}", "time": settings.time_minutes,
         "cpus_per_task": settings.cpus_per_task, "nodes": nodes, "ntasks_per_node": tasks_per_node,
@@ -100,7 +104,7 @@ def estimate_costs(request: LaunchRequest) -> dict:
     """
     import torch
 
-    gpu = request.params.active.trainer.accelerator in ("gpu", "cuda")
+    gpu = on_gpus(request)
     path = plan.costs_path(request.results_root)
     device = "cuda" if gpu else "cpu"
     known = plan.load_costs(path, device)
@@ -136,10 +140,7 @@ def squeue_states(job_ids: list[str]) -> dict[str, int]:
                          text=True, timeout=60)
     if out.returncode != 0:  # every id unknown to the controller: all finished long ago
         return {}
-    counts: dict[str, int] = {}
-    for state in out.stdout.split():
-        counts[state] = counts.get(state, 0) + 1
-    return counts
+    return dict(Counter(out.stdout.split()))
 
 
 def file_progress(request: LaunchRequest) -> dict[str, int]:
@@ -171,7 +172,7 @@ def wait(request: LaunchRequest, array_ids: list[str]) -> None:
 
 
 @LAUNCHERS.register("slurm")
-def launch_slurm(request: LaunchRequest) -> dict[str, list[str]]:
+def launch_slurm(request: LaunchRequest) -> bool:
     missing = [command for command in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(command) is None]
     if missing:
         raise LaunchError(f"the slurm launcher needs SLURM's commands on PATH; missing: {', '.join(missing)} "
@@ -196,11 +197,6 @@ def launch_slurm(request: LaunchRequest) -> dict[str, list[str]]:
     if request.detach:
         print(f"slurm: detached; watch with `vgbench status`, logs in {request.folder}; "
               f"`scancel {' '.join(array_ids)}` cancels", flush=True)
-        return {"trained": [], "failed": [], "skipped": [], "detached": array_ids}
+        return False
     wait(request, array_ids)
-    report: dict[str, list[str]] = {"trained": [], "failed": [], "skipped": []}
-    for cell in request.cells:
-        state = results.cell_state(request.results_root, cell.cell_id)
-        key = {"done": "trained", "failed": "failed"}.get(state.state, "skipped")
-        report[key].append(cell.cell_id if key != "skipped" else f"{cell.cell_id} ({state.state})")
-    return report
+    return True

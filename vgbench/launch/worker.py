@@ -21,14 +21,18 @@ from vgbench import atomic, claims, results
 from vgbench.launch.request import WorkUnit
 
 
+def _where(unit: WorkUnit) -> dict:
+    """Which process of which launch this is: recorded with every result and every error."""
+    return {"launcher": unit.launcher, "host": socket.gethostname(), "pid": os.getpid(),
+            "slurm_job_id": claims.current_slurm_job(), "worker": unit.worker}
+
+
 def _launch_info(unit: WorkUnit, attempt: int):
     import torch
 
     from vgbench.cell_result import LaunchInfo
 
-    return LaunchInfo(launcher=unit.launcher, host=socket.gethostname(), pid=os.getpid(),
-                      slurm_job_id=claims.current_slurm_job(), worker=unit.worker,
-                      cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    return LaunchInfo(**_where(unit), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
                       threads=torch.get_num_threads(), attempt=attempt)
 
 
@@ -94,9 +98,7 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
         except Exception as error:  # noqa: BLE001 - a cell's failure is recorded; the others go on
             report["failed"].append(cell_id)
             if rank_zero:
-                where = {"host": socket.gethostname(), "pid": os.getpid(), "launcher": unit.launcher,
-                         "slurm_job_id": claims.current_slurm_job(), "worker": unit.worker}
-                record = results.write_error(root, cell_id, error, where)
+                record = results.write_error(root, cell_id, error, _where(unit))
                 print(f"[{index}/{total}] {cell_id}: FAILED (attempt {record['attempt']}): {record['error']} "
                       f"(traceback in {results.cell_dir(root, cell_id) / 'error.json'})", file=sys.stderr, flush=True)
         finally:
