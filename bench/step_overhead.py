@@ -44,7 +44,7 @@ from vgbench.matrix import CellSpec, expand  # noqa: E402
 from vgbench.models import FAMILIES, ModelIO  # noqa: E402
 from vgbench.models.recipe import Recipe  # noqa: E402
 from vgbench.tasks import TASKS  # noqa: E402
-from vgbench.training.run_cell import data_for, run_cell  # noqa: E402
+from vgbench.training.run_group import data_for, run_cell  # noqa: E402
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning", "wandb"):
     logging.getLogger(_name).setLevel(logging.ERROR)

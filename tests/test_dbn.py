@@ -15,7 +15,7 @@ from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.pretraining.cache import load_or_pretrain
 from vgbench.pretraining.for_cell import PretrainingSettings, pretrain_into
-from vgbench.training.run_cell import run_cell
+from vgbench.training.run_group import run_cell
 
 NO_WANDB = WandbSettings(mode="disabled")
 

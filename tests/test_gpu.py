@@ -9,7 +9,7 @@ import torch
 
 from vgbench.config import WandbSettings
 from vgbench.matrix import expand
-from vgbench.training.run_cell import run_cell
+from vgbench.training.run_group import run_cell
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -28,7 +28,7 @@ def test_a_cell_on_one_gpu_is_deterministic_and_learns(tiny_params, tiny_data, t
                                             ("highway", "highway")])
 def test_every_kernel_path_is_deterministic_on_a_gpu(family, remedy, tiny_params, tiny_data_root, tmp_path):
     """cuDNN's fused RNNs (unprobed steps), the unrolled loop (probed steps), convolutions."""
-    from vgbench.training.run_cell import data_for
+    from vgbench.training.run_group import data_for
 
     cell = next(c for c in expand(tiny_params.active) if c.family == family and c.remedy == remedy)
     cell = dataclasses.replace(cell, trainer={**cell.trainer, "accelerator": "gpu", "devices": 1})

@@ -16,7 +16,7 @@ from vgbench.models.recipe import Recipe
 from vgbench.probes.failure import failure_label, log10_ratio
 from vgbench.probes.gradient_flow import GradientFlowProbe, first_last_ratio
 from vgbench.config import WandbSettings
-from vgbench.training.run_cell import run_cell
+from vgbench.training.run_group import run_cell
 
 
 def mlp(recipe: Recipe, depth: int = 5, width: int = 12):

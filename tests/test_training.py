@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from vgbench.config import WandbSettings
 from vgbench.matrix import expand
 from vgbench.training.batches import IndexBatchSampler, loader
-from vgbench.training.run_cell import run_cell
+from vgbench.training.run_group import run_cell
 
 NO_WANDB = WandbSettings(mode="disabled")
 

@@ -22,7 +22,7 @@ from tests.wandb_offline import offline_runs, read_run, wandb_dir_env
 from vgbench.config import WandbSettings
 from vgbench.matrix import expand
 from vgbench.report.build import build_leaderboard
-from vgbench.training.run_cell import run_cell
+from vgbench.training.run_group import run_cell
 
 OFFLINE = WandbSettings(mode="offline")
 NO_WANDB = WandbSettings(mode="disabled")

@@ -1,6 +1,6 @@
 """The record between the trainer and every reader: one ``CellResult`` per cell.
 
-``run_cell`` writes it as ``results/cells/<cell_id>/metrics.json`` (last, so its
+``run_group`` writes it as ``results/cells/<cell_id>/metrics.json`` (last, so its
 presence marks the cell done); ``vgbench status``, the launchers and the
 leaderboard read it back through ``read`` and nothing else. It carries a
 schema version: a file written by another schema (or damaged, or missing a
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vgbench import atomic
 
-SCHEMA_VERSION = 2  # 1: the untyped 37-key dict of vgbench 0.1 (no schema_version field)
+SCHEMA_VERSION = 3  # 1: the untyped dict of vgbench 0.1; 2: before cell groups (no `group`)
 
 
 class UnreadableResultError(ValueError):
@@ -38,6 +38,19 @@ class LaunchInfo(BaseModel):
     threads: int  # torch intra-op threads the cell trained with
     attempt: int = 1  # 1 + the number of failed attempts before (error.json)
     resumed_from_epoch: int | None = None  # the checkpoint a restarted cell continued from
+
+
+class GroupInfo(BaseModel):
+    """The cell group the cell trained in (vgbench/groups.py): K models stacked, this one at ``index``.
+
+    Recorded for provenance only: the cell's numbers do not depend on it (tests/test_stacking.py).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    id: str
+    size: int
+    index: int
+    cells: list[str]
 
 
 class CellResult(BaseModel):
@@ -69,12 +82,13 @@ class CellResult(BaseModel):
     world_size: int
     num_parameters: int
     steps: int
-    fit_seconds: float  # summed over restarts
-    wall_seconds: float  # summed over restarts
+    fit_seconds: float  # summed over restarts; the group's divided by its size
+    wall_seconds: float  # summed over restarts; the group's divided by its size
     probe_seconds: float
     probe_overhead_fraction: float
     environment: dict[str, Any]
     launch: LaunchInfo | None = None
+    group: GroupInfo | None = None
     wandb: dict[str, Any] | None
 
     def write(self, folder: Path) -> Path:

@@ -218,6 +218,9 @@ class LauncherSettings(_Strict):
     cells_per_gpu: int = Field(1, gt=0, description="local: workers sharing each GPU")
     checkpoint_every: int | None = Field(None, gt=0, description="epochs between checkpoints of a cell "
                                                                  "(null: none); an interrupted cell resumes")
+    group_size: int | None = Field(None, gt=0, description="most cells trained together as one stacked network "
+                                                           "(null: all seeds x rates of a row; 1: one at a time). "
+                                                           "A cell's result does not depend on it")
     slurm: SlurmSettings = SlurmSettings()
 
     @field_validator("name")

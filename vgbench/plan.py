@@ -104,22 +104,23 @@ def _task(cell: CellSpec) -> Task:
 
 
 def build_model(cell: CellSpec, shape: DataShape) -> ProbedModel:
-    """The cell's network, built as ``run_cell.build`` builds it (without RBM pretraining)."""
+    """The cell's network as a group of one, built as ``run_group.build`` builds it (without RBM pretraining)."""
     task = _task(cell)
     family = FAMILIES.get(cell.family)
     io = ModelIO(shape.input_shape, task.num_outputs(shape.num_classes), task.per_step)
-    return family.build(io, cell.depth, Recipe(**cell.recipe), family.hparams.model_validate(cell.model))
+    return family.build(io, cell.depth, Recipe(**cell.recipe), family.hparams.model_validate(cell.model),
+                        [cell.seed])
 
 
 def random_batch(shape: DataShape, task: Task, batch_size: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standard-normal inputs and targets of the task's kind: a class id per sample (classification),
-    a real number per sample (regression), a symbol per time step (copy memory)."""
-    x = torch.randn(batch_size, *shape.input_shape, device=device)
+    """Standard-normal inputs and targets of the task's kind, for one model (``[1, B, ...]``): a class id
+    per sample (classification), a real number per sample (regression), a symbol per time step (copy memory)."""
+    x = torch.randn(1, batch_size, *shape.input_shape, device=device)
     if task.scalar_output:
-        y = torch.randn(batch_size, device=device)
+        y = torch.randn(1, batch_size, device=device)
     else:
-        target_shape = (batch_size, shape.input_shape[0]) if task.per_step else (batch_size,)
+        target_shape = (1, batch_size, shape.input_shape[0]) if task.per_step else (1, batch_size)
         y = torch.randint(0, shape.num_classes, target_shape, device=device)
     return x, y
 
@@ -129,7 +130,7 @@ def make_optimizer(cell: CellSpec, model: torch.nn.Module) -> torch.optim.Optimi
     from vgbench.training.module import TaskModule  # imports Lightning: only when measuring
 
     training = cell.training
-    module = TaskModule(model, _task(cell), cell.learning_rate, training["optimizer"], training["momentum"],
+    module = TaskModule(model, _task(cell), [cell.learning_rate], training["optimizer"], training["momentum"],
                         training["weight_decay"], augment=training["augment"])
     configured = module.configure_optimizers()
     return configured["optimizer"] if isinstance(configured, dict) else configured
@@ -174,7 +175,7 @@ def _rng_devices(device: torch.device) -> list:
 def measure(cell: CellSpec, device: str = "cpu", steps: int = 3) -> StepCost:
     """Time one training step, one evaluation batch and one probe's extra cost of the cell's model shape.
 
-    The model is built as ``run_cell.build`` builds it, but never pretrained;
+    The model is built as ``run_group.build`` builds a group of one, but never pretrained;
     inputs are random, of the data set's shape, in batches of
     ``training.batch_size``; the optimizer is the cell's own. After one
     warm-up step, ``steps`` training steps (augmentation, forward, task loss,
@@ -201,7 +202,7 @@ def _measure(cell: CellSpec, device: torch.device, steps: int) -> StepCost:
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        loss = task.loss(model(augment(x) if augment is not None else x), y)
+        loss = task.loss(model(torch.stack([augment(x[0])]) if augment is not None else x), y).sum()
         loss.backward()
         if recipe.grad_clip == "norm":
             torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip_value)

@@ -1,6 +1,8 @@
 """The task kinds: what a data set asks of a network, and how it is scored.
 
-A data set names its task (``DatasetSpec.task``). The task owns the loss, the
+A data set names its task (``DatasetSpec.task``). Outputs and targets come
+models first (``[K, N, ...]``, the K models of a cell group), and the loss and
+sums return one value per model. The task owns the loss, the
 evaluation sums that DDP ranks add up, the headline metric with its direction,
 and the rule that calls a cell trainable against the data set's closed-form
 baseline (chance accuracy, the constant predictor's MSE, the memoryless
@@ -29,8 +31,8 @@ class Task:
     metric: str                 # the headline metric, a key of ``finish``'s result
     higher_is_better: bool
     per_step: bool              # one output per time step
-    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]        # (outputs, y) -> mean loss
-    sums: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]  # (outputs, y) -> additive sums
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]        # (outputs, y) -> [K] mean losses
+    sums: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]  # (outputs, y) -> additive [K] sums
     finish: Callable[[list[float]], dict[str, float]]                 # summed sums -> metrics incl. "loss"
     scalar_output: bool = False  # one real output instead of one logit per class
 
@@ -58,41 +60,52 @@ TASKS: Registry[Task] = Registry("task")
 
 
 def _count(y: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(float(len(y)), device=y.device)
+    """Targets per model, [K]."""
+    return torch.full((y.shape[0],), float(y[0].numel()), device=y.device)
+
+
+def _per_model(values: torch.Tensor, models: int) -> torch.Tensor:
+    """Per-element values -> [K, elements], one row per model."""
+    return values.view(models, -1)
+
+
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """[K, ..., C] logits and [K, ...] labels -> [K, elements] per-element cross-entropies."""
+    return _per_model(F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none"), y.shape[0])
 
 
 # -- classification: one label per sample ----------------------------------------------------------
 def _classification_sums(logits, y):
-    return [F.cross_entropy(logits, y, reduction="sum"), (logits.argmax(dim=1) == y).sum(), _count(y)]
+    return [_cross_entropy(logits, y).sum(dim=1), (logits.argmax(dim=-1) == y).flatten(1).sum(dim=1), _count(y)]
 
 
 TASKS.add("classification", Task(
     "classification", "one class per sample; accuracy against chance 1/C", "accuracy", True, False,
-    loss=F.cross_entropy, sums=_classification_sums,
+    loss=lambda logits, y: _cross_entropy(logits, y).mean(dim=1), sums=_classification_sums,
     finish=lambda s: {"loss": s[0] / s[2], "accuracy": s[1] / s[2]}))
 
 
 # -- regression: one real target per sample (adding problem) ---------------------------------------
-def _mse(outputs, y):
-    return F.mse_loss(outputs.squeeze(-1), y)
+def _squared_errors(outputs, y):
+    return _per_model((outputs.squeeze(-1) - y) ** 2, y.shape[0])
 
 
 TASKS.add("regression", Task(
     "regression", "one real target per sample; MSE against the constant predictor's (the target variance)",
-    "mse", False, False, loss=_mse,
-    sums=lambda out, y: [F.mse_loss(out.squeeze(-1), y, reduction="sum"), _count(y)],
+    "mse", False, False, loss=lambda out, y: _squared_errors(out, y).mean(dim=1),
+    sums=lambda out, y: [_squared_errors(out, y).sum(dim=1), _count(y)],
     finish=lambda s: {"loss": s[0] / s[1], "mse": s[0] / s[1]}, scalar_output=True))
 
 
 # -- copy memory: one symbol per time step, scored on the recall ----------------------------------
 def _copy_loss(logits, y):
-    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+    return _cross_entropy(logits, y).mean(dim=1)
 
 
 def _copy_sums(logits, y):
-    recall_logits, recall_y = logits[:, -RECALL_LENGTH:], y[:, -RECALL_LENGTH:]
-    return [F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"), _count(y.flatten()),
-            (recall_logits.argmax(dim=-1) == recall_y).sum(), _count(recall_y.flatten())]
+    recall_logits, recall_y = logits[:, :, -RECALL_LENGTH:], y[:, :, -RECALL_LENGTH:]
+    return [_cross_entropy(logits, y).sum(dim=1), _count(y),
+            (recall_logits.argmax(dim=-1) == recall_y).flatten(1).sum(dim=1), _count(recall_y)]
 
 
 TASKS.add("copy_memory", Task(

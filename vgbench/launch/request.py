@@ -30,6 +30,7 @@ class WorkUnit:
     cell_ids: tuple[str, ...]
     launcher: str
     checkpoint_every: int | None = None
+    group_size: int | None = None  # most cells stacked in one group (None: a row's seeds x rates)
     threads: int | None = None  # torch threads where the cell's trainer.threads is null
     worker: int | None = None
     retry_failed: bool = False
@@ -58,6 +59,7 @@ class LaunchRequest:
             params_path=str(self.params_path.resolve()), profile=self.profile,
             data_root=str(self.data_root.resolve()), results_root=str(self.results_root.resolve()),
             cell_ids=tuple(cell_ids), launcher=self.settings.name, checkpoint_every=self.settings.checkpoint_every,
+            group_size=self.settings.group_size,
             threads=threads, retry_failed=self.retry_failed, not_before=self.not_before)
         return replace(unit, **changes)
 

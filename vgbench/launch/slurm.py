@@ -40,6 +40,7 @@ from collections import Counter
 import submitit
 
 from vgbench import atomic, plan, results
+from vgbench.groups import group
 from vgbench.launch import LAUNCHERS
 from vgbench.launch.request import LaunchError, LaunchRequest, WorkUnit
 from vgbench.launch.worker import run_unit
@@ -121,15 +122,17 @@ def estimate_costs(request: LaunchRequest) -> dict:
 
 
 def plan_units(request: LaunchRequest) -> list[WorkUnit]:
-    """Array tasks: one cell each for DDP profiles, else cells packed by estimated cost."""
-    ids = [cell.cell_id for cell in request.cells]
+    """Array tasks: one cell group each for DDP profiles, else whole cell groups (vgbench/groups.py) packed by
+    estimated cost (the sum of their cells': an upper bound, since a group shares the per-step cost)."""
+    cell_groups = group(request.cells, request.settings.group_size)
     nodes, tasks_per_node = ddp_tasks(request)
     if nodes * tasks_per_node > 1:
-        groups = [[cell_id] for cell_id in ids]
-    else:
-        groups = plan.pack(ids, {k: v.seconds for k, v in estimate_costs(request).items()},
-                           request.settings.slurm.task_minutes * 60)
-    return [request.unit(group) for group in groups]
+        return [request.unit([cell.cell_id for cell in cells]) for cells in cell_groups]
+    costs = estimate_costs(request)
+    keys = [str(index) for index in range(len(cell_groups))]
+    seconds = {key: sum(costs[cell.cell_id].seconds for cell in cells) for key, cells in zip(keys, cell_groups)}
+    tasks = plan.pack(keys, seconds, request.settings.slurm.task_minutes * 60)
+    return [request.unit([cell.cell_id for key in task for cell in cell_groups[int(key)]]) for task in tasks]
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, int]:

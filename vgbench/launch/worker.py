@@ -2,10 +2,14 @@
 
 Every launcher ends here (in-process for ``serial``, as ``python -m
 vgbench.launch.worker UNIT.json`` for ``local``, inside a submitit array task
-for ``slurm``). Per cell: skip it if done (or failed, unless retrying); claim
-it; train it, resuming from its checkpoint if an earlier run was interrupted;
-on an exception write ``error.json`` and go on with the next; release the
-claim. The cell files are the only record of what happened.
+for ``slurm``). It skips the cells that are done (or failed, unless retrying),
+groups the rest by row (vgbench/groups.py: the seeds and learning rates of a
+row train as one stacked network), and per group: claims its cells (those
+another worker holds stay out of the group), trains them together, resuming
+from the group's checkpoint if an earlier run of the same group was
+interrupted; on an exception writes ``error.json`` for each of its cells and
+goes on with the next group; releases the claims. The cell files are the only
+record of what happened.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ def _is_done(results_root: Path, cell_id: str, unit: WorkUnit, state: results.Ce
     return (results.cell_dir(results_root, cell_id) / "metrics.json").stat().st_mtime >= unit.not_before
 
 
-def _summary_line(index: int, total: int, result) -> str:
-    return (f"[{index}/{total}] {result.cell_id}: test {result.metric} {result.test_metric:.3f} "
+def _summary_line(done: int, total: int, result) -> str:
+    return (f"[{done}/{total}] {result.cell_id}: test {result.metric} {result.test_metric:.3f} "
             f"(baseline {result.baseline_metric:.3f}), log10 dL/dh first/last "
             f"{result.init_log10_dL_dh_first_last:+.2f}, failure {result.failure}, {result.wall_seconds:.1f}s"
             + (f", resumed from epoch {result.launch.resumed_from_epoch}"
@@ -54,12 +58,13 @@ def _summary_line(index: int, total: int, result) -> str:
 
 
 def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
-    """Train what is left of ``unit``; return the ids trained, failed and skipped (with why)."""
+    """Train what is left of ``unit``, group by group; return the ids trained, failed and skipped (with why)."""
     import torch
 
     from vgbench.config import load_params
+    from vgbench.groups import group
     from vgbench.matrix import expand
-    from vgbench.training.run_cell import data_for, run_cell
+    from vgbench.training.run_group import data_for
 
     params = load_params(unit.params_path, unit.profile)
     by_id = {cell.cell_id: cell for cell in expand(params.active)}
@@ -73,40 +78,62 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
     report: dict[str, list[str]] = {"trained": [], "failed": [], "skipped": []}
     data_cache: dict = {}
     total = len(unit.cell_ids)
-    for index, cell_id in enumerate(unit.cell_ids, 1):
+    pending = []
+    for cell_id in unit.cell_ids:
         state = results.cell_state(root, cell_id)
         if _is_done(root, cell_id, unit, state) or (state.state == "failed" and not unit.retry_failed):
             report["skipped"].append(f"{cell_id} ({state.state})")
-            continue
-        claim = claims.try_claim(root, cell_id, unit.launcher) if rank_zero else None
-        if rank_zero and claim is None:
-            holder = claims.read_claim(root, cell_id)  # None if released meanwhile: then it is done or failed
-            report["skipped"].append(f"{cell_id} (claimed by {holder.where if holder else 'another worker'})")
-            continue
+        else:
+            pending.append(by_id[cell_id])
+    for cells in group(pending, unit.group_size):
+        held = []
         try:
-            if _is_done(root, cell_id, unit):  # finished by another worker between our look and our claim
-                report["skipped"].append(f"{cell_id} (done)")
+            for cell in cells:
+                claim = claims.try_claim(root, cell.cell_id, unit.launcher) if rank_zero else None
+                if rank_zero and claim is None:
+                    holder = claims.read_claim(root, cell.cell_id)  # None if released meanwhile: done or failed
+                    report["skipped"].append(f"{cell.cell_id} (claimed by {holder.where if holder else 'another worker'})")
+                elif _is_done(root, cell.cell_id, unit):  # finished by another worker between our look and our claim
+                    report["skipped"].append(f"{cell.cell_id} (done)")
+                    if claim is not None:
+                        claims.release(root, claim)
+                else:
+                    held.append((cell, claim))
+            if not held:
                 continue
-            error = results.read_error(root, cell_id)
-            launch = _launch_info(unit, attempt=1 + (error["attempt"] if error else 0))
-            cell = by_id[cell_id]
-            result = run_cell(cell, data_for(cell, data_root, data_cache), root, params.wandb, launch,
-                              unit.checkpoint_every)
-            report["trained"].append(cell_id)
-            if result is not None:
-                print(_summary_line(index, total, result), flush=True)
-        except Exception as error:  # noqa: BLE001 - a cell's failure is recorded; the others go on
-            report["failed"].append(cell_id)
-            if rank_zero:
-                record = results.write_error(root, cell_id, error, _where(unit))
-                print(f"[{index}/{total}] {cell_id}: FAILED (attempt {record['attempt']}): {record['error']} "
-                      f"(traceback in {results.cell_dir(root, cell_id) / 'error.json'})", file=sys.stderr, flush=True)
+            mine = [cell for cell, _ in held]
+            _train_group(unit, root, mine, data_for(mine[0], data_root, data_cache), params, report, total, rank_zero)
         finally:
-            if claim is not None:
-                claims.release(root, claim)
+            for _, claim in held:
+                if claim is not None:
+                    claims.release(root, claim)
     if unit.report_path:
         atomic.write_json(unit.report_path, report)
     return report
+
+
+def _train_group(unit: WorkUnit, root: Path, cells: list, data, params, report: dict, total: int,
+                 rank_zero: bool) -> None:
+    """Train one group; on an exception record it for each of its cells (the matrix goes on)."""
+    from vgbench.training.run_group import run_group
+
+    try:
+        attempts = [results.read_error(root, cell.cell_id) for cell in cells]
+        launch = _launch_info(unit, attempt=1 + max((error["attempt"] for error in attempts if error), default=0))
+        group_results = run_group(cells, data, root, params.wandb, launch, unit.checkpoint_every)
+        for result in group_results or []:
+            report["trained"].append(result.cell_id)
+            print(_summary_line(len(report["trained"]), total, result), flush=True)
+        if group_results is None:  # DDP ranks > 0 train but write nothing
+            report["trained"] += [cell.cell_id for cell in cells]
+    except Exception as error:  # noqa: BLE001 - a group's failure is recorded; the others go on
+        report["failed"] += [cell.cell_id for cell in cells]
+        if rank_zero:
+            for cell in cells:
+                record = results.write_error(root, cell.cell_id, error, _where(unit))
+                print(f"{cell.cell_id}: FAILED (attempt {record['attempt']}): {record['error']} "
+                      f"(traceback in {results.cell_dir(root, cell.cell_id) / 'error.json'})", file=sys.stderr,
+                      flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

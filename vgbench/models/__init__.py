@@ -1,19 +1,22 @@
 """The model-family axis.
 
 A family is one module that registers a ``Family``: a builder taking the data's
-shapes (``ModelIO``), the depth, a recipe and a pydantic model of the family's
-own hyperparameters (validated with params.yaml). ``base_recipe`` is the
-family's vanishing baseline, the recipe that every remedy overrides.
+shapes (``ModelIO``), the depth, a recipe, a pydantic model of the family's
+own hyperparameters (validated with params.yaml) and the number of models K
+to stack (vgbench/models/stacked.py: a cell group trains as one network).
+``base_recipe`` is the family's vanishing baseline, the recipe that every
+remedy overrides. ``Family.build`` initializes model k from seed k.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from pydantic import BaseModel
 
 from vgbench.models.recipe import Recipe
+from vgbench.models.stacked import initialize
 from vgbench.probes.taps import ProbedModel
 from vgbench.registry import Registry
 
@@ -34,7 +37,7 @@ class Family:
     name: str
     summary: str
     hparams: type[BaseModel]
-    builder: Callable[[ModelIO, int, Recipe, BaseModel], ProbedModel]  # (io, depth, recipe, hparams)
+    builder: Callable[[ModelIO, int, Recipe, BaseModel, int], ProbedModel]  # (io, depth, recipe, hparams, K)
     depth_meaning: str = "hidden layers"
     depth_is_length: bool = False  # depth is the sequence length (recurrent nets)
     probed_state: str = "hidden layer"  # what one tapped state is: a hidden layer, a time step, a block
@@ -43,13 +46,19 @@ class Family:
     per_step_outputs: bool = False  # can give one output per time step (copy-memory)
     check_depth: Callable[[int], object] | None = None  # raises ValueError for a depth it cannot build
 
-    def build(self, io: ModelIO, depth: int, recipe: Recipe, hparams: BaseModel) -> ProbedModel:
-        """The network for ``io``; refuses per-time-step outputs the family cannot give."""
+    def build(self, io: ModelIO, depth: int, recipe: Recipe, hparams: BaseModel,
+              seeds: Sequence[int] = (0,)) -> ProbedModel:
+        """One stacked network of ``len(seeds)`` models for ``io``, model k initialized from ``seeds[k]``
+        alone; refuses per-time-step outputs the family cannot give."""
         if io.per_step and not self.per_step_outputs:
             able = " or ".join(name for name, family in FAMILIES.items() if family.per_step_outputs)
             raise ValueError(f"the {self.name} family gives one output per sample; "
                              f"per-time-step tasks need the {able} family")
-        return self.builder(io, depth, recipe, hparams)
+        if not seeds:
+            raise ValueError("a network stacks at least one model: give at least one seed")
+        model = self.builder(io, depth, recipe, hparams, len(seeds))
+        initialize(model, list(seeds))
+        return model
 
 
 FAMILIES: Registry[Family] = Registry("family")

@@ -28,6 +28,7 @@ from torch import nn
 
 from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import Recipe
+from vgbench.models.stacked import StackedLinear
 from vgbench.probes.taps import ProbedModel
 
 
@@ -47,34 +48,28 @@ class HighwayHParams(BaseModel):
 class GatedLayer(nn.Module):
     """One layer: the transform H, and the gate T when the recipe asks for highway layers."""
 
-    def __init__(self, width: int, recipe: Recipe, gate_bias: float):
+    def __init__(self, models: int, width: int, recipe: Recipe, gate_bias: float):
         super().__init__()
-        self.linear = nn.Linear(width, width)  # W_H, b_H
-        self.norm = recipe.make_norm(width)
+        self.linear = StackedLinear(models, width, width, init=recipe.init_weight)  # W_H, b_H
+        self.norm = recipe.make_norm(models, width)
         self.activation = recipe.make_activation()
-        recipe.init_weight(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
         self.gate = None
         if recipe.skip == "highway":
-            self.gate = nn.Linear(width, width)  # W_T, b_T
-            recipe.init_weight(self.gate.weight)
-            nn.init.constant_(self.gate.bias, gate_bias)
+            self.gate = StackedLinear(models, width, width, init=recipe.init_weight, bias_value=gate_bias)  # W_T, b_T
 
 
 class HighwayNet(ProbedModel):
-    def __init__(self, in_features: int, num_outputs: int, depth: int, recipe: Recipe,
+    def __init__(self, models: int, in_features: int, num_outputs: int, depth: int, recipe: Recipe,
                  width: int, gate_bias: float):
-        super().__init__(recipe.activation)
+        super().__init__(recipe.activation, models)
         self.skip = recipe.skip
-        self.projection = nn.Linear(in_features, width)
-        recipe.init_weight(self.projection.weight)
-        nn.init.zeros_(self.projection.bias)
+        self.projection = StackedLinear(models, in_features, width, init=recipe.init_weight)
         self.projection_activation = recipe.make_activation()
-        self.layers = nn.ModuleList(GatedLayer(width, recipe, gate_bias) for _ in range(depth))
-        self.head = nn.Linear(width, num_outputs)  # PyTorch default init, as in the mlp family
+        self.layers = nn.ModuleList(GatedLayer(models, width, recipe, gate_bias) for _ in range(depth))
+        self.head = StackedLinear(models, width, num_outputs)  # PyTorch default init, as in the mlp family
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.projection_activation(self.projection(x.flatten(1)))
+        h = self.projection_activation(self.projection(x.flatten(2)))
         for index, layer in enumerate(self.layers):
             z = self.taps.preactivation(index, layer.norm(layer.linear(h)))
             transformed = layer.activation(z)
@@ -92,8 +87,8 @@ class HighwayNet(ProbedModel):
         return [(f"layers.{i}.linear.weight", layer.linear.weight) for i, layer in enumerate(self.layers)]
 
 
-def build_highway(io: ModelIO, depth: int, recipe: Recipe, hparams: HighwayHParams) -> HighwayNet:
-    return HighwayNet(math.prod(io.input_shape), io.num_outputs, depth, recipe,
+def build_highway(io: ModelIO, depth: int, recipe: Recipe, hparams: HighwayHParams, models: int) -> HighwayNet:
+    return HighwayNet(models, math.prod(io.input_shape), io.num_outputs, depth, recipe,
                       hparams.width, hparams.gate_bias)
 
 

@@ -3,6 +3,7 @@
 Depth counts hidden layers. Hidden layer l computes
 ``h_l = act(norm(W_l h_{l-1} + b_l))`` and, with ``skip="residual"``, adds
 ``h_{l-1}`` (He et al. 2016) for every layer whose input has the same width.
+Every layer holds K stacked models (``[K, N, features]``, vgbench/models/stacked.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import Recipe
+from vgbench.models.stacked import StackedLinear
 from vgbench.probes.taps import ProbedModel
 
 
@@ -24,27 +26,25 @@ class MLPHParams(BaseModel):
 
 
 class HiddenLayer(nn.Module):
-    def __init__(self, fan_in: int, width: int, recipe: Recipe):
+    def __init__(self, models: int, fan_in: int, width: int, recipe: Recipe):
         super().__init__()
-        self.linear = nn.Linear(fan_in, width)
-        self.norm = recipe.make_norm(width)
+        self.linear = StackedLinear(models, fan_in, width, init=recipe.init_weight)
+        self.norm = recipe.make_norm(models, width)
         self.activation = recipe.make_activation()
-        recipe.init_weight(self.linear.weight)
-        nn.init.zeros_(self.linear.bias)
 
 
 class DeepMLP(ProbedModel):
-    def __init__(self, in_features: int, num_outputs: int, depth: int, recipe: Recipe, width: int):
-        super().__init__(recipe.activation)
+    def __init__(self, models: int, in_features: int, num_outputs: int, depth: int, recipe: Recipe, width: int):
+        super().__init__(recipe.activation, models)
         self.residual = recipe.skip == "residual"
         self.hidden = nn.ModuleList(
-            HiddenLayer(in_features if i == 0 else width, width, recipe) for i in range(depth))
-        self.head = nn.Linear(width, num_outputs)
+            HiddenLayer(models, in_features if i == 0 else width, width, recipe) for i in range(depth))
         # The classifier keeps PyTorch's default init in every remedy, so that the
         # remedies differ only in the hidden stack they are about.
+        self.head = StackedLinear(models, width, num_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.flatten(1)
+        h = x.flatten(2)
         for index, layer in enumerate(self.hidden):
             z = self.taps.preactivation(index, layer.norm(layer.linear(h)))
             out = layer.activation(z)
@@ -57,8 +57,8 @@ class DeepMLP(ProbedModel):
         return [(f"hidden.{i}.linear.weight", layer.linear.weight) for i, layer in enumerate(self.hidden)]
 
 
-def build_mlp(io: ModelIO, depth: int, recipe: Recipe, hparams: MLPHParams) -> DeepMLP:
-    return DeepMLP(math.prod(io.input_shape), io.num_outputs, depth, recipe, hparams.width)
+def build_mlp(io: ModelIO, depth: int, recipe: Recipe, hparams: MLPHParams, models: int) -> DeepMLP:
+    return DeepMLP(models, math.prod(io.input_shape), io.num_outputs, depth, recipe, hparams.width)
 
 
 FAMILIES.add("mlp", Family("mlp", "deep fully connected classifier", MLPHParams, build_mlp))

@@ -134,13 +134,11 @@ class Recipe:
     def make_activation(self) -> nn.Module:
         return ACTIVATIONS[self.activation]()
 
-    def make_norm(self, features: int) -> nn.Module:
-        """Normalization over ``features`` (channels of a (N, C) or (N, C, L) tensor for batchnorm)."""
-        if self.norm == "batchnorm":
-            return nn.BatchNorm1d(features)
-        if self.norm == "layernorm":
-            return nn.LayerNorm(features)
-        return nn.Identity()
+    def make_norm(self, models: int, features: int) -> nn.Module:
+        """Normalization of ``[K, N, features]``, per model (vgbench/models/stacked.py)."""
+        from vgbench.models.stacked import StackedFeatureNorm
+
+        return StackedFeatureNorm(models, features, self.norm) if self.norm != "none" else nn.Identity()
 
     def init_weight(self, weight: torch.Tensor) -> None:
         INITS[self.init](weight, self)

@@ -12,9 +12,10 @@ comparison of the paper's Fig. 6: only the shortcut differs. Batch normalization
 follows each convolution when ``recipe.norm == "batchnorm"`` (the paper's
 setting); with no norm the convolutions get a bias instead.
 
-One class serves images (N, C, H, W) with 2-D convolutions and vector data
-(N, features) as one channel of length ``features`` with 1-D convolutions, so
-MNIST-1D runs the same architecture as CIFAR-10.
+One class serves images (C, H, W) with 2-D convolutions and vector data
+(features,) as one channel of length ``features`` with 1-D convolutions, so
+MNIST-1D runs the same architecture as CIFAR-10. K models stack
+(vgbench/models/stacked.py; its convolutions run one call per model).
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from torch import nn
 
 from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import Recipe
+from vgbench.models.stacked import StackedConv, StackedConvBatchNorm, StackedLinear
 from vgbench.probes.taps import ProbedModel
 
-_CONV = {1: nn.Conv1d, 2: nn.Conv2d}
-_BATCHNORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
 
 
 class ResNetHParams(BaseModel):
@@ -46,19 +46,16 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-def conv3(in_channels: int, out_channels: int, stride: int, dims: int, recipe: Recipe) -> nn.Module:
-    """A 3x3 (or length-3) convolution, its weight initialised by the recipe."""
-    conv = _CONV[dims](in_channels, out_channels, 3, stride=stride, padding=1,
-                       bias=recipe.norm != "batchnorm")  # batchnorm's shift makes a bias redundant
-    recipe.init_weight(conv.weight)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)
-    return conv
+def conv3(models: int, in_channels: int, out_channels: int, stride: int, dims: int, recipe: Recipe) -> StackedConv:
+    """K 3x3 (or length-3) convolutions, their weights initialised by the recipe."""
+    return StackedConv(models, dims, in_channels, out_channels, 3, stride=stride, padding=1,
+                       bias=recipe.norm != "batchnorm",  # batchnorm's shift makes a bias redundant
+                       init=recipe.init_weight)
 
 
-def conv_norm(channels: int, dims: int, recipe: Recipe) -> nn.Module:
+def conv_norm(models: int, channels: int, recipe: Recipe) -> nn.Module:
     if recipe.norm == "batchnorm":
-        return _BATCHNORM[dims](channels)
+        return StackedConvBatchNorm(models, channels)
     if recipe.norm == "layernorm":
         # Refused rather than silently dropped: a "layernorm" cell would otherwise
         # be the no-norm network under another name.
@@ -71,6 +68,7 @@ class ZeroPadShortcut(nn.Module):
 
     He et al. chose it for CIFAR so that residual and plain nets have equal
     parameter counts; the padded channels carry nothing, the rest is identity.
+    Reads ``[K, N, C, *spatial]``.
     """
 
     def __init__(self, out_channels: int, stride: int):
@@ -79,22 +77,22 @@ class ZeroPadShortcut(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = (slice(None, None, self.stride),) * (x.dim() - 2)
-        x = x[(slice(None), slice(None), *spatial)]
+        spatial = (slice(None, None, self.stride),) * (x.dim() - 3)
+        x = x[(slice(None), slice(None), slice(None), *spatial)]
         # F.pad lists (before, after) pairs from the last dimension backwards; channels come last.
-        return F.pad(x, (0, 0) * (x.dim() - 2) + (0, self.out_channels - x.shape[1]))
+        return F.pad(x, (0, 0) * (x.dim() - 3) + (0, self.out_channels - x.shape[2]))
 
 
 class BasicBlock(nn.Module):
     """conv-norm-act-conv-norm (+ shortcut) then act; ``shortcut`` is None in the plain network."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, dims: int, recipe: Recipe):
+    def __init__(self, models: int, in_channels: int, out_channels: int, stride: int, dims: int, recipe: Recipe):
         super().__init__()
-        self.conv1 = conv3(in_channels, out_channels, stride, dims, recipe)
-        self.norm1 = conv_norm(out_channels, dims, recipe)
+        self.conv1 = conv3(models, in_channels, out_channels, stride, dims, recipe)
+        self.norm1 = conv_norm(models, out_channels, recipe)
         self.activation1 = recipe.make_activation()
-        self.conv2 = conv3(out_channels, out_channels, 1, dims, recipe)
-        self.norm2 = conv_norm(out_channels, dims, recipe)
+        self.conv2 = conv3(models, out_channels, out_channels, 1, dims, recipe)
+        self.norm2 = conv_norm(models, out_channels, recipe)
         self.activation2 = recipe.make_activation()
         self.shortcut = ZeroPadShortcut(out_channels, stride) if recipe.skip == "residual" else None
 
@@ -105,47 +103,51 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(ProbedModel):
-    """6n+2 layers in ``dims``-dimensional convolutions; one probed state per block (3n)."""
+    """6n+2 layers in ``dims``-dimensional convolutions; one probed state per block (3n).
 
-    def __init__(self, in_channels: int, num_outputs: int, depth: int, recipe: Recipe, width: int, dims: int):
-        super().__init__(recipe.activation)
+    Tensors are ``[K, N, C, *spatial]``: K stacked models (vgbench/models/stacked.py).
+    """
+
+    def __init__(self, models: int, in_channels: int, num_outputs: int, depth: int, recipe: Recipe, width: int,
+                 dims: int):
+        super().__init__(recipe.activation, models)
         if recipe.skip not in ("none", "residual"):
             raise ValueError(f"the resnet family supports skip 'residual' or 'none', not {recipe.skip!r}")
         n = blocks_per_stage(depth)
         self.dims = dims
-        self.stem = nn.Sequential(conv3(in_channels, width, 1, dims, recipe), conv_norm(width, dims, recipe),
-                                  recipe.make_activation())
+        self.stem = nn.Sequential(conv3(models, in_channels, width, 1, dims, recipe),
+                                  conv_norm(models, width, recipe), recipe.make_activation())
         blocks, channels = [], width
         for stage in range(3):
             out_channels = width * 2 ** stage
             for index in range(n):
                 stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(BasicBlock(channels, out_channels, stride, dims, recipe))
+                blocks.append(BasicBlock(models, channels, out_channels, stride, dims, recipe))
                 channels = out_channels
         self.blocks = nn.ModuleList(blocks)
-        self.head = nn.Linear(channels, num_outputs)  # PyTorch default init, as in the mlp family
+        self.head = StackedLinear(models, channels, num_outputs)  # PyTorch default init, as in the mlp family
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dims == 1 and x.dim() == 2:
-            x = x.unsqueeze(1)  # (N, features) -> one channel of length features
+        if self.dims == 1 and x.dim() == 3:
+            x = x.unsqueeze(2)  # [K, N, features] -> one channel of length features
         h = self.stem(x)
         for index, block in enumerate(self.blocks):
             z = self.taps.preactivation(index, block.last_preactivation(h))
             h = self.taps.hidden(index, block.activation2(z))
-        return self.head(h.mean(dim=tuple(range(2, h.dim()))))  # global average pooling
+        return self.head(h.mean(dim=tuple(range(3, h.dim()))))  # global average pooling
 
     def probe_weights(self) -> list[tuple[str, nn.Parameter]]:
         return [(f"blocks.{i}.conv1.weight", block.conv1.weight) for i, block in enumerate(self.blocks)]
 
 
-def build_resnet(io: ModelIO, depth: int, recipe: Recipe, hparams: ResNetHParams) -> CifarResNet:
+def build_resnet(io: ModelIO, depth: int, recipe: Recipe, hparams: ResNetHParams, models: int) -> CifarResNet:
     if len(io.input_shape) == 1:
         in_channels, dims = 1, 1
     elif len(io.input_shape) == 3:
         in_channels, dims = io.input_shape[0], 2
     else:
         raise ValueError(f"the resnet family reads (features,) or (C, H, W) samples, not {io.input_shape}")
-    return CifarResNet(in_channels, io.num_outputs, depth, recipe, hparams.width, dims)
+    return CifarResNet(models, in_channels, io.num_outputs, depth, recipe, hparams.width, dims)
 
 
 FAMILIES.add("resnet", Family(

@@ -7,25 +7,30 @@ the recipe: tanh, sigmoid, ReLU; with identity recurrent init it is the IRNN of
 Le, Jaitly & Hinton 2015), the LSTM (Hochreiter & Schmidhuber 1997, with the
 forget gate of Gers et al. 2000) and the GRU (Cho et al. 2014).
 
-The weights live in PyTorch's own ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``, and
-unprobed steps run their fused kernels (cuDNN on GPUs; on CPU an LSTM step is
-~6x faster than a Python loop). On probe steps, and for what the fused kernels
-cannot do (sigmoid units, layer normalization), the same equations run as a
-Python loop over time with the same parameters: the probes need
-||dL/dh_t|| for every t, which only a tensor per step can give (a fused
-output sequence only carries each step's direct gradient). Both paths compute
-the same function; a test holds them to float tolerance.
+The weights of K stacked models are ``[K, gates * hidden, ...]`` tensors laid
+out as PyTorch's ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` lay out theirs. Unprobed
+steps run PyTorch's fused kernels (cuDNN on GPUs), one call per model on that
+model's slice: on this project's 2-core CPU nine fused LSTM calls took 45 ms
+where one Python loop over time for all nine stacked models took 65-75 ms (a
+step is too small for batching the models to pay for the loop's per-op cost).
+On probe steps, and for what the fused kernels cannot do (sigmoid units, layer
+normalization), the same equations run as one Python loop over time for all K
+models with batched matrix products: the probes need ||dL/dh_t|| for every t,
+which only a tensor per step can give (a fused output sequence only carries
+each step's direct gradient). Both paths compute the same function; a test
+holds them to float tolerance. Either way model k's arithmetic does not depend
+on K (tests/test_stacking.py).
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import Recipe
+from vgbench.models.stacked import StackedLayer, StackedLinear
 from vgbench.probes.taps import ProbedModel
 
 LSTM_FORGET_BIAS = 1.0  # Gers, Schmidhuber & Cummins 2000; Jozefowicz et al. 2015
@@ -36,40 +41,57 @@ class RNNHParams(BaseModel):
     hidden_size: int = Field(64, gt=0, description="units in the recurrent state")
 
 
-FUSED = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # blocks stacked in the weights, in PyTorch's order
+# The fused kernels, called with one model's flat weights as nn.RNN / nn.LSTM / nn.GRU call them.
+FUSED = {("rnn", "tanh"): torch._VF.rnn_tanh, ("rnn", "relu"): torch._VF.rnn_relu,
+         ("lstm", "tanh"): torch._VF.lstm, ("gru", "tanh"): torch._VF.gru}
+
+
+class RecurrentWeights(StackedLayer):
+    """W_ih, W_hh, b_ih, b_hh of K models; each gate's block initialised apart, as the recipe says."""
+
+    def __init__(self, models: int, in_features: int, hidden_size: int, recipe: Recipe):
+        super().__init__(models)
+        self.recipe, self.hidden_size, self.blocks = recipe, hidden_size, GATES[recipe.cell]
+        rows = self.blocks * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty(models, rows, in_features))
+        self.weight_hh = nn.Parameter(torch.empty(models, rows, hidden_size))
+        self.bias_ih = nn.Parameter(torch.zeros(models, rows))
+        self.bias_hh = nn.Parameter(torch.zeros(models, rows))
+
+    def init_model(self, k: int) -> None:
+        with torch.no_grad():
+            for block in self.weight_ih[k].chunk(self.blocks):
+                self.recipe.init_weight(block)
+            for block in self.weight_hh[k].chunk(self.blocks):
+                self.recipe.init_recurrent_weight(block)
+            self.bias_ih[k].zero_()
+            self.bias_hh[k].zero_()
+            if self.recipe.cell == "lstm":
+                self.bias_ih[k, self.hidden_size:2 * self.hidden_size] = LSTM_FORGET_BIAS
 
 
 class RecurrentNet(ProbedModel):
-    def __init__(self, io: ModelIO, recipe: Recipe, hidden_size: int):
+    def __init__(self, models: int, io: ModelIO, recipe: Recipe, hidden_size: int):
         if len(io.input_shape) != 2:
             raise ValueError(f"the rnn family reads (time, features) sequences, got input shape {io.input_shape}")
         if recipe.norm == "batchnorm":
             raise ValueError("batchnorm does not apply to the rnn family (statistics differ per time step); "
                              "use layernorm")
-        super().__init__("tanh" if recipe.cell != "rnn" else recipe.activation)
+        activation = recipe.activation if recipe.cell == "rnn" else "tanh"
+        super().__init__(activation, models)
         self.cell, self.hidden_size, self.per_step = recipe.cell, hidden_size, io.per_step
-        extra = {"nonlinearity": recipe.activation} if recipe.cell == "rnn" and recipe.activation in ("tanh", "relu") else {}
-        self.rnn = FUSED[recipe.cell](io.input_shape[1], hidden_size, batch_first=True, **extra)
-        self.fused_ok = recipe.norm == "none" and (recipe.cell != "rnn" or bool(extra))
+        self.rnn = RecurrentWeights(models, io.input_shape[1], hidden_size, recipe)
+        self.fused = FUSED.get((recipe.cell, activation)) if recipe.norm == "none" else None
         self.activation = recipe.make_activation() if recipe.cell == "rnn" else nn.Tanh()
-        blocks = self.rnn.weight_ih_l0.shape[0] // hidden_size  # gate blocks stacked in the weights: 1, 4 or 3
         # Layer normalization of the summed input of each step (Ba, Kiros & Hinton 2016);
         # for the GRU, of the recurrent term, which its reset gate scales.
-        self.norm = recipe.make_norm(blocks * hidden_size)
-        for block in self.rnn.weight_ih_l0.chunk(blocks):
-            recipe.init_weight(block)
-        for block in self.rnn.weight_hh_l0.chunk(blocks):
-            recipe.init_recurrent_weight(block)
-        nn.init.zeros_(self.rnn.bias_ih_l0)
-        nn.init.zeros_(self.rnn.bias_hh_l0)
-        if recipe.cell == "lstm":
-            with torch.no_grad():
-                self.rnn.bias_ih_l0[hidden_size:2 * hidden_size] = LSTM_FORGET_BIAS
-        self.head = nn.Linear(hidden_size, io.num_outputs)
+        self.norm = recipe.make_norm(models, self.rnn.blocks * hidden_size)
+        self.head = StackedLinear(models, hidden_size, io.num_outputs)
 
     def _step(self, t: int, projected: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None):
-        """One time step: (new h, new c); ``projected`` is W_ih x_t + b_ih."""
-        recurrent = F.linear(h, self.rnn.weight_hh_l0, self.rnn.bias_hh_l0)
+        """One time step of all K models: (new h, new c); ``projected`` is W_ih x_t + b_ih, ``[K, N, G*H]``."""
+        recurrent = torch.baddbmm(self.rnn.bias_hh.unsqueeze(1), h, self.rnn.weight_hh.transpose(1, 2))
         if self.cell == "gru":
             r_z_x, n_x = projected.split([2 * self.hidden_size, self.hidden_size], dim=-1)
             r_z_h, n_h = self.norm(recurrent).split([2 * self.hidden_size, self.hidden_size], dim=-1)
@@ -84,28 +106,45 @@ class RecurrentNet(ProbedModel):
         return torch.sigmoid(o) * torch.tanh(c), c
 
     def unrolled(self, x: torch.Tensor) -> torch.Tensor:
-        """The hidden states (batch, time, hidden), one step at a time, each one tapped."""
-        projected = F.linear(x, self.rnn.weight_ih_l0, self.rnn.bias_ih_l0)  # every step's input at once
-        h = x.new_zeros(x.shape[0], self.hidden_size)
+        """The hidden states ``[K, N, T, H]``, one step at a time for all K models, each one tapped."""
+        models, n, steps, _ = x.shape
+        # Every step's input at once; unbound once, so the backward pass stacks the steps'
+        # gradients in one go instead of adding each into a zero tensor of the whole sequence.
+        projected = torch.baddbmm(self.rnn.bias_ih.unsqueeze(1), x.flatten(1, 2),
+                                  self.rnn.weight_ih.transpose(1, 2)).view(models, n, steps, -1).unbind(2)
+        h = x.new_zeros(models, n, self.hidden_size)
         c = h if self.cell == "lstm" else None
         states = []
-        for t in range(x.shape[1]):
-            h, c = self._step(t, projected[:, t], h, c)
+        for t in range(steps):
+            h, c = self._step(t, projected[t], h, c)
             states.append(self.taps.hidden(t, h))
-        return torch.stack(states, dim=1)
+        return torch.stack(states, dim=2)
+
+    def fused_per_model(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden states ``[K, N, T, H]`` from PyTorch's fused kernel, called once per model."""
+        weights = [w.unbind(0) for w in (self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih, self.rnn.bias_hh)]
+        states = []
+        for k, x_k in enumerate(x.unbind(0)):
+            h0 = x_k.new_zeros(1, x_k.shape[0], self.hidden_size)
+            hx = (h0, h0) if self.cell == "lstm" else h0
+            flat = [w[k] for w in weights]
+            states.append(self.fused(x_k, hx, flat, True, 1, 0.0, self.training, False, True)[0])
+        return torch.stack(states)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        states = self.rnn(x)[0] if self.fused_ok and not self.taps.armed else self.unrolled(x)
-        return self.head(states) if self.per_step else self.head(states[:, -1])
+        states = self.fused_per_model(x) if self.fused is not None and not self.taps.armed else self.unrolled(x)
+        if self.per_step:
+            return self.head(states.flatten(1, 2)).unflatten(1, states.shape[1:3])
+        return self.head(states[:, :, -1])
 
     def probe_weights(self) -> list[tuple[str, nn.Parameter]]:
         # Two matrices shared by all steps: their gradients sum over time, so the
         # per-step picture comes from dL/dh_t, not from these.
-        return [("rnn.weight_ih_l0", self.rnn.weight_ih_l0), ("rnn.weight_hh_l0", self.rnn.weight_hh_l0)]
+        return [("rnn.weight_ih", self.rnn.weight_ih), ("rnn.weight_hh", self.rnn.weight_hh)]
 
 
-def build_rnn(io: ModelIO, depth: int, recipe: Recipe, hparams: RNNHParams) -> RecurrentNet:
-    return RecurrentNet(io, recipe, hparams.hidden_size)
+def build_rnn(io: ModelIO, depth: int, recipe: Recipe, hparams: RNNHParams, models: int) -> RecurrentNet:
+    return RecurrentNet(models, io, recipe, hparams.hidden_size)
 
 
 FAMILIES.add("rnn", Family(

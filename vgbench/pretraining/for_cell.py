@@ -46,17 +46,17 @@ class PretrainingSettings(PretrainSettings):
         return PretrainSettings(**self.model_dump(exclude={"visible_units"}))
 
 
-def _fold_unit_scaling(model: DeepMLP, low: torch.Tensor, span: torch.Tensor) -> None:
+def _fold_unit_scaling(model: DeepMLP, k: int, low: torch.Tensor, span: torch.Tensor) -> None:
     linear = model.hidden[0].linear
     with torch.no_grad():
-        weight = linear.weight.clone()
-        linear.weight.copy_(weight / span)
-        linear.bias.sub_(weight @ (low / span))
+        weight = linear.weight[k].clone()
+        linear.weight[k].copy_(weight / span)
+        linear.bias[k].sub_(weight @ (low / span))
 
 
 def pretrain_into(model: DeepMLP, settings: PretrainingSettings, data: StoredDataset, seed: int,
-                  dataset_settings: dict, cache_root: Path) -> dict:
-    """Load the pretrained stack for this model into it; return what the cell records about it."""
+                  dataset_settings: dict, cache_root: Path, k: int = 0) -> dict:
+    """Load the pretrained stack of ``seed`` into model k of ``model``; return what the cell records about it."""
     train, val = data.splits["train"]["x"].flatten(1), data.splits["validation"]["x"].flatten(1)
     gaussian = settings.visible_units == "gaussian"
     if not gaussian:
@@ -70,9 +70,9 @@ def pretrain_into(model: DeepMLP, settings: PretrainingSettings, data: StoredDat
     stack, cached = load_or_pretrain(
         cache_root, key_fields,
         lambda: pretrain_stack(train, val, widths, settings.rbm_settings(), seed, gaussian_first=gaussian))
-    load_into_mlp(stack, model)
+    load_into_mlp(stack, model, k)
     if not gaussian:
-        _fold_unit_scaling(model, low, span)
+        _fold_unit_scaling(model, k, low, span)
     final = [layer["epochs"][-1] for layer in stack.stats["layers"]]
     return {
         "key": stack_key(key_fields), "cached": cached, "visible_units": settings.visible_units,

@@ -17,8 +17,8 @@ from vgbench.models.mlp import DeepMLP
 from vgbench.pretraining.stack import PretrainedStack
 
 
-def load_into_mlp(stack: PretrainedStack, model: DeepMLP) -> None:
-    """Copy every pretrained layer into ``model.hidden[i].linear`` (in place).
+def load_into_mlp(stack: PretrainedStack, model: DeepMLP, k: int = 0) -> None:
+    """Copy every pretrained layer into model k of ``model.hidden[i].linear`` (in place).
 
     Raises ValueError, naming the layer, when the depths or any shape differ,
     before anything is copied.
@@ -27,13 +27,13 @@ def load_into_mlp(stack: PretrainedStack, model: DeepMLP) -> None:
         raise ValueError(f"the pretrained stack has {len(stack.layers)} layers, "
                          f"the model {len(model.hidden)} hidden layers")
     for index, (pretrained, hidden) in enumerate(zip(stack.layers, model.hidden)):
-        linear = hidden.linear
-        if pretrained.weight.shape != linear.weight.shape or pretrained.hidden_bias.shape != linear.bias.shape:
+        weight, bias = hidden.linear.weight[k], hidden.linear.bias[k]
+        if pretrained.weight.shape != weight.shape or pretrained.hidden_bias.shape != bias.shape:
             raise ValueError(
-                f"hidden.{index}.linear: the model's weight {tuple(linear.weight.shape)} and bias "
-                f"{tuple(linear.bias.shape)} do not match the pretrained weight "
+                f"hidden.{index}.linear: the model's weight {tuple(weight.shape)} and bias "
+                f"{tuple(bias.shape)} do not match the pretrained weight "
                 f"{tuple(pretrained.weight.shape)} and hidden bias {tuple(pretrained.hidden_bias.shape)}")
     with torch.no_grad():
         for pretrained, hidden in zip(stack.layers, model.hidden):
-            hidden.linear.weight.copy_(pretrained.weight)
-            hidden.linear.bias.copy_(pretrained.hidden_bias)
+            hidden.linear.weight[k].copy_(pretrained.weight)
+            hidden.linear.bias[k].copy_(pretrained.hidden_bias)

@@ -23,6 +23,10 @@ optimizer steps (phase "train"). Under DDP the per-rank sums are all-reduced:
 the global loss is the mean over ranks, so ||dL/dh||^2 of the global batch is
 the sum over ranks divided by world_size^2.
 
+In a cell group (K stacked models) everything above is recorded per model,
+from per-model sums, so model k's records are those it would have had alone;
+a model that diverged is no longer probed after the step it diverged in.
+
 The time spent probing is measured and stored as the probe overhead.
 """
 
@@ -34,6 +38,7 @@ import time
 import lightning as L
 import torch
 
+from vgbench.models.stacked import per_model_grad_norms
 from vgbench.probes.taps import ProbedModel, TapRecord
 
 
@@ -44,21 +49,27 @@ def first_last_ratio(values: list[float]) -> float:
     return values[0] / values[-1]
 
 
-def gradient_norms(model: ProbedModel) -> tuple[list[float], float]:
-    """||dL/dW_l|| of each probed weight, and the total gradient norm over all parameters."""
-    per_layer = [float(p.grad.detach().double().norm()) if p.grad is not None else 0.0
-                 for _, p in model.probe_weights()]
-    total = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-    return per_layer, float(total)
+def gradient_norms(model: ProbedModel) -> tuple[list[list[float]], list[float]]:
+    """Per model: ||dL/dW_l|| of each probed weight, and the total gradient norm over all its parameters."""
+    per_layer = torch.stack([p.grad.detach().double().flatten(1).norm(dim=1) if p.grad is not None
+                             else torch.zeros(model.models, dtype=torch.float64)
+                             for _, p in model.probe_weights()], dim=1)  # [K, layers]
+    params = [p for p in model.parameters() if p.grad is not None]
+    total = per_model_grad_norms(params) if params else torch.zeros(model.models, dtype=torch.float64)
+    return per_layer.cpu().tolist(), total.cpu().tolist()
+
+
+TAP_KEYS = ("grad_sq_sum", "hidden_sum", "hidden_sq_sum", "hidden_count", "saturated_count", "elements",
+            "dead_units", "units", "gate_sum", "gate_count")
 
 
 class GradientFlowProbe(L.Callback):
-    def __init__(self, init_batch: tuple[torch.Tensor, torch.Tensor], interval_steps: int):
-        self.init_batch = init_batch
+    def __init__(self, init_batch: tuple[torch.Tensor, torch.Tensor], interval_steps: int, models: int = 1):
+        self.init_batch = init_batch  # one batch, the same for every model
         self.interval_steps = interval_steps
-        self.records: list[dict] = []
+        self.records: list[list[dict]] = [[] for _ in range(models)]  # per model
         self.seconds = 0.0
-        self._pending: dict | None = None
+        self._pending: list[dict | None] | None = None
         self._probing_step = False
 
     # -- helpers -------------------------------------------------------------------------------
@@ -67,35 +78,34 @@ class GradientFlowProbe(L.Callback):
         return pl_module.model
 
     @staticmethod
-    def _statistics(record: TapRecord, reduce_sum=None, world_size: int = 1) -> dict:
-        """Turn tap sums into per-layer statistics, first adding them up over ranks.
+    def _statistics(record: TapRecord, models: int, reduce_sum=None, world_size: int = 1) -> list[dict]:
+        """Turn tap sums into per-layer statistics of each model, first adding them up over ranks.
 
         The number of layers is the number of tapped hidden states (layers of an
         MLP, time steps of an RNN), which need not match ``probe_weights``.
         """
         layers = len(record.hidden_count)
-        keys = ("grad_sq_sum", "hidden_sum", "hidden_sq_sum", "hidden_count",
-                "saturated_count", "elements", "dead_units", "units", "gate_sum", "gate_count")
-        table = torch.tensor([[float(getattr(record, key).get(i, 0)) for i in range(layers)] for key in keys],
-                             dtype=torch.float64)
+        table = torch.zeros(len(TAP_KEYS), layers, models, dtype=torch.float64)
+        for row, key in enumerate(TAP_KEYS):
+            for layer, value in getattr(record, key).items():
+                table[row, layer] = value.cpu() if isinstance(value, torch.Tensor) else float(value)
         if reduce_sum is not None:
             table = reduce_sum(table)
-        row = dict(zip(keys, table))
+        row = dict(zip(TAP_KEYS, table))  # key -> [layers, K]
         mean = row["hidden_sum"] / row["hidden_count"].clamp_min(1)
-        variance = row["hidden_sq_sum"] / row["hidden_count"].clamp_min(1) - mean ** 2
-        stats = {
-            "dL_dh_norm": (row["grad_sq_sum"] / world_size ** 2).sqrt().tolist(),
-            "activation_variance": variance.clamp_min(0).tolist(),
-            "saturated_fraction": None, "dead_fraction": None, "gate_mean": None,
-        }
-        if record.saturated_count:
-            stats["saturated_fraction"] = (row["saturated_count"] / row["elements"].clamp_min(1)).tolist()
-        if record.dead_units:
-            # Under DDP this is the mean over ranks of each rank's dead share.
-            stats["dead_fraction"] = (row["dead_units"] / row["units"].clamp_min(1)).tolist()
-        if record.gate_sum:
-            stats["gate_mean"] = (row["gate_sum"] / row["gate_count"].clamp_min(1)).tolist()
-        return stats
+        variance = (row["hidden_sq_sum"] / row["hidden_count"].clamp_min(1) - mean ** 2).clamp_min(0)
+        grad_norm = (row["grad_sq_sum"] / world_size ** 2).sqrt()
+        saturated = row["saturated_count"] / row["elements"].clamp_min(1)
+        # Under DDP this is the mean over ranks of each rank's dead share.
+        dead = row["dead_units"] / row["units"].clamp_min(1)
+        gate = row["gate_sum"] / row["gate_count"].clamp_min(1)
+        return [{
+            "dL_dh_norm": grad_norm[:, k].tolist(),
+            "activation_variance": variance[:, k].tolist(),
+            "saturated_fraction": saturated[:, k].tolist() if record.saturated_count else None,
+            "dead_fraction": dead[:, k].tolist() if record.dead_units else None,
+            "gate_mean": gate[:, k].tolist() if record.gate_sum else None,
+        } for k in range(models)]
 
     @staticmethod
     def _rank_sum(trainer):
@@ -103,30 +113,29 @@ class GradientFlowProbe(L.Callback):
         return lambda table: strategy.reduce(table.to(strategy.root_device), reduce_op="sum").cpu()
 
     @staticmethod
-    def _gradient_fields(model: ProbedModel) -> dict:
-        """Norms as back-propagated; the clipped ones are filled in after clipping, if any."""
+    def _gradient_fields(model: ProbedModel) -> list[dict]:
+        """Norms as back-propagated, per model; the clipped ones are filled in after clipping, if any."""
         per_layer, total = gradient_norms(model)
-        return {"weight_grad_norm": per_layer, "weight_grad_norm_clipped": None,
-                "grad_total_norm": total, "grad_total_norm_clipped": None}
+        return [{"weight_grad_norm": layers, "weight_grad_norm_clipped": None,
+                 "grad_total_norm": norm, "grad_total_norm_clipped": None} for layers, norm in zip(per_layer, total)]
 
-    def _finish(self, record: dict) -> None:
+    def _finish(self, k: int, record: dict) -> None:
         record["dL_dh_first_last_ratio"] = first_last_ratio(record["dL_dh_norm"])
         # Only meaningful with one weight per probed state: an RNN's two matrices (input,
         # recurrent) are shared by every time step, and their ratio is not a depth profile.
         per_state = len(record["weight_grad_norm"]) == len(record["dL_dh_norm"])
         record["weight_grad_first_last_ratio"] = (first_last_ratio(record["weight_grad_norm"]) if per_state
                                                   else float("nan"))
-        self.records.append(record)
+        self.records[k].append(record)
 
-    def _log(self, trainer, record: dict) -> None:
-        if trainer.logger is None:
-            return
+    @staticmethod
+    def _log(pl_module, k: int, record: dict) -> None:
         ratio = record["dL_dh_first_last_ratio"]
         metrics = {"probe/dL_dh_log10_first_last": math.log10(ratio) if ratio > 0 else float("nan"),
                    "probe/grad_total_norm": record["grad_total_norm"]}
         for i, value in enumerate(record["dL_dh_norm"]):
             metrics[f"probe/dL_dh_norm/layer_{i:03d}"] = value
-        trainer.logger.log_metrics(metrics, step=record["step"])
+        pl_module.log_model(k, metrics, step=record["step"])
 
     # -- resuming: the records so far travel in the checkpoint --------------------------------------
     def state_dict(self) -> dict:
@@ -138,27 +147,29 @@ class GradientFlowProbe(L.Callback):
     # -- at initialization -----------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
         pl_module.after_clipping.append(lambda: self._after_clipping(pl_module))
-        if self.records:  # resumed from a checkpoint: the init record is the one from before
+        if any(self.records):  # resumed from a checkpoint: the init records are the ones from before
             return
         start = time.perf_counter()
         model = self._model(pl_module)
         buffers = {name: b.clone() for name, b in model.named_buffers()}  # batchnorm running stats
-        x, y = (t.to(pl_module.device) for t in self.init_batch)
+        x, y = (t.to(pl_module.device).unsqueeze(0).expand(model.models, *t.shape).contiguous()
+                for t in self.init_batch)
         model.zero_grad(set_to_none=True)
         model.taps.arm()
         # The bare model, not the DDP wrapper: same batch on every rank, no gradient all-reduce.
-        loss = pl_module.task.loss(model(x), y)
-        loss.backward()
+        losses = pl_module.task.loss(model(x), y)
+        losses.sum().backward()
         taps = model.taps.disarm()
-        record = {"phase": "init", "step": 0, "epoch": 0, "loss": float(loss.detach()),
-                  **self._statistics(taps),  # same batch on every rank: no reduction
-                  **self._gradient_fields(model)}
+        stats = self._statistics(taps, model.models)  # same batch on every rank: no reduction
+        gradients = self._gradient_fields(model)
+        for k, loss in enumerate(losses.detach().tolist()):
+            record = {"phase": "init", "step": 0, "epoch": 0, "loss": loss, **stats[k], **gradients[k]}
+            self._finish(k, record)
+            self._log(pl_module, k, record)
         model.zero_grad(set_to_none=True)
         with torch.no_grad():
             for name, b in model.named_buffers():
                 b.copy_(buffers[name])
-        self._finish(record)
-        self._log(trainer, record)
         self.seconds += time.perf_counter() - start
 
     # -- during training ---------------------------------------------------------------------------
@@ -173,9 +184,11 @@ class GradientFlowProbe(L.Callback):
         start = time.perf_counter()
         model = self._model(pl_module)
         taps = model.taps.disarm()
-        self._pending = {"phase": "train", "step": trainer.global_step, "epoch": trainer.current_epoch,
-                         **self._statistics(taps, self._rank_sum(trainer), trainer.world_size),
-                         **self._gradient_fields(model)}
+        stats = self._statistics(taps, model.models, self._rank_sum(trainer), trainer.world_size)
+        gradients = self._gradient_fields(model)
+        probed = pl_module.active_at_step_start.tolist()  # a model that diverged before is not probed
+        self._pending = [{"phase": "train", "step": trainer.global_step, "epoch": trainer.current_epoch,
+                          **stats[k], **gradients[k]} if probed[k] else None for k in range(model.models)]
         self.seconds += time.perf_counter() - start
 
     def _after_clipping(self, pl_module) -> None:
@@ -183,18 +196,22 @@ class GradientFlowProbe(L.Callback):
             return
         start = time.perf_counter()
         per_layer, total = gradient_norms(self._model(pl_module))
-        self._pending["weight_grad_norm_clipped"], self._pending["grad_total_norm_clipped"] = per_layer, total
+        for k, record in enumerate(self._pending):
+            if record is not None:
+                record["weight_grad_norm_clipped"], record["grad_total_norm_clipped"] = per_layer[k], total[k]
         self.seconds += time.perf_counter() - start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._pending is not None:
             start = time.perf_counter()
-            record, self._pending = self._pending, None
-            self._finish(record)
-            self._log(trainer, record)
+            pending, self._pending = self._pending, None
+            for k, record in enumerate(pending):
+                if record is not None:
+                    self._finish(k, record)
+                    self._log(pl_module, k, record)
             self.seconds += time.perf_counter() - start
         self._probing_step = False
 
     def total_seconds(self, pl_module) -> float:
-        """Callback time plus the time the taps spent inside forward and backward."""
+        """Callback time plus the time the taps spent inside forward and backward (all K models)."""
         return self.seconds + self._model(pl_module).taps.seconds

@@ -1,7 +1,8 @@
 """The probe interface between a model and the gradient-flow probes.
 
 A family's forward pass calls ``self.taps.hidden(index, h)`` on each hidden
-state h_l (a layer's output, or an RNN's state at time t) and
+state h_l, given models first (``[K, N, ...]``: the K models of a cell group,
+vgbench/models/stacked.py) (a layer's output, or an RNN's state at time t) and
 ``self.taps.preactivation(index, z)`` on the input of its nonlinearity; gated
 layers (highway) also call ``self.taps.gate(index, t)`` on their transform
 gate. While the taps are disarmed these are identity functions costing one
@@ -9,8 +10,9 @@ attribute check; when armed (on probe steps only) they keep cheap statistics
 and hook the tensor so that dL/dh_l is captured during backward. Nothing about the
 model has to be rewritten, and no family-specific code lives in the probes.
 
-Statistics are kept as sums over the batch so that DDP ranks can add them up
-before they are turned into norms and fractions (see ``reduce``).
+Statistics are kept as sums over the batch, one per model (tensors of shape
+``[K]``, so a probe step costs a few reductions, not K of them), so that DDP
+ranks can add them up before they are turned into norms and fractions.
 """
 
 from __future__ import annotations
@@ -28,20 +30,23 @@ from vgbench.models.recipe import RECTIFIER_ACTIVATIONS, SATURATING_ACTIVATIONS
 SATURATION_MARGIN = 0.01
 
 
+Sums = torch.Tensor  # float64, one value per model: shape [K]
+
+
 @dataclass
 class TapRecord:
-    """Per-layer sums for one probed step; lists are indexed by layer."""
+    """Per-layer sums for one probed step, keyed by layer; each value holds one sum per model."""
 
-    grad_sq_sum: dict[int, float] = field(default_factory=dict)      # sum_b ||dL/dh_l||^2
-    hidden_sum: dict[int, float] = field(default_factory=dict)       # sum of h
-    hidden_sq_sum: dict[int, float] = field(default_factory=dict)    # sum of h^2
-    hidden_count: dict[int, int] = field(default_factory=dict)       # elements of h
-    saturated_count: dict[int, int] = field(default_factory=dict)    # saturated unit-samples
-    dead_units: dict[int, int] = field(default_factory=dict)         # units off for every sample
-    units: dict[int, int] = field(default_factory=dict)              # units in the layer
-    elements: dict[int, int] = field(default_factory=dict)           # unit-samples in the layer
-    gate_sum: dict[int, float] = field(default_factory=dict)         # sum of transform-gate values
-    gate_count: dict[int, int] = field(default_factory=dict)         # gate unit-samples
+    grad_sq_sum: dict[int, Sums] = field(default_factory=dict)      # sum_b ||dL/dh_l||^2
+    hidden_sum: dict[int, Sums] = field(default_factory=dict)       # sum of h
+    hidden_sq_sum: dict[int, Sums] = field(default_factory=dict)    # sum of h^2
+    hidden_count: dict[int, int] = field(default_factory=dict)      # elements of h, per model
+    saturated_count: dict[int, Sums] = field(default_factory=dict)  # saturated unit-samples
+    dead_units: dict[int, Sums] = field(default_factory=dict)       # units off for every sample
+    units: dict[int, int] = field(default_factory=dict)             # units in the layer
+    elements: dict[int, int] = field(default_factory=dict)          # unit-samples in the layer
+    gate_sum: dict[int, Sums] = field(default_factory=dict)         # sum of transform-gate values
+    gate_count: dict[int, int] = field(default_factory=dict)        # gate unit-samples, per model
 
 
 class Taps:
@@ -66,10 +71,10 @@ class Taps:
             return h
         start = time.perf_counter()
         with torch.no_grad():
-            hd = h.detach().double()
-            self.record.hidden_sum[index] = hd.sum().item()
-            self.record.hidden_sq_sum[index] = hd.pow(2).sum().item()
-            self.record.hidden_count[index] = hd.numel()
+            hd = h.detach().double().flatten(1)
+            self.record.hidden_sum[index] = hd.sum(dim=1)
+            self.record.hidden_sq_sum[index] = hd.pow(2).sum(dim=1)
+            self.record.hidden_count[index] = hd.shape[1]
         if h.requires_grad:
             h.register_hook(lambda grad, i=index: self._store_grad(i, grad))
         self.seconds += time.perf_counter() - start
@@ -77,7 +82,7 @@ class Taps:
 
     def _store_grad(self, index: int, grad: torch.Tensor) -> None:
         start = time.perf_counter()
-        self.record.grad_sq_sum[index] = grad.detach().double().pow(2).sum().item()
+        self.record.grad_sq_sum[index] = grad.detach().double().flatten(1).pow(2).sum(dim=1)
         self.seconds += time.perf_counter() - start
 
     def gate(self, index: int, t: torch.Tensor) -> torch.Tensor:
@@ -87,8 +92,9 @@ class Taps:
             return t
         start = time.perf_counter()
         with torch.no_grad():
-            self.record.gate_sum[index] = t.detach().double().sum().item()
-            self.record.gate_count[index] = t.numel()
+            td = t.detach().double().flatten(1)
+            self.record.gate_sum[index] = td.sum(dim=1)
+            self.record.gate_count[index] = td.shape[1]
         self.seconds += time.perf_counter() - start
         return t
 
@@ -98,33 +104,34 @@ class Taps:
             return z
         start = time.perf_counter()
         with torch.no_grad():
-            zd = z.detach().float()
-            units = zd.transpose(0, 1).reshape(zd.shape[1], -1)  # (units, samples[*positions])
-            self.record.units[index] = units.shape[0]
-            self.record.elements[index] = units.numel()
+            zd = z.detach().float()  # [K, N, units, *positions]
+            units = zd.transpose(1, 2).flatten(2)  # [K, units, samples*positions]
+            self.record.units[index] = units.shape[1]
+            self.record.elements[index] = units[0].numel()
             if self.activation in SATURATING_ACTIVATIONS:
                 out = torch.sigmoid(units) if self.activation == "sigmoid" else torch.tanh(units)
                 low, high = (0.0, 1.0) if self.activation == "sigmoid" else (-1.0, 1.0)
                 saturated = (out < low + SATURATION_MARGIN) | (out > high - SATURATION_MARGIN)
-                self.record.saturated_count[index] = int(saturated.sum())
+                self.record.saturated_count[index] = saturated.flatten(1).sum(dim=1).double()
             elif self.activation in RECTIFIER_ACTIVATIONS:
-                self.record.dead_units[index] = int((units <= 0).all(dim=1).sum())
+                self.record.dead_units[index] = (units <= 0).all(dim=2).sum(dim=1).double()
         self.seconds += time.perf_counter() - start
         return z
 
 
 class ProbedModel(nn.Module):
-    """Base class of every family's network.
+    """Base class of every family's network: ``models`` stacked models (K), read and written models first.
 
-    Subclasses call ``self.taps.hidden`` / ``self.taps.preactivation`` in
-    forward and list their main weight matrices, input side first, in
-    ``probe_weights`` (one per probed layer, used for the weight-gradient
-    profile).
+    ``forward`` maps ``[K, N, *sample]`` to ``[K, N, *output]``. Subclasses call
+    ``self.taps.hidden`` / ``self.taps.preactivation`` in forward and list their
+    main weight matrices (``[K, ...]``), input side first, in ``probe_weights``
+    (one per probed layer, used for the weight-gradient profile).
     """
 
-    def __init__(self, activation: str):
+    def __init__(self, activation: str, models: int):
         super().__init__()
         self.taps = Taps(activation)
+        self.models = models
 
     def probe_weights(self) -> list[tuple[str, nn.Parameter]]:
         raise NotImplementedError

@@ -5,7 +5,8 @@ the tensors once per batch, so there is no per-sample ``__getitem__`` and no
 collate. Under DDP each rank takes its own slice of every global batch (we
 shard here and tell Lightning ``use_distributed_sampler=False``); the order is
 a function of (seed, epoch) alone, so it is the same on every rank and every
-rerun.
+rerun. A cell group's K models each read their own order (their own seed):
+``GroupSampler`` stacks the K index batches, so a batch is ``[K, B, ...]``.
 """
 
 from __future__ import annotations
@@ -59,6 +60,24 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
             yield torch.tensor_split(chunk, self.world_size)[self.rank]
 
 
+class GroupSampler:
+    """One ``IndexBatchSampler`` per model (seed); yields ``[K, B]`` index batches."""
+
+    def __init__(self, samplers: list[IndexBatchSampler]):
+        self.samplers = samplers
+
+    def set_epoch(self, epoch: int) -> None:
+        for sampler in self.samplers:
+            sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samplers[0])  # same size and batch size for every model
+
+    def __iter__(self):
+        for batches in zip(*self.samplers):
+            yield torch.stack(batches)
+
+
 class TensorBatches:
     """A sized iterable of (x, y) batches: what a DataLoader would give, without its per-batch cost.
 
@@ -68,7 +87,7 @@ class TensorBatches:
 
     batch_sampler = None  # read by Lightning
 
-    def __init__(self, split: TensorSplit, sampler: IndexBatchSampler):
+    def __init__(self, split: TensorSplit, sampler: GroupSampler):
         self.split, self.sampler = split, sampler
 
     def __len__(self) -> int:
@@ -79,7 +98,8 @@ class TensorBatches:
             yield self.split[indices]
 
 
-def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int,
+def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seeds: list[int],
            rank: int = 0, world_size: int = 1) -> TensorBatches:
-    sampler = IndexBatchSampler(len(y), batch_size, shuffle, seed, rank, world_size)
+    """Batches ``[K, B, ...]`` of ``x`` and ``y`` for the models of ``seeds``, each in its own order."""
+    sampler = GroupSampler([IndexBatchSampler(len(y), batch_size, shuffle, seed, rank, world_size) for seed in seeds])
     return TensorBatches(TensorSplit(x, y), sampler)

@@ -1,10 +1,21 @@
-"""The one LightningModule, with the network and the task injected.
+"""The one LightningModule: a cell group's K stacked models, with the task injected.
 
-It does three things beyond the textbook: it keeps evaluation results as sums
-that DDP ranks add up (the task says which sums), it notices a non-finite loss
-(the cell is then "diverged" and training stops, the matrix goes on), and it
-tells listeners after Lightning has clipped gradients, so probes can record
-norms both before and after clipping.
+A group is the cells of one leaderboard row that differ only in seed and
+learning rate; they train as one network (vgbench/models/stacked.py) with one
+optimizer whose rates differ per model (vgbench/training/stacked_optim.py), so
+Lightning's per-step cost is paid once for K models. Beyond the textbook it:
+
+- sums the K models' mean losses for the backward pass: no parameter is
+  shared, so model k's gradient is that of its own loss alone;
+- keeps evaluation results as per-model sums that DDP ranks add up;
+- notices a non-finite loss per model: that model is "diverged" from that step
+  on, drops out of the loss and is frozen by the optimizer, and the others go
+  on; training stops when every model has diverged;
+- clips gradients per model (norm over model k's parameters only, the formula
+  of ``torch.nn.utils.clip_grad_norm_``), then tells listeners, so probes can
+  record norms before and after clipping;
+- keeps each model's epoch history as if it had trained alone: nothing after
+  the epoch in which it diverged.
 """
 
 from __future__ import annotations
@@ -17,38 +28,58 @@ import lightning as L
 import numpy as np
 import torch
 
+from vgbench.models.stacked import per_model_grad_norms
 from vgbench.probes.taps import ProbedModel
 from vgbench.tasks import TASKS, Task
 from vgbench.training.augment import AUGMENTATIONS
+from vgbench.training.stacked_optim import OPTIMIZERS
+
+CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
 
 
 class TaskModule(L.LightningModule):
-    def __init__(self, model: ProbedModel, task: Task | str, learning_rate: float, optimizer: str = "sgd",
+    def __init__(self, model: ProbedModel, task: Task | str, learning_rates: list[float], optimizer: str = "sgd",
                  momentum: float = 0.9, weight_decay: float = 0.0, lr_milestones: tuple[int, ...] = (),
-                 augment: str = "none"):
+                 augment: str = "none", grad_clip: str = "none", grad_clip_value: float = 1.0,
+                 augment_seeds: list[int] | None = None):
         super().__init__()
+        if len(learning_rates) != model.models:
+            raise ValueError(f"{len(learning_rates)} learning rates for a stack of {model.models} models")
         self.model = model
+        self.models = model.models
         self.task = TASKS.get(task) if isinstance(task, str) else task
-        self.learning_rate, self.optimizer_name = learning_rate, optimizer
+        self.learning_rates, self.optimizer_name = list(learning_rates), optimizer
         self.momentum, self.weight_decay = momentum, weight_decay
         self.lr_milestones = list(lr_milestones)  # epochs at which the rate is divided by 10
+        self.grad_clip, self.grad_clip_value = grad_clip, grad_clip_value
         self.augment = AUGMENTATIONS[augment]
+        # One generator per model, so a model's augmentation does not depend on its group.
+        self.augment_seeds = list(augment_seeds or range(self.models))
+        self._augment_generators: list[torch.Generator] | None = None
         self.after_clipping: list[Callable[[], None]] = []
-        self.diverged_at_step: int | None = None
-        self._epochs: dict[int, dict] = {}  # epoch -> train loss, validation loss and metrics
-        self.test_metrics: dict = {}
-        self._loss_sum = torch.zeros(())
+        self.loggers_per_model: list = [None] * self.models  # a W&B run per cell, or None
+        self.diverged_at_step: list[int | None] = [None] * self.models
+        self.active_at_step_start = torch.ones(self.models, dtype=torch.bool)
+        self._epochs: list[dict[int, dict]] = [{} for _ in range(self.models)]  # per model: epoch -> row
+        self.test_metrics: list[dict] = [{} for _ in range(self.models)]
+        self._loss_sum = torch.zeros(self.models, dtype=torch.float64)
         self._loss_steps = 0
         self._eval_sums: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
 
-    def _log(self, metrics: dict[str, float]) -> None:
-        # Straight to the logger (rank 0 only): the values are already reduced over ranks,
-        # and self.log's per-batch bookkeeping measurably slows small models (bench/).
-        if self.logger is not None:
-            self.logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=self.global_step)
+    @property
+    def active(self) -> torch.Tensor:
+        """Models still training (not diverged), [K] bool on the CPU."""
+        return torch.tensor([step is None for step in self.diverged_at_step])
+
+    def log_model(self, k: int, metrics: dict[str, float], step: int | None = None) -> None:
+        """Straight to model k's run (rank 0 only): the values are already reduced over ranks,
+        and self.log's per-batch bookkeeping measurably slows small models (bench/)."""
+        run = self.loggers_per_model[k]
+        if run is not None and self.trainer.is_global_zero:
+            run.log({**metrics, "epoch": self.current_epoch}, step=self.global_step if step is None else step)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # Our batches are always (x, y) tensors: skip Lightning's generic collection walk.
@@ -57,12 +88,12 @@ class TaskModule(L.LightningModule):
         return tuple(t.to(device, non_blocking=True) for t in batch)
 
     def configure_optimizers(self):
-        params = self.model.parameters()
+        params = list(self.model.parameters())
         if self.optimizer_name == "adam":
-            optimizer = torch.optim.Adam(params, lr=self.learning_rate, weight_decay=self.weight_decay)
+            optimizer = OPTIMIZERS["adam"](params, self.learning_rates, weight_decay=self.weight_decay)
         else:
-            optimizer = torch.optim.SGD(params, lr=self.learning_rate, momentum=self.momentum,
-                                        weight_decay=self.weight_decay)
+            optimizer = OPTIMIZERS["sgd"](params, self.learning_rates, momentum=self.momentum,
+                                          weight_decay=self.weight_decay)
         if not self.lr_milestones:
             return optimizer
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=self.lr_milestones, gamma=0.1)
@@ -70,44 +101,83 @@ class TaskModule(L.LightningModule):
 
     # -- training ---------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
-        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_sum = torch.zeros(self.models, dtype=torch.float64, device=self.device)
         self._loss_steps = 0
+
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        if self._augment_generators is None:
+            self._augment_generators = [torch.Generator(device=x.device).manual_seed(seed)
+                                        for seed in self.augment_seeds]
+        return torch.stack([self.augment(x_k, generator)
+                            for x_k, generator in zip(x.unbind(0), self._augment_generators)])
+
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        self.active_at_step_start = self.active
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         if self.augment is not None:
-            x = self.augment(x)
-        loss = self.task.loss(self.model(x), y)
-        if not torch.isfinite(loss):
-            # Stop at once (every rank sees NaN parameters after the all-reduce anyway).
-            if self.diverged_at_step is None:
-                self.diverged_at_step = self.global_step
+            x = self._augmented(x)
+        losses = self.task.loss(self.model(x), y)  # [K]
+        active = self.active_at_step_start.to(losses.device)
+        finite = torch.isfinite(losses.detach())
+        newly_diverged = (active & ~finite).nonzero().flatten().tolist()
+        for k in newly_diverged:
+            self.diverged_at_step[k] = self.global_step
+        self.optimizers().optimizer.active.copy_(self.active)
+        if not self.active.any():
+            # Stop at once (every rank sees the same losses after the all-reduce of the last step).
             self.trainer.should_stop = True
-        self._loss_sum += loss.detach()
+        self._loss_sum += torch.where(active, losses.detach().double(), 0.0)
         self._loss_steps += 1
-        return loss
+        training = active & finite
+        # Diverged models drop out of the loss: their gradients are zero, the others' are their own.
+        return torch.where(training, losses, 0.0).sum() if training.any() else losses.sum() * 0.0
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        if gradient_clip_val:
-            for listener in self.after_clipping:
-                listener()
+        if self.grad_clip == "none":
+            return
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        with torch.no_grad():
+            if self.grad_clip == "value":
+                for p in params:
+                    p.grad.clamp_(-self.grad_clip_value, self.grad_clip_value)
+            else:
+                norms = per_model_grad_norms(params)
+                factor = (self.grad_clip_value / (norms + CLIP_EPS)).clamp(max=1.0)
+                for p in params:
+                    p.grad.mul_(factor.to(p.grad.dtype).view(-1, *([1] * (p.dim() - 1))))
+        for listener in self.after_clipping:
+            listener()
 
     def on_train_epoch_end(self) -> None:
-        loss = float(self.trainer.strategy.reduce(self._loss_sum / max(self._loss_steps, 1), reduce_op="mean"))
-        self._epochs.setdefault(self.current_epoch, {})["train_loss"] = loss
-        self._log({"train/loss": loss})
+        losses = self.trainer.strategy.reduce(self._loss_sum / max(self._loss_steps, 1), reduce_op="mean").tolist()
+        for k, loss in enumerate(losses):
+            if not self._trained_in_epoch(k, self.current_epoch):
+                continue
+            loss = loss if math.isfinite(loss) and self.diverged_at_step[k] is None else float("nan")
+            self._epochs[k].setdefault(self.current_epoch, {})["train_loss"] = loss
+            self.log_model(k, {"train/loss": loss})
 
-    @property
-    def history(self) -> list[dict]:
-        """One row per epoch: epoch, train_loss, val_loss, val_<metric> for each task metric."""
-        return [{"epoch": epoch, **row} for epoch, row in sorted(self._epochs.items())]
+    def _trained_in_epoch(self, k: int, epoch: int) -> bool:
+        """Model k's history holds the epochs up to the one it diverged in (as if it had trained alone)."""
+        step = self.diverged_at_step[k]
+        return step is None or epoch <= self._epoch_of_step(step)
+
+    def _epoch_of_step(self, step: int) -> int:
+        return step // max(self.trainer.num_training_batches, 1)
+
+    def history(self, k: int) -> list[dict]:
+        """Model k's rows, one per epoch: epoch, train_loss, val_loss, val_<metric> for each task metric."""
+        return [{"epoch": epoch, **row} for epoch, row in sorted(self._epochs[k].items())]
 
     # -- resuming (vgbench/training/checkpoints.py) -------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["vgbench"] = {
             "epochs": self._epochs, "diverged_at_step": self.diverged_at_step, "tap_seconds": self.model.taps.seconds,
-            # Only augmentation draws from the global generators during training; keep them anyway.
+            "augment_generators": ([g.get_state() for g in self._augment_generators]
+                                   if self._augment_generators is not None else None),
+            # Kept although nothing in training draws from the global generators any more.
             # As plain tensors, tuples and lists, so the checkpoint loads with torch.load(weights_only=True).
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
                     "numpy": [value.tolist() if isinstance(value, np.ndarray) else value
@@ -116,9 +186,15 @@ class TaskModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["vgbench"]
-        self._epochs = {int(epoch): row for epoch, row in state["epochs"].items()}
-        self.diverged_at_step = state["diverged_at_step"]
+        self._epochs = [{int(epoch): row for epoch, row in model.items()} for model in state["epochs"]]
+        self.diverged_at_step = list(state["diverged_at_step"])
         self.model.taps.seconds = state["tap_seconds"]
+        if state["augment_generators"] is not None:
+            self._augment_generators = []
+            for seed, generator_state in zip(self.augment_seeds, state["augment_generators"]):
+                generator = torch.Generator(device=self.device)
+                generator.set_state(generator_state)
+                self._augment_generators.append(generator)
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         name, keys, *rest = state["rng"]["numpy"]
@@ -130,13 +206,14 @@ class TaskModule(L.LightningModule):
 
     def _eval_step(self, batch) -> None:
         x, y = batch
-        sums = torch.stack([s.double() for s in self.task.sums(self.model(x), y)])
+        sums = torch.stack([s.double() for s in self.task.sums(self.model(x), y)])  # [sums, K]
         self._eval_sums = sums if self._eval_sums is None else self._eval_sums + sums
 
-    def _eval_end(self) -> dict[str, float]:
-        sums = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum").tolist()
-        return {key: value if math.isfinite(value) else float("nan")
-                for key, value in self.task.finish(sums).items()}
+    def _eval_end(self) -> list[dict[str, float]]:
+        """Per model: the task's metrics (nan where not finite)."""
+        sums = self.trainer.strategy.reduce(self._eval_sums, reduce_op="sum")
+        return [{key: value if math.isfinite(value) else float("nan")
+                 for key, value in self.task.finish(column.tolist()).items()} for column in sums.T]
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start()
@@ -145,11 +222,15 @@ class TaskModule(L.LightningModule):
         self._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        metrics = self._eval_end()
+        per_model = self._eval_end()
         if self.trainer.sanity_checking:
             return
-        self._epochs.setdefault(self.current_epoch, {}).update({f"val_{k}": v for k, v in metrics.items()})
-        self._log({f"val/{k}": v for k, v in metrics.items()})
+        for k, metrics in enumerate(per_model):
+            # A model that diverged in this epoch or before has no validation of its own.
+            if self.diverged_at_step[k] is not None:
+                continue
+            self._epochs[k].setdefault(self.current_epoch, {}).update({f"val_{m}": v for m, v in metrics.items()})
+            self.log_model(k, {f"val/{m}": v for m, v in metrics.items()})
 
     def on_test_epoch_start(self) -> None:
         self._eval_start()
@@ -159,4 +240,6 @@ class TaskModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self.test_metrics = self._eval_end()
-        self._log({f"test/{k}": v for k, v in self.test_metrics.items()})
+        for k, metrics in enumerate(self.test_metrics):
+            if self.diverged_at_step[k] is None:
+                self.log_model(k, {f"test/{m}": v for m, v in metrics.items()})

@@ -7,14 +7,18 @@ carries the full resolved cell config; at the end its summary gets
 the cell's metrics and a ``grad_profile_init`` table (one row per layer), and
 for cells that pretrain a ``pretraining`` table (per RBM layer and epoch:
 reconstruction error on train and validation, free-energy gap).
+
+A cell group trains K cells in one process at once, so its K runs are open
+together: ``wandb.init(reinit="create_new")``, one ``Run`` per cell, logged to
+by the training module per model. Lightning's ``WandbLogger`` binds to the one
+global run (a second logger would attach to the first cell's run), so the
+cells' runs are opened here and the Trainer gets no logger.
 """
 
 from __future__ import annotations
 
 import math
 import os
-
-from lightning.pytorch.loggers import WandbLogger
 
 from vgbench.config import WandbSettings
 from vgbench.matrix import CellSpec
@@ -25,19 +29,20 @@ PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "sat
                    "gate_mean")
 
 
-def make_logger(cell: CellSpec, settings: WandbSettings) -> WandbLogger | None:
+def start_run(cell: CellSpec, settings: WandbSettings, group: dict):
+    """The cell's W&B run (a ``wandb.Run``), or None when W&B is disabled."""
     if settings.mode == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    return WandbLogger(
-        # WandbLogger passes its save_dir (default ".") to wandb.init as `dir`, which beats
-        # WANDB_DIR; hand WANDB_DIR on so cell runs land where the leaderboard run does.
-        save_dir=os.environ.get("WANDB_DIR") or ".",
+    return wandb.init(
+        # `dir` beats WANDB_DIR; hand WANDB_DIR on so cell runs land where the leaderboard run does.
+        dir=os.environ.get("WANDB_DIR") or ".",
         project=settings.project, entity=settings.entity, mode=settings.mode,
         name=cell.cell_id, id=cell_run_id(cell.cell_id), resume="allow", group=cell.family, job_type="train",
-        config={**cell.as_dict(), "cell_id": cell.cell_id},
+        config={**cell.as_dict(), "cell_id": cell.cell_id, "cell_group": group},
+        reinit="create_new",
         settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, silent=True),
     )
 
@@ -70,8 +75,7 @@ def pretraining_table(pretraining: dict):
     return wandb.Table(columns=["layer", "epoch", *EPOCH_MONITORS], data=rows)
 
 
-def finish_run(logger: WandbLogger, metrics: dict, init_record: dict, pretraining: dict | None = None) -> None:
-    run = logger.experiment
+def finish_run(run, metrics: dict, init_record: dict, pretraining: dict | None = None) -> None:
     scalars = {key: value for key, value in metrics.items()
                if isinstance(value, (int, float, str, bool)) or value is None}
     run.summary.update({key: (None if isinstance(v, float) and not math.isfinite(v) else v)

@@ -1,0 +1,199 @@
+"""Layers that hold K independent models at once: every parameter has a leading model dimension.
+
+A cell group (the seeds and learning rates of one leaderboard row) trains as one
+network whose parameters are ``[K, ...]`` tensors; model k only ever touches
+slice k. On CPU the per-slice arithmetic of these kernels is bit-identical to a
+group of one (``torch.baddbmm`` multiplies each slice with the same GEMM, a
+grouped convolution convolves each group as an ungrouped one would, batch
+normalization reduces each channel alone, and convolutions run one call per
+model; ``tests/test_stacking.py`` holds them to it), so a cell's result does not depend on which cells shared its group.
+K = 1 runs the same code. This is HFTA's idea (Wang et al., MLSys 2021) without
+its code: fuse the models, not the processes.
+
+Tensors are models first: feature layers read ``[K, N, C]``, convolutions
+``[K, N, C, *spatial]``. Where one kernel for all K models would not be
+bit-identical per model, or not faster (convolutions on CPU), a layer calls
+the kernel once per model instead: the stacking then still saves the
+per-step cost of everything around the kernels (Lightning, optimizer, data).
+
+Every layer keeps an ``init_model(k)`` that initializes its slice k with
+torch's global generator; ``initialize(model, seeds)`` seeds it per model, so a
+model's weights are a function of its own seed alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WeightInit = Callable[[torch.Tensor], None]  # fills one model's weight slice in place
+
+
+def pytorch_default_init(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """What nn.Linear / nn.Conv do on construction: kaiming_uniform(a=sqrt(5)) and U(+-1/sqrt(fan_in)) bias."""
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    if bias is not None:
+        bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(weight)[0])
+        nn.init.uniform_(bias, -bound, bound)
+
+
+class StackedLayer(nn.Module):
+    """A layer of K models; ``init_model(k)`` (re)initializes model k's slice."""
+
+    def __init__(self, models: int):
+        super().__init__()
+        self.models = models
+
+    def init_model(self, k: int) -> None:  # layers without random parameters have nothing to do
+        pass
+
+
+class StackedLinear(StackedLayer):
+    """y_k = x_k W_k^T + b_k for every model k, as one ``baddbmm``; x is ``[K, N, in]``.
+
+    ``init`` fills one model's weight (default: PyTorch's own Linear init, weight and bias);
+    given an ``init``, the bias starts at ``bias_value``.
+    """
+
+    def __init__(self, models: int, in_features: int, out_features: int, bias: bool = True,
+                 init: WeightInit | None = None, bias_value: float = 0.0):
+        super().__init__(models)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(models, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(models, out_features)) if bias else None
+        self.init, self.bias_value = init, bias_value
+
+    def init_model(self, k: int) -> None:
+        with torch.no_grad():
+            bias = self.bias[k] if self.bias is not None else None
+            if self.init is None:
+                pytorch_default_init(self.weight[k], bias)
+                return
+            self.init(self.weight[k])
+            if bias is not None:
+                bias.fill_(self.bias_value)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()  # a strided x can take another GEMM path for another K
+        if self.out_features == 1:
+            # One output (a regression head): the batched GEMM would take a matrix-vector path
+            # whose rounding depends on K; a product and a sum over features does not.
+            out = (x * self.weight).sum(dim=-1, keepdim=True)
+            return out if self.bias is None else out + self.bias.unsqueeze(1)
+        if self.bias is None:
+            return torch.bmm(x, self.weight.transpose(1, 2))
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+class StackedFeatureNorm(StackedLayer):
+    """Batch or layer normalization of ``[K, N, C]`` features, with statistics and affine per model."""
+
+    def __init__(self, models: int, features: int, kind: str, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(models)
+        if kind not in ("batchnorm", "layernorm"):
+            raise ValueError(f"norm kind must be 'batchnorm' or 'layernorm', not {kind!r}")
+        self.kind, self.features, self.eps, self.momentum = kind, features, eps, momentum
+        self.weight = nn.Parameter(torch.ones(models, features))
+        self.bias = nn.Parameter(torch.zeros(models, features))
+        if kind == "batchnorm":
+            self.register_buffer("running_mean", torch.zeros(models, features))
+            self.register_buffer("running_var", torch.ones(models, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        models, n, features = x.shape
+        if self.kind == "layernorm":
+            return F.layer_norm(x, (features,), eps=self.eps) * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
+        # One call per model: over K*C channels at once the kernel's vector remainder (K*C mod
+        # the SIMD width) moves with K, and with it the last bits of model k's gradients.
+        return torch.stack([F.batch_norm(x[k], self.running_mean[k], self.running_var[k], self.weight[k],
+                                         self.bias[k], self.training, self.momentum, self.eps)
+                            for k in range(models)])
+
+
+class StackedConv(StackedLayer):
+    """K convolutions (1-D or 2-D) on ``[K, N, C, *spatial]``, one call per model.
+
+    Not one grouped convolution (HFTA's way): on this project's CPU a grouped
+    convolution over 9 models was no faster than 9 calls (265 vs 256 ms for a
+    20-layer 1-D ResNet step, bench/README.md), and oneDNN picks another kernel
+    for groups > 1 (depthwise when each group has one input channel), so model
+    k's numbers would depend on K. One call per model keeps them bit-identical.
+    """
+
+    def __init__(self, models: int, dims: int, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int = 1, padding: int = 0, bias: bool = True, init: WeightInit | None = None):
+        super().__init__(models)
+        self.dims, self.stride, self.padding = dims, stride, padding
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.weight = nn.Parameter(torch.empty(models, out_channels, in_channels, *(kernel_size,) * dims))
+        self.bias = nn.Parameter(torch.empty(models, out_channels)) if bias else None
+        self.init = init
+
+    def init_model(self, k: int) -> None:
+        with torch.no_grad():
+            bias = self.bias[k] if self.bias is not None else None
+            if self.init is None:
+                pytorch_default_init(self.weight[k], bias)
+                return
+            self.init(self.weight[k])
+            if bias is not None:
+                bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = F.conv1d if self.dims == 1 else F.conv2d
+        biases = self.bias.unbind(0) if self.bias is not None else [None] * self.models
+        return torch.stack([conv(x_k, w_k, b_k, self.stride, self.padding)
+                            for x_k, w_k, b_k in zip(x.unbind(0), self.weight.unbind(0), biases)])
+
+
+class StackedConvBatchNorm(StackedLayer):
+    """Batch normalization of ``[K, N, C, *spatial]``, one call per model with its own statistics."""
+
+    def __init__(self, models: int, channels: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__(models)
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(models, channels))
+        self.bias = nn.Parameter(torch.zeros(models, channels))
+        self.register_buffer("running_mean", torch.zeros(models, channels))
+        self.register_buffer("running_var", torch.ones(models, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # running_mean[k] is a view: batch_norm updates model k's statistics in place.
+        return torch.stack([F.batch_norm(x[k], self.running_mean[k], self.running_var[k], self.weight[k],
+                                         self.bias[k], self.training, self.momentum, self.eps)
+                            for k in range(self.models)])
+
+
+def per_model_grad_norms(parameters) -> torch.Tensor:
+    """||g_k|| over all of model k's parameters (each ``[K, ...]``), as a [K] float64 tensor."""
+    total = None
+    for p in parameters:
+        if p.grad is not None:
+            # Added one parameter at a time: a reduction across the stack could order model k's
+            # terms differently for another K, and its norm would then differ in the last bit.
+            square = p.grad.detach().double().flatten(1).pow(2).sum(dim=1)
+            total = square if total is None else total + square
+    if total is None:
+        raise ValueError("no parameter has a gradient")
+    return total.sqrt()
+
+
+def initialize(model: nn.Module, seeds: list[int]) -> None:
+    """Initialize model k of every stacked layer from ``seeds[k]`` alone (layers in registration order).
+
+    The global generator is restored afterwards, so building a group leaves no
+    trace on whatever draws from it next.
+    """
+    layers = [module for module in model.modules() if isinstance(module, StackedLayer)]
+    wrong = sorted({layer.models for layer in layers} - {len(seeds)})
+    if wrong:
+        raise ValueError(f"the model stacks {wrong} models but {len(seeds)} seeds were given")
+    with torch.random.fork_rng(devices=[]):
+        for k, seed in enumerate(seeds):
+            torch.manual_seed(seed)
+            for layer in layers:
+                layer.init_model(k)
