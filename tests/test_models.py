@@ -10,6 +10,7 @@ from torch import nn
 
 from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import ACTIVATIONS, INITS, Recipe
+from vgbench.models.stacked import StackedFeatureNorm
 from vgbench.remedies import REMEDIES
 
 PAIRS = [(family, remedy) for family in FAMILIES.names() for remedy, entry in REMEDIES.items()
@@ -23,26 +24,33 @@ def shape_for(family: str) -> tuple[int, ...]:
     return SHAPES["vector"] if "vector" in inputs else SHAPES["sequence"]
 
 
-def build(family: str, recipe: Recipe, depth: int | None = None, num_outputs: int = 10, per_step=False, **hparams):
+def build(family: str, recipe: Recipe, depth: int | None = None, num_outputs: int = 10, per_step=False,
+          seeds=(0,), **hparams):
     entry = FAMILIES.get(family)
     io = ModelIO(shape_for(family), num_outputs, per_step)
-    return entry.build(io, depth or DEPTHS.get(family, 4), recipe, entry.hparams(**hparams))
+    return entry.build(io, depth or DEPTHS.get(family, 4), recipe, entry.hparams(**hparams), seeds)
 
 
 @pytest.mark.parametrize("family, remedy", PAIRS)
 def test_every_pair_builds_runs_and_has_finite_gradients(family, remedy):
     torch.manual_seed(0)
-    model = build(family, REMEDIES.get(remedy).recipe(family))
-    x, y = torch.randn(32, *shape_for(family)), torch.randint(0, 10, (32,))
+    model = build(family, REMEDIES.get(remedy).recipe(family), seeds=(0, 1))  # a stack of two models
+    assert model.models == 2
+    x, y = torch.randn(2, 32, *shape_for(family)), torch.randint(0, 10, (2, 32))
     model.taps.arm()  # the probed path too (a family may run another kernel when unprobed)
     logits = model(x)
-    assert logits.shape == (32, 10)
-    nn.functional.cross_entropy(logits, y).backward()
+    assert logits.shape == (2, 32, 10)
+    nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
     record = model.taps.disarm()
     for name, param in model.named_parameters():
+        assert param.shape[0] == 2, name  # every parameter has the leading model dimension
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
     assert model.probe_weights() and all(p.requires_grad for _, p in model.probe_weights())
     assert len(record.grad_sq_sum) == len(record.hidden_count) > 0
+    assert all(value.shape == (2,) for value in record.grad_sq_sum.values())  # one sum per model
+    # Two seeds, two models: their first probed weights differ.
+    first = model.probe_weights()[0][1]
+    assert not torch.equal(first[0], first[1])
 
 
 def test_mlp_rejects_per_step_outputs():
@@ -57,7 +65,12 @@ def test_mlp_parameter_count_and_layers():
     assert sum(p.numel() for p in model.parameters()) == expected
     with_bn = build("mlp", Recipe(norm="batchnorm"), depth=depth, width=width)
     assert sum(p.numel() for p in with_bn.parameters()) == expected + depth * 2 * width
-    assert sum(isinstance(m, nn.BatchNorm1d) for m in with_bn.modules()) == depth
+    norms = [m for m in with_bn.modules() if isinstance(m, StackedFeatureNorm)]
+    assert len(norms) == depth and all(m.kind == "batchnorm" for m in norms)
+    # K stacked models hold K times the parameters, K sets of batchnorm running statistics.
+    three = build("mlp", Recipe(norm="batchnorm"), depth=depth, width=width, seeds=(0, 1, 2))
+    assert sum(p.numel() for p in three.parameters()) == 3 * (expected + depth * 2 * width)
+    assert three.hidden[0].norm.running_mean.shape == (3, width)
 
 
 def _weight(recipe: Recipe, fan_in: int = 512, fan_out: int = 256) -> torch.Tensor:
@@ -106,7 +119,7 @@ def test_residual_adds_the_identity():
     plain = build("mlp", Recipe(), depth=3)
     residual = build("mlp", Recipe(skip="residual"), depth=3)
     residual.load_state_dict(plain.state_dict())
-    x = torch.randn(4, 40)
+    x = torch.randn(1, 4, 40)  # [K=1, N, features]
     h_plain = torch.sigmoid(plain.hidden[0].linear(x))
     h_res = h_plain
     for layer in list(residual.hidden)[1:]:
