@@ -1,0 +1,166 @@
+"""Cell groups: a cell's result is a function of its config only, never of the cells that shared its group.
+
+Every family's tiny-profile cell is trained alone (a group of one) and inside a
+group of nine (3 seeds x 3 learning rates); its metrics.json (all but timings
+and provenance) and grad_profile.json must be identical, bit for bit, on this
+CPU. The optimizers and per-model clipping are checked against PyTorch's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from vgbench.config import WandbSettings
+from vgbench.groups import group, group_id, row_key
+from vgbench.matrix import expand
+from vgbench.models import FAMILIES, ModelIO
+from vgbench.models.recipe import Recipe
+from vgbench.training.batches import loader
+from vgbench.training.run_group import data_for, run_group
+from vgbench.training.stacked_optim import StackedAdam, StackedSGD
+
+NO_WANDB = WandbSettings(mode="disabled")
+PROVENANCE = ("fit_seconds", "wall_seconds", "probe_seconds", "probe_overhead_fraction", "environment", "launch",
+              "group", "wandb")
+SEEDS, RATES = (0, 1, 2), (0.01, 0.03, 0.1)
+
+
+def _comparable(result) -> dict:
+    return {key: value for key, value in result.model_dump().items() if key not in PROVENANCE}
+
+
+def _profile(root, cell_id: str) -> list:
+    return json.loads((root / "cells" / cell_id / "grad_profile.json").read_text())["records"]
+
+
+def _same(a, b) -> bool:
+    """Equal, with nan equal to nan (a diverged cell's metrics are nan)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return a == b
+
+
+def _first_cell_of(tiny_params, family: str):
+    return next(cell for cell in expand(tiny_params.active) if cell.family == family)
+
+
+@pytest.mark.parametrize("family", ["mlp", "dbn", "highway", "resnet", "rnn"])
+def test_a_cell_trained_alone_equals_the_same_cell_in_a_group_of_nine(family, tiny_params, tiny_data_root, tmp_path):
+    base = _first_cell_of(tiny_params, family)
+    cells = [dataclasses.replace(base, seed=seed, learning_rate=rate) for seed in SEEDS for rate in RATES]
+    data = data_for(base, tiny_data_root, {})
+    grouped = run_group(cells, data, tmp_path / "group", NO_WANDB)
+    middle = cells[4]  # seed 1, rate 0.03: a model with neighbours on both sides of the stack
+    alone = run_group([middle], data, tmp_path / "alone", NO_WANDB)[0]
+    in_group = grouped[4]
+    assert in_group.cell_id == alone.cell_id == middle.cell_id
+    assert _same(_comparable(in_group), _comparable(alone))
+    assert _same(_profile(tmp_path / "group", middle.cell_id), _profile(tmp_path / "alone", middle.cell_id))
+    # The group is recorded in each result, and the nine models did not all learn the same thing.
+    assert in_group.group.size == 9 and in_group.group.index == 4 and in_group.group.cells == [c.cell_id for c in cells]
+    assert alone.group.size == 1
+    assert len({r.init_log10_dL_dh_first_last for r in grouped}) == 3  # one init per seed, not per rate
+    assert len({r.final_train_loss for r in grouped}) == 9
+
+
+def test_a_diverging_model_stops_alone_and_the_others_go_on(tiny_params, tiny_data, tmp_path):
+    base = next(cell for cell in expand(tiny_params.active) if cell.remedy == "he_relu" and cell.depth == 6)
+    cells = [dataclasses.replace(base, learning_rate=rate) for rate in (0.01, 1e6, 0.1)]
+    grouped = run_group(cells, tiny_data, tmp_path / "group", NO_WANDB)
+    assert [r.status for r in grouped] == ["completed", "diverged", "completed"]
+    diverged = grouped[1]
+    assert diverged.failure == "diverged" and diverged.steps == diverged.diverged_at_step + 1
+    assert math.isnan(diverged.test_metric)
+    assert all(math.isfinite(r.test_metric) and r.history[-1]["epoch"] == 1 for r in (grouped[0], grouped[2]))
+    # Each, alone, is the same cell: the diverged one too, and its neighbours never saw it.
+    for k in range(3):
+        alone = run_group([cells[k]], tiny_data, tmp_path / f"alone{k}", NO_WANDB)[0]
+        assert _same(_comparable(grouped[k]), _comparable(alone)), cells[k].cell_id
+    profile = _profile(tmp_path / "group", diverged.cell_id)
+    assert max(record["step"] for record in profile) <= diverged.diverged_at_step  # not probed after diverging
+
+
+def test_groups_are_rows_of_seeds_and_rates(tiny_params):
+    cells = expand(tiny_params.active)
+    wider = [dataclasses.replace(c, seed=s, learning_rate=r) for c in cells for s in SEEDS for r in RATES]
+    groups = group(wider)
+    assert len(groups) == len(cells) and all(len(g) == 9 for g in groups)
+    assert all(len({row_key(c) for c in g}) == 1 for g in groups)
+    assert sorted(c.cell_id for g in groups for c in g) == sorted(c.cell_id for c in wider)
+    capped = group(wider, max_size=4)
+    assert [len(g) for g in capped[:3]] == [4, 4, 1]
+    assert group_id(groups[0]) == group_id(list(reversed(groups[0])))  # named by members, not order
+    with pytest.raises(ValueError, match="differ in more than seed and learning rate"):
+        run_group([cells[0], cells[1]], None, None, NO_WANDB)
+
+
+def test_each_model_reads_its_own_seed_s_order_and_evaluation_is_shared():
+    x, y = torch.arange(20.0).unsqueeze(1), torch.arange(20)
+    batches = list(loader(x, y, 5, True, [3, 7, 3]))
+    alone = list(loader(x, y, 5, True, [7]))
+    assert all(torch.equal(b[0][1], a[0][0]) for b, a in zip(batches, alone))
+    assert all(torch.equal(b[1][0], b[1][2]) and not torch.equal(b[1][0], b[1][1]) for b in batches)
+    evaluation = list(loader(x, y, 5, False, [3, 7]))
+    assert all(torch.equal(b[1][0], b[1][1]) for b in evaluation)
+
+
+def _stacked_and_plain(optimizer: str):
+    torch.manual_seed(0)
+    weights = torch.randn(3, 4, 5)
+    rates = [0.1, 0.01, 0.3]
+    stacked = torch.nn.Parameter(weights.clone())
+    plain = [torch.nn.Parameter(w.clone()) for w in weights]
+    if optimizer == "sgd":
+        ours = StackedSGD([stacked], rates, momentum=0.9, weight_decay=1e-3)
+        theirs = [torch.optim.SGD([p], lr=r, momentum=0.9, weight_decay=1e-3) for p, r in zip(plain, rates)]
+    else:
+        ours = StackedAdam([stacked], rates, weight_decay=1e-3)
+        theirs = [torch.optim.Adam([p], lr=r, weight_decay=1e-3) for p, r in zip(plain, rates)]
+    return stacked, plain, ours, theirs
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_stacked_optimizers_follow_pytorch_per_model_and_freeze_stopped_models(optimizer):
+    stacked, plain, ours, theirs = _stacked_and_plain(optimizer)
+    for step in range(5):
+        grads = torch.randn(3, 4, 5)
+        if step == 3:
+            ours.active[1] = False  # model 1 diverged: it must not move again
+            frozen = stacked.detach()[1].clone()
+            grads[1] = float("nan")
+        stacked.grad = grads.clone()
+        ours.step()
+        for k, (p, opt) in enumerate(zip(plain, theirs)):
+            if step >= 3 and k == 1:
+                continue
+            p.grad = grads[k].clone()
+            opt.step()
+    for k in (0, 2):
+        torch.testing.assert_close(stacked.detach()[k], plain[k].detach(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(stacked.detach()[1], frozen)
+
+
+def test_clipping_is_per_model(tiny_params, tiny_data):
+    from vgbench.training.module import TaskModule
+
+    family = FAMILIES.get("mlp")
+    model = family.build(ModelIO((40,), 10), 3, Recipe(activation="relu", init="he"), family.hparams(width=8),
+                         [0, 1])
+    module = TaskModule(model, "classification", [0.1, 0.1], grad_clip="norm", grad_clip_value=1.0)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+        p.grad[1] *= 1e-4  # model 1's gradient is far below the threshold
+    before = [p.grad[1].clone() for p in model.parameters()]
+    module.configure_gradient_clipping(None)
+    norm0 = math.sqrt(sum(float(p.grad[0].pow(2).sum()) for p in model.parameters()))
+    assert norm0 == pytest.approx(1.0, rel=1e-5)
+    assert all(torch.equal(p.grad[1], b) for p, b in zip(model.parameters(), before))
