@@ -36,6 +36,7 @@ from typing import Callable, Iterator
 import torch
 
 from vgbench.data import DATASETS, DataShape
+from vgbench.groups import group
 from vgbench.matrix import CellSpec, expand
 from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
@@ -431,28 +432,34 @@ def _hours(seconds: float) -> str:
 
 
 def format_plan(profile_name: str, cells: list[CellSpec], estimates: dict[str, CellEstimate], device_text: str,
-                task_minutes: float | None) -> str:
-    """A Markdown report: one row per (family, data set) with its cells, model shapes, optimizer steps
-    and estimated device-hours, in matrix order; a total row; the device measured; and, given
-    ``task_minutes``, how many SLURM array tasks ``pack`` makes of the cells."""
-    groups: dict[tuple[str, str], list[CellSpec]] = {}
+                task_minutes: float | None, group_size: int | None = None) -> str:
+    """A Markdown report: one row per (family, data set) with its cells, cell groups (vgbench/groups.py),
+    model shapes, optimizer steps and estimated device-hours, in matrix order; a total row; the device
+    measured; how each family stacks a group; and, given ``task_minutes``, how many SLURM array tasks
+    ``pack`` makes of the cells."""
+    blocks: dict[tuple[str, str], list[CellSpec]] = {}
     for cell in cells:
-        groups.setdefault((cell.family, cell.dataset), []).append(cell)
+        blocks.setdefault((cell.family, cell.dataset), []).append(cell)
     lines = [f"# vgbench plan: profile `{profile_name}`, {len(cells)} cells", "",
-             "| family | data set | cells | shapes | steps | device-hours |",
-             "|---|---|---:|---:|---:|---:|"]
+             "| family | data set | cells | groups (largest) | shapes | steps | device-hours |",
+             "|---|---|---:|---:|---:|---:|---:|"]
 
     def row(family: str, dataset: str, members: list[CellSpec]) -> str:
         chosen = [estimates[cell.cell_id] for cell in members]
-        return (f"| {family} | {dataset} | {len(members)} | {len({e.shape for e in chosen})} | "
+        cell_groups = group(members, group_size)
+        return (f"| {family} | {dataset} | {len(members)} | {len(cell_groups)} "
+                f"({max(len(g) for g in cell_groups)}) | {len({e.shape for e in chosen})} | "
                 f"{sum(e.steps for e in chosen):,} | {_hours(sum(e.seconds for e in chosen))} |")
 
-    lines += [row(family, dataset, members) for (family, dataset), members in groups.items()]
+    lines += [row(family, dataset, members) for (family, dataset), members in blocks.items()]
     lines.append(row("**total**", "", cells))
+    lines += ["", "Cell groups: the seeds and learning rates of a row train as one stacked network; how each "
+                  "family stacks them:"]
+    lines += [f"- {name}: {FAMILIES.get(name).stacking}" for name in dict.fromkeys(c.family for c in cells)]
     pretraining = sum(estimates[cell.cell_id].pretraining_seconds for cell in cells)
     lines += ["", f"Measured on {device_text}: a few timed steps per model shape on random inputs of each data "
-                  f"set's shape; raw PyTorch step times (Lightning adds about 10-25%, bench/README.md), without "
-                  f"per-cell start-up."]
+                  f"set's shape, one model at a time (a group of one): an upper bound for cells trained in groups, "
+                  f"which share the per-step cost (bench/README.md); without per-cell start-up."]
     if pretraining:
         lines.append(f"RBM pretraining, included above: {_hours(pretraining)} device-hours (rough; an empty cache).")
     if task_minutes is not None:
@@ -482,6 +489,6 @@ def plan_main(params, device: str = "cpu", steps: int = 3, task_minutes: float |
     if task_minutes is None:
         task_minutes = profile.launcher.slurm.task_minutes
     report = format_plan(params.profile, cells, estimates, device_description(device, profile.trainer.threads),
-                         task_minutes)
+                         task_minutes, profile.launcher.group_size)
     return report + (f"Step costs of {reused} model shapes were reused from {costs_path(results_root)}.\n"
                      if reused else "")

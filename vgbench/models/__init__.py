@@ -45,6 +45,8 @@ class Family:
     base_recipe: Recipe = Recipe()
     per_step_outputs: bool = False  # can give one output per time step (copy-memory)
     check_depth: Callable[[int], object] | None = None  # raises ValueError for a depth it cannot build
+    # How the K models of a cell group share kernels (shown by `vgbench plan`).
+    stacking: str = "one batched matrix product per layer for all K models"
 
     def build(self, io: ModelIO, depth: int, recipe: Recipe, hparams: BaseModel,
               seeds: Sequence[int] = (0,)) -> ProbedModel:

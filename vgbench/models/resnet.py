@@ -154,5 +154,7 @@ FAMILIES.add("resnet", Family(
     "resnet", "CIFAR-style ResNet of 6n+2 conv layers, or its plain twin (He et al. 2016)",
     ResNetHParams, build_resnet, depth_meaning="layers (6n+2)", probed_state="residual block",
     check_depth=blocks_per_stage,
+    stacking="convolutions and batch norm: one call per model (a grouped convolution was no faster on CPU "
+             "and rounds differently per K); the rest of the step is shared",
     inputs=frozenset({"vector", "image"}),
     base_recipe=Recipe(activation="relu", init="he", norm="none", skip="none")))

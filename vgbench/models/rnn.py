@@ -151,4 +151,6 @@ FAMILIES.add("rnn", Family(
     "rnn", "recurrent net (vanilla/IRNN, LSTM, GRU) on sequences", RNNHParams, build_rnn,
     depth_meaning="sequence length (copy-memory: the delay T)", depth_is_length=True,
     inputs=frozenset({"sequence"}), base_recipe=Recipe(activation="tanh"), probed_state="time step",
-    per_step_outputs=True))
+    per_step_outputs=True,
+    stacking="unprobed steps: PyTorch's fused kernel once per model (tanh/ReLU RNN, LSTM, GRU); probed steps, "
+             "sigmoid units and layernorm: one loop over time with batched matrix products for all K"))
