@@ -164,3 +164,25 @@ def test_clipping_is_per_model(tiny_params, tiny_data):
     norm0 = math.sqrt(sum(float(p.grad[0].pow(2).sum()) for p in model.parameters()))
     assert norm0 == pytest.approx(1.0, rel=1e-5)
     assert all(torch.equal(p.grad[1], b) for p, b in zip(model.parameters(), before))
+
+
+def test_each_cell_of_a_group_gets_its_own_wandb_run(tiny_params, tiny_data, tmp_path):
+    """Three cells trained together write three offline runs, each with its own cell's numbers only."""
+    from tests.wandb_offline import offline_runs, read_run, wandb_dir_env
+
+    base = next(cell for cell in expand(tiny_params.active) if cell.remedy == "he_relu" and cell.depth == 2)
+    cells = [dataclasses.replace(base, seed=seed, learning_rate=rate) for seed, rate in ((0, 0.1), (1, 0.1), (0, 0.03))]
+    with wandb_dir_env(tmp_path / "wandb-root") as wandb_dir:
+        results = run_group(cells, tiny_data, tmp_path / "results", WandbSettings(mode="offline"))
+    runs = {run.config["cell_id"]: run for run in map(read_run, offline_runs(wandb_dir))}
+    assert sorted(runs) == sorted(cell.cell_id for cell in cells)
+    for cell, result in zip(cells, results):
+        run = runs[cell.cell_id]
+        assert run.exit_code == 0 and run.run.run_id == result.wandb["run_id"]
+        assert run.config["seed"] == cell.seed and run.config["learning_rate"] == cell.learning_rate
+        assert run.config["cell_group"]["size"] == 3
+        logged = [row["val/accuracy"] for row in run.history if "val/accuracy" in row]
+        assert logged == pytest.approx([row["val_accuracy"] for row in result.history], rel=1e-9)
+        records = _profile(tmp_path / "results", cell.cell_id)
+        assert len([row for row in run.history if "probe/grad_total_norm" in row]) == len(records)
+        assert run.summary["test_metric"] == pytest.approx(result.test_metric, rel=1e-12)

@@ -35,6 +35,7 @@ from vgbench.training.augment import AUGMENTATIONS
 from vgbench.training.stacked_optim import OPTIMIZERS
 
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+STEP_KEY = "trainer/global_step"  # the x axis of every chart, as with Lightning's WandbLogger
 
 
 class TaskModule(L.LightningModule):
@@ -79,7 +80,10 @@ class TaskModule(L.LightningModule):
         and self.log's per-batch bookkeeping measurably slows small models (bench/)."""
         run = self.loggers_per_model[k]
         if run is not None and self.trainer.is_global_zero:
-            run.log({**metrics, "epoch": self.current_epoch}, step=self.global_step if step is None else step)
+            # One row per call, keyed by the trainer's step as Lightning's WandbLogger does (the init
+            # probe and the first training probe both belong to step 0).
+            run.log({**metrics, "epoch": self.current_epoch,
+                     STEP_KEY: self.global_step if step is None else step})
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # Our batches are always (x, y) tensors: skip Lightning's generic collection walk.

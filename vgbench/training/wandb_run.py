@@ -36,7 +36,7 @@ def start_run(cell: CellSpec, settings: WandbSettings, group: dict):
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
-    return wandb.init(
+    run = wandb.init(
         # `dir` beats WANDB_DIR; hand WANDB_DIR on so cell runs land where the leaderboard run does.
         dir=os.environ.get("WANDB_DIR") or ".",
         project=settings.project, entity=settings.entity, mode=settings.mode,
@@ -45,6 +45,9 @@ def start_run(cell: CellSpec, settings: WandbSettings, group: dict):
         reinit="create_new",
         settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, silent=True),
     )
+    run.define_metric("trainer/global_step")
+    run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    return run
 
 
 def profile_table(record: dict):
