@@ -19,14 +19,19 @@ from vgbench.config import WandbSettings
 from vgbench.training.run_group import run_cell
 
 
-def mlp(recipe: Recipe, depth: int = 5, width: int = 12):
+def mlp(recipe: Recipe, depth: int = 5, width: int = 12, seeds=(0,)):
     torch.manual_seed(0)
     entry = FAMILIES.get("mlp")
-    return entry.build(ModelIO((40,), 10), depth, recipe, entry.hparams(width=width))
+    return entry.build(ModelIO((40,), 10), depth, recipe, entry.hparams(width=width), seeds)
+
+
+def stacked_cross_entropy(logits, y):
+    """What training back-propagates: the sum over models of each model's mean loss."""
+    return sum(F.cross_entropy(logits[k], y[k]) for k in range(len(y)))
 
 
 def by_hand(model, x, y):
-    """The same forward pass written out, keeping every h_l and pre-activation z_l."""
+    """The same forward pass written out, keeping every h_l and pre-activation z_l (``[K, N, ...]``)."""
     hidden, pre = [], []
     h = x
     for layer in model.hidden:
@@ -38,64 +43,73 @@ def by_hand(model, x, y):
         hidden.append(out)
         pre.append(z.detach())
         h = out
-    F.cross_entropy(model.head(h), y).backward()
+    stacked_cross_entropy(model.head(h), y).backward()
     return hidden, pre
 
 
-def probed(model, x, y):
+def probed(model, x, y) -> list[dict]:
+    """The probe's statistics of one step, one dict per model."""
     model.taps.arm()
-    F.cross_entropy(model(x), y).backward()
+    stacked_cross_entropy(model(x), y).backward()
     record = model.taps.disarm()
-    return GradientFlowProbe._statistics(record)
+    return GradientFlowProbe._statistics(record, model.models)
 
 
 @pytest.mark.parametrize("recipe", [Recipe(), Recipe(activation="relu", init="he"),
                                     Recipe(activation="tanh", init="xavier", skip="residual"),
                                     Recipe(norm="batchnorm")])
-def test_taps_match_autograd(recipe):
-    model = mlp(recipe)
-    x, y = torch.randn(64, 40), torch.randint(0, 10, (64,))
+@pytest.mark.parametrize("models", [1, 2])
+def test_taps_match_autograd(recipe, models):
+    model = mlp(recipe, seeds=range(models))
+    x, y = torch.randn(models, 64, 40), torch.randint(0, 10, (models, 64))
     hidden, pre = by_hand(model, x, y)
-    hand_norms = [h.grad.double().norm().item() for h in hidden]
-    hand_weight = [layer.linear.weight.grad.double().norm().item() for layer in model.hidden]
+    hand_weight = [layer.linear.weight.grad.double() for layer in model.hidden]
     model.zero_grad()
-    stats = probed(model, x, y)
-    assert stats["dL_dh_norm"] == pytest.approx(hand_norms, rel=1e-6)
-    probe_weight = [p.grad.double().norm().item() for _, p in model.probe_weights()]
-    assert probe_weight == pytest.approx(hand_weight, rel=1e-6)
-    variances = [h.detach().double().var(unbiased=False).item() for h in hidden]
-    assert stats["activation_variance"] == pytest.approx(variances, rel=1e-6)
-    if recipe.activation == "sigmoid":
-        saturated = [((torch.sigmoid(z) < 0.01) | (torch.sigmoid(z) > 0.99)).double().mean().item() for z in pre]
-        assert stats["saturated_fraction"] == pytest.approx(saturated) and stats["dead_fraction"] is None
-    if recipe.activation == "relu":
-        dead = [(z <= 0).all(dim=0).double().mean().item() for z in pre]
-        assert stats["dead_fraction"] == pytest.approx(dead) and stats["saturated_fraction"] is None
+    per_model = probed(model, x, y)
+    assert len(per_model) == models
+    probe_weight = [p.grad.double() for _, p in model.probe_weights()]
+    for k, stats in enumerate(per_model):  # each model's statistics are of its own slice alone
+        assert stats["dL_dh_norm"] == pytest.approx([h.grad[k].double().norm().item() for h in hidden], rel=1e-6)
+        assert [g[k].norm().item() for g in probe_weight] == pytest.approx(
+            [g[k].norm().item() for g in hand_weight], rel=1e-6)
+        variances = [h[k].detach().double().var(unbiased=False).item() for h in hidden]
+        assert stats["activation_variance"] == pytest.approx(variances, rel=1e-6)
+        if recipe.activation == "sigmoid":
+            saturated = [((torch.sigmoid(z[k]) < 0.01) | (torch.sigmoid(z[k]) > 0.99)).double().mean().item()
+                         for z in pre]
+            assert stats["saturated_fraction"] == pytest.approx(saturated) and stats["dead_fraction"] is None
+        if recipe.activation == "relu":
+            dead = [(z[k] <= 0).all(dim=0).double().mean().item() for z in pre]
+            assert stats["dead_fraction"] == pytest.approx(dead) and stats["saturated_fraction"] is None
+    if models == 2:  # two seeds: two different profiles
+        assert per_model[0]["dL_dh_norm"] != pytest.approx(per_model[1]["dL_dh_norm"], rel=1e-3)
 
 
 def test_saturation_and_death_are_detected():
-    model = mlp(Recipe(activation="sigmoid"), depth=2)
+    model = mlp(Recipe(activation="sigmoid"), depth=2, seeds=(0, 1))
     with torch.no_grad():
-        model.hidden[0].linear.bias.fill_(50.0)  # every first-layer unit pinned at 1
-    stats = probed(model, torch.randn(16, 40), torch.randint(0, 10, (16,)))
-    assert stats["saturated_fraction"][0] == 1.0
-    relu = mlp(Recipe(activation="relu", init="he"), depth=2)
+        model.hidden[0].linear.bias[0].fill_(50.0)  # every first-layer unit of model 0 pinned at 1
+    stats = probed(model, torch.randn(2, 16, 40), torch.randint(0, 10, (2, 16)))
+    assert stats[0]["saturated_fraction"][0] == 1.0
+    assert stats[1]["saturated_fraction"][0] < 1.0  # model 1 is untouched
+    relu = mlp(Recipe(activation="relu", init="he"), depth=2, seeds=(0, 1))
     with torch.no_grad():
-        relu.hidden[1].linear.bias[:6].fill_(-100.0)  # half the second layer never fires
-    stats = probed(relu, torch.randn(16, 40), torch.randint(0, 10, (16,)))
-    assert stats["dead_fraction"][1] == pytest.approx(0.5)
+        relu.hidden[1].linear.bias[0, :6].fill_(-100.0)  # half of model 0's second layer never fires
+    stats = probed(relu, torch.randn(2, 16, 40), torch.randint(0, 10, (2, 16)))
+    assert stats[0]["dead_fraction"][1] == pytest.approx(0.5)
+    assert stats[1]["dead_fraction"][1] < 0.5
 
 
 def test_disarmed_taps_cost_nothing_and_record_nothing():
     model = mlp(Recipe())
-    F.cross_entropy(model(torch.randn(8, 40)), torch.randint(0, 10, (8,))).backward()
+    stacked_cross_entropy(model(torch.randn(1, 8, 40)), torch.randint(0, 10, (1, 8))).backward()
     assert model.taps.record.grad_sq_sum == {} and model.taps.seconds == 0.0
 
 
 def test_baseline_vanishes_and_he_relu_does_not():
-    x, y = torch.randn(128, 40), torch.randint(0, 10, (128,))
-    deep_baseline = probed(mlp(Recipe(), depth=12, width=32), x, y)
-    deep_relu = probed(mlp(Recipe(activation="relu", init="he"), depth=12, width=32), x, y)
+    x, y = torch.randn(1, 128, 40), torch.randint(0, 10, (1, 128))
+    [deep_baseline] = probed(mlp(Recipe(), depth=12, width=32), x, y)
+    [deep_relu] = probed(mlp(Recipe(activation="relu", init="he"), depth=12, width=32), x, y)
     assert log10_ratio(first_last_ratio(deep_baseline["dL_dh_norm"])) < -10
     assert abs(log10_ratio(first_last_ratio(deep_relu["dL_dh_norm"]))) < 1.5
 
@@ -114,15 +128,12 @@ def test_probe_callback_records_init_and_every_k_steps(tiny_params, tiny_data, t
     train_steps = [r["step"] for r in records if r["phase"] == "train"]
     assert records[0]["phase"] == "init" and records[0]["step"] == 0
     assert train_steps == list(range(0, metrics.steps, interval))
-    # The init record is the fixed batch probed by hand on a freshly built, identically seeded model.
-    torch.manual_seed(cell.seed)
-    import lightning as L
-    L.seed_everything(cell.seed, verbose=False)
+    # The init record is the fixed batch probed by hand on a freshly built model of the cell's seed.
     entry = FAMILIES.get("mlp")
     model = entry.build(ModelIO(tiny_data.input_shape, 10), cell.depth, Recipe(**cell.recipe),
-                        entry.hparams(**cell.model))
+                        entry.hparams(**cell.model), [cell.seed])
     size = cell.probes["init_batch_size"]
-    x, y = tiny_data.splits["train"]["x"][:size], tiny_data.splits["train"]["y"][:size]
+    x, y = tiny_data.splits["train"]["x"][:size][None], tiny_data.splits["train"]["y"][:size][None]
     hidden, _ = by_hand(model, x, y)
     assert records[0]["dL_dh_norm"] == pytest.approx([h.grad.double().norm().item() for h in hidden], rel=1e-5)
     assert metrics.init_log10_dL_dh_first_last == pytest.approx(
@@ -150,29 +161,29 @@ def test_clipping_is_recorded_before_and_after(tiny_params, tiny_data, tmp_path)
     assert all(r["weight_grad_norm_clipped"] is None for r in records)
 
 
-def rnn(recipe: Recipe, per_step: bool, hidden: int = 6, steps: int = 9, features: int = 3):
+def rnn(recipe: Recipe, per_step: bool, hidden: int = 6, steps: int = 9, features: int = 3, seeds=(0,)):
     torch.manual_seed(0)
     entry = FAMILIES.get("rnn")
     outputs = 5 if per_step else 1
-    return entry.build(ModelIO((steps, features), outputs, per_step), steps, recipe, entry.hparams(hidden_size=hidden))
+    return entry.build(ModelIO((steps, features), outputs, per_step), steps, recipe, entry.hparams(hidden_size=hidden),
+                       seeds)
 
 
-def rnn_by_hand(model, x):
-    """The recurrence with torch's own single-step cells (RNNCell / LSTMCell / GRUCell) holding the
-    model's weights, keeping every h_t: an implementation independent of the family's."""
+def rnn_by_hand(model, x, k: int = 0):
+    """Model k's recurrence with torch's own single-step cells (RNNCell / LSTMCell / GRUCell) holding
+    its slice of the weights, keeping every h_t: an implementation independent of the family's."""
     cells = {"rnn": torch.nn.RNNCell, "lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}
-    kwargs = {"nonlinearity": model.rnn.nonlinearity} if model.cell == "rnn" else {}
+    kwargs = {"nonlinearity": model.taps.activation} if model.cell == "rnn" else {}
     cell = cells[model.cell](x.shape[-1], model.hidden_size, **kwargs)
-    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-        setattr(cell, name, getattr(model.rnn, f"{name}_l0"))
-    h = x.new_zeros(x.shape[0], model.hidden_size)
+    weights = {name: getattr(model.rnn, name)[k] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    h = x.new_zeros(x.shape[1], model.hidden_size)
     c = torch.zeros_like(h)
     states = []
-    for t in range(x.shape[1]):
+    for t in range(x.shape[2]):
         if model.cell == "lstm":
-            h, c = cell(x[:, t], (h, c))
+            h, c = torch.func.functional_call(cell, weights, (x[k, :, t], (h, c)))
         else:
-            h = cell(x[:, t], h)
+            h = torch.func.functional_call(cell, weights, (x[k, :, t], h))
         h.retain_grad()
         states.append(h)
     return states
@@ -183,66 +194,84 @@ def rnn_by_hand(model, x):
                                     Recipe(activation="tanh", cell="lstm"), Recipe(activation="tanh", cell="gru")])
 @pytest.mark.parametrize("per_step", [False, True])
 def test_rnn_taps_give_dL_dh_t_for_every_step(recipe, per_step):
-    model = rnn(recipe, per_step)
-    x = torch.randn(16, 9, 3)
-    target = torch.randint(0, 5, (16, 9)) if per_step else torch.randn(16)
+    models = 2
+    model = rnn(recipe, per_step, seeds=(0, 1))
+    x = torch.randn(models, 16, 9, 3)
+    target = torch.randint(0, 5, (models, 16, 9)) if per_step else torch.randn(models, 16)
 
-    def loss_of(out):
-        return F.cross_entropy(out.flatten(0, 1), target.flatten()) if per_step else F.mse_loss(out.squeeze(-1), target)
+    def loss_of(out, k):  # model k's mean loss
+        return (F.cross_entropy(out.flatten(0, 1), target[k].flatten()) if per_step
+                else F.mse_loss(out.squeeze(-1), target[k]))
 
-    states = rnn_by_hand(model, x)
-    stacked = torch.stack(states, dim=1)
-    loss_of(model.head(stacked) if per_step else model.head(states[-1])).backward()
-    hand = [h.grad.double().norm().item() for h in states]
+    states = [rnn_by_hand(model, x, k) for k in range(models)]
+    head = [{"weight": model.head.weight[k], "bias": model.head.bias[k]} for k in range(models)]
+
+    def head_of(k, h):  # model k's head, as a plain linear map
+        return F.linear(h, head[k]["weight"], head[k]["bias"])
+
+    sum(loss_of(head_of(k, torch.stack(states[k], dim=1)) if per_step else head_of(k, states[k][-1]), k)
+        for k in range(models)).backward()
+    hand = [[h.grad.double().norm().item() for h in states[k]] for k in range(models)]
     model.zero_grad()
     model.taps.arm()
-    loss_of(model(x)).backward()
-    stats = GradientFlowProbe._statistics(model.taps.disarm())
-    assert len(stats["dL_dh_norm"]) == 9
-    assert stats["dL_dh_norm"] == pytest.approx(hand, rel=1e-4, abs=1e-12)
-    if not per_step:  # the loss reads only h_T: the gradient can only shrink or grow backwards from there
-        assert first_last_ratio(stats["dL_dh_norm"]) == pytest.approx(hand[0] / hand[-1], rel=1e-4)
+    out = model(x)
+    sum(loss_of(out[k], k) for k in range(models)).backward()
+    per_model = GradientFlowProbe._statistics(model.taps.disarm(), models)
+    for k, stats in enumerate(per_model):
+        assert len(stats["dL_dh_norm"]) == 9
+        assert stats["dL_dh_norm"] == pytest.approx(hand[k], rel=1e-4, abs=1e-12)
+        if not per_step:  # the loss reads only h_T: the gradient can only shrink or grow backwards from there
+            assert first_last_ratio(stats["dL_dh_norm"]) == pytest.approx(hand[k][0] / hand[k][-1], rel=1e-4)
+    assert hand[0] != pytest.approx(hand[1], rel=1e-3)  # two seeds, two models
 
 
 def test_sigmoid_rnn_runs_the_unrolled_loop_and_reports_saturation():
-    # nn.RNN has no sigmoid: this cell never takes the fused path.
+    # PyTorch's fused RNN has no sigmoid: this cell never takes the fused path.
     model = rnn(Recipe(activation="sigmoid"), per_step=False)
-    assert not model.fused_ok
-    x = torch.randn(16, 9, 3)
-    states = torch.stack(rnn_by_hand_sigmoid(model, x), dim=1)
-    assert torch.allclose(model(x), model.head(states[:, -1]), atol=1e-6)
+    assert model.fused is None
+    x = torch.randn(1, 16, 9, 3)
+    states = torch.stack(rnn_by_hand_sigmoid(model, x), dim=2)  # [K, N, T, H]
+    assert torch.allclose(model(x), model.head(states[:, :, -1]), atol=1e-6)
     model.taps.arm()
-    F.mse_loss(model(x).squeeze(-1), torch.randn(16)).backward()
-    stats = GradientFlowProbe._statistics(model.taps.disarm())
+    F.mse_loss(model(x).squeeze(-1), torch.randn(1, 16)).backward()
+    [stats] = GradientFlowProbe._statistics(model.taps.disarm(), model.models)
     assert len(stats["saturated_fraction"]) == 9 and stats["dead_fraction"] is None
 
 
 def rnn_by_hand_sigmoid(model, x):
-    h = x.new_zeros(x.shape[0], model.hidden_size)
+    """All K models at once: x is [K, N, T, features], the weights [K, ...]."""
+    rnn = model.rnn
+    h = x.new_zeros(x.shape[0], x.shape[1], model.hidden_size)
     states = []
-    for t in range(x.shape[1]):
-        h = torch.sigmoid(x[:, t] @ model.rnn.weight_ih_l0.T + model.rnn.bias_ih_l0
-                          + h @ model.rnn.weight_hh_l0.T + model.rnn.bias_hh_l0)
+    for t in range(x.shape[2]):
+        h = torch.sigmoid(x[:, :, t] @ rnn.weight_ih.transpose(1, 2) + rnn.bias_ih.unsqueeze(1)
+                          + h @ rnn.weight_hh.transpose(1, 2) + rnn.bias_hh.unsqueeze(1))
         states.append(h)
     return states
 
 
 def test_rnn_fused_and_unrolled_paths_agree():
-    for recipe in (Recipe(activation="tanh"), Recipe(cell="lstm"), Recipe(cell="gru")):
-        model = rnn(recipe, per_step=True)
-        x = torch.randn(4, 9, 3)
-        assert model.fused_ok
-        assert torch.allclose(model(x), model.head(model.unrolled(x)), atol=1e-6)
+    for recipe in (Recipe(activation="tanh"), Recipe(activation="relu"), Recipe(cell="lstm"), Recipe(cell="gru")):
+        model = rnn(recipe, per_step=True, seeds=(0, 1))
+        x = torch.randn(2, 4, 9, 3)
+        assert model.fused is not None
+        fused, unrolled = model.fused_per_model(x), model.unrolled(x)
+        assert fused.shape == unrolled.shape == (2, 4, 9, model.hidden_size)
+        assert torch.allclose(fused, unrolled, atol=1e-6)
+        logits = model(x)  # unprobed: the fused path
+        assert logits.shape == (2, 4, 9, 5)
+        assert torch.allclose(logits, model.head(unrolled.flatten(1, 2)).unflatten(1, (4, 9)), atol=1e-6)
 
 
 def test_small_init_rnn_vanishes_through_time_and_lstm_does_not():
-    x = torch.randn(32, 40, 3)
+    x = torch.randn(1, 32, 40, 3)
     ratios = {}
     for name, recipe in {"tanh": Recipe(activation="tanh"), "lstm": Recipe(activation="tanh", cell="lstm")}.items():
         model = rnn(recipe, per_step=False, hidden=16, steps=40)
         model.taps.arm()
-        F.mse_loss(model(x).squeeze(-1), torch.randn(32)).backward()
-        ratios[name] = log10_ratio(first_last_ratio(GradientFlowProbe._statistics(model.taps.disarm())["dL_dh_norm"]))
+        F.mse_loss(model(x).squeeze(-1), torch.randn(1, 32)).backward()
+        [stats] = GradientFlowProbe._statistics(model.taps.disarm(), model.models)
+        ratios[name] = log10_ratio(first_last_ratio(stats["dL_dh_norm"]))
     # N(0, 0.01^2) recurrent weights shrink dL/dh_t by ~0.04 per step; the forget gate (bias 1) keeps ~0.7.
     assert ratios["tanh"] < -30
     assert -10 < ratios["lstm"] < 0
@@ -265,9 +294,10 @@ def test_failure_labels():
 
 
 def test_weight_gradient_ratio_only_with_one_weight_per_probed_state():
-    probe = GradientFlowProbe((torch.zeros(1, 40), torch.zeros(1, dtype=torch.long)), 1)
-    probe._finish({"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0, 12.0]})
-    probe._finish({"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0]})  # an RNN: input, recurrent
-    assert probe.records[0]["weight_grad_first_last_ratio"] == 0.25
-    assert math.isnan(probe.records[1]["weight_grad_first_last_ratio"])
-    assert probe.records[1]["dL_dh_first_last_ratio"] == 0.25
+    probe = GradientFlowProbe((torch.zeros(1, 40), torch.zeros(1, dtype=torch.long)), 1, models=2)
+    probe._finish(1, {"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0, 12.0]})
+    probe._finish(1, {"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0]})  # an RNN: input, recurrent
+    assert probe.records[0] == []  # records are kept per model
+    assert probe.records[1][0]["weight_grad_first_last_ratio"] == 0.25
+    assert math.isnan(probe.records[1][1]["weight_grad_first_last_ratio"])
+    assert probe.records[1][1]["dL_dh_first_last_ratio"] == 0.25
