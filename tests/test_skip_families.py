@@ -16,6 +16,7 @@ import vgbench.models.highway  # noqa: F401  (registers "highway")
 from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.models.resnet import ZeroPadShortcut  # and registers "resnet"
+from vgbench.models.stacked import StackedConv
 from vgbench.probes.gradient_flow import GradientFlowProbe, first_last_ratio
 from vgbench.probes.taps import Taps
 
@@ -23,20 +24,24 @@ VECTOR = ModelIO((40,), 10)       # MNIST-1D
 IMAGE = ModelIO((3, 32, 32), 10)  # CIFAR-10
 
 
-def build(family: str, io: ModelIO, depth: int, recipe: Recipe | None = None, **hparams):
+def build(family: str, io: ModelIO, depth: int, recipe: Recipe | None = None, seeds=(0,), **hparams):
     torch.manual_seed(0)
     entry = FAMILIES.get(family)
-    return entry.build(io, depth, recipe or entry.base_recipe, entry.hparams(**hparams))
+    return entry.build(io, depth, recipe or entry.base_recipe, entry.hparams(**hparams), seeds)
 
 
 def parameter_count(model) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters of one model of the stack."""
+    return sum(p[0].numel() for p in model.parameters())
 
 
 def probed_statistics(model, x, y) -> dict:
+    """The probe's statistics of a stack of one model, for inputs ``[N, ...]``."""
+    assert model.models == 1
     model.taps.arm()
-    F.cross_entropy(model(x), y).backward()
-    return GradientFlowProbe._statistics(model.taps.disarm())
+    F.cross_entropy(model(x.unsqueeze(0))[0], y).backward()
+    [stats] = GradientFlowProbe._statistics(model.taps.disarm(), model.models)
+    return stats
 
 
 # -- ResNet -------------------------------------------------------------------------------------------
@@ -65,7 +70,7 @@ def test_plain_and_residual_resnets_have_the_same_parameters(norm):
     assert parameter_count(plain) == parameter_count(residual)
     # Same layers, same names: one state dict loads strictly into the other.
     plain.load_state_dict(residual.state_dict(), strict=True)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(1, 2, 3, 32, 32)
     plain.eval()
     residual.eval()
     assert not torch.allclose(plain(x), residual(x))  # ... and only the shortcuts differ
@@ -77,23 +82,25 @@ def test_plain_and_residual_resnets_have_the_same_parameters(norm):
 @pytest.mark.parametrize("norm", ["none", "batchnorm"])
 def test_resnet_output_shape_in_1d_and_2d(io, skip, norm):
     recipe = FAMILIES.get("resnet").base_recipe.with_overrides(skip=skip, norm=norm)
-    model = build("resnet", io, 8, recipe, width=4)
-    conv_type = torch.nn.Conv1d if len(io.input_shape) == 1 else torch.nn.Conv2d
-    assert isinstance(model.blocks[0].conv1, conv_type)
-    logits = model(torch.randn(3, *io.input_shape))
-    assert logits.shape == (3, io.num_outputs) and torch.isfinite(logits).all()
+    model = build("resnet", io, 8, recipe, seeds=(0, 1), width=4)
+    dims = 1 if len(io.input_shape) == 1 else 2
+    conv = model.blocks[0].conv1
+    assert isinstance(conv, StackedConv) and conv.dims == dims
+    assert conv.weight.shape == (2, 4, 4, *(3,) * dims)  # [K, out, in, kernel...]
+    logits = model(torch.randn(2, 3, *io.input_shape))
+    assert logits.shape == (2, 3, io.num_outputs) and torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("shape", [(2, 4, 6, 7), (2, 4, 9)], ids=["2d", "1d"])
+@pytest.mark.parametrize("shape", [(2, 2, 4, 6, 7), (2, 2, 4, 9)], ids=["2d", "1d"])
 def test_option_a_shortcut_is_strided_identity_padded_with_zeros(shape):
     shortcut = ZeroPadShortcut(out_channels=8, stride=2)
     assert list(shortcut.parameters()) == []
-    x = torch.randn(*shape)
+    x = torch.randn(*shape)  # [K, N, C, *spatial]
     out = shortcut(x)
-    strided = x[:, :, ::2, ::2] if x.dim() == 4 else x[:, :, ::2]
-    assert out.shape == (shape[0], 8, *strided.shape[2:])
-    assert torch.equal(out[:, :4], strided)
-    assert torch.equal(out[:, 4:], torch.zeros_like(out[:, 4:]))
+    strided = x[:, :, :, ::2, ::2] if x.dim() == 5 else x[:, :, :, ::2]
+    assert out.shape == (*shape[:2], 8, *strided.shape[3:])
+    assert torch.equal(out[:, :, :4], strided)
+    assert torch.equal(out[:, :, 4:], torch.zeros_like(out[:, :, 4:]))
     assert torch.equal(ZeroPadShortcut(4, 1)(x), x)  # inside a stage: the plain identity
 
 
@@ -130,8 +137,8 @@ def highway_recipe(skip: str, **overrides) -> Recipe:
 
 
 def test_gate_bias_starts_at_the_hparam_and_only_highway_layers_have_gates():
-    highway = build("highway", VECTOR, 4, highway_recipe("highway"), width=6, gate_bias=-3.5)
-    assert all(torch.equal(layer.gate.bias, torch.full((6,), -3.5)) for layer in highway.layers)
+    highway = build("highway", VECTOR, 4, highway_recipe("highway"), seeds=(0, 1), width=6, gate_bias=-3.5)
+    assert all(torch.equal(layer.gate.bias, torch.full((2, 6), -3.5)) for layer in highway.layers)
     for skip in ("none", "residual"):
         twin = build("highway", VECTOR, 4, highway_recipe(skip), width=6)
         assert all(layer.gate is None for layer in twin.layers)
@@ -140,7 +147,7 @@ def test_gate_bias_starts_at_the_hparam_and_only_highway_layers_have_gates():
 
 def test_highway_layer_computes_the_papers_formula():
     model = build("highway", VECTOR, 2, highway_recipe("highway", activation="tanh"), width=5)
-    x = torch.randn(3, 40)
+    x = torch.randn(1, 3, 40)  # [K, N, features]
     h = torch.tanh(model.projection(x))
     for layer in model.layers:
         transform, gate = torch.tanh(layer.linear(h)), torch.sigmoid(layer.gate(h))
@@ -162,26 +169,26 @@ def test_gate_mean_is_sigmoid_of_the_bias_when_gate_weights_are_zero(gate_bias):
 def test_gate_mean_is_unchanged_by_the_rank_sum():
     taps = Taps("relu")
     taps.arm()
-    taps.hidden(0, torch.ones(2, 3))
-    taps.gate(0, torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]))
+    taps.hidden(0, torch.ones(2, 2, 3))  # two models
+    taps.gate(0, torch.tensor([[[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]], [[0.7, 0.8, 0.9], [0.6, 0.7, 0.8]]]))
     record = taps.disarm()
-    assert record.gate_count == {0: 6}
-    alone = GradientFlowProbe._statistics(record)
-    two_equal_ranks = GradientFlowProbe._statistics(record, reduce_sum=lambda table: 2 * table, world_size=2)
-    assert alone["gate_mean"] == pytest.approx([0.35])
-    assert two_equal_ranks["gate_mean"] == pytest.approx([0.35])
+    assert record.gate_count == {0: 6}  # per model
+    alone = GradientFlowProbe._statistics(record, 2)
+    two_equal_ranks = GradientFlowProbe._statistics(record, 2, reduce_sum=lambda table: 2 * table, world_size=2)
+    assert [stats["gate_mean"] for stats in alone] == [pytest.approx([0.35]), pytest.approx([0.75])]
+    assert [stats["gate_mean"] for stats in two_equal_ranks] == [pytest.approx([0.35]), pytest.approx([0.75])]
     gate = torch.zeros(1)
     # Disarmed: the identity, recording nothing.
-    assert taps.gate(0, gate) is gate and taps.record.gate_sum == {0: pytest.approx(2.1)}
+    assert taps.gate(0, gate) is gate and taps.record.gate_sum[0].tolist() == pytest.approx([2.1, 4.5])
 
 
 @pytest.mark.parametrize("io", [VECTOR, ModelIO((1, 6, 6), 4)], ids=["vector", "image"])
 @pytest.mark.parametrize("skip", ["none", "residual", "highway"])
 @pytest.mark.parametrize("norm", ["none", "batchnorm", "layernorm"])
 def test_highway_output_shape(io, skip, norm):
-    model = build("highway", io, 3, highway_recipe(skip, norm=norm), width=8)
-    logits = model(torch.randn(4, *io.input_shape))
-    assert logits.shape == (4, io.num_outputs) and torch.isfinite(logits).all()
+    model = build("highway", io, 3, highway_recipe(skip, norm=norm), seeds=(0, 1), width=8)
+    logits = model(torch.randn(2, 4, *io.input_shape))
+    assert logits.shape == (2, 4, io.num_outputs) and torch.isfinite(logits).all()
 
 
 def test_highway_refuses_per_step_tasks():
