@@ -30,8 +30,8 @@ def test_adding_problem_inputs_and_targets():
 def test_adding_constant_predictor_scores_one_sixth():
     _, y = adding.generate(40000, 10, torch.Generator().manual_seed(1))
     task = TASKS.get("regression")
-    constant = torch.ones(len(y), 1)  # E[U1 + U2] = 1
-    mse = task.finish([float(v) for v in task.sums(constant, y)])["mse"]
+    constant = torch.ones(1, len(y), 1)  # E[U1 + U2] = 1, one model: outputs [K, N, 1]
+    mse = task.finish([float(v) for v in task.sums(constant, y[None])])["mse"]
     assert mse == pytest.approx(adding.CONSTANT_PREDICTOR_MSE, rel=0.02)
     assert adding.CONSTANT_PREDICTOR_MSE == pytest.approx(2 / 12)
 
@@ -60,11 +60,19 @@ def test_copy_memory_memoryless_baseline_matches_its_closed_form(delay):
     logits[:, :-RECALL_LENGTH, copy_memory.BLANK] = 0.0
     logits[:, -RECALL_LENGTH:, :copy_memory.DATA_SYMBOLS] = 0.0
     task = TASKS.get("copy_memory")
-    metrics = task.finish([float(v) for v in task.sums(logits, y)])
+    metrics = task.finish([float(v) for v in task.sums(logits[None], y[None])])  # one model: [K=1, N, T, ...]
     expected = 10 * math.log(8) / (delay + 20)
     assert copy_memory.memoryless_cross_entropy(delay) == pytest.approx(expected)
     assert metrics["cross_entropy"] == pytest.approx(expected, rel=1e-6)
-    assert float(task.loss(logits, y)) == pytest.approx(expected, rel=1e-6)
+    assert float(task.loss(logits[None], y[None])) == pytest.approx(expected, rel=1e-6)
+    # Stacked with a second model that recalls perfectly: loss and sums are per model.
+    perfect = torch.nn.functional.one_hot(y, 10).float() * 100.0
+    stacked, targets = torch.stack([logits, perfect]), torch.stack([y, y])
+    assert task.loss(stacked, targets).tolist() == pytest.approx([expected, 0.0], rel=1e-6, abs=1e-9)
+    sums = torch.stack([v.double() for v in task.sums(stacked, targets)])  # [sums, K]
+    memoryless, recalled = (task.finish(column.tolist()) for column in sums.T)
+    assert memoryless["cross_entropy"] == pytest.approx(expected, rel=1e-6)
+    assert recalled["cross_entropy"] == pytest.approx(0.0, abs=1e-9) and recalled["recall_accuracy"] == 1.0
 
 
 def test_generators_are_seeded_per_split_and_length():
