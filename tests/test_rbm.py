@@ -14,7 +14,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from vgbench.models.mlp import DeepMLP
+from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.pretraining import (RBM, PretrainedLayer, PretrainedStack, PretrainSettings, load_into_mlp,
                                  load_or_pretrain, pretrain_stack, scale_to_unit_interval, stack_key,
@@ -247,17 +247,24 @@ def test_divergence_raises_instead_of_failing_inside_bernoulli():
 FAST = PretrainSettings(epochs=2, batch_size=25)
 
 
+def mlp(depth: int, seeds=(0,)):
+    """The sigmoid baseline recipe (no norm, no skip), 10 inputs, width 8, a stack of ``len(seeds)`` models."""
+    entry = FAMILIES.get("mlp")
+    return entry.build(ModelIO((10,), 3), depth, Recipe(), entry.hparams(width=8), seeds)
+
+
 def test_unrolled_stack_reproduces_the_rbms_up_pass_exactly():
     x = standardized_features(250, 10, seed=0)
     stack = pretrain_stack(x[:200], x[200:], [8, 8, 8], FAST, seed=0, gaussian_first=True)
-    model = DeepMLP(10, 3, 3, Recipe(), 8)  # the sigmoid baseline recipe, no norm, no skip
-    load_into_mlp(stack, model)
+    model = mlp(3, seeds=(0, 1))
+    untouched = mlp(3, seeds=(0, 1))
+    load_into_mlp(stack, model, k=1)  # into model 1 of two
 
     captured = []
     hooks = [layer.activation.register_forward_hook(lambda _m, _in, out: captured.append(out))
              for layer in model.hidden]
     with torch.no_grad():
-        model(x[200:])
+        model(x[200:].expand(2, -1, -1))
     for hook in hooks:
         hook.remove()
 
@@ -267,8 +274,12 @@ def test_unrolled_stack_reproduces_the_rbms_up_pass_exactly():
         expected.append(h)
     assert len(captured) == 3
     for index, (got, want) in enumerate(zip(captured, expected)):
-        assert torch.equal(got, want), f"hidden layer {index}"
-    assert torch.equal(model.hidden[2].linear.weight, stack.layers[2].weight)
+        assert torch.equal(got[1], want), f"hidden layer {index}"
+    assert torch.equal(model.hidden[2].linear.weight[1], stack.layers[2].weight)
+    assert torch.equal(model.hidden[2].linear.bias[1], stack.layers[2].hidden_bias)
+    for layer, before in zip(model.hidden, untouched.hidden):  # model 0 keeps its own weights
+        assert torch.equal(layer.linear.weight[0], before.linear.weight[0])
+        assert torch.equal(layer.linear.bias[0], before.linear.bias[0])
     assert stack.layers[0].gaussian_visible and not stack.layers[1].gaussian_visible
 
 
@@ -277,13 +288,13 @@ def test_load_into_mlp_names_the_mismatching_layer_and_copies_nothing():
     shapes = [(8, 10), (6, 8), (8, 6)]
     stack = PretrainedStack([PretrainedLayer(torch.randn(h, v, generator=generator), torch.zeros(h),
                                              torch.zeros(v), False) for h, v in shapes])
-    model = DeepMLP(10, 3, 3, Recipe(), 8)
+    model = mlp(3, seeds=(0, 1))
     before = model.hidden[0].linear.weight.clone()
     with pytest.raises(ValueError, match=r"hidden\.1\.linear"):
-        load_into_mlp(stack, model)
+        load_into_mlp(stack, model, k=1)
     assert torch.equal(model.hidden[0].linear.weight, before)
     with pytest.raises(ValueError, match="3 layers, the model 2"):
-        load_into_mlp(stack, DeepMLP(10, 3, 2, Recipe(), 8))
+        load_into_mlp(stack, mlp(2))
 
 
 def test_same_seed_gives_identical_weights_and_another_seed_does_not():
