@@ -24,10 +24,9 @@ def _dbn_cell(tiny_params, remedy: str):
     return next(c for c in expand(tiny_params.active) if c.family == "dbn" and c.remedy == remedy)
 
 
-def _model(depth: int = 3, width: int = 16):
-    torch.manual_seed(0)
+def _model(depth: int = 3, width: int = 16, seeds=(0,)):
     entry = FAMILIES.get("dbn")
-    return entry.build(ModelIO((40,), 10), depth, Recipe(), entry.hparams(width=width))
+    return entry.build(ModelIO((40,), 10), depth, Recipe(), entry.hparams(width=width), seeds)
 
 
 def test_only_pretraining_cells_carry_the_pretraining_settings(tiny_params):
@@ -62,8 +61,8 @@ def test_pretrained_stack_is_loaded_cached_and_recorded(tiny_params, tiny_data, 
     assert first.init_log10_dL_dh_first_last != pytest.approx(baseline.init_log10_dL_dh_first_last)
 
 
-def _stack_for(model, data: StoredDataset, settings: PretrainingSettings, root):
-    pretrain_into(model, settings, data, seed=0, dataset_settings={}, cache_root=root)
+def _stack_for(model, data: StoredDataset, settings: PretrainingSettings, root, k: int = 0):
+    pretrain_into(model, settings, data, seed=0, dataset_settings={}, cache_root=root, k=k)
     [entry] = sorted(root.glob("rbm-*"))
     key_fields = json.loads((entry / "stats.json").read_text())["key_fields"]
     stack, cached = load_or_pretrain(root, key_fields, make=lambda: pytest.fail("not cached"))
@@ -73,9 +72,10 @@ def _stack_for(model, data: StoredDataset, settings: PretrainingSettings, root):
 
 @pytest.mark.parametrize("visible_units", ["gaussian", "bernoulli"])
 def test_the_net_computes_the_stack_s_up_pass(visible_units, tiny_data, tmp_path):
-    model = _model()
+    model = _model(seeds=(0, 1))
+    untouched = _model(seeds=(0, 1))
     settings = PretrainingSettings(epochs=1, visible_units=visible_units)
-    stack = _stack_for(model, tiny_data, settings, tmp_path)
+    stack = _stack_for(model, tiny_data, settings, tmp_path, k=1)  # into model 1 of two
     x = tiny_data.splits["validation"]["x"][:64]
     if visible_units == "bernoulli":
         # The RBM read training-range [0, 1]-scaled inputs; the net reads standardized ones and has
@@ -88,7 +88,10 @@ def test_the_net_computes_the_stack_s_up_pass(visible_units, tiny_data, tmp_path
     else:
         rbm_input = x
     expected = stack.hidden_probabilities(rbm_input)
-    h = x
-    for layer, want in zip(model.hidden, expected):
+    h = x.expand(2, -1, -1)  # both models read the same rows
+    for layer, before, want in zip(model.hidden, untouched.hidden, expected):
         h = torch.sigmoid(layer.linear(h))
-        assert torch.allclose(h, want, atol=1e-5)
+        assert torch.allclose(h[1], want, atol=1e-5)
+        # Model 0 keeps its own random weights (and no folded input scaling).
+        assert torch.equal(layer.linear.weight[0], before.linear.weight[0])
+        assert torch.equal(layer.linear.bias[0], before.linear.bias[0])
