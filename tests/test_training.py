@@ -23,11 +23,15 @@ NO_WANDB = WandbSettings(mode="disabled")
 
 def test_batches_are_tensor_slices_covering_each_epoch_once():
     x, y = torch.arange(10.0).unsqueeze(1), torch.arange(10)
-    batches = list(loader(x, y, batch_size=4, shuffle=True, seed=3))
-    assert [len(b[1]) for b in batches] == [4, 4, 2]
-    seen = torch.cat([b[1] for b in batches])
-    assert sorted(seen.tolist()) == list(range(10))
-    assert all(torch.equal(bx.squeeze(1), by.float()) for bx, by in batches)
+    batches = list(loader(x, y, batch_size=4, shuffle=True, seeds=[3, 4]))  # two models: [K, B, ...]
+    assert [tuple(b[1].shape) for b in batches] == [(2, 4), (2, 4), (2, 2)]
+    seen = torch.cat([b[1] for b in batches], dim=1)
+    for k in range(2):  # every model sees every sample once per epoch
+        assert sorted(seen[k].tolist()) == list(range(10))
+    assert all(torch.equal(bx.squeeze(-1), by.float()) for bx, by in batches)
+    # Each model reads its own seed's order: the one a model of that seed alone would read.
+    alone = torch.cat([b[1] for b in loader(x, y, batch_size=4, shuffle=True, seeds=[4])], dim=1)
+    assert torch.equal(seen[1:], alone) and not torch.equal(seen[0], seen[1])
 
 
 def test_shuffle_depends_on_seed_and_epoch_only():
@@ -156,6 +160,11 @@ def test_pad_crop_flip_takes_a_shifted_maybe_flipped_window_of_the_padded_image(
         seen_flip |= any(flip for *_, flip in windows)
         seen_shift |= any((dy, dx) != (PAD, PAD) for dy, dx, _ in windows)
     assert seen_flip and seen_shift
+    # With a generator of its own (one per model in training) the draw is that generator's alone.
+    first = pad_crop_flip(x, torch.Generator().manual_seed(1))
+    torch.manual_seed(123)  # the global generator plays no part
+    assert torch.equal(first, pad_crop_flip(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(first, pad_crop_flip(x, torch.Generator().manual_seed(2)))
     with pytest.raises(ValueError, match="needs image batches"):
         pad_crop_flip(torch.randn(4, 40))
 
@@ -165,17 +174,23 @@ def test_lr_milestones_divide_the_rate_by_ten():
     from vgbench.models.recipe import Recipe
     from vgbench.training.module import TaskModule
 
+    from vgbench.training.stacked_optim import StackedSGD
+
     entry = FAMILIES.get("mlp")
-    model = entry.build(ModelIO((40,), 10), 2, Recipe(), entry.hparams(width=8))
-    config = TaskModule(model, "classification", 0.1, lr_milestones=(2, 3)).configure_optimizers()
+    model = entry.build(ModelIO((40,), 10), 2, Recipe(), entry.hparams(width=8), seeds=(0, 1))
+    config = TaskModule(model, "classification", [0.1, 0.3], lr_milestones=(2, 3)).configure_optimizers()
     optimizer, schedule = config["optimizer"], config["lr_scheduler"]["scheduler"]
     rates = []
     for _ in range(4):
-        rates.append(optimizer.param_groups[0]["lr"])
+        # The param group's lr is the factor the schedule multiplies; each model's rate is its own times it.
+        rates.append((optimizer.rates * optimizer.param_groups[0]["lr"]).tolist())
         optimizer.step()
         schedule.step()
-    assert rates == pytest.approx([0.1, 0.1, 0.01, 0.001])
-    assert isinstance(TaskModule(model, "classification", 0.1).configure_optimizers(), torch.optim.SGD)
+    assert rates == [pytest.approx([0.1, 0.3]), pytest.approx([0.1, 0.3]), pytest.approx([0.01, 0.03]),
+                     pytest.approx([0.001, 0.003])]
+    assert isinstance(TaskModule(model, "classification", [0.1, 0.3]).configure_optimizers(), StackedSGD)
+    with pytest.raises(ValueError, match="1 learning rates for a stack of 2 models"):
+        TaskModule(model, "classification", [0.1])
 
 
 def test_trainer_threads_pins_torch_threads_and_is_recorded(tiny_params, tiny_data, tmp_path):
