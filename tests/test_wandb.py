@@ -72,7 +72,7 @@ def test_offline_run_is_written_under_wandb_dir_and_finished(offline_cell):
 
 
 def test_offline_run_config_and_group_identify_the_cell(offline_cell):
-    cell, _, _, run, _ = offline_cell
+    cell, metrics, _, run, _ = offline_cell
     assert run.run.project == "vgbench"
     assert run.run.display_name == cell.cell_id
     assert run.run.run_group == cell.family == "mlp"
@@ -80,6 +80,9 @@ def test_offline_run_config_and_group_identify_the_cell(offline_cell):
     assert run.config["recipe"] == cell.recipe
     for key, value in cell.as_dict().items():
         assert run.config[key] == value, key
+    # The cell group it trained in (here a group of one), as its metrics.json records it.
+    assert run.config["cell_group"] == metrics.group.model_dump()
+    assert run.config["cell_group"]["size"] == 1 and run.config["cell_group"]["cells"] == [cell.cell_id]
 
 
 def test_offline_run_history_has_validation_accuracy_per_epoch(offline_cell):
