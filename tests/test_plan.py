@@ -227,17 +227,36 @@ def test_format_plan_totals_add_up(tiny_cells):
                                            ["dbn", "mnist1d"], ["resnet", "mnist1d"], ["highway", "mnist1d"]]
     assert total[0] == "**total**"
     assert int(total[2]) == sum(int(row[2]) for row in groups) == len(tiny_cells)
-    assert int(total[3]) == sum(int(row[3]) for row in groups) == len(tiny_cells)  # one shape per cell here
+    # One seed and one rate per row in the tiny profile: every cell group is a group of one.
+    assert total[3] == f"{len(tiny_cells)} (1)" and all(row[3] == f"{row[2]} (1)" for row in groups)
+    assert int(total[4]) == sum(int(row[4]) for row in groups) == len(tiny_cells)  # one shape per cell here
     steps = sum(e.steps for e in estimates.values())
-    assert int(total[4].replace(",", "")) == sum(int(row[4].replace(",", "")) for row in groups) == steps
+    assert int(total[5].replace(",", "")) == sum(int(row[5].replace(",", "")) for row in groups) == steps
     hours = sum(e.seconds for e in estimates.values()) / 3600
-    assert float(total[5]) == pytest.approx(hours, abs=5e-4)
-    assert sum(float(row[5]) for row in groups) == pytest.approx(hours, abs=5e-4 * len(groups))
+    assert float(total[6]) == pytest.approx(hours, abs=5e-4)
+    assert sum(float(row[6]) for row in groups) == pytest.approx(hours, abs=5e-4 * len(groups))
     assert "cpu: Test CPU, 2 torch threads" in text
+    for family in ("mlp", "rnn", "dbn", "resnet", "highway"):  # how each family stacks a group
+        assert f"- {family}: " in text
     tasks = pack([c.cell_id for c in tiny_cells], {k: e.seconds for k, e in estimates.items()}, 25 * 60)
     assert len(tasks) == 7  # 8.3-12.3 min cells: two to a 25-minute task
     assert f"SLURM: {len(tasks)} array tasks of at most 25 min" in text
     assert "SLURM" not in format_plan("tiny", tiny_cells, estimates, "cpu", task_minutes=None)
+
+
+def test_format_plan_counts_cell_groups_of_seeds_and_rates():
+    """The default profile's rows have 2 seeds x 2 rates (MLP): groups of 4, or of at most group_size."""
+    cells = expand(load_params(REPO / "params.yaml", profile="default").active)
+    estimates = {cell.cell_id: CellEstimate(shape_key(cell), training_steps(cell), 60.0) for cell in cells}
+    mlp = [cell for cell in cells if cell.family == "mlp"]
+    rows = {(row[0], row[1]): row for row in _table_rows(format_plan("default", cells, estimates, "cpu", None))}
+    assert len({(c.seed, c.learning_rate) for c in mlp}) == 4
+    assert rows[("mlp", "mnist1d")][3] == f"{len(mlp) // 4} (4)"
+    capped = {(row[0], row[1]): row for row in _table_rows(format_plan("default", cells, estimates, "cpu", None,
+                                                                       group_size=3))}
+    assert capped[("mlp", "mnist1d")][3] == f"{2 * len(mlp) // 4} (3)"  # each row of 4 splits into 3 + 1
+    ones = _table_rows(format_plan("default", cells, estimates, "cpu", None, group_size=1))
+    assert all(row[3] == f"{row[2]} (1)" for row in ones)
 
 
 def test_device_description_names_the_cpu_and_threads():
