@@ -1,7 +1,8 @@
 """The leaderboard stage on synthetic cell results (no training).
 
-Cell results are written in tmp_path with the same schema ``run_cell`` writes
-(``metrics.json`` and ``grad_profile.json`` per cell id, JSON written by
+Cell results are written in tmp_path with the same schema ``run_group`` writes
+(``metrics.json`` and ``grad_profile.json`` per cell id, each cell in the group
+of its row's seeds and rates as the worker trains them, JSON written by
 ``vgbench.atomic.write_json`` so -inf/NaN round-trip as they do for real), for
 the cells that ``vgbench.matrix.expand`` produces from a small params dict.
 
@@ -26,6 +27,7 @@ import pytest
 from vgbench.cell_result import SCHEMA_VERSION
 from vgbench import atomic, results
 from vgbench.config import parse_params
+from vgbench.groups import group, group_id
 from vgbench.matrix import CellSpec, expand
 from vgbench.probes.failure import FAILURE_LABELS
 from vgbench.report import aggregate, build, formats
@@ -118,8 +120,10 @@ def probe_record(cell: CellSpec, norms: list[float], phase: str, step: int) -> d
     }
 
 
-def write_cell(root: Path, cell: CellSpec, result: dict) -> None:
-    """metrics.json and grad_profile.json as run_cell writes them."""
+def write_cell(root: Path, cell: CellSpec, result: dict, cell_group: list[CellSpec] | None = None) -> None:
+    """metrics.json and grad_profile.json as run_group writes them for ``cell`` trained in ``cell_group``
+    (default: a group of one)."""
+    cell_group = cell_group or [cell]
     folder = results.cell_dir(root, cell.cell_id)
     norms = init_norms(cell)
     records = [probe_record(cell, norms, "init", 0), probe_record(cell, [n * 2 for n in norms], "train", 4)]
@@ -142,6 +146,8 @@ def write_cell(root: Path, cell: CellSpec, result: dict) -> None:
         "wall_seconds": result["wall"], "probe_seconds": 0.01, "probe_overhead_fraction": 0.0125,
         "environment": {"python": "3.11", "platform": "test", "torch": "x", "lightning": "x", "vgbench": "x",
                         "code_fingerprint": results.code_fingerprint(), "cuda": None, "cudnn": None},
+        "group": {"id": group_id(cell_group), "size": len(cell_group), "index": cell_group.index(cell),
+                  "cells": [member.cell_id for member in cell_group]},
         "wandb": None,
     }
     atomic.write_json(folder / "grad_profile.json", {"cell_id": cell.cell_id, "records": records})
@@ -149,9 +155,11 @@ def write_cell(root: Path, cell: CellSpec, result: dict) -> None:
 
 
 def write_results(root: Path, cells: list[CellSpec], skip: set[str] = frozenset()) -> None:
-    for cell in cells:
-        if cell.cell_id not in skip:
-            write_cell(root, cell, SCENARIO[(cell.remedy, cell.depth, cell.learning_rate)][SEEDS.index(cell.seed)])
+    for cell_group in group(cells):  # a row's seeds x rates, as the worker groups them
+        for cell in cell_group:
+            if cell.cell_id not in skip:
+                write_cell(root, cell, SCENARIO[(cell.remedy, cell.depth, cell.learning_rate)][SEEDS.index(cell.seed)],
+                           cell_group)
 
 
 @pytest.fixture(scope="module")
@@ -593,3 +601,23 @@ def test_build_leaderboard_without_results(tmp_path, params):
     with pytest.raises(build.NoResultsError, match="no cell results"):
         build.build_leaderboard(params, tmp_path, log_to_wandb=False)
     assert not (tmp_path / "leaderboard.json").exists()
+
+
+def test_results_record_their_group_and_an_older_schema_is_stale(tmp_path, params, cells):
+    """Each cell records the group it trained in (its row's seeds x rates); a result of schema 2 (before
+    cell groups) is not read: it is stale, left out of the tables, and the cell is trained again."""
+    write_results(tmp_path, cells)
+    first = results.read_result(tmp_path, cells[0].cell_id)
+    row = [c.cell_id for c in cells if (c.remedy, c.depth) == (cells[0].remedy, cells[0].depth)]
+    assert first.schema_version == SCHEMA_VERSION == 3
+    assert first.group.size == len(SEEDS) * len(RATES) == len(row) and first.group.cells == row
+    assert first.group.index == 0 and first.group.id == group_id([c for c in cells if c.cell_id in row])
+    folder = results.cell_dir(tmp_path, cells[0].cell_id)
+    record = json.loads((folder / "metrics.json").read_text())
+    del record["group"]
+    record["schema_version"] = 2
+    (folder / "metrics.json").write_text(json.dumps(record))
+    state = results.cell_state(tmp_path, cells[0].cell_id)
+    assert state.state == "stale" and "schema 2" in state.detail
+    frame, missing = aggregate.cell_table(cells, tmp_path)
+    assert missing == [cells[0].cell_id] and len(frame) == len(cells) - 1
