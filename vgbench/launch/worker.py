@@ -102,7 +102,8 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
             if not held:
                 continue
             mine = [cell for cell, _ in held]
-            _train_group(unit, root, mine, data_for(mine[0], data_root, data_cache), params, report, total, rank_zero)
+            _train_group(unit, root, mine, lambda: data_for(mine[0], data_root, data_cache), params, report, total,
+                         rank_zero)
         finally:
             for _, claim in held:
                 if claim is not None:
@@ -112,12 +113,14 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
     return report
 
 
-def _train_group(unit: WorkUnit, root: Path, cells: list, data, params, report: dict, total: int,
+def _train_group(unit: WorkUnit, root: Path, cells: list, load_data, params, report: dict, total: int,
                  rank_zero: bool) -> None:
-    """Train one group; on an exception record it for each of its cells (the matrix goes on)."""
+    """Train one group; on an exception (loading its data included) record it for each of its cells
+    (the matrix goes on)."""
     from vgbench.training.run_group import run_group
 
     try:
+        data = load_data()
         attempts = [results.read_error(root, cell.cell_id) for cell in cells]
         launch = _launch_info(unit, attempt=1 + max((error["attempt"] for error in attempts if error), default=0))
         group_results = run_group(cells, data, root, params.wandb, launch, unit.checkpoint_every)
