@@ -22,21 +22,25 @@ from tests.conftest import REPO
 from tests.wandb_offline import read_run
 from vgbench import claims, results
 from vgbench.config import load_params
+from vgbench.groups import group_id
 from vgbench.matrix import expand
 from vgbench.wandb_names import cell_run_id
 
+# Timings and provenance; `group` too: which cells shared a cell's group changes none of its numbers.
 IGNORED = {"fit_seconds", "wall_seconds", "probe_seconds", "probe_overhead_fraction", "environment", "launch",
-           "wandb"}
+           "group", "wandb"}
 
 
 def write_params(tmp_path: Path, launcher: dict | None = None, training: dict | None = None,
-                 wandb_mode: str = "disabled") -> Path:
+                 wandb_mode: str = "disabled", seeds: list[int] | None = None) -> Path:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["profile"] = "tiny"
     raw["wandb"]["mode"] = wandb_mode
     tiny = raw["profiles"]["tiny"]
     tiny["launcher"] = launcher or {"threads": 1}
     tiny["training"].update(training or {})
+    if seeds is not None:
+        tiny["seeds"] = seeds
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -143,6 +147,7 @@ def test_two_local_workers_match_serial_and_train_each_cell_once(serial_mlp, tin
     for cell_id, metrics in local.items():
         assert comparable(metrics) == comparable(serial_mlp[cell_id]), cell_id
         assert metrics["launch"]["launcher"] == "local" and metrics["launch"]["threads"] == 1
+        assert metrics["group"]["cells"] == [cell_id]  # one seed and rate per row: groups of one
     # Count the trainings: every cell in exactly one worker's report, and both workers worked.
     launch = next((tmp_path / "results" / "launch").iterdir())
     trained = [json.loads((launch / f"worker-{k}.report.json").read_text())["trained"] for k in (0, 1)]
@@ -161,6 +166,29 @@ def test_local_workers_are_pinned_to_their_gpu(tiny_data_root, tmp_path):
     assert launches and all(device == str([3, 5][worker]) for worker, device in launches.items())
     env = {m["environment"]["cuda_visible_devices"] for m in metrics_of(tmp_path / "results").values()}
     assert env <= {"3", "5"}
+
+
+def test_the_worker_trains_a_row_s_seeds_as_one_group_with_the_same_results(tiny_data_root, tmp_path):
+    """Two seeds of a row: one group of two by default, two groups of one with group_size 1; same numbers."""
+    only = ("--only", "mlp-he_relu-mnist1d-d2")
+    by_size = {}
+    for size in (None, 1):
+        folder = tmp_path / f"group-{size}"
+        folder.mkdir()
+        params = write_params(folder, {"threads": 1, "group_size": size}, seeds=[0, 1])
+        done = vgbench(params, tiny_data_root, folder / "results", "train", *only)
+        assert done.returncode == 0, done.stdout + done.stderr
+        by_size[size] = metrics_of(folder / "results")
+    together, apart = by_size[None], by_size[1]
+    assert set(together) == set(apart) and len(together) == 2
+    [group] = {json.dumps(m["group"]["cells"]) for m in together.values()}
+    assert sorted(json.loads(group)) == sorted(together)
+    assert sorted(m["group"]["index"] for m in together.values()) == [0, 1]
+    assert len({m["group"]["id"] for m in together.values()}) == 1
+    for cell_id, metrics in together.items():
+        assert metrics["group"]["size"] == 2 and apart[cell_id]["group"]["size"] == 1
+        assert comparable(metrics) == comparable(apart[cell_id]), cell_id
+    assert together[min(together)]["test_metric"] != together[max(together)]["test_metric"]  # two seeds
 
 
 # -- failures, status, retries and the leaderboard --------------------------------------------------------------
@@ -231,7 +259,7 @@ def test_a_killed_cell_resumes_from_its_checkpoint_with_identical_metrics(tiny_d
             "--data-root", str(tiny_data_root), "--results-root", str(root)]
     killed = subprocess.Popen(args, cwd=tmp_path, env={**os.environ, **env}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE)
-    checkpoint = root / "checkpoints" / cell.cell_id / "last.ckpt"
+    checkpoint = root / "checkpoints" / group_id([cell]) / "last.ckpt"  # the cell trains as a group of one
     _wait_for(checkpoint, killed, 300)
     time.sleep(0.3)  # a few more epochs
     killed.send_signal(signal.SIGKILL)
