@@ -19,6 +19,8 @@ from submitit.slurm.slurm import SlurmJob
 
 from tests.test_launch import comparable, metrics_of, vgbench, write_params
 from vgbench import claims, results
+from vgbench.config import load_params
+from vgbench.groups import group_id
 from vgbench.launch.slurm import cluster_max_array_size
 from vgbench.matrix import expand
 
@@ -52,6 +54,12 @@ def launch_folder(results_root: Path) -> Path:
 
 def launch_json(results_root: Path) -> dict:
     return json.loads((launch_folder(results_root) / "launch.json").read_text())
+
+
+def cells_by_checkpoint(params: Path) -> dict[str, str]:
+    """Checkpoint folder (a group id) -> cell id: the tiny profile's rows hold one seed and one rate, so every
+    cell trains as a group of one, checkpointed under its group's id."""
+    return {group_id([cell]): cell.cell_id for cell in expand(load_params(params).active)}
 
 
 def test_max_array_size_is_read_from_the_cluster():
@@ -112,7 +120,9 @@ def test_scancel_then_relaunch_trains_only_what_is_left_and_resumes(tiny_data_ro
     wait_for(lambda: not subprocess.run(["squeue", "-h", "-j", array_id], capture_output=True, text=True).stdout,
              60, "the cancelled array to leave the queue")
     before = {path.parent.name: path.stat().st_mtime for path in (root / "cells").glob("*/metrics.json")}
-    interrupted = [p.parent.name for p in checkpoints.glob("*/last.ckpt") if p.parent.name not in before]
+    cell_of = cells_by_checkpoint(params)
+    interrupted = [cell_of[p.parent.name] for p in checkpoints.glob("*/last.ckpt")
+                   if cell_of[p.parent.name] not in before]
     assert interrupted
 
     shutil.rmtree(launch_folder(root))
@@ -140,7 +150,8 @@ def test_a_timed_out_task_is_requeued_and_resumes(tiny_data_root, tmp_path):
     assert detached.returncode == 0, detached.stderr
     (job_id,) = launch_json(root)["arrays"][0]["job_ids"]  # one task: submitit submits a plain job
     (cell_id,) = launch_json(root)["arrays"][0]["cells"][0]
-    wait_for(lambda: (root / "checkpoints" / cell_id / "last.ckpt").exists(), 240, "a first checkpoint")
+    checkpoint = {cell: group for group, cell in cells_by_checkpoint(params).items()}[cell_id]
+    wait_for(lambda: (root / "checkpoints" / checkpoint / "last.ckpt").exists(), 240, "a first checkpoint")
     job = SlurmJob(folder=launch_folder(root) / "%j", job_id=job_id)
     job._interrupt(timeout=True)  # what SLURM sends before the time limit: submitit's USR2
     metrics = results.cell_dir(root, cell_id) / "metrics.json"
