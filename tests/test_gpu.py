@@ -45,3 +45,6 @@ def test_pad_crop_flip_runs_on_the_gpu():
     x = torch.randn(8, 3, 32, 32, device="cuda")
     out = pad_crop_flip(x)
     assert out.device == x.device and out.shape == x.shape
+    # With a CUDA generator of its own, as the training module keeps one per model.
+    first = pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0))
+    assert torch.equal(first, pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0)))
