@@ -80,6 +80,8 @@ def test_default_profile_shows_the_phenomenon_by_design():
      ["launcher.slurm.partiton", "Extra inputs"]),
     (lambda d: d["profiles"]["tiny"].update(trainer={"threads": 2}, launcher={"threads": 1}),
      ["launcher.threads = 1 but trainer.threads pins 2"]),
+    (lambda d: d["profiles"]["tiny"].update(launcher={"group_size": 0}),
+     ["launcher.group_size = 0", "greater than 0"]),
 ])
 def test_bad_values_are_named(edit, expected):
     with pytest.raises(ConfigError) as error:
