@@ -186,3 +186,43 @@ def test_each_cell_of_a_group_gets_its_own_wandb_run(tiny_params, tiny_data, tmp
         records = _profile(tmp_path / "results", cell.cell_id)
         assert len([row for row in run.history if "probe/grad_total_norm" in row]) == len(records)
         assert run.summary["test_metric"] == pytest.approx(result.test_metric, rel=1e-12)
+
+
+def _deepest_default_cells():
+    """One cell per (family, data set, remedy) of the default profile, at its block's deepest depth."""
+    from tests.conftest import REPO
+    from vgbench.config import load_params
+
+    cells = expand(load_params(REPO / "params.yaml", profile="default").active)
+    deepest: dict = {}
+    for cell in cells:
+        key = (cell.family, cell.dataset, cell.remedy)
+        if key not in deepest or cell.depth > deepest[key].depth:
+            deepest[key] = cell
+    return list(deepest.values())
+
+
+@pytest.mark.parametrize("cell", _deepest_default_cells(), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
+def test_default_profile_shapes_stack_bit_identically(cell):
+    """Every default-profile network at its deepest depth: model 4 of a stack of 9 computes the same
+    outputs and gradients, bit for bit, as the same model alone (probed and unprobed paths)."""
+    from vgbench.plan import build_model, data_shape
+
+    shape = data_shape(cell)
+    stack = build_model(dataclasses.replace(cell, seed=0), shape, seeds=list(range(9)))
+    alone = build_model(dataclasses.replace(cell, seed=4), shape)
+    torch.manual_seed(0)
+    x = torch.randn(9, 16, *shape.input_shape)
+    for armed in (False, True):
+        outputs = []
+        for model, inputs in ((stack, x), (alone, x[4:5])):
+            model.zero_grad(set_to_none=True)
+            if armed:
+                model.taps.arm()
+            out = model(inputs)
+            out.pow(2).flatten(1).mean(dim=1).sum().backward()
+            model.taps.disarm()
+            outputs.append(out.detach())
+        assert torch.equal(outputs[0][4], outputs[1][0]), f"outputs differ (armed={armed})"
+        for (name, p_stack), (_, p_alone) in zip(stack.named_parameters(), alone.named_parameters()):
+            assert torch.equal(p_stack.grad[4], p_alone.grad[0]), f"{name} gradient differs (armed={armed})"

@@ -104,13 +104,14 @@ def _task(cell: CellSpec) -> Task:
     return TASKS.get(DATASETS.get(cell.dataset).task)
 
 
-def build_model(cell: CellSpec, shape: DataShape) -> ProbedModel:
-    """The cell's network as a group of one, built as ``run_group.build`` builds it (without RBM pretraining)."""
+def build_model(cell: CellSpec, shape: DataShape, seeds: list[int] | None = None) -> ProbedModel:
+    """The cell's network as a group of one (or a stack of ``seeds``), built as ``run_group.build`` builds it
+    (without RBM pretraining)."""
     task = _task(cell)
     family = FAMILIES.get(cell.family)
     io = ModelIO(shape.input_shape, task.num_outputs(shape.num_classes), task.per_step)
     return family.build(io, cell.depth, Recipe(**cell.recipe), family.hparams.model_validate(cell.model),
-                        [cell.seed])
+                        seeds or [cell.seed])
 
 
 def random_batch(shape: DataShape, task: Task, batch_size: int,
