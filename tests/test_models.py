@@ -104,14 +104,30 @@ def test_orthogonal_init_is_orthogonal_with_gain():
 def test_remedy_sets_its_activation(remedy):
     recipe = REMEDIES.get(remedy).recipe("mlp")
     model = build("mlp", recipe)
-    activations = [m for m in model.modules() if isinstance(m, tuple(type(ACTIVATIONS[a]()) for a in ACTIVATIONS))]
-    assert activations and all(isinstance(m, type(ACTIVATIONS[recipe.activation]())) for m in activations)
+    kinds = tuple(type(spec.make()) for spec in ACTIVATIONS.values())
+    activations = [m for m in model.modules() if isinstance(m, kinds)]
+    assert activations and all(isinstance(m, type(ACTIVATIONS[recipe.activation].make())) for m in activations)
 
 
 def test_leaky_relu_slope_and_selu_constants():
     x = torch.tensor([-2.0, 3.0])
-    assert torch.allclose(ACTIVATIONS["leaky_relu"]()(x), torch.tensor([-0.02, 3.0]))
-    assert ACTIVATIONS["selu"]()(torch.tensor([1.0])).item() == pytest.approx(1.0507, abs=1e-4)
+    assert torch.allclose(ACTIVATIONS["leaky_relu"].make()(x), torch.tensor([-0.02, 3.0]))
+    assert ACTIVATIONS["selu"].make()(torch.tensor([1.0])).item() == pytest.approx(1.0507, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_one_activation_spec_says_gain_bounds_and_rectifier(name):
+    spec = ACTIVATIONS[name]
+    assert nn.init.calculate_gain(spec.gain) > 0
+    unit = spec.make()
+    wide = unit(torch.linspace(-50, 50, 1001))
+    if spec.bounds is not None:  # a saturating unit reaches its bounds, and only they
+        low, high = spec.bounds
+        assert not spec.rectifier and wide.min().item() == pytest.approx(low, abs=1e-6)
+        assert wide.max().item() == pytest.approx(high, abs=1e-6)
+    else:  # a rectifier-like unit is unbounded above and (near) flat for very negative inputs
+        assert spec.rectifier and wide.max().item() == pytest.approx(50.0, rel=0.06)
+        assert abs(float(unit(torch.tensor([-50.0])) - unit(torch.tensor([-49.0])))) < 0.02
 
 
 def test_residual_adds_the_identity():

@@ -15,22 +15,29 @@ from typing import Callable
 import torch
 from torch import nn
 
-ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "relu": nn.ReLU,
-    "leaky_relu": lambda: nn.LeakyReLU(0.01),
-    "elu": nn.ELU,
-    "selu": nn.SELU,
-}
-# Which probe statistic is meaningful for an activation: bounded ones saturate,
-# rectifier-like ones can die (never turn on for any input).
-SATURATING_ACTIVATIONS = {"sigmoid", "tanh"}
-RECTIFIER_ACTIVATIONS = {"relu", "leaky_relu", "elu", "selu"}
+@dataclass(frozen=True)
+class ActivationSpec:
+    """Everything vgbench needs to know about one activation, in one place (timm's ``create_act``).
 
-# Gain used by the fan-in based inits, per activation (torch.nn.init.calculate_gain).
-_GAIN_NAME = {"sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu",
-              "leaky_relu": "leaky_relu", "elu": "relu", "selu": "selu"}
+    ``gain`` names the nonlinearity for ``nn.init.calculate_gain`` (the fan-in inits' gain);
+    ``bounds`` is the output range of a saturating unit (the probes count units within 1% of a
+    bound), None for the others; ``rectifier`` marks units that can die (off for every input).
+    """
+
+    make: Callable[[], nn.Module]
+    gain: str
+    bounds: tuple[float, float] | None = None
+    rectifier: bool = False
+
+
+ACTIVATIONS: dict[str, ActivationSpec] = {
+    "sigmoid": ActivationSpec(nn.Sigmoid, "sigmoid", bounds=(0.0, 1.0)),
+    "tanh": ActivationSpec(nn.Tanh, "tanh", bounds=(-1.0, 1.0)),
+    "relu": ActivationSpec(nn.ReLU, "relu", rectifier=True),
+    "leaky_relu": ActivationSpec(lambda: nn.LeakyReLU(0.01), "leaky_relu", rectifier=True),
+    "elu": ActivationSpec(nn.ELU, "relu", rectifier=True),  # torch has no ELU gain; ReLU's is the usual choice
+    "selu": ActivationSpec(nn.SELU, "selu", rectifier=True),
+}
 
 
 def _small_normal(weight: torch.Tensor, recipe: "Recipe") -> None:
@@ -68,7 +75,7 @@ def _lecun(weight: torch.Tensor, recipe: "Recipe") -> None:
 def _orthogonal(weight: torch.Tensor, recipe: "Recipe") -> None:
     # Saxe, McClelland & Ganguli 2014: orthogonal matrices keep all singular
     # values at the gain, so norms are preserved through a linear chain.
-    gain = nn.init.calculate_gain(_GAIN_NAME[recipe.activation])
+    gain = nn.init.calculate_gain(ACTIVATIONS[recipe.activation].gain)
     nn.init.orthogonal_(weight.view(weight.shape[0], -1), gain=gain)
 
 
@@ -132,7 +139,7 @@ class Recipe:
         return asdict(self)
 
     def make_activation(self) -> nn.Module:
-        return ACTIVATIONS[self.activation]()
+        return ACTIVATIONS[self.activation].make()
 
     def make_norm(self, models: int, features: int) -> nn.Module:
         """Normalization of ``[K, N, features]``, per model (vgbench/models/stacked.py)."""

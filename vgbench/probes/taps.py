@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vgbench.models.recipe import RECTIFIER_ACTIVATIONS, SATURATING_ACTIVATIONS
+from vgbench.models.recipe import ACTIVATIONS
 
-# A sigmoid unit is saturated when its output is within this margin of 0 or 1
-# (tanh: of -1 or 1); its local derivative is then below ~1% of its maximum.
+# A bounded unit is saturated when its output is within this margin of a bound (sigmoid: 0 or 1,
+# tanh: -1 or 1; ActivationSpec.bounds); its local derivative is then below ~1-2% of its maximum.
 SATURATION_MARGIN = 0.01
 
 
@@ -54,6 +54,8 @@ class Taps:
 
     def __init__(self, activation: str):
         self.activation = activation
+        self.spec = ACTIVATIONS[activation]
+        self.unit = self.spec.make()  # the nonlinearity itself, to read saturation off its output
         self.armed = False
         self.record = TapRecord()
         self.seconds = 0.0  # time spent in armed taps, for the probe-overhead figure
@@ -108,12 +110,12 @@ class Taps:
             units = zd.transpose(1, 2).flatten(2)  # [K, units, samples*positions]
             self.record.units[index] = units.shape[1]
             self.record.elements[index] = units[0].numel()
-            if self.activation in SATURATING_ACTIVATIONS:
-                out = torch.sigmoid(units) if self.activation == "sigmoid" else torch.tanh(units)
-                low, high = (0.0, 1.0) if self.activation == "sigmoid" else (-1.0, 1.0)
+            if self.spec.bounds is not None:
+                out = self.unit(units)
+                low, high = self.spec.bounds
                 saturated = (out < low + SATURATION_MARGIN) | (out > high - SATURATION_MARGIN)
                 self.record.saturated_count[index] = saturated.flatten(1).sum(dim=1).double()
-            elif self.activation in RECTIFIER_ACTIVATIONS:
+            elif self.spec.rectifier:
                 self.record.dead_units[index] = (units <= 0).all(dim=2).sum(dim=1).double()
         self.seconds += time.perf_counter() - start
         return z
