@@ -2,12 +2,19 @@
 
 Trains ONE cell of the active profile two ways, in the same process, alternately:
 
-  (a) vgbench: ``run_cell`` (Lightning Trainer + gradient-flow probes), W&B disabled;
-      its ``fit_seconds`` (``trainer.fit``, validation included) is the vgbench time;
-  (b) raw: the same model (same builder, same seed), the same standardized data, a plain
-      SGD/Adam loop over shuffled index batches sliced from the tensors, the same batch size,
-      epochs, gradient clipping, task loss and per-epoch validation metric (any family and
-      task: an RNN cell on the adding problem works as well as an MLP cell).
+  (a) vgbench: ``run_group`` on a group of one (Lightning Trainer + gradient-flow probes), W&B
+      disabled; its ``fit_seconds`` (``trainer.fit``, validation included) is the vgbench time;
+  (b) raw: the same stacked model with K = 1 (same builder, same seed), the same standardized
+      data, a plain loop over shuffled index batches sliced from the tensors (``x.unsqueeze(0)``:
+      ``[1, B, ...]``), the same batch size, epochs, gradient clipping, task loss (its ``[1]``
+      per-model loss ``.sum()``) and per-epoch validation metric (any family and task: an RNN
+      cell on the adding problem works as well as an MLP cell). Its optimizer is, by default,
+      the cell's own StackedSGD / StackedAdam, the one vgbench steps with: the same update
+      arithmetic on both sides (validation metrics agree to float rounding), so the ratio is
+      what Lightning, the probes and vgbench's bookkeeping add. ``--raw-optimizer torch`` uses
+      torch.optim.SGD / Adam over the same stacked parameters instead (the same update rule,
+      rounded differently), which also counts the stacked optimizer's extra per-parameter ops
+      (per-model rates, ``torch.where`` for frozen models) as overhead.
 
 Prints the median seconds and per-step milliseconds of each, the ratio vgbench/raw, and
 the ratio of two extra vgbench runs with W&B offline (files in a temp dir) so the W&B cost
@@ -15,7 +22,8 @@ shows. ``--cprofile N`` also profiles one run of each and prints where vgbench's
 
     python bench/step_overhead.py                       # deep he_relu cell, depth 20, lr 0.1, seed 0
     python bench/step_overhead.py --cell grad_clip-mnist1d-d20-lr0.1-s0 --repeats 5
-    python bench/step_overhead.py --cell rnn-gru-adding-d50 --repeats 3
+    python bench/step_overhead.py --cell rnn-gru-adding-d50 --repeats 3 --raw-optimizer torch
+    python bench/step_overhead.py --threads 1 --data-root /tmp/bench-data   # data fetched elsewhere
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import dataclasses
 import io
 import logging
 import os
@@ -44,7 +53,8 @@ from vgbench.matrix import CellSpec, expand  # noqa: E402
 from vgbench.models import FAMILIES, ModelIO  # noqa: E402
 from vgbench.models.recipe import Recipe  # noqa: E402
 from vgbench.tasks import TASKS  # noqa: E402
-from vgbench.training.run_group import data_for, run_cell  # noqa: E402
+from vgbench.training.run_group import data_for, run_group  # noqa: E402
+from vgbench.training.stacked_optim import StackedAdam, StackedSGD  # noqa: E402
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning", "wandb"):
     logging.getLogger(_name).setLevel(logging.ERROR)
@@ -71,7 +81,7 @@ def run_vgbench(cell: CellSpec, data, wandb_mode: str = "disabled") -> dict:
         previous = os.environ.get("WANDB_DIR")
         os.environ["WANDB_DIR"] = tmp
         try:
-            metrics = run_cell(cell, data, results_root=Path(tmp), wandb=WandbSettings(mode=wandb_mode))
+            result = run_group([cell], data, results_root=Path(tmp), wandb=WandbSettings(mode=wandb_mode))[0]
         finally:
             if previous is None:
                 os.environ.pop("WANDB_DIR", None)
@@ -80,29 +90,32 @@ def run_vgbench(cell: CellSpec, data, wandb_mode: str = "disabled") -> dict:
     # Lightning's deterministic=True switches torch's global flag on; put it back so the raw
     # loop runs in torch's default mode whatever ran before it.
     torch.use_deterministic_algorithms(deterministic)
-    return {"seconds": metrics["fit_seconds"], "probe_seconds": metrics["probe_seconds"],
-            "steps": metrics["steps"], "val_metric": metrics["val_metric"]}
+    return {"seconds": result.fit_seconds, "probe_seconds": result.probe_seconds,
+            "steps": result.steps, "val_metric": result.val_metric}
 
 
 # -- (b) raw PyTorch -----------------------------------------------------------------------------
-def run_raw(cell: CellSpec, data) -> dict:
-    torch.manual_seed(cell.seed)
+def run_raw(cell: CellSpec, data, optimizer_kind: str = "stacked") -> dict:
     recipe = Recipe(**cell.recipe)
     family = FAMILIES.get(cell.family)
     task = TASKS.get(data.task)
     io = ModelIO(data.input_shape, task.num_outputs(data.num_classes), task.per_step)
-    model = family.build(io, cell.depth, recipe, family.hparams.model_validate(cell.model))
+    model = family.build(io, cell.depth, recipe, family.hparams.model_validate(cell.model), [cell.seed])  # K = 1
     train, val = data.splits["train"], data.splits["validation"]
     batch_size, epochs = cell.training["batch_size"], cell.training["max_epochs"]
     clip = recipe.grad_clip
     params = list(model.parameters())
 
     started = time.perf_counter()
-    if cell.training["optimizer"] == "adam":
-        optimizer = torch.optim.Adam(params, lr=cell.learning_rate, weight_decay=cell.training["weight_decay"])
+    training = cell.training
+    adam, decay, momentum = training["optimizer"] == "adam", training["weight_decay"], training["momentum"]
+    if optimizer_kind == "stacked":  # vgbench's optimizer, the cell's rate for its one model
+        optimizer = (StackedAdam(params, [cell.learning_rate], weight_decay=decay) if adam
+                     else StackedSGD(params, [cell.learning_rate], momentum=momentum, weight_decay=decay))
+    elif adam:
+        optimizer = torch.optim.Adam(params, lr=cell.learning_rate, weight_decay=decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=cell.learning_rate, momentum=cell.training["momentum"],
-                                    weight_decay=cell.training["weight_decay"])
+        optimizer = torch.optim.SGD(params, lr=cell.learning_rate, momentum=momentum, weight_decay=decay)
     steps, val_metric, stopped = 0, float("nan"), False
     for epoch in range(epochs):
         if stopped:
@@ -113,10 +126,11 @@ def run_raw(cell: CellSpec, data) -> dict:
         loss_sum = torch.zeros(())
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
-            x, y = train["x"][index], train["y"][index]
-            loss = task.loss(model(x), y)
+            x, y = train["x"][index].unsqueeze(0), train["y"][index].unsqueeze(0)  # [K=1, B, ...]
+            loss = task.loss(model(x), y).sum()  # [1] per-model mean losses -> scalar
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # One model: torch's clipping over all its parameters is vgbench's per-model clipping.
             if clip == "norm":
                 torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip_value)
             elif clip == "value":
@@ -131,10 +145,10 @@ def run_raw(cell: CellSpec, data) -> dict:
         sums = None
         with torch.inference_mode():
             for start in range(0, len(val["y"]), batch_size):
-                x, y = val["x"][start:start + batch_size], val["y"][start:start + batch_size]
-                batch = torch.stack([value.double() for value in task.sums(model(x), y)])
+                x, y = val["x"][start:start + batch_size].unsqueeze(0), val["y"][start:start + batch_size].unsqueeze(0)
+                batch = torch.stack([value.double() for value in task.sums(model(x), y)])  # [sums, K=1]
                 sums = batch if sums is None else sums + batch
-        val_metric = task.finish(sums.tolist())[task.metric]
+        val_metric = task.finish(sums[:, 0].tolist())[task.metric]
     seconds = time.perf_counter() - started
     return {"seconds": seconds, "steps": steps, "val_metric": val_metric}
 
@@ -196,15 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cell", default=DEFAULT_CELL, help="substring of the cell id (first match)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both (default: the cell's trainer.threads); on a busy 2-core "
+                             "machine 2 threads wait on each other, 1 is steadier")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--profile", default=None, help="params profile (default: the file's)")
     parser.add_argument("--data-root", type=Path, default=Path("data"))
+    parser.add_argument("--raw-optimizer", choices=("stacked", "torch"), default="stacked",
+                        help="the raw loop's optimizer: the cell's StackedSGD/StackedAdam (default) or torch.optim's")
     parser.add_argument("--no-wandb", action="store_true", help="skip the extra W&B-offline runs")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N",
                         help="also profile one run of each: own time by area and the N functions adding the most")
     args = parser.parse_args(argv)
 
     cell = pick_cell(expand(load_params(args.params, args.profile).active), args.cell)
+    if args.threads:  # run_group sets the cell's threads; the raw loop runs with the same
+        cell = dataclasses.replace(cell, trainer={**cell.trainer, "threads": args.threads})
+    torch.set_num_threads(cell.trainer.get("threads") or torch.get_num_threads())
     data = data_for(cell, args.data_root, {})
     expected = cell.training["max_epochs"] * steps_per_epoch(len(data.splits["train"]["y"]),
                                                              cell.training["batch_size"])
@@ -212,15 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     if load > 0.5:
         print(f"note: load average {load:.1f} on {os.cpu_count()} CPUs; other processes make these timings noisy")
     print(f"cell {cell.cell_id}: batch {cell.training['batch_size']}, {cell.training['max_epochs']} epochs "
-          f"= {expected} steps, torch threads {torch.get_num_threads()}, repeats {args.repeats}")
+          f"= {expected} steps, torch threads {torch.get_num_threads()}, repeats {args.repeats}, "
+          f"raw optimizer {args.raw_optimizer}")
 
     run_vgbench(cell, data)  # warm-up: imports, first-call costs of Lightning and torch
-    run_raw(cell, data)
+    run_raw(cell, data, args.raw_optimizer)
     vg, raw = [], []
     for repeat in range(args.repeats):
         order = [("vgbench", vg), ("raw", raw)] if repeat % 2 == 0 else [("raw", raw), ("vgbench", vg)]
         for name, sink in order:
-            sink.append(run_vgbench(cell, data) if name == "vgbench" else run_raw(cell, data))
+            sink.append(run_vgbench(cell, data) if name == "vgbench" else run_raw(cell, data, args.raw_optimizer))
 
     def median(rows, key):
         return statistics.median(row[key] for row in rows)
@@ -251,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio vgbench/raw = {vg_s / raw_s:.2f} (aim <= 1.15)")
 
     if args.cprofile:
-        print_profile(lambda: run_vgbench(cell, data), lambda: run_raw(cell, data), args.cprofile)
+        print_profile(lambda: run_vgbench(cell, data), lambda: run_raw(cell, data, args.raw_optimizer),
+                      args.cprofile)
     return 0
 
 

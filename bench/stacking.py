@@ -1,0 +1,315 @@
+"""What a stacked cell group buys over separate trainings, and what vgbench adds to a stacked loop.
+
+Per family, a row of the default profile (its block's data, batch size and optimizer) gives a group of
+K = 9 cells: seeds 0, 1, 2 x the row's learning rate, 1/2 and 1/4 of it. Timed in one process, the
+variants in a rotating order from one repeat to the next:
+
+  K=9, K=1   the vgbench stacked model (``family.build`` with 9 seeds, or seed 0 alone) and
+             StackedSGD/StackedAdam in a plain for-loop over [K, B, ...] batches (model k in its seed's
+             order): loss = task.loss(...).sum(), backward, step; ``--steps`` steps;
+  9 sep      9 plain PyTorch loops one after the other over the same batches, each with its model
+             built from torch.nn here (nn.Linear, nn.Conv1d + nn.BatchNorm1d, nn.LSTM / nn.RNN, and a
+             Python loop over time where no fused kernel applies, e.g. layernorm) and torch.optim's
+             SGD/Adam: the same shapes and cost, not the same numbers;
+  vgbench    ``run_group`` on the 9 cells (Lightning Trainer + gradient-flow probes, W&B disabled)
+             for ``--epochs`` epochs (not the row's max_epochs), each with its validation pass;
+  raw fit    the K=9 loop for the same epochs and batches and the same per-epoch validation pass.
+
+Printed (medians over ``--repeats``; a step is one optimizer step of the group or of one loop):
+  (a) ms/step of K=1 and K=9; K9/K1, how the step grows with 9 models (9.0: no gain); 9 sep, the 9
+      loops' total seconds / --steps; group vs 9 sep = 9 sep / K=9, the group's throughput over 9
+      separate trainings (the issue aims >= 3x for mlp and highway, >= 2x for rnn and resnet);
+  (b) fit ms/step: vgbench's CellResult.fit_seconds (trainer.fit with validation, the group's time
+      / K) * K / steps against the raw fit loop's seconds / steps; vg/raw (aim <= 1.05), and
+      ``w/o probes``, the same with vgbench's probe time taken out (Lightning and the module alone);
+  (c) probes: probe_seconds / fit_seconds of the vgbench run (aim <= 3%). A short run spreads the
+      probe at initialization over few steps, far fewer than a real cell's; ``full cell*``
+      estimates the share over the row's max_epochs: its probe events (1 at init + 1 every
+      interval_steps) at this run's mean cost per event, over its steps at this run's ms/step.
+      The init probe costs more than a training step's, so the estimate still errs high.
+
+Lightning's deterministic mode (the cells' trainer setting) is switched off after each vgbench run,
+so the raw loops run in torch's default mode. The default profile's data sets (made offline in
+seconds) are prepared under ``--data-root`` if missing.
+
+    python bench/stacking.py                        # all families, 1 thread; about 4 minutes on 2 cores
+    python bench/stacking.py --only rnn --threads 2 --repeats 5
+    python bench/stacking.py --steps 50 --epochs 2 --data-root /tmp/bench-data
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from vgbench.config import WandbSettings, load_params  # noqa: E402
+from vgbench.data.store import is_current, prepare  # noqa: E402
+from vgbench.matrix import CellSpec, expand  # noqa: E402
+from vgbench.models import FAMILIES, ModelIO  # noqa: E402
+from vgbench.models.recipe import Recipe  # noqa: E402
+from vgbench.tasks import TASKS  # noqa: E402
+from vgbench.training.run_group import data_for, run_group  # noqa: E402
+from vgbench.training.stacked_optim import StackedAdam, StackedSGD  # noqa: E402
+
+for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+CASES = (  # (family, remedy, depth) of the default profile
+    ("mlp", "he_relu", 20), ("rnn", "lstm", 50), ("rnn", "baseline", 50), ("rnn", "layernorm", 50),
+    ("resnet", "residual_bn", 20), ("highway", "highway", 50))
+SEEDS, RATE_FACTORS = (0, 1, 2), (1.0, 0.5, 0.25)
+
+
+# -- the plain torch.nn references ---------------------------------------------------------------
+class PlainHighway(nn.Module):
+    def __init__(self, features: int, outputs: int, depth: int, width: int):
+        super().__init__()
+        self.projection, self.head = nn.Linear(features, width), nn.Linear(width, outputs)
+        self.transforms = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+        self.gates = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
+
+    def forward(self, x):
+        h = torch.tanh(self.projection(x))
+        for transform, gate in zip(self.transforms, self.gates):
+            t = torch.sigmoid(gate(h))
+            h = torch.tanh(transform(h)) * t + h * (1 - t)
+        return self.head(h)
+
+
+class PlainBlock(nn.Module):  # conv-bn-relu-conv-bn + option-A shortcut, relu
+    def __init__(self, channels: int, out: int, stride: int):
+        super().__init__()
+        self.stride, self.pad = stride, out - channels
+        self.body = nn.Sequential(nn.Conv1d(channels, out, 3, stride, 1, bias=False), nn.BatchNorm1d(out), nn.ReLU(),
+                                  nn.Conv1d(out, out, 3, 1, 1, bias=False), nn.BatchNorm1d(out))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + F.pad(x[:, :, ::self.stride], (0, 0, 0, self.pad)))
+
+
+def plain_resnet(outputs: int, depth: int, width: int) -> nn.Module:
+    layers = [nn.Unflatten(1, (1, -1)), nn.Conv1d(1, width, 3, 1, 1, bias=False), nn.BatchNorm1d(width), nn.ReLU()]
+    channels = [width] + [width * 2 ** stage for stage in range(3) for _ in range((depth - 2) // 6)]
+    layers += [PlainBlock(a, b, 2 if b > a else 1) for a, b in zip(channels, channels[1:])]
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(channels[-1], outputs))
+
+
+class PlainRNN(nn.Module):  # nn.LSTM / nn.RNN, or a Python loop over time for layer-normalized tanh units
+    def __init__(self, features: int, hidden: int, outputs: int, recipe: Recipe):
+        super().__init__()
+        self.layernorm = recipe.norm == "layernorm"
+        if self.layernorm:
+            self.ih, self.hh, self.norm = nn.Linear(features, hidden), nn.Linear(hidden, hidden), nn.LayerNorm(hidden)
+        elif recipe.cell == "lstm":
+            self.rnn = nn.LSTM(features, hidden, batch_first=True)
+        else:
+            self.rnn = nn.RNN(features, hidden, nonlinearity=recipe.activation, batch_first=True)
+        self.head = nn.Linear(hidden, outputs)
+
+    def forward(self, x):
+        if not self.layernorm:
+            return self.head(self.rnn(x)[0][:, -1])
+        projected, h = self.ih(x).unbind(1), x.new_zeros(x.shape[0], self.hh.in_features)
+        for x_t in projected:
+            h = torch.tanh(self.norm(x_t + self.hh(h)))
+        return self.head(h)
+
+
+def plain_model(cell: CellSpec, io: ModelIO) -> nn.Module:
+    recipe, depth, features = Recipe(**cell.recipe), cell.depth, io.input_shape[-1]
+    if cell.family == "mlp":
+        widths = [features] + [cell.model["width"]] * depth
+        layers = [m for a, b in zip(widths, widths[1:]) for m in (nn.Linear(a, b), recipe.make_activation())]
+        return nn.Sequential(*layers, nn.Linear(widths[-1], io.num_outputs))
+    if cell.family == "highway":
+        return PlainHighway(features, io.num_outputs, depth, cell.model["width"])
+    if cell.family == "resnet":
+        return plain_resnet(io.num_outputs, depth, cell.model["width"])
+    return PlainRNN(features, cell.model["hidden_size"], io.num_outputs, recipe)
+
+
+def make_optimizer(training: dict, params, rates: list[float], stacked: bool) -> torch.optim.Optimizer:
+    """The row's optimizer: vgbench's StackedSGD/StackedAdam over K rates, or torch.optim's for one rate."""
+    decay, params = training["weight_decay"], list(params)
+    if training["optimizer"] == "adam":
+        return (StackedAdam(params, rates, weight_decay=decay) if stacked
+                else torch.optim.Adam(params, lr=rates[0], weight_decay=decay))
+    return (StackedSGD(params, rates, momentum=training["momentum"], weight_decay=decay) if stacked
+            else torch.optim.SGD(params, lr=rates[0], momentum=training["momentum"], weight_decay=decay))
+
+
+PLAIN_LOSSES = {"classification": F.cross_entropy, "regression": lambda out, y: F.mse_loss(out.squeeze(-1), y)}
+
+
+# -- the timed variants ---------------------------------------------------------------------------
+def index_batches(size: int, batch: int, seeds: list[int], count: int) -> list[torch.Tensor]:
+    """``count`` [K, B] index batches, model k in its seed's order per epoch (vgbench's rule); full batches."""
+    batches, epoch = [], 0
+    while len(batches) < count:
+        orders = [torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+                  for seed in seeds]
+        batches += [torch.stack([o[s:s + batch] for o in orders]) for s in range(0, size - batch + 1, batch)]
+        epoch += 1
+    return batches[:count]
+
+
+def stacked_loop(cells: list[CellSpec], data, steps: int = 0, epochs: int = 0) -> dict:
+    """``steps`` steps, or ``epochs`` whole epochs each followed by a validation pass; seconds and steps."""
+    first, task = cells[0], TASKS.get(data.task)
+    family, recipe, training = FAMILIES.get(first.family), Recipe(**first.recipe), first.training
+    io = ModelIO(data.input_shape, task.num_outputs(data.num_classes), task.per_step)
+    model = family.build(io, first.depth, recipe, family.hparams.model_validate(first.model),
+                         [cell.seed for cell in cells])
+    optimizer = make_optimizer(training, model.parameters(), [cell.learning_rate for cell in cells], stacked=True)
+    train, val, batch, models = data.splits["train"], data.splits["validation"], training["batch_size"], len(cells)
+    per_epoch = len(train["y"]) // batch
+    started = time.perf_counter()
+    batches = index_batches(len(train["y"]), batch, [cell.seed for cell in cells], epochs * per_epoch or steps)
+    for step, index in enumerate(batches, 1):
+        loss = task.loss(model(train["x"][index]), train["y"][index]).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if epochs and step % per_epoch == 0:
+            model.eval()
+            with torch.inference_mode():
+                sums = 0
+                for s in range(0, len(val["y"]), batch):
+                    x, y = (t[s:s + batch].expand(models, *t[s:s + batch].shape) for t in (val["x"], val["y"]))
+                    sums = sums + torch.stack([v.double() for v in task.sums(model(x), y)])  # [sums, K]
+                [task.finish(column.tolist()) for column in sums.T]
+            model.train()
+    return {"seconds": time.perf_counter() - started, "steps": len(batches)}
+
+
+def separate_loops(cells: list[CellSpec], data, steps: int) -> dict:
+    """One plain torch.nn model and torch.optim optimizer per cell, trained one after the other."""
+    task, training = TASKS.get(data.task), cells[0].training
+    io = ModelIO(data.input_shape, task.num_outputs(data.num_classes), task.per_step)
+    train, loss_fn, seconds = data.splits["train"], PLAIN_LOSSES[data.task], 0.0
+    for cell in cells:
+        torch.manual_seed(cell.seed)
+        model = plain_model(cell, io)
+        optimizer = make_optimizer(training, model.parameters(), [cell.learning_rate], stacked=False)
+        started = time.perf_counter()
+        for index in index_batches(len(train["y"]), training["batch_size"], [cell.seed], steps):
+            loss = loss_fn(model(train["x"][index[0]]), train["y"][index[0]])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        seconds += time.perf_counter() - started
+    return {"seconds": seconds, "steps": steps}
+
+
+def vgbench_group(cells: list[CellSpec], data, epochs: int) -> dict:
+    cells = [dataclasses.replace(cell, training={**cell.training, "max_epochs": epochs}) for cell in cells]
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with tempfile.TemporaryDirectory(prefix="vgbench-stacking-") as tmp:
+        results = run_group(cells, data, Path(tmp), WandbSettings(mode="disabled"))
+    torch.use_deterministic_algorithms(deterministic)  # Lightning's deterministic=True switched it on
+    first = results[0]
+    return {"seconds": first.fit_seconds * len(cells), "steps": first.steps,
+            "probe_seconds": first.probe_seconds * len(cells)}
+
+
+# -- main ----------------------------------------------------------------------------------------
+def group_of(cells: list[CellSpec], family: str, remedy: str, depth: int, threads: int) -> list[CellSpec]:
+    row = next(c for c in cells if (c.family, c.remedy, c.depth) == (family, remedy, depth))
+    trainer = {**row.trainer, "threads": threads}
+    return [dataclasses.replace(row, seed=seed, learning_rate=row.learning_rate * factor, trainer=trainer)
+            for seed in SEEDS for factor in RATE_FACTORS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10, help="steps of each raw loop in (a) (default 10)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of the vgbench and raw fit runs (default 1)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--only", default="", help="only the cases whose 'family/remedy' contains this")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()) / "vgbench-bench-data",
+                        help="stored data sets; the default profile's are made here if missing")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    profile = load_params(args.params, "default").active
+    for name, length in profile.stored_datasets():
+        if not is_current(name, profile.dataset_settings(name), args.data_root, length):
+            prepare(name, profile.dataset_settings(name), args.data_root, length)
+    all_cells, cache = expand(profile), {}
+    cases = {f"{family}/{remedy}": group_of(all_cells, family, remedy, depth, args.threads)
+             for family, remedy, depth in CASES if args.only in f"{family}/{remedy}"}
+    data = {label: data_for(cells[0], args.data_root, cache) for label, cells in cases.items()}
+    variants = {
+        "K=1": lambda cells, d: stacked_loop(cells[:1], d, steps=args.steps),
+        "K=9": lambda cells, d: stacked_loop(cells, d, steps=args.steps),
+        "9 sep": lambda cells, d: separate_loops(cells, d, args.steps),
+        "vgbench": lambda cells, d: vgbench_group(cells, d, args.epochs),
+        "raw fit": lambda cells, d: stacked_loop(cells, d, epochs=args.epochs),
+    }
+    if os.getloadavg()[0] > 0.5:
+        print(f"note: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; other processes add noise")
+    print(f"K = {len(SEEDS) * len(RATE_FACTORS)} (seeds {SEEDS} x rate factors {RATE_FACTORS}), torch threads "
+          f"{torch.get_num_threads()}, {args.steps} steps per raw loop, {args.epochs} epoch(s) per fit, "
+          f"repeats {args.repeats}")
+    started = time.perf_counter()
+    warm = next(iter(cases))  # first-call costs: imports, Lightning, kernels
+    variants["vgbench"](cases[warm], data[warm])
+    for label, cells in cases.items():
+        stacked_loop(cells, data[label], steps=2)
+        separate_loops(cells[:1], data[label], steps=2)
+
+    runs: dict[str, dict[str, list[dict]]] = {label: {name: [] for name in variants} for label in cases}
+    names = list(variants)
+    for repeat in range(args.repeats):
+        for label, cells in cases.items():
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                runs[label][name].append(variants[name](cells, data[label]))
+
+    def ms(label: str, name: str) -> float:
+        return statistics.median(1000 * r["seconds"] / r["steps"] for r in runs[label][name])
+
+    print(f"\n(a) raw loops, ms/step, {args.steps} steps (aim: group >= 3x for mlp/highway, >= 2x for rnn/resnet)")
+    print(f"{'family/remedy':22}{'K=1':>8}{'K=9':>8}{'K9/K1':>7}{'9 sep':>9}{'group vs 9 sep':>16}")
+    for label in cases:
+        k1, k9, sep = ms(label, "K=1"), ms(label, "K=9"), ms(label, "9 sep")
+        print(f"{label:22}{k1:8.2f}{k9:8.2f}{k9 / k1:7.2f}{sep:9.2f}{sep / k9:15.2f}x")
+
+    print(f"\n(b) fit ms/step over {args.epochs} epoch(s) with validation, K=9 (aim vg/raw <= 1.05); "
+          f"(c) probes / fit (aim <= 3%)")
+    print(f"{'family/remedy':22}{'steps':>6}{'vgbench':>9}{'raw fit':>9}{'vg/raw':>8}{'w/o probes':>11}"
+          f"{'probes':>8}{'full cell*':>11}   per-repeat vg/raw")
+    for label, cells in cases.items():
+        vg, raw, rows = ms(label, "vgbench"), ms(label, "raw fit"), runs[label]["vgbench"]
+        steps, interval = rows[0]["steps"], cells[0].probes["interval_steps"]
+        probe_ms = statistics.median(1000 * r["probe_seconds"] / r["steps"] for r in rows)
+        # A real cell: max_epochs epochs; its probe events (1 at init + 1 every interval) at this run's mean cost.
+        full = cells[0].training["max_epochs"] * (steps // args.epochs)
+        full_share = (probe_ms * steps / (1 + -(-steps // interval))) * (1 + -(-full // interval)) / (vg * full)
+        paired = " ".join(f"{v['seconds'] / r['seconds']:.2f}" for v, r in zip(rows, runs[label]["raw fit"]))
+        print(f"{label:22}{steps:6d}{vg:9.2f}{raw:9.2f}{vg / raw:8.3f}{(vg - probe_ms) / raw:11.3f}"
+              f"{100 * probe_ms / vg:7.1f}%{100 * full_share:10.1f}%   {paired}")
+        if steps != runs[label]["raw fit"][0]["steps"]:
+            print(f"  warning: vgbench ran {steps} steps, the raw fit loop {runs[label]['raw fit'][0]['steps']}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
