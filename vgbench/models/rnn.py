@@ -9,10 +9,12 @@ forget gate of Gers et al. 2000) and the GRU (Cho et al. 2014).
 
 The weights of K stacked models are ``[K, gates * hidden, ...]`` tensors laid
 out as PyTorch's ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` lay out theirs. Unprobed
-steps run PyTorch's fused kernels (cuDNN on GPUs), one call per model on that
-model's slice: on this project's 2-core CPU nine fused LSTM calls took 45 ms
-where one Python loop over time for all nine stacked models took 65-75 ms (a
-step is too small for batching the models to pay for the loop's per-op cost).
+LSTM and GRU steps run PyTorch's fused kernels (cuDNN on GPUs, where vanilla
+RNNs do too), one call per model on that model's slice: on this project's
+2-core CPU nine fused LSTM calls took 45 ms where one Python loop over time for
+all nine stacked models took 65-75 ms (a step is too small for batching the
+models to pay for the loop's per-op cost); a vanilla RNN's CPU "fused" kernel
+is itself a loop over time, and there the batched loop wins (bench/README.md).
 On probe steps, and for what the fused kernels cannot do (sigmoid units, layer
 normalization), the same equations run as one Python loop over time for all K
 models with batched matrix products: the probes need ||dL/dh_t|| for every t,
@@ -131,8 +133,15 @@ class RecurrentNet(ProbedModel):
             states.append(self.fused(x_k, hx, flat, True, 1, 0.0, self.training, False, True)[0])
         return torch.stack(states)
 
+    def uses_fused(self, x: torch.Tensor) -> bool:
+        """The fused kernel on unprobed steps where it exists and pays: always on GPUs (cuDNN); on CPU
+        for the LSTM and GRU only, since torch's CPU kernel for a vanilla RNN is itself a loop over
+        time, and nine of them cost more than one batched loop (bench/README.md)."""
+        return (self.fused is not None and not self.taps.armed
+                and (x.device.type != "cpu" or self.cell != "rnn"))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        states = self.fused_per_model(x) if self.fused is not None and not self.taps.armed else self.unrolled(x)
+        states = self.fused_per_model(x) if self.uses_fused(x) else self.unrolled(x)
         if self.per_step:
             return self.head(states.flatten(1, 2)).unflatten(1, states.shape[1:3])
         return self.head(states[:, :, -1])
@@ -152,5 +161,5 @@ FAMILIES.add("rnn", Family(
     depth_meaning="sequence length (copy-memory: the delay T)", depth_is_length=True,
     inputs=frozenset({"sequence"}), base_recipe=Recipe(activation="tanh"), probed_state="time step",
     per_step_outputs=True,
-    stacking="unprobed steps: PyTorch's fused kernel once per model (tanh/ReLU RNN, LSTM, GRU); probed steps, "
-             "sigmoid units and layernorm: one loop over time with batched matrix products for all K"))
+    stacking="LSTM/GRU unprobed steps: PyTorch's fused kernel once per model (and vanilla RNNs on GPUs); "
+             "otherwise one loop over time with batched matrix products for all K"))

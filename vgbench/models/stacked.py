@@ -109,9 +109,7 @@ class StackedFeatureNorm(StackedLayer):
             return F.layer_norm(x, (features,), eps=self.eps) * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
         # One call per model: over K*C channels at once the kernel's vector remainder (K*C mod
         # the SIMD width) moves with K, and with it the last bits of model k's gradients.
-        return torch.stack([F.batch_norm(x[k], self.running_mean[k], self.running_var[k], self.weight[k],
-                                         self.bias[k], self.training, self.momentum, self.eps)
-                            for k in range(models)])
+        return per_model_batch_norm(self, x)
 
 
 class StackedConv(StackedLayer):
@@ -162,10 +160,21 @@ class StackedConvBatchNorm(StackedLayer):
         self.register_buffer("running_var", torch.ones(models, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # running_mean[k] is a view: batch_norm updates model k's statistics in place.
-        return torch.stack([F.batch_norm(x[k], self.running_mean[k], self.running_var[k], self.weight[k],
-                                         self.bias[k], self.training, self.momentum, self.eps)
-                            for k in range(self.models)])
+        return per_model_batch_norm(self, x)
+
+
+def per_model_batch_norm(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``F.batch_norm`` once per model, each with its own statistics and affine parameters.
+
+    Slices come from ``unbind`` (one backward op for all K), not ``x[k]``: each
+    indexing op's backward would allocate a zero gradient the size of the whole
+    stack (9 models: 14.8 vs 6.3 ms for one layer's forward and backward). The
+    running statistics are views, so batch_norm updates model k's in place.
+    """
+    parts = zip(x.unbind(0), layer.running_mean.unbind(0), layer.running_var.unbind(0), layer.weight.unbind(0),
+                layer.bias.unbind(0))
+    return torch.stack([F.batch_norm(x_k, mean, var, weight, bias, layer.training, layer.momentum, layer.eps)
+                        for x_k, mean, var, weight, bias in parts])
 
 
 def per_model_grad_norms(parameters) -> torch.Tensor:

@@ -17,17 +17,45 @@ import torch
 
 
 class StackedOptimizer(torch.optim.Optimizer):
+    """Updates every model in place with the same arithmetic, then puts back the frozen models' rows.
+
+    So a model's update never depends on whether a neighbour in its group has
+    stopped (the same ops run either way), and the common case, nobody
+    frozen, costs nothing extra.
+    """
+
     def __init__(self, params, rates: list[float], defaults: dict):
         super().__init__(params, {"lr": 1.0, **defaults})
         self.rates = torch.tensor(rates, dtype=torch.float32)
         self.active = torch.ones(len(rates), dtype=torch.bool)
+        self._per_device: dict = {}
 
-    def _per_model(self, values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """A [K] vector shaped to broadcast over a [K, ...] parameter, on its device."""
-        return values.to(like.device).view(-1, *([1] * (like.dim() - 1)))
+    def _rates_for(self, like: torch.Tensor) -> torch.Tensor:
+        """The rates shaped to broadcast over a [K, ...] parameter, on its device (cached)."""
+        key = (like.device, like.dtype, like.dim())
+        if key not in self._per_device:
+            self._per_device[key] = self.rates.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+        return self._per_device[key]
 
-    def _apply(self, param: torch.Tensor, new: torch.Tensor, active: torch.Tensor) -> None:
-        param.copy_(torch.where(active, new, param))
+    def _update(self, group: dict, param: torch.Tensor, grad: torch.Tensor, state: dict) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        frozen = (~self.active).nonzero().flatten().tolist()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                kept = [(t, t[frozen].clone()) for t in (param, *state.values())
+                        if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape[0] == len(self.active)] \
+                    if frozen else []
+                self._update(group, param, param.grad, state)
+                for tensor, rows in kept:
+                    tensor[frozen] = rows
+        return loss
 
     def state_dict(self):
         state = super().state_dict()
@@ -44,28 +72,16 @@ class StackedSGD(StackedOptimizer):
     def __init__(self, params, rates: list[float], momentum: float = 0.0, weight_decay: float = 0.0):
         super().__init__(params, rates, {"momentum": momentum, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                active = self._per_model(self.active, param)
-                grad = param.grad
-                if group["weight_decay"]:
-                    grad = grad.add(param, alpha=group["weight_decay"])
-                if group["momentum"]:
-                    state = self.state[param]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.where(active, grad, torch.zeros_like(grad))
-                    else:
-                        buffer = state["momentum_buffer"]
-                        buffer.copy_(torch.where(active, buffer * group["momentum"] + grad, buffer))
-                    grad = state["momentum_buffer"]
-                rate = self._per_model(self.rates, param) * group["lr"]
-                self._apply(param, param - rate * grad, active)
-        return loss
+    def _update(self, group: dict, param: torch.Tensor, grad: torch.Tensor, state: dict) -> None:
+        if group["weight_decay"]:
+            grad = grad.add(param, alpha=group["weight_decay"])
+        if group["momentum"]:
+            if "momentum_buffer" not in state:
+                state["momentum_buffer"] = grad.clone()
+            else:
+                state["momentum_buffer"].mul_(group["momentum"]).add_(grad)
+            grad = state["momentum_buffer"]
+        param.sub_(grad * (self._rates_for(param) * group["lr"]))
 
 
 class StackedAdam(StackedOptimizer):
@@ -73,35 +89,22 @@ class StackedAdam(StackedOptimizer):
                  weight_decay: float = 0.0):
         super().__init__(params, rates, {"betas": betas, "eps": eps, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                active = self._per_model(self.active, param)
-                grad = param.grad
-                if group["weight_decay"]:
-                    grad = grad.add(param, alpha=group["weight_decay"])
-                state = self.state[param]
-                if not state:
-                    state["step"] = torch.zeros(param.shape[0], dtype=torch.float64)  # per model
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
-                steps = state["step"].add_(self.active.to(torch.float64))  # frozen models do not count
-                exp_avg = torch.where(active, state["exp_avg"].lerp(grad, 1 - beta1), state["exp_avg"])
-                exp_avg_sq = torch.where(active, state["exp_avg_sq"] * beta2 + (1 - beta2) * grad * grad,
-                                         state["exp_avg_sq"])
-                state["exp_avg"].copy_(exp_avg)
-                state["exp_avg_sq"].copy_(exp_avg_sq)
-                bias1 = self._per_model((1 - beta1 ** steps).float(), param)
-                bias2 = self._per_model((1 - beta2 ** steps).float(), param)
-                rate = self._per_model(self.rates, param) * group["lr"]
-                denominator = (exp_avg_sq / bias2).sqrt() + group["eps"]
-                self._apply(param, param - rate / bias1 * exp_avg / denominator, active)
-        return loss
+    def _update(self, group: dict, param: torch.Tensor, grad: torch.Tensor, state: dict) -> None:
+        beta1, beta2 = group["betas"]
+        if group["weight_decay"]:
+            grad = grad.add(param, alpha=group["weight_decay"])
+        if not state:
+            state["step"] = torch.zeros(param.shape[0], dtype=torch.float64)  # per model: frozen ones stop counting
+            state["exp_avg"] = torch.zeros_like(param)
+            state["exp_avg_sq"] = torch.zeros_like(param)
+        steps = state["step"].add_(1)
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        shape = (-1, *([1] * (param.dim() - 1)))
+        bias1 = (1 - beta1 ** steps).to(param.device, param.dtype).view(shape)
+        bias2 = (1 - beta2 ** steps).to(param.device, param.dtype).view(shape)
+        denominator = (state["exp_avg_sq"] / bias2).sqrt_().add_(group["eps"])
+        param.addcdiv_(state["exp_avg"] * (self._rates_for(param) * group["lr"] / bias1), denominator, value=-1)
 
 
 OPTIMIZERS = {"sgd": StackedSGD, "adam": StackedAdam}
