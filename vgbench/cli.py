@@ -30,6 +30,7 @@ from vgbench.data.store import DataNotReadyError
 from vgbench.launch.request import LaunchError
 from vgbench.registry import UnknownNameError
 from vgbench.report.build import NoResultsError
+from vgbench.report.readme import ReadmeError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -188,6 +189,15 @@ def _plan(params: Params, args) -> int:
     return 0
 
 
+def _readme(params: Params, args) -> int:
+    from vgbench.report.readme import update_readme
+
+    replaced = update_readme(args.readme, args.results_root / "leaderboard.md")
+    print(f"{args.readme}: {len(replaced)} leaderboard block(s) rewritten from "
+          f"{args.results_root / 'leaderboard.md'}: {', '.join(replaced) or 'none found'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vgbench", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -210,13 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
                                             "model shape on this machine")
     plan.add_argument("--device", default="cpu", help="device to time the steps on (default: %(default)s)")
     plan.add_argument("--steps", type=int, default=3, help="timed steps per model shape (default: %(default)s)")
-    for sub in (fetch, train, board, commands.choices["cells"], status, plan):
+    readme = commands.add_parser("readme", help="rewrite README.md's marked leaderboard blocks from "
+                                                "results/leaderboard.md")
+    readme.add_argument("--readme", type=Path, default=Path("README.md"), help="default: %(default)s")
+    for sub in (fetch, train, board, commands.choices["cells"], status, plan, readme):
         _common(sub)
     return parser
 
 
 HANDLERS = {"fetch": _fetch, "train": _train, "leaderboard": _leaderboard, "cells": _cells, "status": _status,
-            "plan": _plan}
+            "plan": _plan, "readme": _readme}
 
 
 class Stopped(SystemExit):
@@ -260,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownNameError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataNotReadyError, NoResultsError, LaunchError) as error:
+    except (DataNotReadyError, NoResultsError, LaunchError, ReadmeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -1,6 +1,6 @@
 """``local``: N worker processes on this machine.
 
-Each worker is ``python -m vgbench.launch.worker`` with the whole list of cells
+Each worker is ``python -m vgbench.launch`` with the whole list of cells
 to train; the claims hand each cell to exactly one of them, so a worker that
 finishes early simply takes the next free cell (no scheduler of our own). On
 GPUs, worker k is pinned to ``gpus[k % len(gpus)]`` through
@@ -64,7 +64,7 @@ def launch_local(request: LaunchRequest) -> bool:
         unit = request.unit(ids, worker=slot, report_path=str(report))
         unit_path = request.folder / f"worker-{slot}.unit.json"
         atomic.write_text(unit_path, json.dumps(asdict(unit), indent=2))
-        process = subprocess.Popen([sys.executable, "-m", "vgbench.launch.worker", str(unit_path)],
+        process = subprocess.Popen([sys.executable, "-m", "vgbench.launch", str(unit_path)],
                                    env=worker_environment(request, slot), stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
         relay = threading.Thread(target=_relay, args=(process.stdout, f"[w{slot}]",

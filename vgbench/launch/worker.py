@@ -1,7 +1,7 @@
 """The worker: train the cells of one ``WorkUnit`` that are neither done nor claimed.
 
 Every launcher ends here (in-process for ``serial``, as ``python -m
-vgbench.launch.worker UNIT.json`` for ``local``, inside a submitit array task
+vgbench.launch UNIT.json`` for ``local``, inside a submitit array task
 for ``slurm``). It skips the cells that are done (or failed, unless retrying),
 groups the rest by row (vgbench/groups.py: the seeds and learning rates of a
 row train as one stacked network), and per group: claims its cells (those
@@ -140,7 +140,7 @@ def _train_group(unit: WorkUnit, root: Path, cells: list, load_data, params, rep
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m vgbench.launch.worker UNIT.json``: what the local launcher starts."""
+    """``python -m vgbench.launch UNIT.json`` (vgbench/launch/__main__.py): what the local launcher starts."""
     argv = sys.argv[1:] if argv is None else argv
     fields = json.loads(Path(argv[0]).read_text())
     unit = WorkUnit(**{**fields, "cell_ids": tuple(fields["cell_ids"])})
@@ -149,6 +149,3 @@ def main(argv: list[str] | None = None) -> int:
     report = run_unit(unit)
     return 1 if report["failed"] else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
