@@ -301,3 +301,28 @@ def test_weight_gradient_ratio_only_with_one_weight_per_probed_state():
     assert probe.records[1][0]["weight_grad_first_last_ratio"] == 0.25
     assert math.isnan(probe.records[1][1]["weight_grad_first_last_ratio"])
     assert probe.records[1][1]["dL_dh_first_last_ratio"] == 0.25
+
+
+def test_init_ratio_is_finite_where_float32_underflows(tiny_params, tmp_path):
+    """A small-init tanh RNN at T = 50: in float32 dL/dh_t underflows to 0 for the early steps (a -inf
+    ratio); the init probe runs in float64 and gives the finite, tiny true value."""
+    from vgbench.data.store import load, prepare
+
+    cell = next(c for c in expand(tiny_params.active) if c.family == "rnn" and c.remedy == "baseline")
+    cell = dataclasses.replace(cell, depth=50, training={**cell.training, "max_epochs": 1})
+    settings = tiny_params.active.dataset_settings("adding")
+    prepare("adding", settings, tmp_path / "data", 50)
+    metrics = run_cell(cell, load("adding", settings, tmp_path / "data", 50), tmp_path / "results",
+                       WandbSettings(mode="disabled"))
+    init = json.loads((tmp_path / "results" / "cells" / cell.cell_id / "grad_profile.json").read_text())["records"][0]
+    assert init["dtype"] == "float64" and min(init["dL_dh_norm"]) > 0
+    assert math.isfinite(metrics.init_log10_dL_dh_first_last) and metrics.init_log10_dL_dh_first_last < -38
+    # What float32 gives on the same network and batch: zeros at the first steps.
+    family = FAMILIES.get("rnn")
+    data = load("adding", settings, tmp_path / "data", 50)
+    model = family.build(ModelIO(data.input_shape, 1), 50, Recipe(**cell.recipe), family.hparams(**cell.model), [0])
+    size = cell.probes["init_batch_size"]
+    x, y = data.splits["train"]["x"][:size][None], data.splits["train"]["y"][:size][None]
+    model.taps.arm()
+    ((model(x).squeeze(-1) - y) ** 2).mean().backward()
+    assert float(model.taps.disarm().grad_sq_sum[0][0]) == 0.0

@@ -18,8 +18,10 @@ What it records, per probed layer l (input side first):
   transform-gate value T of each layer; near 0 the layer carries its input.
 
 When: once at initialization, on a fixed training batch before the first
-update (phase "init"), and on the live training batch every ``interval_steps``
-optimizer steps (phase "train"). Under DDP the per-rank sums are all-reduced:
+update (phase "init", computed in float64 on a copy of the network, so that
+gradients far below float32's range still give a finite ratio), and on the
+live training batch every ``interval_steps`` optimizer steps (phase "train",
+in the training precision: a zero there is what training saw). Under DDP the per-rank sums are all-reduced:
 the global loss is the mean over ranks, so ||dL/dh||^2 of the global batch is
 the sum over ranks divided by world_size^2.
 
@@ -32,6 +34,7 @@ The time spent probing is measured and stored as the probe overhead.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 
@@ -150,11 +153,15 @@ class GradientFlowProbe(L.Callback):
         if any(self.records):  # resumed from a checkpoint: the init records are the ones from before
             return
         start = time.perf_counter()
-        model = self._model(pl_module)
-        buffers = {name: b.clone() for name, b in model.named_buffers()}  # batchnorm running stats
+        # A float64 copy of the fresh network: at initialization gradients can be far below
+        # float32's range (a small-init tanh RNN at T = 50: ~1e-60 at the first steps), and a
+        # ratio read from zeros would be -inf where the true value is finite. The copy also
+        # leaves the batch-norm running statistics and the weights' .grad of the real net alone.
+        model = copy.deepcopy(self._model(pl_module)).double()
         x, y = (t.to(pl_module.device).unsqueeze(0).expand(model.models, *t.shape).contiguous()
                 for t in self.init_batch)
-        model.zero_grad(set_to_none=True)
+        x = x.double()
+        y = y.double() if y.is_floating_point() else y
         model.taps.arm()
         # The bare model, not the DDP wrapper: same batch on every rank, no gradient all-reduce.
         losses = pl_module.task.loss(model(x), y)
@@ -163,13 +170,10 @@ class GradientFlowProbe(L.Callback):
         stats = self._statistics(taps, model.models)  # same batch on every rank: no reduction
         gradients = self._gradient_fields(model)
         for k, loss in enumerate(losses.detach().tolist()):
-            record = {"phase": "init", "step": 0, "epoch": 0, "loss": loss, **stats[k], **gradients[k]}
+            record = {"phase": "init", "step": 0, "epoch": 0, "loss": loss, "dtype": "float64", **stats[k],
+                      **gradients[k]}
             self._finish(k, record)
             self._log(pl_module, k, record)
-        model.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
         self.seconds += time.perf_counter() - start
 
     # -- during training ---------------------------------------------------------------------------
