@@ -9,7 +9,7 @@ import torch
 
 from tests.test_data import write_mnist_raw, write_params
 from vgbench.cli import main
-from vgbench.data import DATASETS, DatasetSettings
+from vgbench.data import DATASETS
 from vgbench.data import adding, copy_memory, mnist1d
 from vgbench.data.sequential import PermutationSettings, SequentialMNIST1DSettings
 from vgbench.data.store import DataNotReadyError, load, prepare

@@ -52,7 +52,27 @@ class StackedLayer(nn.Module):
         pass
 
 
-class StackedLinear(StackedLayer):
+class WeightAndBias(StackedLayer):
+    """A stacked ``weight`` (and optional ``bias``) initialized per model: by ``init`` (bias at
+    ``bias_value``), or without one as PyTorch initializes a Linear or Conv layer."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+    init: WeightInit | None = None
+    bias_value: float = 0.0
+
+    def init_model(self, k: int) -> None:
+        with torch.no_grad():
+            bias = self.bias[k] if self.bias is not None else None
+            if self.init is None:
+                pytorch_default_init(self.weight[k], bias)
+                return
+            self.init(self.weight[k])
+            if bias is not None:
+                bias.fill_(self.bias_value)
+
+
+class StackedLinear(WeightAndBias):
     """y_k = x_k W_k^T + b_k for every model k, as one ``baddbmm``; x is ``[K, N, in]``.
 
     ``init`` fills one model's weight (default: PyTorch's own Linear init, weight and bias);
@@ -66,16 +86,6 @@ class StackedLinear(StackedLayer):
         self.weight = nn.Parameter(torch.empty(models, out_features, in_features))
         self.bias = nn.Parameter(torch.empty(models, out_features)) if bias else None
         self.init, self.bias_value = init, bias_value
-
-    def init_model(self, k: int) -> None:
-        with torch.no_grad():
-            bias = self.bias[k] if self.bias is not None else None
-            if self.init is None:
-                pytorch_default_init(self.weight[k], bias)
-                return
-            self.init(self.weight[k])
-            if bias is not None:
-                bias.fill_(self.bias_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()  # a strided x can take another GEMM path for another K
@@ -112,7 +122,7 @@ class StackedFeatureNorm(StackedLayer):
         return per_model_batch_norm(self, x)
 
 
-class StackedConv(StackedLayer):
+class StackedConv(WeightAndBias):
     """K convolutions (1-D or 2-D) on ``[K, N, C, *spatial]``, one call per model.
 
     Not one grouped convolution (HFTA's way): on this project's CPU a grouped
@@ -130,16 +140,6 @@ class StackedConv(StackedLayer):
         self.weight = nn.Parameter(torch.empty(models, out_channels, in_channels, *(kernel_size,) * dims))
         self.bias = nn.Parameter(torch.empty(models, out_channels)) if bias else None
         self.init = init
-
-    def init_model(self, k: int) -> None:
-        with torch.no_grad():
-            bias = self.bias[k] if self.bias is not None else None
-            if self.init is None:
-                pytorch_default_init(self.weight[k], bias)
-                return
-            self.init(self.weight[k])
-            if bias is not None:
-                bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv1d if self.dims == 1 else F.conv2d

@@ -125,6 +125,8 @@ class TaskModule(L.LightningModule):
         losses = self.task.loss(self.model(x), y)  # [K]
         active = self.active_at_step_start.to(losses.device)
         finite = torch.isfinite(losses.detach())
+        if self.trainer.world_size > 1:  # a model diverges on every rank or on none, so the ranks stay in step
+            finite = self.trainer.strategy.reduce((~finite).double(), reduce_op="sum") == 0
         newly_diverged = (active & ~finite).nonzero().flatten().tolist()
         for k in newly_diverged:
             self.diverged_at_step[k] = self.global_step
