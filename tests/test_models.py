@@ -10,7 +10,7 @@ from torch import nn
 
 from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import ACTIVATIONS, INITS, Recipe
-from vgbench.models.stacked import StackedFeatureNorm
+from vgbench.models.stacked import StackedNorm
 from vgbench.remedies import REMEDIES
 
 PAIRS = [(family, remedy) for family in FAMILIES.names() for remedy, entry in REMEDIES.items()
@@ -65,7 +65,7 @@ def test_mlp_parameter_count_and_layers():
     assert sum(p.numel() for p in model.parameters()) == expected
     with_bn = build("mlp", Recipe(norm="batchnorm"), depth=depth, width=width)
     assert sum(p.numel() for p in with_bn.parameters()) == expected + depth * 2 * width
-    norms = [m for m in with_bn.modules() if isinstance(m, StackedFeatureNorm)]
+    norms = [m for m in with_bn.modules() if isinstance(m, StackedNorm)]
     assert len(norms) == depth and all(m.kind == "batchnorm" for m in norms)
     # K stacked models hold K times the parameters, K sets of batchnorm running statistics.
     three = build("mlp", Recipe(norm="batchnorm"), depth=depth, width=width, seeds=(0, 1, 2))

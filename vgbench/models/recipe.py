@@ -143,9 +143,9 @@ class Recipe:
 
     def make_norm(self, models: int, features: int) -> nn.Module:
         """Normalization of ``[K, N, features]``, per model (vgbench/models/stacked.py)."""
-        from vgbench.models.stacked import StackedFeatureNorm
+        from vgbench.models.stacked import StackedNorm
 
-        return StackedFeatureNorm(models, features, self.norm) if self.norm != "none" else nn.Identity()
+        return StackedNorm(models, features, self.norm) if self.norm != "none" else nn.Identity()
 
     def init_weight(self, weight: torch.Tensor) -> None:
         INITS[self.init](weight, self)

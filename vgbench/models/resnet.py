@@ -27,7 +27,7 @@ from torch import nn
 
 from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import Recipe
-from vgbench.models.stacked import StackedConv, StackedConvBatchNorm, StackedLinear
+from vgbench.models.stacked import StackedConv, StackedLinear, StackedNorm
 from vgbench.probes.taps import ProbedModel
 
 
@@ -55,7 +55,7 @@ def conv3(models: int, in_channels: int, out_channels: int, stride: int, dims: i
 
 def conv_norm(models: int, channels: int, recipe: Recipe) -> nn.Module:
     if recipe.norm == "batchnorm":
-        return StackedConvBatchNorm(models, channels)
+        return StackedNorm(models, channels, "batchnorm")
     if recipe.norm == "layernorm":
         # Refused rather than silently dropped: a "layernorm" cell would otherwise
         # be the no-norm network under another name.

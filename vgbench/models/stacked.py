@@ -99,27 +99,34 @@ class StackedLinear(WeightAndBias):
         return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
 
 
-class StackedFeatureNorm(StackedLayer):
-    """Batch or layer normalization of ``[K, N, C]`` features, with statistics and affine per model."""
+class StackedNorm(StackedLayer):
+    """Batch normalization of ``[K, N, C, *spatial]`` or layer normalization of ``[K, N, C]``, with
+    statistics and affine parameters per model."""
 
-    def __init__(self, models: int, features: int, kind: str, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, models: int, channels: int, kind: str, eps: float = 1e-5, momentum: float = 0.1):
         super().__init__(models)
         if kind not in ("batchnorm", "layernorm"):
             raise ValueError(f"norm kind must be 'batchnorm' or 'layernorm', not {kind!r}")
-        self.kind, self.features, self.eps, self.momentum = kind, features, eps, momentum
-        self.weight = nn.Parameter(torch.ones(models, features))
-        self.bias = nn.Parameter(torch.zeros(models, features))
+        self.kind, self.channels, self.eps, self.momentum = kind, channels, eps, momentum
+        self.weight = nn.Parameter(torch.ones(models, channels))
+        self.bias = nn.Parameter(torch.zeros(models, channels))
         if kind == "batchnorm":
-            self.register_buffer("running_mean", torch.zeros(models, features))
-            self.register_buffer("running_var", torch.ones(models, features))
+            self.register_buffer("running_mean", torch.zeros(models, channels))
+            self.register_buffer("running_var", torch.ones(models, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        models, n, features = x.shape
         if self.kind == "layernorm":
-            return F.layer_norm(x, (features,), eps=self.eps) * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
+            return F.layer_norm(x, (self.channels,), eps=self.eps) * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
         # One call per model: over K*C channels at once the kernel's vector remainder (K*C mod
         # the SIMD width) moves with K, and with it the last bits of model k's gradients.
-        return per_model_batch_norm(self, x)
+        # Slices come from ``unbind`` (one backward op for all K), not ``x[k]``: each indexing
+        # op's backward would allocate a zero gradient the size of the whole stack (9 models:
+        # 14.8 vs 6.3 ms for one layer's forward and backward). The running statistics are
+        # views, so batch_norm updates model k's in place.
+        parts = zip(x.unbind(0), self.running_mean.unbind(0), self.running_var.unbind(0), self.weight.unbind(0),
+                    self.bias.unbind(0))
+        return torch.stack([F.batch_norm(x_k, mean, var, weight, bias, self.training, self.momentum, self.eps)
+                            for x_k, mean, var, weight, bias in parts])
 
 
 class StackedConv(WeightAndBias):
@@ -146,35 +153,6 @@ class StackedConv(WeightAndBias):
         biases = self.bias.unbind(0) if self.bias is not None else [None] * self.models
         return torch.stack([conv(x_k, w_k, b_k, self.stride, self.padding)
                             for x_k, w_k, b_k in zip(x.unbind(0), self.weight.unbind(0), biases)])
-
-
-class StackedConvBatchNorm(StackedLayer):
-    """Batch normalization of ``[K, N, C, *spatial]``, one call per model with its own statistics."""
-
-    def __init__(self, models: int, channels: int, eps: float = 1e-5, momentum: float = 0.1):
-        super().__init__(models)
-        self.eps, self.momentum = eps, momentum
-        self.weight = nn.Parameter(torch.ones(models, channels))
-        self.bias = nn.Parameter(torch.zeros(models, channels))
-        self.register_buffer("running_mean", torch.zeros(models, channels))
-        self.register_buffer("running_var", torch.ones(models, channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return per_model_batch_norm(self, x)
-
-
-def per_model_batch_norm(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``F.batch_norm`` once per model, each with its own statistics and affine parameters.
-
-    Slices come from ``unbind`` (one backward op for all K), not ``x[k]``: each
-    indexing op's backward would allocate a zero gradient the size of the whole
-    stack (9 models: 14.8 vs 6.3 ms for one layer's forward and backward). The
-    running statistics are views, so batch_norm updates model k's in place.
-    """
-    parts = zip(x.unbind(0), layer.running_mean.unbind(0), layer.running_var.unbind(0), layer.weight.unbind(0),
-                layer.bias.unbind(0))
-    return torch.stack([F.batch_norm(x_k, mean, var, weight, bias, layer.training, layer.momentum, layer.eps)
-                        for x_k, mean, var, weight, bias in parts])
 
 
 def per_model_grad_norms(parameters) -> torch.Tensor:

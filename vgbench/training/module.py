@@ -127,18 +127,17 @@ class TaskModule(L.LightningModule):
         finite = torch.isfinite(losses.detach())
         if self.trainer.world_size > 1:  # a model diverges on every rank or on none, so the ranks stay in step
             finite = self.trainer.strategy.reduce((~finite).double(), reduce_op="sum") == 0
-        newly_diverged = (active & ~finite).nonzero().flatten().tolist()
-        for k in newly_diverged:
+        for k in (active & ~finite).nonzero().flatten().tolist():
             self.diverged_at_step[k] = self.global_step
-        self.optimizers().optimizer.active.copy_(self.active)
-        if not self.active.any():
-            # Stop at once (every rank sees the same losses after the all-reduce of the last step).
+        still_active = self.active
+        self.optimizers().optimizer.active.copy_(still_active)
+        if not still_active.any():
+            # Stop at once (the ranks agree on which models diverged).
             self.trainer.should_stop = True
         self._loss_sum += torch.where(active, losses.detach().double(), 0.0)
         self._loss_steps += 1
-        training = active & finite
         # Diverged models drop out of the loss: their gradients are zero, the others' are their own.
-        return torch.where(training, losses, 0.0).sum() if training.any() else losses.sum() * 0.0
+        return torch.where(active & finite, losses, 0.0).sum()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         if self.grad_clip == "none":
@@ -197,7 +196,7 @@ class TaskModule(L.LightningModule):
         self.model.taps.seconds = state["tap_seconds"]
         if state["augment_generators"] is not None:
             self._augment_generators = []
-            for seed, generator_state in zip(self.augment_seeds, state["augment_generators"]):
+            for generator_state in state["augment_generators"]:
                 generator = torch.Generator(device=self.device)
                 generator.set_state(generator_state)
                 self._augment_generators.append(generator)

@@ -8,7 +8,9 @@ row together. The param group's ``lr`` is a factor on every rate (1 at the
 start), which is what an LR scheduler such as ``MultiStepLR`` multiplies: a
 schedule applies to every model alike. ``active[k] = False`` freezes model k
 (it diverged): its weights, moments and step count stay as they were, whatever
-non-finite values its gradients hold.
+non-finite values its gradients hold. ``active`` is not saved with the
+optimizer's state: the training module derives it from its own record of
+which models diverged, before every step.
 """
 
 from __future__ import annotations
@@ -56,16 +58,6 @@ class StackedOptimizer(torch.optim.Optimizer):
                 for tensor, rows in kept:
                     tensor[frozen] = rows
         return loss
-
-    def state_dict(self):
-        state = super().state_dict()
-        state["active"] = self.active.clone()
-        return state
-
-    def load_state_dict(self, state_dict):
-        state_dict = dict(state_dict)
-        self.active = state_dict.pop("active").clone()
-        super().load_state_dict(state_dict)
 
 
 class StackedSGD(StackedOptimizer):
