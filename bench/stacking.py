@@ -1,7 +1,7 @@
 """What a stacked cell group buys over separate trainings, and what vgbench adds to a stacked loop.
 
 Per family, a row of the default profile (its block's data, batch size and optimizer) gives a group of
-K = 9 cells: seeds 0, 1, 2 x the row's learning rate, 1/2 and 1/4 of it. Timed in one process, the
+K = 9 cells (``--seeds 3``): seeds 0, 1, 2 x the row's learning rate, 1/2 and 1/4 of it. Timed in one process, the
 variants in a rotating order from one repeat to the next:
 
   K=9, K=1   the vgbench stacked model (``family.build`` with 9 seeds, or seed 0 alone) and
@@ -35,6 +35,10 @@ seconds) are prepared under ``--data-root`` if missing.
     python bench/stacking.py                        # all families, 1 thread; about 4 minutes on 2 cores
     python bench/stacking.py --only rnn --threads 2 --repeats 5
     python bench/stacking.py --steps 50 --epochs 2 --data-root /tmp/bench-data
+    python bench/stacking.py --device cuda --seeds 5 --steps 30   # on a GPU: K = 15, timed with synchronize
+
+On a GPU (``--device cuda``) the data sets live on the device, vgbench's runs use the trainer's ``gpu``
+accelerator, and every timed variant ends with ``torch.cuda.synchronize()``.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
 CASES = (  # (family, remedy, depth) of the default profile
     ("mlp", "he_relu", 20), ("rnn", "lstm", 50), ("rnn", "baseline", 50), ("rnn", "layernorm", 50),
     ("resnet", "residual_bn", 20), ("highway", "highway", 50))
-SEEDS, RATE_FACTORS = (0, 1, 2), (1.0, 0.5, 0.25)
+RATE_FACTORS = (1.0, 0.5, 0.25)
 
 
 # -- the plain torch.nn references ---------------------------------------------------------------
@@ -168,18 +172,32 @@ def index_batches(size: int, batch: int, seeds: list[int], count: int) -> list[t
     return batches[:count]
 
 
+def synchronized_seconds(started: float) -> float:
+    """Seconds since ``started``, after the GPU has finished what was queued (kernels run asynchronously)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def on_device(data, device: str):
+    """The stored data set with its splits moved to ``device`` once (the loops index it there)."""
+    splits = {name: {key: t.to(device) for key, t in split.items()} for name, split in data.splits.items()}
+    return dataclasses.replace(data, splits=splits)
+
+
 def stacked_loop(cells: list[CellSpec], data, steps: int = 0, epochs: int = 0) -> dict:
     """``steps`` steps, or ``epochs`` whole epochs each followed by a validation pass; seconds and steps."""
     first, task = cells[0], TASKS.get(data.task)
     family, recipe, training = FAMILIES.get(first.family), Recipe(**first.recipe), first.training
     io = ModelIO(data.input_shape, task.num_outputs(data.num_classes), task.per_step)
     model = family.build(io, first.depth, recipe, family.hparams.model_validate(first.model),
-                         [cell.seed for cell in cells])
+                         [cell.seed for cell in cells]).to(data.splits["train"]["x"].device)
     optimizer = make_optimizer(training, model.parameters(), [cell.learning_rate for cell in cells], stacked=True)
     train, val, batch, models = data.splits["train"], data.splits["validation"], training["batch_size"], len(cells)
     per_epoch = len(train["y"]) // batch
     started = time.perf_counter()
-    batches = index_batches(len(train["y"]), batch, [cell.seed for cell in cells], epochs * per_epoch or steps)
+    batches = [b.to(train["y"].device) for b in
+               index_batches(len(train["y"]), batch, [cell.seed for cell in cells], epochs * per_epoch or steps)]
     for step, index in enumerate(batches, 1):
         loss = task.loss(model(train["x"][index]), train["y"][index]).sum()
         optimizer.zero_grad(set_to_none=True)
@@ -194,7 +212,7 @@ def stacked_loop(cells: list[CellSpec], data, steps: int = 0, epochs: int = 0) -
                     sums = sums + torch.stack([v.double() for v in task.sums(model(x), y)])  # [sums, K]
                 [task.finish(column.tolist()) for column in sums.T]
             model.train()
-    return {"seconds": time.perf_counter() - started, "steps": len(batches)}
+    return {"seconds": synchronized_seconds(started), "steps": len(batches)}
 
 
 def separate_loops(cells: list[CellSpec], data, steps: int) -> dict:
@@ -204,15 +222,17 @@ def separate_loops(cells: list[CellSpec], data, steps: int) -> dict:
     train, loss_fn, seconds = data.splits["train"], PLAIN_LOSSES[data.task], 0.0
     for cell in cells:
         torch.manual_seed(cell.seed)
-        model = plain_model(cell, io)
+        model = plain_model(cell, io).to(train["y"].device)
         optimizer = make_optimizer(training, model.parameters(), [cell.learning_rate], stacked=False)
+        batches = [b.to(train["y"].device) for b in index_batches(len(train["y"]), training["batch_size"],
+                                                                   [cell.seed], steps)]
         started = time.perf_counter()
-        for index in index_batches(len(train["y"]), training["batch_size"], [cell.seed], steps):
+        for index in batches:
             loss = loss_fn(model(train["x"][index[0]]), train["y"][index[0]])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        seconds += time.perf_counter() - started
+        seconds += synchronized_seconds(started)
     return {"seconds": seconds, "steps": steps}
 
 
@@ -228,11 +248,12 @@ def vgbench_group(cells: list[CellSpec], data, epochs: int) -> dict:
 
 
 # -- main ----------------------------------------------------------------------------------------
-def group_of(cells: list[CellSpec], family: str, remedy: str, depth: int, threads: int) -> list[CellSpec]:
+def group_of(cells: list[CellSpec], family: str, remedy: str, depth: int, threads: int, seeds: int,
+             device: str) -> list[CellSpec]:
     row = next(c for c in cells if (c.family, c.remedy, c.depth) == (family, remedy, depth))
-    trainer = {**row.trainer, "threads": threads}
+    trainer = {**row.trainer, "threads": threads, "accelerator": "gpu" if device == "cuda" else "cpu", "devices": 1}
     return [dataclasses.replace(row, seed=seed, learning_rate=row.learning_rate * factor, trainer=trainer)
-            for seed in SEEDS for factor in RATE_FACTORS]
+            for seed in range(seeds) for factor in RATE_FACTORS]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the vgbench and raw fit runs (default 1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per group; K = seeds x 3 rates (default 3)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--only", default="", help="only the cases whose 'family/remedy' contains this")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()) / "vgbench-bench-data",
@@ -253,45 +276,52 @@ def main(argv: list[str] | None = None) -> int:
         if not is_current(name, profile.dataset_settings(name), args.data_root, length):
             prepare(name, profile.dataset_settings(name), args.data_root, length)
     all_cells, cache = expand(profile), {}
-    cases = {f"{family}/{remedy}": group_of(all_cells, family, remedy, depth, args.threads)
+    cases = {f"{family}/{remedy}": group_of(all_cells, family, remedy, depth, args.threads, args.seeds, args.device)
              for family, remedy, depth in CASES if args.only in f"{family}/{remedy}"}
-    data = {label: data_for(cells[0], args.data_root, cache) for label, cells in cases.items()}
-    variants = {
-        "K=1": lambda cells, d: stacked_loop(cells[:1], d, steps=args.steps),
-        "K=9": lambda cells, d: stacked_loop(cells, d, steps=args.steps),
-        "9 sep": lambda cells, d: separate_loops(cells, d, args.steps),
-        "vgbench": lambda cells, d: vgbench_group(cells, d, args.epochs),
-        "raw fit": lambda cells, d: stacked_loop(cells, d, epochs=args.epochs),
+    stored = {label: data_for(cells[0], args.data_root, cache) for label, cells in cases.items()}
+    data = {label: on_device(d, args.device) for label, d in stored.items()}  # the raw loops' copy
+    k = args.seeds * len(RATE_FACTORS)
+    variants = {  # each takes a case's label; vgbench trains from the stored (CPU) data as a real run does
+        "K=1": lambda label: stacked_loop(cases[label][:1], data[label], steps=args.steps),
+        "K": lambda label: stacked_loop(cases[label], data[label], steps=args.steps),
+        "sep": lambda label: separate_loops(cases[label], data[label], args.steps),
+        "vgbench": lambda label: vgbench_group(cases[label], stored[label], args.epochs),
+        "raw fit": lambda label: stacked_loop(cases[label], data[label], epochs=args.epochs),
     }
     if os.getloadavg()[0] > 0.5:
         print(f"note: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; other processes add noise")
-    print(f"K = {len(SEEDS) * len(RATE_FACTORS)} (seeds {SEEDS} x rate factors {RATE_FACTORS}), torch threads "
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"K = {k} (seeds 0..{args.seeds - 1} x rate factors {RATE_FACTORS}) on {device}, torch threads "
           f"{torch.get_num_threads()}, {args.steps} steps per raw loop, {args.epochs} epoch(s) per fit, "
           f"repeats {args.repeats}")
     started = time.perf_counter()
     warm = next(iter(cases))  # first-call costs: imports, Lightning, kernels
-    variants["vgbench"](cases[warm], data[warm])
+    variants["vgbench"](warm)
     for label, cells in cases.items():
         stacked_loop(cells, data[label], steps=2)
         separate_loops(cells[:1], data[label], steps=2)
 
     runs: dict[str, dict[str, list[dict]]] = {label: {name: [] for name in variants} for label in cases}
     names = list(variants)
-    for repeat in range(args.repeats):
-        for label, cells in cases.items():
-            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-                runs[label][name].append(variants[name](cells, data[label]))
 
     def ms(label: str, name: str) -> float:
         return statistics.median(1000 * r["seconds"] / r["steps"] for r in runs[label][name])
 
+    for label in cases:  # a case at a time, so that a run cut short still prints the cases it finished
+        for repeat in range(args.repeats):
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                runs[label][name].append(variants[name](label))
+        print(f"done {label}: group vs {k} sep {ms(label, 'sep') / ms(label, 'K'):.2f}x, "
+              f"vg/raw {ms(label, 'vgbench') / ms(label, 'raw fit'):.3f} ({time.perf_counter() - started:.0f} s)",
+              flush=True)
+
     print(f"\n(a) raw loops, ms/step, {args.steps} steps (aim: group >= 3x for mlp/highway, >= 2x for rnn/resnet)")
-    print(f"{'family/remedy':22}{'K=1':>8}{'K=9':>8}{'K9/K1':>7}{'9 sep':>9}{'group vs 9 sep':>16}")
+    print(f"{'family/remedy':22}{'K=1':>8}{f'K={k}':>8}{f'K{k}/K1':>7}{f'{k} sep':>9}{f'group vs {k} sep':>16}")
     for label in cases:
-        k1, k9, sep = ms(label, "K=1"), ms(label, "K=9"), ms(label, "9 sep")
+        k1, k9, sep = ms(label, "K=1"), ms(label, "K"), ms(label, "sep")
         print(f"{label:22}{k1:8.2f}{k9:8.2f}{k9 / k1:7.2f}{sep:9.2f}{sep / k9:15.2f}x")
 
-    print(f"\n(b) fit ms/step over {args.epochs} epoch(s) with validation, K=9 (aim vg/raw <= 1.05); "
+    print(f"\n(b) fit ms/step over {args.epochs} epoch(s) with validation, K={k} (aim vg/raw <= 1.05); "
           f"(c) probes / fit (aim <= 3%)")
     print(f"{'family/remedy':22}{'steps':>6}{'vgbench':>9}{'raw fit':>9}{'vg/raw':>8}{'w/o probes':>11}"
           f"{'probes':>8}{'full cell*':>11}   per-repeat vg/raw")

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
 
 from vgbench.config import WandbSettings
 from vgbench.matrix import expand
-from vgbench.training.run_group import run_cell
+from vgbench.training.run_group import data_for, run_cell, run_group
+from tests.test_stacking import (FAMILIES_TO_STACK, NO_WANDB, RATES, SEEDS, _comparable, _deepest_default_cells,
+                                 _first_cell_of, _profile, _same, assert_same_model_in_stacks)
+
+# cuBLAS is deterministic only with this workspace setting (Lightning sets it for deterministic trainers; the
+# stacking tests below call the models directly), read when the first cuBLAS handle is made.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -22,14 +29,13 @@ def test_a_cell_on_one_gpu_is_deterministic_and_learns(tiny_params, tiny_data, t
     second = run_cell(cell, tiny_data, tmp_path / "b", WandbSettings(mode="disabled"))
     assert first.history == second.history and first.test_metric == second.test_metric
     assert first.trainable and first.environment["cuda"] is not None
+    assert first.environment["gpu"] == torch.cuda.get_device_name()
 
 
 @pytest.mark.parametrize("family, remedy", [("rnn", "gru"), ("rnn", "lstm"), ("resnet", "residual"),
                                             ("highway", "highway")])
 def test_every_kernel_path_is_deterministic_on_a_gpu(family, remedy, tiny_params, tiny_data_root, tmp_path):
     """cuDNN's fused RNNs (unprobed steps), the unrolled loop (probed steps), convolutions."""
-    from vgbench.training.run_group import data_for
-
     cell = next(c for c in expand(tiny_params.active) if c.family == family and c.remedy == remedy)
     cell = dataclasses.replace(cell, trainer={**cell.trainer, "accelerator": "gpu", "devices": 1})
     data = data_for(cell, tiny_data_root, {})
@@ -48,3 +54,33 @@ def test_pad_crop_flip_runs_on_the_gpu():
     # With a CUDA generator of its own, as the training module keeps one per model.
     first = pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0))
     assert torch.equal(first, pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0)))
+
+
+@pytest.mark.parametrize("family", FAMILIES_TO_STACK)
+def test_a_group_trained_twice_on_a_gpu_is_bit_identical(family, tiny_params, tiny_data_root, tmp_path):
+    """What a GPU does guarantee: the same group (recorded in each result) gives the same numbers."""
+    base = _first_cell_of(tiny_params, family)
+    base = dataclasses.replace(base, trainer={**base.trainer, "accelerator": "gpu", "devices": 1})
+    cells = [dataclasses.replace(base, seed=seed, learning_rate=rate) for seed in SEEDS for rate in RATES]
+    data = data_for(base, tiny_data_root, {})
+    first = run_group(cells, data, tmp_path / "first", NO_WANDB)
+    second = run_group(cells, data, tmp_path / "second", NO_WANDB)
+    for one, two in zip(first, second):
+        assert _same(_comparable(one), _comparable(two))
+        assert _same(_profile(tmp_path / "first", one.cell_id), _profile(tmp_path / "second", two.cell_id))
+    assert len({r.final_train_loss for r in first}) == 9
+
+
+@pytest.mark.parametrize("cell", _deepest_default_cells(), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
+def test_default_profile_shapes_stack_on_a_gpu(cell):
+    """On a GPU, cuBLAS's batched product rounds a stack of one differently from a stack of several
+    (bench/stack_identity.py measured relative differences of 1e-7 to 6e-4 of a tensor's largest value on
+    an H200, and identical numbers for stacks of 5, 9 and 20): a model computes the same numbers in a
+    stack of 9 as in one of 20, and the same as alone to float rounding only."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert_same_model_in_stacks(cell, "cuda", reference=20)
+        assert_same_model_in_stacks(cell, "cuda", reference=1, relative=1e-2)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)

@@ -50,6 +50,9 @@ def environment() -> dict:
         "torch": torch.__version__, "lightning": lightning.__version__,
         "vgbench": vgbench.__version__, "code_fingerprint": code_fingerprint(),
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+        # The GPU and whether float32 products ran as TF32 (cuDNN convolutions do by default): both move rounding.
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         # CPU results can depend on the thread count (reduction order): keep it with them.
         "torch_threads": torch.get_num_threads(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
