@@ -199,8 +199,11 @@ def test_matrix_is_the_full_grid(cells, table):
 
 def test_rate_chosen_on_mean_validation_metric(table):
     chosen = aggregate.choose_learning_rates(table)
-    assert list(chosen.columns) == aggregate.GROUP + ["learning_rate", "selection_val_metric"]
+    assert list(chosen.columns) == aggregate.GROUP + ["learning_rate", "selection_val_metric", "lr_grid_edge"]
     picked = {(r.remedy, r.depth): r.learning_rate for r in chosen.itertuples()}
+    # A grid of two rates: every choice is at an edge, the lower (0.01) or the upper (0.1).
+    assert {(r.remedy, r.depth): r.lr_grid_edge for r in chosen.itertuples()} == {
+        key: "lower" if rate == 0.01 else "upper" for key, rate in picked.items()}
     assert picked == {
         ("baseline", 2): 0.01,   # best validation although 0.1 has the best test accuracy
         ("baseline", 6): 0.01,   # a tie goes to the smaller rate
@@ -229,6 +232,15 @@ def test_tie_breaks_to_smaller_rate_whatever_the_order():
     chosen = aggregate.choose_learning_rates(frame)
     assert chosen["learning_rate"].tolist() == [0.03]  # 0.03, 0.1 and 0.3 all average exactly 0.5
     assert chosen["selection_val_metric"].tolist() == [0.5]
+
+
+def test_a_rate_inside_its_grid_is_not_marked_and_one_rate_is_marked_only():
+    frame = pd.DataFrame({"family": "mlp", "dataset": "d", "remedy": ["a"] * 3 + ["b"], "depth": 3,
+                          "learning_rate": [0.01, 0.03, 0.1, 0.1], "val_metric": [0.5, 0.7, 0.6, 0.2],
+                          "higher_is_better": True})
+    chosen = aggregate.choose_learning_rates(frame).set_index("remedy")
+    assert chosen.loc["a", "learning_rate"] == 0.03 and chosen.loc["a", "lr_grid_edge"] == ""
+    assert chosen.loc["b", "lr_grid_edge"] == "only"
 
 
 def test_tie_despite_float_rounding_of_the_means():
@@ -333,10 +345,11 @@ def test_frontier_and_ranking_from_results(table):
     assert ranked["rank"].tolist() == [1, 2, 3]
 
 
-def _row(remedy, depth, trainable_rate, accuracy, dataset="d", std=0.01):
+def _row(remedy, depth, trainable_rate, accuracy, dataset="d", std=0.01, half_width=0.02):
     return {"family": "mlp", "dataset": dataset, "remedy": remedy, "depth": depth, "metric": "accuracy",
             "higher_is_better": True, "trainable_rate": trainable_rate, "test_metric_mean": accuracy,
-            "test_metric_std": std}
+            "test_metric_std": std, "test_metric_ci_low": accuracy - half_width,
+            "test_metric_ci_high": accuracy + half_width}
 
 
 def test_frontier_threshold_and_ranking_order():
@@ -359,6 +372,24 @@ def test_frontier_threshold_and_ranking_order():
         ("d", "b", 1), ("d", "e", 2), ("d", "a", 3), ("d", "c", 4),  # e beats a on accuracy at depth 20
         ("other", "a", 1), ("other", "b", 2),
     ]
+    # Every interval here is disjoint from the next, so no two remedies share a rank.
+    assert ranked["rank_range"].tolist() == ["1", "2", "3", "4", "1", "2"]
+
+
+def test_remedies_whose_intervals_overlap_share_a_rank_range():
+    rows = pd.DataFrame([
+        _row("deep", 20, 1.0, 0.50, half_width=0.30),   # the only one that trains at 20: first, however wide
+        _row("a", 20, 0.0, 0.90), _row("a", 10, 1.0, 0.80, half_width=0.05),
+        _row("b", 20, 0.0, 0.90), _row("b", 10, 1.0, 0.75, half_width=0.04),  # overlaps a: [0.71, 0.79]
+        _row("c", 20, 0.0, 0.90), _row("c", 10, 1.0, 0.60, half_width=0.01),  # below both
+        _row("d", 20, 0.0, 0.90), _row("d", 10, 1.0, 0.59, half_width=0.0),   # overlaps c only
+    ])
+    # The frontier reads the deepest depth's numbers (0.9 for a-d) unless only 10 rows exist: use depth 10.
+    front = aggregate.frontier(rows[rows["depth"] != 20].pipe(lambda f: pd.concat([f, rows.iloc[:1]])))
+    ranked = aggregate.ranking(front).set_index("remedy")
+    assert ranked["rank"].to_dict() == {"deep": 1, "a": 2, "b": 3, "c": 4, "d": 5}
+    assert ranked["rank_range"].to_dict() == {"deep": "1", "a": "2–3", "b": "2–3", "c": "4–5", "d": "4–5"}
+    assert ranked.loc["c", "rank_best"] == 4 and ranked.loc["c", "rank_worst"] == 5
 
 
 def test_in_matrix_order_follows_params(table, params):
@@ -395,34 +426,42 @@ def test_cell_table_of_an_empty_root(tmp_path, cells):
 
 def golden_rows() -> pd.DataFrame:
     base = {"family": "mlp", "n": 3, "wall_seconds_mean": 1.25, "metric": "accuracy", "higher_is_better": True,
-            "baseline_metric": 0.1, "final_train_loss_mean": 1.5}
+            "baseline_metric": 0.1, "final_train_loss_mean": 1.5, "lr_grid_edge": ""}
     return pd.DataFrame([
         {**base, "dataset": "mnist1d", "remedy": "baseline", "depth": 2, "learning_rate": 0.01,
          "test_metric_mean": 0.42, "test_metric_std": 0.02, "trainable_rate": 1.0,
-         "init_log10_dL_dh_first_last": -1.23, "epochs_to_target": 3.5, "failures": ""},
+         "init_log10_dL_dh_first_last": -1.23, "epochs_to_target": 3.5, "failures": "", "lr_grid_edge": "lower",
+         "test_metric_ci_low": 0.37, "test_metric_ci_high": 0.47},
         {**base, "dataset": "mnist1d", "remedy": "baseline", "depth": 20, "learning_rate": 0.1,
          "test_metric_mean": 0.1, "test_metric_std": 0.0, "trainable_rate": 0.0,
-         "init_log10_dL_dh_first_last": NEG_INF, "epochs_to_target": NAN, "failures": "vanished 3/3"},
+         "init_log10_dL_dh_first_last": NEG_INF, "epochs_to_target": NAN, "failures": "vanished 3/3",
+         "lr_grid_edge": "upper", "test_metric_ci_low": 0.1, "test_metric_ci_high": 0.1},
         {**base, "dataset": "mnist1d", "remedy": "he_relu", "depth": 2, "learning_rate": 0.1,
          "test_metric_mean": 0.7, "test_metric_std": 0.05, "trainable_rate": 1.0,
-         "init_log10_dL_dh_first_last": 0.04, "epochs_to_target": 1.0, "failures": ""},
+         "init_log10_dL_dh_first_last": 0.04, "epochs_to_target": 1.0, "failures": "",
+         "test_metric_ci_low": 0.5758, "test_metric_ci_high": 0.8242},
         {**base, "dataset": "mnist1d", "remedy": "he_relu", "depth": 20, "learning_rate": 0.003,
          "test_metric_mean": 0.5, "test_metric_std": 0.40825, "trainable_rate": 2 / 3,
-         "init_log10_dL_dh_first_last": NAN, "epochs_to_target": 7.0, "failures": "diverged 1/3"},
+         "init_log10_dL_dh_first_last": NAN, "epochs_to_target": 7.0, "failures": "diverged 1/3",
+         "test_metric_ci_low": -0.5141, "test_metric_ci_high": 1.5141},
         {**base, "dataset": "mnist1d", "remedy": "grad_clip", "depth": 2, "learning_rate": 0.03,
          "test_metric_mean": 0.5678, "test_metric_std": 0.0123, "trainable_rate": 1.0,
-         "init_log10_dL_dh_first_last": -0.96, "epochs_to_target": 2.0, "failures": ""},
+         "init_log10_dL_dh_first_last": -0.96, "epochs_to_target": 2.0, "failures": "", "lr_grid_edge": "only",
+         "test_metric_ci_low": NAN, "test_metric_ci_high": NAN},
     ])
 
 
 def golden_ranked() -> pd.DataFrame:
     return pd.DataFrame([
-        {"rank": 1, "family": "mlp", "dataset": "mnist1d", "remedy": "he_relu", "deepest_trainable_depth": 20,
-         "test_metric_at_deepest": 0.5, "test_metric_std_at_deepest": 0.40825},
-        {"rank": 2, "family": "mlp", "dataset": "mnist1d", "remedy": "grad_clip", "deepest_trainable_depth": 2,
-         "test_metric_at_deepest": NAN, "test_metric_std_at_deepest": NAN},
-        {"rank": 3, "family": "mlp", "dataset": "mnist1d", "remedy": "baseline", "deepest_trainable_depth": 2,
-         "test_metric_at_deepest": 0.1, "test_metric_std_at_deepest": 0.0},
+        {"rank": 1, "rank_range": "1", "family": "mlp", "dataset": "mnist1d", "remedy": "he_relu",
+         "deepest_trainable_depth": 20, "test_metric_at_deepest": 0.5, "test_metric_std_at_deepest": 0.40825,
+         "test_metric_ci_low_at_deepest": -0.5141, "test_metric_ci_high_at_deepest": 1.5141},
+        {"rank": 2, "rank_range": "2–3", "family": "mlp", "dataset": "mnist1d", "remedy": "grad_clip",
+         "deepest_trainable_depth": 2, "test_metric_at_deepest": NAN, "test_metric_std_at_deepest": NAN,
+         "test_metric_ci_low_at_deepest": NAN, "test_metric_ci_high_at_deepest": NAN},
+        {"rank": 3, "rank_range": "2–3", "family": "mlp", "dataset": "mnist1d", "remedy": "baseline",
+         "deepest_trainable_depth": 2, "test_metric_at_deepest": 0.1, "test_metric_std_at_deepest": 0.0,
+         "test_metric_ci_low_at_deepest": 0.1, "test_metric_ci_high_at_deepest": 0.1},
     ])
 
 
@@ -442,13 +481,16 @@ def test_leaderboard_markdown_golden():
     check_golden("leaderboard.md", text)
     lines = text.splitlines()
     assert lines[0] == "## mlp on mnist1d (profile golden)"
-    assert lines[2] == "Test accuracy, higher is better; chance 0.100."
-    assert "| remedy | depth | lr | test acc (mean ± std) | n |" in lines[4]
-    assert "| baseline | 2 | 0.01 | 0.420 ± 0.020 | 3 | 100% | -1.2 | 1.500 | 3.5 | – | 1.2 |" in lines
-    assert "| baseline | 20 | 0.1 | 0.100 ± 0.000 | 3 | 0% | -inf | 1.500 | – | vanished 3/3 | 1.2 |" in lines
-    assert "| he_relu | 20 | 0.003 | 0.500 ± 0.408 | 3 | 67% | – | 1.500 | 7.0 | diverged 1/3 | 1.2 |" in lines
-    assert "| 1 | he_relu | 20 | 0.500 ± 0.408 |" in lines
-    assert "| 2 | grad_clip | 2 | – ± – |" in lines
+    assert lines[2].startswith("Test accuracy, higher is better; chance 0.100. lr: the rate chosen")
+    assert "| remedy | depth | lr | test acc (mean ± std) | 95% CI | n |" in lines[4]
+    assert "| baseline | 2 | 0.01 ↓ | 0.420 ± 0.020 | [0.370, 0.470] | 3 | 100% | -1.2 | 1.500 | 3.5 | – | 1.2 |" in lines
+    assert ("| baseline | 20 | 0.1 ↑ | 0.100 ± 0.000 | [0.100, 0.100] | 3 | 0% | -inf | 1.500 | – | vanished 3/3 | 1.2 |"
+            in lines)
+    assert ("| he_relu | 20 | 0.003 | 0.500 ± 0.408 | [-0.514, 1.514] | 3 | 67% | – | 1.500 | 7.0 | diverged 1/3 | 1.2 |"
+            in lines)
+    assert "| grad_clip | 2 | 0.03 · | 0.568 ± 0.012 | – | 3 | 100% | -1.0 | 1.500 | 2.0 | – | 1.2 |" in lines
+    assert "| 1 | he_relu | 20 | 0.500 ± 0.408 | [-0.514, 1.514] |" in lines
+    assert "| 2–3 | grad_clip | 2 | – ± – | – |" in lines
     assert text.endswith("|\n")
 
 
@@ -473,8 +515,10 @@ def test_leaderboard_latex_golden():
     assert r"\cmidrule(lr){3-4}\cmidrule(lr){5-6}" in lines
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
     assert body == [
-        r"mnist1d & baseline & $0.420 \pm 0.020$ & $-1.2$ & $0.100 \pm 0.000$ & $-\infty$ \\",
-        r"mnist1d & he\_relu & $0.700 \pm 0.050$ & $0.0$ & $0.500 \pm 0.408$ & -- \\",
+        r"mnist1d & baseline & $0.420 \pm 0.020$ {\scriptsize $[0.370, 0.470]$} & $-1.2$ & "
+        r"$0.100 \pm 0.000$ {\scriptsize $[0.100, 0.100]$} & $-\infty$ \\",
+        r"mnist1d & he\_relu & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & $0.0$ & "
+        r"$0.500 \pm 0.408$ {\scriptsize $[-0.514, 1.514]$} & -- \\",
         r"mnist1d & grad\_clip & $0.568 \pm 0.012$ & $-1.0$ & -- & -- \\",
     ]
     assert "he_relu" not in text and "grad_clip" not in text  # underscores escaped
@@ -536,9 +580,14 @@ def test_build_leaderboard(tmp_path, params, cells):
 
     md = (tmp_path / "leaderboard.md").read_text()
     assert md.startswith("## mlp on mnist1d (profile synthetic)\n")
-    assert "| grad_clip | 6 | 0.1 | 0.500 ± 0.436 | 3 | 67% | -0.3 | 1.500 | 2.0 | diverged 1/3 |" in md
+    assert ("| grad_clip | 6 | 0.1 ↑ | 0.500 ± 0.436 | [-0.583, 1.583] | 3 | 67% | -0.3 | 1.500 | 2.0 | diverged 1/3 |"
+            in md)
+    # he_relu (0.6 at every seed) and grad_clip (0.5 ± 0.44) both train at depth 6: their intervals overlap.
+    assert "| 1–2 | he_relu | 6 | 0.600 ± 0.000 | [0.600, 0.600] |" in md
+    assert "| 1–2 | grad_clip | 6 | 0.500 ± 0.436 | [-0.583, 1.583] |" in md and "| 3 | baseline | 2 |" in md
     tex = (tmp_path / "leaderboard.tex").read_text()
-    assert r"mnist1d & he\_relu & $0.700 \pm 0.050$ & $0.2$ & $0.600 \pm 0.000$ & $-0.6$ \\" in tex
+    assert (r"mnist1d & he\_relu & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & $0.2$ & "
+            r"$0.600 \pm 0.000$ {\scriptsize $[0.600, 0.600]$} & $-0.6$ \\") in tex
     assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex
 
     profile = pd.read_csv(tmp_path / "plots" / "grad_profile.csv")
@@ -621,3 +670,19 @@ def test_results_record_their_group_and_an_older_schema_is_stale(tmp_path, param
     assert state.state == "stale" and "schema 2" in state.detail
     frame, missing = aggregate.cell_table(cells, tmp_path)
     assert missing == [cells[0].cell_id] and len(frame) == len(cells) - 1
+
+
+def test_t_interval_of_seeds():
+    from vgbench.report.statistics import t_interval
+
+    low, high = t_interval(pd.Series([0.5, 0.6, 0.7]))  # mean 0.6, s 0.1, t(0.975, 2) = 4.3027
+    assert (low, high) == pytest.approx((0.6 - 4.3027 * 0.1 / math.sqrt(3), 0.6 + 4.3027 * 0.1 / math.sqrt(3)),
+                                        abs=1e-4)
+    assert all(map(math.isnan, t_interval(pd.Series([0.5]))))              # one seed: no interval
+    assert all(map(math.isnan, t_interval(pd.Series([0.1, math.inf]))))    # a diverged loss: none either
+
+
+def test_rows_carry_their_interval(rows):
+    row = rows.loc[("he_relu", 2)]
+    assert row["test_metric_ci_low"] <= row["test_metric_mean"] <= row["test_metric_ci_high"]
+    assert row["n"] == 3

@@ -6,8 +6,9 @@ the rate with the best mean final-epoch *validation* metric over seeds is
 chosen (the task's metric: accuracy, MSE or cross-entropy, in its direction; a
 diverged seed counts as the worst value, accuracy 0 or loss +inf; ties go to
 the smaller rate), and only that rate's *test* results are reported,
-aggregated over seeds with their spread. No test number ever influences the
-choice.
+aggregated over seeds with their spread and a 95% t interval (statistics.py).
+No test number ever influences the choice. A rate chosen at the edge of its
+grid is marked (``lr_grid_edge``): a wider grid might have done better there.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from vgbench import results
 from vgbench.config import Profile
 from vgbench.matrix import CellSpec
 from vgbench.probes.failure import FAILURE_LABELS
+from vgbench.report.statistics import rank_ranges, rank_text, t_interval
 
 GROUP = ["family", "dataset", "remedy", "depth"]
 
@@ -68,7 +70,9 @@ def _worst_if_missing(values: pd.Series, higher_is_better: pd.Series) -> pd.Seri
 
 
 def choose_learning_rates(cells: pd.DataFrame) -> pd.DataFrame:
-    """(group..., learning_rate, selection_val_metric): the chosen rate per group and its mean validation metric."""
+    """(group..., learning_rate, selection_val_metric, lr_grid_edge): the chosen rate per group, its mean
+    validation metric, and where it sits in the group's grid: "upper" or "lower" at an edge, "only" for a
+    grid of one rate, "" inside."""
     val = _worst_if_missing(cells["val_metric"], cells["higher_is_better"])
     # One score where higher is better for every task (a loss is negated).
     scored = cells.assign(selection_score=val.where(cells["higher_is_better"], -val))
@@ -79,7 +83,12 @@ def choose_learning_rates(cells: pd.DataFrame) -> pd.DataFrame:
                               ascending=[True] * len(GROUP) + [False, True])
     chosen = means.groupby(GROUP, as_index=False).head(1)
     value = chosen["selection_score"].where(chosen["higher_is_better"], -chosen["selection_score"])
-    return chosen.assign(selection_val_metric=value)[GROUP + ["learning_rate", "selection_val_metric"]]
+    grid = means.groupby(GROUP)["learning_rate"].agg(["min", "max", "count"]).reset_index()
+    chosen = chosen.merge(grid, on=GROUP)
+    edge = [("only" if count == 1 else "upper" if rate == high else "lower" if rate == low else "")
+            for rate, low, high, count in zip(chosen["learning_rate"], chosen["min"], chosen["max"], chosen["count"])]
+    return chosen.assign(selection_val_metric=value.values, lr_grid_edge=edge)[
+        GROUP + ["learning_rate", "selection_val_metric", "lr_grid_edge"]]
 
 
 def _std(values: pd.Series) -> float:
@@ -106,12 +115,14 @@ def leaderboard_rows(cells: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(GROUP, key))
         row.update({
             "learning_rate": group["learning_rate"].iloc[0],
+            "lr_grid_edge": group["lr_grid_edge"].iloc[0],
             "metric": group["metric"].iloc[0],
             "higher_is_better": bool(group["higher_is_better"].iloc[0]),
             "baseline_metric": group["baseline_metric"].iloc[0],
             "selection_val_metric": group["selection_val_metric"].iloc[0],
             "n": len(group),
             "test_metric_mean": float(test.mean()), "test_metric_std": _std(test),
+            **dict(zip(("test_metric_ci_low", "test_metric_ci_high"), t_interval(test))),
             "trainable_rate": float(group["trainable"].mean()),
             "init_log10_dL_dh_first_last": _finite_mean(group["init_log10_dL_dh_first_last"]),
             "init_log10_weight_grad_first_last": _finite_mean(group["init_log10_weight_grad_first_last"]),
@@ -144,17 +155,27 @@ def frontier(rows: pd.DataFrame, majority: float = 0.5) -> pd.DataFrame:
                     "deepest_trainable_depth": int(trained["depth"].max()) if len(trained) else 0,
                     "deepest_depth": int(deepest["depth"]),
                     "test_metric_at_deepest": deepest["test_metric_mean"],
-                    "test_metric_std_at_deepest": deepest["test_metric_std"]})
+                    "test_metric_std_at_deepest": deepest["test_metric_std"],
+                    "test_metric_ci_low_at_deepest": deepest["test_metric_ci_low"],
+                    "test_metric_ci_high_at_deepest": deepest["test_metric_ci_high"]})
     return pd.DataFrame(out)
 
 
 def ranking(front: pd.DataFrame) -> pd.DataFrame:
-    """Remedies ranked within each (family, data set): by frontier, then the metric at the deepest depth."""
+    """Remedies ranked within each (family, data set): ordered by frontier, then the mean metric at the
+    deepest depth (``rank``, the position); ``rank_best``/``rank_worst``/``rank_range`` are the tie-aware
+    ranks of statistics.py (remedies whose intervals overlap share a range)."""
     metric = front["test_metric_at_deepest"]
     goodness = metric.where(front["higher_is_better"].astype(bool), -metric)
     ordered = front.assign(_goodness=goodness).sort_values(
         ["family", "dataset", "deepest_trainable_depth", "_goodness"], ascending=[True, True, False, False])
     ordered = ordered.assign(rank=ordered.groupby(["family", "dataset"]).cumcount() + 1)
+    parts = []
+    for _, part in ordered.groupby(["family", "dataset"], sort=False):
+        best, worst = rank_ranges(part)
+        parts.append(part.assign(rank_best=best, rank_worst=worst,
+                                 rank_range=[rank_text(b, w) for b, w in zip(best, worst)]))
+    ordered = pd.concat(parts) if parts else ordered.assign(rank_best=[], rank_worst=[], rank_range=[])
     return ordered.drop(columns="_goodness").reset_index(drop=True)
 
 

@@ -74,7 +74,8 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
             formats.leaderboard_latex(
                 part(rows, family, dataset),
                 caption=(f"{family} on {_tex(dataset)}: {formats.metric_title(part(rows, family, dataset))} "
-                         f"(mean $\\pm$ std over {n_seeds} seeds, learning rate chosen on the validation metric) "
+                         f"(mean $\\pm$ std over {n_seeds} seeds, in brackets Student's t 95\\% interval of the mean; "
+                         f"learning rate chosen on the validation metric) "
                          f"and log10 of the first/last hidden-state gradient norm ratio at initialization. "
                          f"vgbench profile {_tex(params.profile)}."),
                 label=f"tab:vgbench-{family}-{dataset}".replace("_", "-"))

@@ -23,6 +23,18 @@ def _pm(mean: float, std: float) -> str:
     return f"{_num(mean, 3)} ± {_num(std, 3)}"
 
 
+def _interval(low: float, high: float) -> str:
+    """'[0.412, 0.478]'; '–' where the interval is undefined (one seed, or a diverged loss)."""
+    return "–" if math.isnan(low) or math.isnan(high) else f"[{_num(low, 3)}, {_num(high, 3)}]"
+
+
+# A rate chosen at an edge of its grid is marked: a wider grid might have done better there.
+EDGE_MARKS = {"upper": " ↑", "lower": " ↓", "only": " ·", "": ""}
+EDGE_LEGEND = ("lr: the rate chosen on validation; ↑/↓ it is the largest/smallest of its grid "
+               "(a wider grid might do better), · the grid has one rate. CI: Student's t 95% interval of the "
+               "mean over the n seeds. Rank: remedies whose intervals overlap share a range.")
+
+
 # How each task metric is named in table headers (Markdown, LaTeX).
 METRIC_NAMES = {"accuracy": ("acc", "acc."), "mse": ("MSE", "MSE"), "cross_entropy": ("CE", "CE")}
 
@@ -37,7 +49,7 @@ def metric_title(rows: pd.DataFrame) -> str:
 
 LEADERBOARD_COLUMNS = [
     ("remedy", "remedy"), ("depth", "depth"),
-    ("learning_rate", "lr"), ("test", "test {metric} (mean ± std)"), ("n", "n"),
+    ("learning_rate", "lr"), ("test", "test {metric} (mean ± std)"), ("ci", "95% CI"), ("n", "n"),
     ("trainable_rate", "trainable"), ("init_log10_dL_dh_first_last", "log10 dL/dh first/last @init"),
     ("final_train_loss_mean", "final train loss"),
     ("epochs_to_target", "epochs to target"), ("failures", "failures"), ("wall_seconds_mean", "s/cell"),
@@ -49,8 +61,10 @@ def _cells(row: pd.Series) -> list[str]:
     for key, _ in LEADERBOARD_COLUMNS:
         if key == "test":
             out.append(_pm(row["test_metric_mean"], row["test_metric_std"]))
+        elif key == "ci":
+            out.append(_interval(row["test_metric_ci_low"], row["test_metric_ci_high"]))
         elif key == "learning_rate":
-            out.append(f"{row[key]:g}")
+            out.append(f"{row[key]:g}{EDGE_MARKS[row.get('lr_grid_edge', '')]}")
         elif key in ("depth", "n"):
             out.append(str(int(row[key])))
         elif key in ("trainable_rate",):
@@ -78,15 +92,17 @@ def leaderboard_markdown(rows: pd.DataFrame, ranked: pd.DataFrame, title: str) -
     """One (family, data set): its rows by remedy and depth, then its remedies ranked."""
     metric = METRIC_NAMES.get(rows.iloc[0]["metric"], (rows.iloc[0]["metric"],))[0]
     body = [_cells(row) for _, row in rows.iterrows()]
-    rank_body = [[str(int(r["rank"])), r["remedy"], str(int(r["deepest_trainable_depth"])),
-                  _pm(r["test_metric_at_deepest"], r["test_metric_std_at_deepest"])]
+    rank_body = [[r["rank_range"], r["remedy"], str(int(r["deepest_trainable_depth"])),
+                  _pm(r["test_metric_at_deepest"], r["test_metric_std_at_deepest"]),
+                  _interval(r["test_metric_ci_low_at_deepest"], r["test_metric_ci_high_at_deepest"])]
                  for _, r in ranked.iterrows()]
     return "\n\n".join([
         f"## {title}",
-        metric_title(rows).capitalize() + ".",
+        metric_title(rows).capitalize() + ". " + EDGE_LEGEND,
         _markdown_table([label.format(metric=metric) for _, label in LEADERBOARD_COLUMNS], body),
         f"### Remedies ranked (trainability frontier, then test {metric} at the deepest depth)",
-        _markdown_table(["rank", "remedy", "deepest trainable depth", f"test {metric} at deepest depth"], rank_body),
+        _markdown_table(["rank", "remedy", "deepest trainable depth", f"test {metric} at deepest depth",
+                         "95% CI"], rank_body),
     ]) + "\n"
 
 
@@ -113,6 +129,13 @@ def _tex_math(value: float, digits: int) -> str:
     return "--" if text == "–" else {"-inf": r"$-\infty$", "inf": r"$\infty$"}.get(text, f"${text}$")
 
 
+def _tex_interval(low: float, high: float) -> str:
+    """The 95% interval under the mean, small; nothing where it is undefined."""
+    if math.isnan(low) or math.isnan(high):
+        return ""
+    return rf" {{\scriptsize $[{_num(low, 3)}, {_num(high, 3)}]$}}"
+
+
 def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbench") -> str:
     """A booktabs table of one (family, data set): remedies as rows, depths as column pairs
     (test metric, log10 ratio).
@@ -136,7 +159,8 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
             if row is None:
                 cells += ["--", "--"]
                 continue
-            cells.append(rf"${_num(row['test_metric_mean'], 3)} \pm {_num(row['test_metric_std'], 3)}$")
+            cells.append(rf"${_num(row['test_metric_mean'], 3)} \pm {_num(row['test_metric_std'], 3)}$"
+                         + _tex_interval(row["test_metric_ci_low"], row["test_metric_ci_high"]))
             cells.append(_tex_math(row["init_log10_dL_dh_first_last"], 1))
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{{label}}}",

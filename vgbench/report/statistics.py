@@ -1,0 +1,60 @@
+"""Intervals over seeds and tie-aware ranks: what a leaderboard may claim from a handful of seeds.
+
+A row's 95% confidence interval is Student's t interval of its seeds' mean, mean ± t(0.975, n−1) · s / √n:
+with 3 to 5 seeds a bootstrap over seeds has too few distinct resamples to be trusted, and t is what
+benchmark papers report. It is undefined (NaN) for one seed or a non-finite value (a loss of +inf from a
+diverged seed), and the table shows "–".
+
+Ranks are ranges, as in benchmark papers that rank with intervals (e.g. Chatbot Arena): remedy i is
+*beaten* by j when j trains deeper (a deeper trainability frontier), or trains as deep and j's interval
+at the deepest depth lies wholly on the better side of i's. Then i's best possible rank is 1 + the
+number of remedies that beat it, and its worst is the number of remedies it does not beat; remedies
+whose intervals overlap share a range such as "1–3".
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from scipy import stats
+
+LEVEL = 0.95
+
+
+def t_interval(values: pd.Series) -> tuple[float, float]:
+    """(low, high) of the 95% t interval of the mean of ``values``; (nan, nan) when undefined."""
+    n = len(values)
+    if n < 2 or not all(map(math.isfinite, values)):
+        return math.nan, math.nan
+    mean, sem = float(values.mean()), float(values.std(ddof=1)) / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * sem
+    return mean - half, mean + half
+
+
+def _bounds(row: pd.Series) -> tuple[float, float]:
+    """The interval a remedy is compared with: its t interval, or its mean alone where that is undefined."""
+    low, high = row["test_metric_ci_low_at_deepest"], row["test_metric_ci_high_at_deepest"]
+    if math.isnan(low) or math.isnan(high):
+        return row["test_metric_at_deepest"], row["test_metric_at_deepest"]
+    return low, high
+
+
+def _beats(j: pd.Series, i: pd.Series) -> bool:
+    """Does remedy j rank above remedy i whatever the seeds' noise (see the module docstring)?"""
+    if j["deepest_trainable_depth"] != i["deepest_trainable_depth"]:
+        return j["deepest_trainable_depth"] > i["deepest_trainable_depth"]
+    (j_low, j_high), (i_low, i_high) = _bounds(j), _bounds(i)
+    return j_low > i_high if i["higher_is_better"] else j_high < i_low
+
+
+def rank_ranges(front: pd.DataFrame) -> tuple[list[int], list[int]]:
+    """Best and worst rank of each row of one (family, data set)'s frontier, in its row order."""
+    rows = [row for _, row in front.iterrows()]
+    best = [1 + sum(_beats(j, i) for j in rows) for i in rows]
+    worst = [len(rows) - sum(_beats(i, j) for j in rows) for i in rows]
+    return best, worst
+
+
+def rank_text(best: int, worst: int) -> str:
+    return str(best) if best == worst else f"{best}–{worst}"
