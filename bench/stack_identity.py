@@ -28,7 +28,7 @@ from vgbench.matrix import expand  # noqa: E402
 from vgbench.plan import build_model, data_shape  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CASES = (("mlp", "he_relu"), ("rnn", "baseline"), ("rnn", "lstm"), ("rnn", "layernorm"), ("resnet", "residual_bn"),
+CASES = (("mlp", "he_relu"), ("rnn", "small_init"), ("rnn", "lstm"), ("rnn", "layernorm"), ("resnet", "residual_bn"),
          ("highway", "highway"))
 SIZES = (1, 2, 5, 9, 20)
 

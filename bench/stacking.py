@@ -74,7 +74,7 @@ for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 CASES = (  # (family, remedy, depth) of the default profile
-    ("mlp", "he_relu", 20), ("rnn", "lstm", 50), ("rnn", "baseline", 50), ("rnn", "layernorm", 50),
+    ("mlp", "he_relu", 20), ("rnn", "lstm", 50), ("rnn", "small_init", 50), ("rnn", "layernorm", 50),
     ("resnet", "residual_bn", 20), ("highway", "highway", 50))
 RATE_FACTORS = (1.0, 0.5, 0.25)
 

@@ -34,7 +34,7 @@ def test_every_shipped_profile_is_valid_and_expands():
 def test_default_profile_shows_the_phenomenon_by_design():
     default = parse_params(RAW, profile="default").active
     mlp = [b for b in default.matrix if b.family == "mlp"][0]
-    assert {"baseline", "xavier", "he_relu", "leaky_relu", "elu", "selu_lecun", "batchnorm", "grad_clip",
+    assert {"small_init", "xavier", "he_relu", "leaky_relu", "elu", "selu_lecun", "batchnorm", "grad_clip",
             "residual", "modern"} <= set(mlp.remedies)
     assert min(mlp.depths) <= 3 and max(mlp.depths) >= 10  # one shallow, one deep
     assert len(default.seeds) >= 2 and default.trainer.accelerator == "cpu"
@@ -48,7 +48,7 @@ def test_default_profile_shows_the_phenomenon_by_design():
     (lambda d: d["profiles"]["tiny"]["matrix"][0].update(depths=[2, 0]), ["depths", "[2, 0]", ">= 1"]),
     (lambda d: d["profiles"]["tiny"].update(learning_rates=[-0.1]), ["learning_rates", "-0.1", "> 0"]),
     (lambda d: d["profiles"]["tiny"]["matrix"][0].update(family="cnn"), ["family", "'cnn'", "allowed", "mlp"]),
-    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(remedies=["baseline", "dropout"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(remedies=["small_init", "dropout"]),
      ["remedies", "dropout", "allowed", "he_relu"]),
     (lambda d: d["profiles"]["tiny"]["matrix"][0].update(dataset="imagenet"),
      ["dataset", "imagenet", "mnist1d"]),
@@ -100,7 +100,7 @@ APPENDED = len(RAW["profiles"]["tiny"]["matrix"])  # the index of a block _block
 
 
 def _block(d, **block):
-    d["profiles"]["tiny"]["matrix"].append({"remedies": ["baseline"], "depths": [5], **block})
+    d["profiles"]["tiny"]["matrix"].append({"remedies": ["small_init"], "depths": [5], **block})
     d["profiles"]["tiny"]["datasets"].setdefault(block["dataset"], {})
 
 
@@ -174,7 +174,7 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
         load_params(doubled)
     assert f"key 'profile' is given twice: first on line {line}, again on line {line + 1}" in str(error.value)
     nested = tmp_path / "nested.yaml"
-    nested.write_text(text.replace("    seeds: [0, 1]\n", "    seeds: [0, 1]\n    seeds: [5]\n", 1))
+    nested.write_text(text.replace("    seeds: [0]\n", "    seeds: [0]\n    seeds: [5]\n", 1))
     with pytest.raises(ConfigError, match="key 'seeds' is given twice"):
         load_params(nested)
     load_params(REPO / "params.yaml")  # anchors and aliases (the paper profile's) are not duplicates

@@ -30,7 +30,7 @@ def _model(depth: int = 3, width: int = 16, seeds=(0,)):
 
 
 def test_only_pretraining_cells_carry_the_pretraining_settings(tiny_params):
-    pretrain, baseline = _dbn_cell(tiny_params, "pretrain"), _dbn_cell(tiny_params, "baseline")
+    pretrain, baseline = _dbn_cell(tiny_params, "pretrain"), _dbn_cell(tiny_params, "small_init")
     assert pretrain.recipe["pretrain"] == "rbm" and pretrain.pretrain["epochs"] == 1
     assert baseline.pretrain is None and baseline.recipe["pretrain"] == "none"
     # A change of the pretraining settings reruns only what depends on them.
@@ -56,7 +56,7 @@ def test_pretrained_stack_is_loaded_cached_and_recorded(tiny_params, tiny_data, 
     second = run_cell(other_rate, tiny_data, tmp_path, NO_WANDB)
     assert second.pretraining["cached"] is True and second.pretraining["key"] == record["key"]
     # The init probe saw the pretrained net: it differs from the random one of the baseline cell.
-    baseline = run_cell(_dbn_cell(tiny_params, "baseline"), tiny_data, tmp_path, NO_WANDB)
+    baseline = run_cell(_dbn_cell(tiny_params, "small_init"), tiny_data, tmp_path, NO_WANDB)
     assert baseline.pretraining is None
     assert first.init_log10_dL_dh_first_last != pytest.approx(baseline.init_log10_dL_dh_first_last)
 

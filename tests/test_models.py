@@ -160,8 +160,8 @@ def test_remedy_outside_its_families_says_why():
     assert REMEDIES.get("modern").recipe("mlp").norm == "batchnorm"
     assert REMEDIES.get("modern").recipe("rnn").cell == "gru"
     # Remedies override the family's own baseline: tanh for the RNN, sigmoid for the MLP.
-    assert REMEDIES.get("baseline").recipe("rnn").activation == "tanh"
-    assert REMEDIES.get("baseline").recipe("mlp").activation == "sigmoid"
+    assert REMEDIES.get("small_init").recipe("rnn").activation == "tanh"
+    assert REMEDIES.get("small_init").recipe("mlp").activation == "sigmoid"
 
 
 def test_registries_fail_loudly():

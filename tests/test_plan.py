@@ -140,7 +140,7 @@ def test_shape_key_groups_seeds_and_rates_but_nothing_else():
     for cell in cells:
         groups.setdefault(shape_key(cell), set()).add(model_shape(cell))
     assert all(len(members) == 1 for members in groups.values())
-    assert len(groups) == len({model_shape(cell) for cell in cells}) == 62  # 2 seeds x 1-2 rates per shape
+    assert len(groups) == len({model_shape(cell) for cell in cells}) == 68  # 3 seeds x 3 rates per shape
     cell = cells[0]
     assert shape_key(dataclasses.replace(cell, seed=7, learning_rate=0.5)) == shape_key(cell)
     assert shape_key(dataclasses.replace(cell, depth=cell.depth + 1)) != shape_key(cell)
@@ -187,7 +187,7 @@ def test_estimate_counts_steps_from_the_data_shape(tiny_cells):
     assert estimates[mlp.cell_id].steps == 2 * 32
     pretraining = {cell.remedy: estimates[cell.cell_id].pretraining_seconds for cell in tiny_cells
                    if cell.family == "dbn"}
-    assert pretraining["pretrain"] > 0 and pretraining["baseline"] == 0
+    assert pretraining["pretrain"] > 0 and pretraining["small_init"] == 0
 
 
 def test_cell_seconds_adds_up_epochs_evaluation_and_probes(tiny_cells):
@@ -245,16 +245,16 @@ def test_format_plan_totals_add_up(tiny_cells):
 
 
 def test_format_plan_counts_cell_groups_of_seeds_and_rates():
-    """The default profile's rows have 2 seeds x 2 rates (MLP): groups of 4, or of at most group_size."""
+    """The default profile's rows have 3 seeds x 3 rates (MLP): groups of 9, or of at most group_size."""
     cells = expand(load_params(REPO / "params.yaml", profile="default").active)
     estimates = {cell.cell_id: CellEstimate(shape_key(cell), training_steps(cell), 60.0) for cell in cells}
     mlp = [cell for cell in cells if cell.family == "mlp"]
     rows = {(row[0], row[1]): row for row in _table_rows(format_plan("default", cells, estimates, "cpu", None))}
-    assert len({(c.seed, c.learning_rate) for c in mlp}) == 4
-    assert rows[("mlp", "mnist1d")][3] == f"{len(mlp) // 4} (4)"
+    assert len({(c.seed, c.learning_rate) for c in mlp}) == 9
+    assert rows[("mlp", "mnist1d")][3] == f"{len(mlp) // 9} (9)"
     capped = {(row[0], row[1]): row for row in _table_rows(format_plan("default", cells, estimates, "cpu", None,
-                                                                       group_size=3))}
-    assert capped[("mlp", "mnist1d")][3] == f"{2 * len(mlp) // 4} (3)"  # each row of 4 splits into 3 + 1
+                                                                       group_size=4))}
+    assert capped[("mlp", "mnist1d")][3] == f"{3 * len(mlp) // 9} (4)"  # each row of 9 splits into 4 + 4 + 1
     ones = _table_rows(format_plan("default", cells, estimates, "cpu", None, group_size=1))
     assert all(row[3] == f"{row[2]} (1)" for row in ones)
 

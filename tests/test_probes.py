@@ -155,7 +155,7 @@ def test_clipping_is_recorded_before_and_after(tiny_params, tiny_data, tmp_path)
         scale = record["grad_total_norm_clipped"] / record["grad_total_norm"]
         assert record["weight_grad_norm_clipped"] == pytest.approx(
             [n * scale for n in record["weight_grad_norm"]], rel=1e-3)
-    unclipped = _cell(tiny_params, "baseline", 2)
+    unclipped = _cell(tiny_params, "small_init", 2)
     run_cell(unclipped, tiny_data, tmp_path, WandbSettings(mode="disabled"))
     records = json.loads((tmp_path / "cells" / unclipped.cell_id / "grad_profile.json").read_text())["records"]
     assert all(r["weight_grad_norm_clipped"] is None for r in records)
@@ -279,18 +279,41 @@ def test_small_init_rnn_vanishes_through_time_and_lstm_does_not():
 
 def test_failure_labels():
     init = {"dL_dh_first_last_ratio": 1e-8, "grad_total_norm": 1.0}
-    last = {"grad_total_norm": 1.0, "dead_fraction": [0.9, 0.1]}
+    last = {"dL_dh_first_last_ratio": 1e-6, "grad_total_norm": 1.0, "dead_fraction": [0.9, 0.1]}
     kwargs = dict(vanished_log10_ratio=-3, exploded_log10_ratio=3, dead_fraction=0.5)
-    assert failure_label(diverged=True, trainable=False, init_record=init, last_record=last, **kwargs) == "diverged"
-    assert failure_label(diverged=False, trainable=True, init_record=init, last_record=last, **kwargs) is None
-    assert failure_label(diverged=False, trainable=False, init_record=init, last_record=last, **kwargs) == "vanished"
-    assert failure_label(diverged=False, trainable=False, init_record={**init, "dL_dh_first_last_ratio": 1e5},
-                         last_record=last, **kwargs) == "exploded"
-    assert failure_label(diverged=False, trainable=False, init_record={**init, "dL_dh_first_last_ratio": 0.5},
-                         last_record=last, **kwargs) == "dead_units"
-    assert failure_label(diverged=False, trainable=False, init_record={**init, "dL_dh_first_last_ratio": 0.5},
-                         last_record={**last, "dead_fraction": [0.1]}, **kwargs) == "no_learning"
+
+    def label(trainable=False, converged=True, diverged=False, init_record=init, last_record=last):
+        return failure_label(diverged=diverged, trainable=trainable, converged=converged, init_record=init_record,
+                             last_record=last_record, **kwargs)
+
+    assert label(diverged=True) == "diverged"
+    assert label(trainable=True) is None
+    assert label() == "vanished"
+    # Still improving when the epochs ran out: the budget stopped it, whatever its gradient at init.
+    assert label(converged=False) == "undertrained"
+    assert label(converged=None) == "vanished"  # no verdict on convergence (too few epochs)
+    # Vanished at init but healthy by the last probe (an LSTM learning to carry its gradient): not vanished.
+    assert label(last_record={**last, "dL_dh_first_last_ratio": 0.5}) == "dead_units"
+    assert label(init_record={**init, "dL_dh_first_last_ratio": 1e5}) == "exploded"
+    assert label(init_record={**init, "dL_dh_first_last_ratio": 0.5}) == "dead_units"
+    assert label(init_record={**init, "dL_dh_first_last_ratio": 0.5}, last_record={**last, "dead_fraction": [0.1]}) \
+        == "no_learning"
     assert log10_ratio(0.0) == float("-inf") and math.isnan(log10_ratio(float("nan")))
+
+
+def test_late_improvement_and_convergence():
+    from vgbench.training.convergence import converged, late_improvement
+
+    # 10 epochs: the last fifth is epochs 8 and 9; best before 0.60, best overall 0.64.
+    accuracy = [0.2, 0.4, 0.5, 0.55, 0.58, 0.59, 0.60, 0.60, 0.63, 0.64]
+    assert late_improvement(accuracy, True, 0.1) == pytest.approx(0.04)
+    assert converged(0.04, 0.01) is False and converged(0.004, 0.01) is True
+    # A plateau, with a noisy dip at the end, converged: the best so far did not move.
+    assert late_improvement([0.2, 0.6, 0.61, 0.61, 0.5], True, 0.1) == 0.0
+    # Loss tasks: a fraction of the baseline (MSE 1/6): 0.02 -> 0.01 is 6% of it.
+    assert late_improvement([0.1, 0.05, 0.03, 0.02, 0.01], False, 1 / 6) == pytest.approx(0.06)
+    assert math.isnan(late_improvement([0.5], True, 0.1)) and converged(math.nan, 0.01) is None
+    assert late_improvement([math.nan, math.nan, math.nan, math.nan, 0.3], True, 0.1) == math.inf
 
 
 def test_weight_gradient_ratio_only_with_one_weight_per_probed_state():
@@ -308,7 +331,7 @@ def test_init_ratio_is_finite_where_float32_underflows(tiny_params, tmp_path):
     ratio); the init probe runs in float64 and gives the finite, tiny true value."""
     from vgbench.data.store import load, prepare
 
-    cell = next(c for c in expand(tiny_params.active) if c.family == "rnn" and c.remedy == "baseline")
+    cell = next(c for c in expand(tiny_params.active) if c.family == "rnn" and c.remedy == "small_init")
     cell = dataclasses.replace(cell, depth=50, training={**cell.training, "max_epochs": 1})
     settings = tiny_params.active.dataset_settings("adding")
     prepare("adding", settings, tmp_path / "data", 50)

@@ -40,7 +40,7 @@ NEG_INF = float("-inf")
 
 SEEDS = [0, 1, 2]
 RATES = [0.01, 0.1]
-REMEDIES = ["baseline", "he_relu", "grad_clip"]
+REMEDIES = ["small_init", "he_relu", "grad_clip"]
 DEPTHS = [2, 6]
 
 
@@ -77,13 +77,13 @@ def diverged():
 # (remedy, depth, learning rate) -> one outcome per seed (SEEDS order).
 SCENARIO = {
     # Validation picks 0.01 (mean 0.52 > 0.50) although 0.1 has far better test accuracy.
-    ("baseline", 2, 0.01): [outcome(0.50, 0.40, log10=-1.0, epochs=2, wall=1.0),
+    ("small_init", 2, 0.01): [outcome(0.50, 0.40, log10=-1.0, epochs=2, wall=1.0),
                             outcome(0.52, 0.42, log10=-1.2, epochs=None, wall=2.0),
                             outcome(0.54, 0.44, log10=-1.4, epochs=5, wall=3.0)],
-    ("baseline", 2, 0.1): [outcome(0.48, 0.90), outcome(0.50, 0.91), outcome(0.52, 0.92)],
+    ("small_init", 2, 0.1): [outcome(0.48, 0.90), outcome(0.50, 0.91), outcome(0.52, 0.92)],
     # Every seed vanished at both rates; equal validation means: the smaller rate wins.
-    ("baseline", 6, 0.01): [vanished(), vanished(), vanished()],
-    ("baseline", 6, 0.1): [vanished(test=0.2), vanished(test=0.2), vanished(test=0.2)],
+    ("small_init", 6, 0.01): [vanished(), vanished(), vanished()],
+    ("small_init", 6, 0.1): [vanished(test=0.2), vanished(test=0.2), vanished(test=0.2)],
     # Validation picks 0.1.
     ("he_relu", 2, 0.01): [outcome(0.6, 0.9), outcome(0.6, 0.9), outcome(0.6, 0.9)],
     ("he_relu", 2, 0.1): [outcome(0.7, 0.65, log10=0.1), outcome(0.7, 0.70, log10=0.2),
@@ -102,9 +102,9 @@ SCENARIO = {
 
 def init_norms(cell: CellSpec) -> list[float]:
     """||dL/dh_l|| at initialization: depends on remedy, depth and seed, never on the learning rate."""
-    slope = {"baseline": 1.0, "he_relu": 0.0, "grad_clip": 0.5}[cell.remedy]
+    slope = {"small_init": 1.0, "he_relu": 0.0, "grad_clip": 0.5}[cell.remedy]
     norms = [10.0 ** (-slope * (cell.depth - layer) + 0.1 * cell.seed) for layer in range(1, cell.depth + 1)]
-    if cell.remedy == "baseline" and cell.depth == max(DEPTHS):
+    if cell.remedy == "small_init" and cell.depth == max(DEPTHS):
         norms[0] = 0.0  # underflowed: log10 is -inf
     return norms
 
@@ -139,6 +139,7 @@ def write_cell(root: Path, cell: CellSpec, result: dict, cell_group: list[CellSp
         "test": {"accuracy": result["test"], "loss": NAN if diverged_cell else 1.0},
         "val_metric": result["val"], "best_val_metric": result["val"],
         "final_train_loss": result["loss"], "epochs_to_target": result["epochs"],
+        "late_val_improvement": 0.0, "converged": not diverged_cell,
         "target_metric": cell.training["target_accuracy"], "pretraining": None,
         "init_log10_dL_dh_first_last": result["log10"], "init_log10_weight_grad_first_last": result["log10"],
         "final_log10_dL_dh_first_last": result["log10"], "history": history, "world_size": 1,
@@ -205,15 +206,15 @@ def test_rate_chosen_on_mean_validation_metric(table):
     assert {(r.remedy, r.depth): r.lr_grid_edge for r in chosen.itertuples()} == {
         key: "lower" if rate == 0.01 else "upper" for key, rate in picked.items()}
     assert picked == {
-        ("baseline", 2): 0.01,   # best validation although 0.1 has the best test accuracy
-        ("baseline", 6): 0.01,   # a tie goes to the smaller rate
+        ("small_init", 2): 0.01,   # best validation although 0.1 has the best test accuracy
+        ("small_init", 6): 0.01,   # a tie goes to the smaller rate
         ("he_relu", 2): 0.1,
         ("he_relu", 6): 0.01,    # the diverged seed of 0.1 counts as 0
         ("grad_clip", 2): 0.1,
         ("grad_clip", 6): 0.1,
     }
     score = {(r.remedy, r.depth): r.selection_val_metric for r in chosen.itertuples()}
-    assert score[("baseline", 2)] == pytest.approx(0.52)
+    assert score[("small_init", 2)] == pytest.approx(0.52)
     assert score[("he_relu", 6)] == pytest.approx(0.62)
     assert score[("grad_clip", 6)] == pytest.approx((0.8 + 0.8 + 0.0) / 3)
 
@@ -267,7 +268,7 @@ def test_loss_metrics_choose_the_lowest_and_count_divergence_as_worst():
 
 def test_rows_report_test_accuracy_at_the_chosen_rate_only(rows):
     assert len(rows) == len(REMEDIES) * len(DEPTHS)
-    row = rows.loc[("baseline", 2)]
+    row = rows.loc[("small_init", 2)]
     assert row["learning_rate"] == 0.01
     assert row["n"] == 3
     assert row["test_metric_mean"] == pytest.approx(0.42)
@@ -295,7 +296,7 @@ def test_diverged_seed_counts_as_zero_test_accuracy(rows):
 
 
 def test_failure_rates_and_summary(rows):
-    vanished_row = rows.loc[("baseline", 6)]
+    vanished_row = rows.loc[("small_init", 6)]
     assert vanished_row["failures"] == "vanished 3/3"
     assert vanished_row["rate_vanished"] == 1.0
     assert vanished_row["trainable_rate"] == 0.0
@@ -313,21 +314,21 @@ def test_failure_rates_and_summary(rows):
 
 
 def test_epochs_to_target_is_the_median_over_seeds_that_reached_it(rows):
-    row = rows.loc[("baseline", 2)]
+    row = rows.loc[("small_init", 2)]
     assert row["epochs_to_target"] == pytest.approx(3.5)  # seeds reached at 2 and 5; seed 1 never did
     assert row["reached_target_rate"] == pytest.approx(2 / 3)
-    never = rows.loc[("baseline", 6)]
+    never = rows.loc[("small_init", 6)]
     assert math.isnan(never["epochs_to_target"])
     assert never["reached_target_rate"] == 0.0
 
 
 def test_log10_ratio_with_infinities(rows):
-    assert rows.loc[("baseline", 2)]["init_log10_dL_dh_first_last"] == pytest.approx(-1.2)
+    assert rows.loc[("small_init", 2)]["init_log10_dL_dh_first_last"] == pytest.approx(-1.2)
     # one seed at -inf: mean over the finite ones
     assert rows.loc[("he_relu", 6)]["init_log10_dL_dh_first_last"] == pytest.approx(-0.6)
     # every seed at -inf: -inf
-    assert rows.loc[("baseline", 6)]["init_log10_dL_dh_first_last"] == NEG_INF
-    assert rows.loc[("baseline", 6)]["init_log10_weight_grad_first_last"] == NEG_INF
+    assert rows.loc[("small_init", 6)]["init_log10_dL_dh_first_last"] == NEG_INF
+    assert rows.loc[("small_init", 6)]["init_log10_weight_grad_first_last"] == NEG_INF
     assert math.isnan(aggregate._finite_mean(pd.Series([NAN, NAN])))
 
 
@@ -336,12 +337,12 @@ def test_log10_ratio_with_infinities(rows):
 def test_frontier_and_ranking_from_results(table):
     rows = aggregate.leaderboard_rows(table)
     front = aggregate.frontier(rows).set_index("remedy")
-    assert front["deepest_trainable_depth"].to_dict() == {"baseline": 2, "grad_clip": 6, "he_relu": 6}
-    assert front["deepest_depth"].to_dict() == {"baseline": 6, "grad_clip": 6, "he_relu": 6}
+    assert front["deepest_trainable_depth"].to_dict() == {"small_init": 2, "grad_clip": 6, "he_relu": 6}
+    assert front["deepest_depth"].to_dict() == {"small_init": 6, "grad_clip": 6, "he_relu": 6}
     assert front.loc["he_relu", "test_metric_at_deepest"] == pytest.approx(0.6)
     ranked = aggregate.ranking(aggregate.frontier(rows))
     # he_relu and grad_clip both train at depth 6; he_relu has the better test accuracy there
-    assert ranked["remedy"].tolist() == ["he_relu", "grad_clip", "baseline"]
+    assert ranked["remedy"].tolist() == ["he_relu", "grad_clip", "small_init"]
     assert ranked["rank"].tolist() == [1, 2, 3]
 
 
@@ -412,7 +413,7 @@ def test_cell_table_reports_missing_cells(tmp_path, cells):
     first = frame.iloc[0]
     assert first["cell_id"] == cells[1].cell_id
     assert (first["family"], first["dataset"], first["remedy"], first["depth"], first["seed"],
-            first["learning_rate"]) == ("mlp", "mnist1d", "baseline", 2, 1, 0.01)
+            first["learning_rate"]) == ("mlp", "mnist1d", "small_init", 2, 1, 0.01)
     assert first["val_metric"] == 0.52 and first["test_metric"] == 0.42 and first["metric"] == "accuracy"
 
 
@@ -426,13 +427,13 @@ def test_cell_table_of_an_empty_root(tmp_path, cells):
 
 def golden_rows() -> pd.DataFrame:
     base = {"family": "mlp", "n": 3, "wall_seconds_mean": 1.25, "metric": "accuracy", "higher_is_better": True,
-            "baseline_metric": 0.1, "final_train_loss_mean": 1.5, "lr_grid_edge": ""}
+            "baseline_metric": 0.1, "final_train_loss_mean": 1.5, "lr_grid_edge": "", "converged_rate": 1.0}
     return pd.DataFrame([
-        {**base, "dataset": "mnist1d", "remedy": "baseline", "depth": 2, "learning_rate": 0.01,
+        {**base, "dataset": "mnist1d", "remedy": "small_init", "depth": 2, "learning_rate": 0.01,
          "test_metric_mean": 0.42, "test_metric_std": 0.02, "trainable_rate": 1.0,
          "init_log10_dL_dh_first_last": -1.23, "epochs_to_target": 3.5, "failures": "", "lr_grid_edge": "lower",
          "test_metric_ci_low": 0.37, "test_metric_ci_high": 0.47},
-        {**base, "dataset": "mnist1d", "remedy": "baseline", "depth": 20, "learning_rate": 0.1,
+        {**base, "dataset": "mnist1d", "remedy": "small_init", "depth": 20, "learning_rate": 0.1,
          "test_metric_mean": 0.1, "test_metric_std": 0.0, "trainable_rate": 0.0,
          "init_log10_dL_dh_first_last": NEG_INF, "epochs_to_target": NAN, "failures": "vanished 3/3",
          "lr_grid_edge": "upper", "test_metric_ci_low": 0.1, "test_metric_ci_high": 0.1},
@@ -441,7 +442,7 @@ def golden_rows() -> pd.DataFrame:
          "init_log10_dL_dh_first_last": 0.04, "epochs_to_target": 1.0, "failures": "",
          "test_metric_ci_low": 0.5758, "test_metric_ci_high": 0.8242},
         {**base, "dataset": "mnist1d", "remedy": "he_relu", "depth": 20, "learning_rate": 0.003,
-         "test_metric_mean": 0.5, "test_metric_std": 0.40825, "trainable_rate": 2 / 3,
+         "test_metric_mean": 0.5, "test_metric_std": 0.40825, "trainable_rate": 2 / 3, "converged_rate": 1 / 3,
          "init_log10_dL_dh_first_last": NAN, "epochs_to_target": 7.0, "failures": "diverged 1/3",
          "test_metric_ci_low": -0.5141, "test_metric_ci_high": 1.5141},
         {**base, "dataset": "mnist1d", "remedy": "grad_clip", "depth": 2, "learning_rate": 0.03,
@@ -459,7 +460,7 @@ def golden_ranked() -> pd.DataFrame:
         {"rank": 2, "rank_range": "2–3", "family": "mlp", "dataset": "mnist1d", "remedy": "grad_clip",
          "deepest_trainable_depth": 2, "test_metric_at_deepest": NAN, "test_metric_std_at_deepest": NAN,
          "test_metric_ci_low_at_deepest": NAN, "test_metric_ci_high_at_deepest": NAN},
-        {"rank": 3, "rank_range": "2–3", "family": "mlp", "dataset": "mnist1d", "remedy": "baseline",
+        {"rank": 3, "rank_range": "2–3", "family": "mlp", "dataset": "mnist1d", "remedy": "small_init",
          "deepest_trainable_depth": 2, "test_metric_at_deepest": 0.1, "test_metric_std_at_deepest": 0.0,
          "test_metric_ci_low_at_deepest": 0.1, "test_metric_ci_high_at_deepest": 0.1},
     ])
@@ -482,13 +483,15 @@ def test_leaderboard_markdown_golden():
     lines = text.splitlines()
     assert lines[0] == "## mlp on mnist1d (profile golden)"
     assert lines[2].startswith("Test accuracy, higher is better; chance 0.100. lr: the rate chosen")
-    assert "| remedy | depth | lr | test acc (mean ± std) | 95% CI | n |" in lines[4]
-    assert "| baseline | 2 | 0.01 ↓ | 0.420 ± 0.020 | [0.370, 0.470] | 3 | 100% | -1.2 | 1.500 | 3.5 | – | 1.2 |" in lines
-    assert ("| baseline | 20 | 0.1 ↑ | 0.100 ± 0.000 | [0.100, 0.100] | 3 | 0% | -inf | 1.500 | – | vanished 3/3 | 1.2 |"
+    assert "| remedy | depth | lr | test acc (mean ± std) | 95% CI | n | trainable | converged |" in lines[4]
+    assert ("| small_init | 2 | 0.01 ↓ | 0.420 ± 0.020 | [0.370, 0.470] | 3 | 100% | 100% | -1.2 | 1.500 | 3.5 | – | 1.2 |"
             in lines)
-    assert ("| he_relu | 20 | 0.003 | 0.500 ± 0.408 | [-0.514, 1.514] | 3 | 67% | – | 1.500 | 7.0 | diverged 1/3 | 1.2 |"
+    assert ("| small_init | 20 | 0.1 ↑ | 0.100 ± 0.000 | [0.100, 0.100] | 3 | 0% | 100% | -inf | 1.500 | – | vanished 3/3 "
+            "| 1.2 |" in lines)
+    assert ("| he_relu | 20 | 0.003 | 0.500 ± 0.408 | [-0.514, 1.514] | 3 | 67% | 33% | – | 1.500 | 7.0 | diverged 1/3 "
+            "| 1.2 |" in lines)
+    assert ("| grad_clip | 2 | 0.03 · | 0.568 ± 0.012 | – | 3 | 100% | 100% | -1.0 | 1.500 | 2.0 | – | 1.2 |"
             in lines)
-    assert "| grad_clip | 2 | 0.03 · | 0.568 ± 0.012 | – | 3 | 100% | -1.0 | 1.500 | 2.0 | – | 1.2 |" in lines
     assert "| 1 | he_relu | 20 | 0.500 ± 0.408 | [-0.514, 1.514] |" in lines
     assert "| 2–3 | grad_clip | 2 | – ± – | – |" in lines
     assert text.endswith("|\n")
@@ -515,7 +518,7 @@ def test_leaderboard_latex_golden():
     assert r"\cmidrule(lr){3-4}\cmidrule(lr){5-6}" in lines
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
     assert body == [
-        r"mnist1d & baseline & $0.420 \pm 0.020$ {\scriptsize $[0.370, 0.470]$} & $-1.2$ & "
+        r"mnist1d & small\_init & $0.420 \pm 0.020$ {\scriptsize $[0.370, 0.470]$} & $-1.2$ & "
         r"$0.100 \pm 0.000$ {\scriptsize $[0.100, 0.100]$} & $-\infty$ \\",
         r"mnist1d & he\_relu & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & $0.0$ & "
         r"$0.500 \pm 0.408$ {\scriptsize $[-0.514, 1.514]$} & -- \\",
@@ -557,7 +560,7 @@ def test_build_leaderboard(tmp_path, params, cells):
     assert summary["profile"] == "synthetic"
     assert summary["cells"] == 36 and summary["cells_missing"] == []
     assert set(summary["rows"]) == {f"mlp/mnist1d/{r}/d{d}" for r in REMEDIES for d in DEPTHS}
-    row = summary["rows"]["mlp/mnist1d/baseline/d2"]
+    row = summary["rows"]["mlp/mnist1d/small_init/d2"]
     assert row["learning_rate"] == 0.01 and row["depth"] == 2 and row["n"] == 3
     assert row["test_metric_mean"] == pytest.approx(0.42)
     assert row["test_metric_std"] == pytest.approx(0.02)
@@ -565,14 +568,14 @@ def test_build_leaderboard(tmp_path, params, cells):
     assert row.pop("higher_is_better") is True and row["metric"] == "accuracy"
     for value in row.values():
         assert isinstance(value, (int, float, str)) and not isinstance(value, bool) or value is None
-    vanished_row = summary["rows"]["mlp/mnist1d/baseline/d6"]
+    vanished_row = summary["rows"]["mlp/mnist1d/small_init/d6"]
     assert vanished_row["init_log10_dL_dh_first_last"] == "-inf"  # encoded, float() reads it back
     assert float(vanished_row["init_log10_dL_dh_first_last"]) == NEG_INF
     assert vanished_row["epochs_to_target"] is None  # NaN
     assert vanished_row["failures"] == "vanished 3/3"
     # write_json sorts keys, so the ranking order is in the "rank" values
     assert sorted((v["rank"], k, v["deepest_trainable_depth"]) for k, v in summary["frontier"].items()) == [
-        (1, "mlp/mnist1d/he_relu", 6), (2, "mlp/mnist1d/grad_clip", 6), (3, "mlp/mnist1d/baseline", 2)]
+        (1, "mlp/mnist1d/he_relu", 6), (2, "mlp/mnist1d/grad_clip", 6), (3, "mlp/mnist1d/small_init", 2)]
 
     csv = pd.read_csv(tmp_path / "leaderboard.csv")
     assert list(zip(csv["remedy"], csv["depth"])) == [(r, d) for r in REMEDIES for d in DEPTHS]
@@ -580,11 +583,11 @@ def test_build_leaderboard(tmp_path, params, cells):
 
     md = (tmp_path / "leaderboard.md").read_text()
     assert md.startswith("## mlp on mnist1d (profile synthetic)\n")
-    assert ("| grad_clip | 6 | 0.1 ↑ | 0.500 ± 0.436 | [-0.583, 1.583] | 3 | 67% | -0.3 | 1.500 | 2.0 | diverged 1/3 |"
-            in md)
+    assert ("| grad_clip | 6 | 0.1 ↑ | 0.500 ± 0.436 | [-0.583, 1.583] | 3 | 67% | 67% | -0.3 | 1.500 | 2.0 "
+            "| diverged 1/3 |" in md)
     # he_relu (0.6 at every seed) and grad_clip (0.5 ± 0.44) both train at depth 6: their intervals overlap.
     assert "| 1–2 | he_relu | 6 | 0.600 ± 0.000 | [0.600, 0.600] |" in md
-    assert "| 1–2 | grad_clip | 6 | 0.500 ± 0.436 | [-0.583, 1.583] |" in md and "| 3 | baseline | 2 |" in md
+    assert "| 1–2 | grad_clip | 6 | 0.500 ± 0.436 | [-0.583, 1.583] |" in md and "| 3 | small_init | 2 |" in md
     tex = (tmp_path / "leaderboard.tex").read_text()
     assert (r"mnist1d & he\_relu & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & $0.2$ & "
             r"$0.600 \pm 0.000$ {\scriptsize $[0.600, 0.600]$} & $-0.6$ \\") in tex
@@ -606,7 +609,7 @@ def test_build_leaderboard(tmp_path, params, cells):
                               if c.remedy == remedy and c.depth == deepest and c.learning_rate == RATES[0])]
             expected.append(sum(logs) / len(logs))
         assert got["log10_dL_dh_norm"].tolist() == pytest.approx(expected)
-    baseline = profile[profile["remedy"] == "baseline"].sort_values("layer")["log10_dL_dh_norm"].tolist()
+    baseline = profile[profile["remedy"] == "small_init"].sort_values("layer")["log10_dL_dh_norm"].tolist()
     assert baseline[0] == NEG_INF  # the underflowed first layer
     assert baseline[-1] == pytest.approx(0.1)  # last layer: 10**(0.1 * seed), mean over seeds 0, 1, 2
 
@@ -658,7 +661,7 @@ def test_results_record_their_group_and_an_older_schema_is_stale(tmp_path, param
     write_results(tmp_path, cells)
     first = results.read_result(tmp_path, cells[0].cell_id)
     row = [c.cell_id for c in cells if (c.remedy, c.depth) == (cells[0].remedy, cells[0].depth)]
-    assert first.schema_version == SCHEMA_VERSION == 3
+    assert first.schema_version == SCHEMA_VERSION == 4
     assert first.group.size == len(SEEDS) * len(RATES) == len(row) and first.group.cells == row
     assert first.group.index == 0 and first.group.id == group_id([c for c in cells if c.cell_id in row])
     folder = results.cell_dir(tmp_path, cells[0].cell_id)
@@ -686,3 +689,24 @@ def test_rows_carry_their_interval(rows):
     row = rows.loc[("he_relu", 2)]
     assert row["test_metric_ci_low"] <= row["test_metric_mean"] <= row["test_metric_ci_high"]
     assert row["n"] == 3
+
+
+def test_trainable_is_relative_to_the_best_shallow_row():
+    """Best shallow gain over chance: remedy b at depth 2, 0.9 - 0.1 = 0.8; half of it is 0.4, so a deep
+    cell needs accuracy 0.5. A cell at 0.35 passes the absolute bar (chance + 0.1) but is 'weak'."""
+    base = {"family": "mlp", "dataset": "d", "metric": "accuracy", "higher_is_better": True, "baseline_metric": 0.1,
+            "seed": 0, "learning_rate": 0.1, "val_metric": 0.5, "failure": None, "converged": True,
+            "init_log10_dL_dh_first_last": 0.0, "init_log10_weight_grad_first_last": 0.0, "epochs_to_target": None,
+            "final_train_loss": 1.0, "wall_seconds": 1.0, "trainable": True}
+    frame = pd.DataFrame([
+        {**base, "remedy": "a", "depth": 2, "test_metric": 0.6},
+        {**base, "remedy": "b", "depth": 2, "test_metric": 0.9},
+        {**base, "remedy": "a", "depth": 20, "test_metric": 0.35},
+        {**base, "remedy": "b", "depth": 20, "test_metric": 0.55},
+    ])
+    assert aggregate.shallow_reference_gain(frame).to_dict() == {("mlp", "d"): pytest.approx(0.8)}
+    rows = aggregate.leaderboard_rows(frame).set_index(["remedy", "depth"])
+    assert rows["trainable_rate"].to_dict() == {("a", 2): 1.0, ("b", 2): 1.0, ("a", 20): 0.0, ("b", 20): 1.0}
+    assert rows.loc[("a", 20), "failures"] == "weak 1/1" and rows.loc[("a", 20), "rate_weak"] == 1.0
+    # The fraction is a setting: at 0.25 the bar is 0.3 and 0.35 passes.
+    assert aggregate.leaderboard_rows(frame, 0.25).set_index(["remedy", "depth"]).loc[("a", 20), "trainable_rate"] == 1

@@ -102,7 +102,7 @@ def test_a_diverging_cell_is_a_result_not_a_crash(tiny_params, tiny_data, tmp_pa
 
 
 def test_cli_train_skips_done_cells(tiny_params, tiny_data_root, tmp_path):
-    args = [sys.executable, "-m", "vgbench", "train", "--profile", "tiny", "--only", "baseline-mnist1d-d2",
+    args = [sys.executable, "-m", "vgbench", "train", "--profile", "tiny", "--only", "small_init-mnist1d-d2",
             "--params", str(REPO / "params.yaml"), "--data-root", str(tiny_data_root),
             "--results-root", str(tmp_path)]
     env = {**os.environ, "WANDB_MODE": "disabled"}

@@ -138,7 +138,7 @@ def test_offline_run_grad_profile_init_table_matches_the_init_record(offline_cel
 def trained_results(tiny_params, tiny_data, tmp_path_factory) -> Path:
     """Results of a few tiny cells (two remedies at both depths); no W&B while training."""
     root = tmp_path_factory.mktemp("leaderboard-results")
-    for remedy in ("baseline", "he_relu"):
+    for remedy in ("small_init", "he_relu"):
         for depth in (2, 6):
             run_cell(_cell(tiny_params, remedy, depth), tiny_data, root, NO_WANDB)
     return root
@@ -149,7 +149,7 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
     with wandb_dir_env(tmp_path / "wandb-root") as wandb_dir:
         build_leaderboard(params, trained_results, log_to_wandb=True)
     csv = pd.read_csv(trained_results / "leaderboard.csv")
-    assert sorted(zip(csv.remedy, csv.depth)) == [("baseline", 2), ("baseline", 6), ("he_relu", 2), ("he_relu", 6)]
+    assert sorted(zip(csv.remedy, csv.depth)) == [("he_relu", 2), ("he_relu", 6), ("small_init", 2), ("small_init", 6)]
 
     run = _single_run(wandb_dir, "leaderboard")
     assert run.run.display_name == "leaderboard-tiny"
@@ -168,8 +168,12 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
                 assert row[column] == pytest.approx(value, rel=1e-9), column
 
     ranking = run.table_rows("ranking")
-    assert sorted(r["remedy"] for r in ranking) == ["baseline", "he_relu"]
+    assert sorted(r["remedy"] for r in ranking) == ["he_relu", "small_init"]
     assert [r["rank"] for r in ranking] == [1, 2]
+    # The tie-aware columns travel too (one seed per cell here: no interval, so each rank is exact).
+    assert [r["rank_range"] for r in ranking] == ["1", "2"]
+    rows = run.table_rows("leaderboard")
+    assert {"test_metric_ci_low", "test_metric_ci_high", "lr_grid_edge", "converged_rate"} <= set(rows[0])
     figures = sorted(key for key in run.summary if key.startswith("figures/"))
     assert figures == ["figures/depth_mlp_mnist1d", "figures/grad_profile_mlp_mnist1d_d6"]
     assert all((run.files / run.summary[figure]["path"]).is_file() for figure in figures)
@@ -187,5 +191,5 @@ def test_disabled_mode_writes_no_run(tiny_params, trained_results, tmp_path):
 
 def test_cells_are_not_tied_to_a_wandb_mode(tiny_params):
     """The W&B mode is not part of a cell's config: switching it never reruns a cell."""
-    cell = _cell(tiny_params, "baseline", 2)
+    cell = _cell(tiny_params, "small_init", 2)
     assert "wandb" not in json.dumps(dataclasses.asdict(cell))

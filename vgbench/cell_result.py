@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vgbench import atomic
 
-SCHEMA_VERSION = 3  # 1: the untyped dict of vgbench 0.1; 2: before cell groups (no `group`)
+SCHEMA_VERSION = 4  # 1: the untyped dict of vgbench 0.1; 2: before cell groups (no `group`); 3: no convergence
 
 
 class UnreadableResultError(ValueError):
@@ -73,6 +73,8 @@ class CellResult(BaseModel):
     best_val_metric: float
     final_train_loss: float
     epochs_to_target: int | None
+    late_val_improvement: float  # training/convergence.py: over the last fifth of the epochs
+    converged: bool | None  # None: diverged, or too few epochs to say
     target_metric: float
     pretraining: dict[str, Any] | None
     init_log10_dL_dh_first_last: float

@@ -55,6 +55,11 @@ class TrainingSettings(_Strict):
                                           "(He et al. 2016: [0.5, 0.75])")
     augment: Literal["none", "pad_crop_flip"] = Field(
         "none", description="training-batch augmentation (pad_crop_flip: He et al. 2016's CIFAR one; images only)")
+    convergence_tolerance: float = Field(
+        0.01, gt=0, lt=1, description="converged: the best validation metric improved by less than this over the "
+                                      "last fifth of the epochs (accuracy points; loss tasks: a fraction of the "
+                                      "baseline loss); a cell still improving more is flagged, and `undertrained` "
+                                      "if it is not trainable")
 
     @field_validator("lr_milestones")
     @classmethod
@@ -238,6 +243,15 @@ class LauncherSettings(_Strict):
         return value
 
 
+class LeaderboardSettings(_Strict):
+    """How the leaderboard reads the cells (changing these rebuilds the tables, never retrains a cell)."""
+
+    trainable_fraction_of_shallow: float = Field(
+        0.5, ge=0, le=1, description="a cell counts as trainable in the tables when it passes the probes' absolute "
+                                     "bar and gains at least this fraction of the best shallowest row's gain over "
+                                     "chance (or the baseline loss) in its (family, data set)")
+
+
 class Profile(_Strict):
     description: str
     datasets: dict[str, dict[str, Any]]
@@ -249,6 +263,7 @@ class Profile(_Strict):
     probes: ProbeSettings
     pretraining: PretrainingSettings = Field(PretrainingSettings(), description="greedy RBM pretraining (dbn)")
     launcher: LauncherSettings = LauncherSettings()
+    leaderboard: LeaderboardSettings = LeaderboardSettings()
 
     @field_validator("datasets")
     @classmethod

@@ -45,9 +45,15 @@ def _remedy(name: str, summary: str, citation: str, families=("mlp",), per_famil
     REMEDIES.add(name, Remedy(name, summary, citation, table))
 
 
-_remedy("baseline", "the family's base recipe: small N(0, 0.01^2) init; sigmoid (MLP) or tanh (RNN) units",
-        "Glorot & Bengio 2010, AISTATS; Bengio, Simard & Frasconi 1994 (the failures they analyse)",
-        families=("mlp", "rnn", "dbn"))
+_remedy("small_init", "the family's base recipe: N(0, 0.01^2) weights whatever the fan-in (the pre-2010 habit, "
+        "e.g. Hinton's 2010 RBM guide); sigmoid (MLP, DBN) or tanh (RNN) units. It vanishes by construction "
+        "(about 10^-1.7 per sigmoid layer of width 64): the failure, not a fair baseline; see *_standard",
+        "Bengio, Simard & Frasconi 1994; Hinton 2010, UTML TR 2010-003", families=("mlp", "rnn", "dbn"))
+_remedy("sigmoid_standard", "sigmoid with the 'standard' init U(-1/sqrt(fan_in), 1/sqrt(fan_in)) that Glorot & "
+        "Bengio 2010 studied (their eq. 1; also PyTorch's nn.Linear default): the fair sigmoid baseline",
+        "Glorot & Bengio 2010, AISTATS", activation="sigmoid", init="pytorch_default")
+_remedy("tanh_standard", "tanh with that standard init (RNN: input and recurrent weights)",
+        "Glorot & Bengio 2010, AISTATS", families=("mlp", "rnn"), activation="tanh", init="pytorch_default")
 _remedy("xavier", "tanh with Glorot's normalized init (DBN: the sigmoid stack keeps sigmoid)",
         "Glorot & Bengio 2010, AISTATS", families=("mlp", "rnn", "highway", "resnet"),
         activation="tanh", init="xavier", per_family={"dbn": dict(init="xavier")})

@@ -1,13 +1,17 @@
-"""Why a cell failed to learn, from its probes and its accuracy.
+"""Why a cell failed to learn, from its training outcome and its probes.
 
-Labels (``None`` for a cell that trained):
+Labels (``None`` for a cell that trained), in the order they are tested:
 - ``diverged``: the loss became NaN/inf; training stopped there.
-- ``vanished``: no learning, and at initialization log10(||dL/dh_first|| /
-  ||dL/dh_last||) was below ``vanished_log10_ratio``.
-- ``exploded``: no learning, and that ratio was above ``exploded_log10_ratio``
+- ``undertrained``: not trainable, but its best validation metric was still improving by at least
+  ``training.convergence_tolerance`` over the last fifth of the epochs (training/convergence.py): the
+  budget stopped it, not the gradient.
+- ``vanished``: no learning, and log10(||dL/dh_first|| / ||dL/dh_last||) was below
+  ``vanished_log10_ratio`` at initialization *and* still at the last probe: the gradient never
+  reached the first layers during training (a net whose gradient recovered is not "vanished").
+- ``exploded``: no learning, and that ratio was above ``exploded_log10_ratio`` at initialization
   or a gradient norm was not finite.
-- ``dead_units``: no learning, and at the last probe more than
-  ``dead_fraction`` of some layer's rectifier units were off for every sample.
+- ``dead_units``: no learning, and at the last probe more than ``dead_fraction`` of some layer's
+  rectifier units were off for every sample.
 - ``no_learning``: no learning and none of the above explains it.
 """
 
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import math
 
-FAILURE_LABELS = ("diverged", "vanished", "exploded", "dead_units", "no_learning")
+FAILURE_LABELS = ("diverged", "undertrained", "vanished", "exploded", "dead_units", "no_learning")
 
 
 def log10_ratio(ratio: float) -> float:
@@ -25,14 +29,19 @@ def log10_ratio(ratio: float) -> float:
     return math.log10(ratio) if ratio > 0 and math.isfinite(ratio) else float("nan")
 
 
-def failure_label(*, diverged: bool, trainable: bool, init_record: dict, last_record: dict,
-                  vanished_log10_ratio: float, exploded_log10_ratio: float, dead_fraction: float) -> str | None:
+def failure_label(*, diverged: bool, trainable: bool, converged: bool | None, init_record: dict,
+                  last_record: dict, vanished_log10_ratio: float, exploded_log10_ratio: float,
+                  dead_fraction: float) -> str | None:
     if diverged:
         return "diverged"
     if trainable:
         return None
+    if converged is False:
+        return "undertrained"
     ratio = log10_ratio(init_record["dL_dh_first_last_ratio"])
-    if ratio < vanished_log10_ratio:  # nan compares False: no verdict from the ratio
+    last_ratio = log10_ratio(last_record["dL_dh_first_last_ratio"])
+    # nan compares False: no verdict from a ratio that is not a number
+    if ratio < vanished_log10_ratio and last_ratio < vanished_log10_ratio:
         return "vanished"
     norms = [init_record["grad_total_norm"], last_record["grad_total_norm"]]
     if ratio > exploded_log10_ratio or not all(map(math.isfinite, norms)):

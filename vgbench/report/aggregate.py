@@ -42,7 +42,7 @@ def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame,
             "metric": result.metric, "higher_is_better": result.higher_is_better,
             "baseline_metric": result.baseline_metric,
             "val_metric": result.val_metric, "test_metric": result.test_metric,
-            "trainable": result.trainable, "failure": result.failure,
+            "trainable": result.trainable, "failure": result.failure, "converged": result.converged,
             "init_log10_dL_dh_first_last": result.init_log10_dL_dh_first_last,
             "init_log10_weight_grad_first_last": result.init_log10_weight_grad_first_last,
             "epochs_to_target": result.epochs_to_target, "final_train_loss": result.final_train_loss,
@@ -104,10 +104,40 @@ def _finite_mean(values: pd.Series) -> float:
     return float("-inf") if any(v == float("-inf") for v in values) else float("nan")
 
 
-def leaderboard_rows(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (family, data set, remedy, depth) at its chosen learning rate."""
+def _gain(values: pd.Series, baseline: pd.Series, higher_is_better: pd.Series) -> pd.Series:
+    """How far each value is from the task's baseline (chance, or the baseline loss), positive = better."""
+    return (values - baseline).where(higher_is_better.astype(bool), baseline - values)
+
+
+def shallow_reference_gain(picked: pd.DataFrame) -> pd.Series:
+    """Per (family, data set): the best mean gain over the baseline among its shallowest depth's remedies
+    (at their chosen rates): what a net of this family learns on this task when depth is no obstacle."""
+    gains = picked.assign(_gain=_gain(_worst_if_missing(picked["test_metric"], picked["higher_is_better"]),
+                                      picked["baseline_metric"], picked["higher_is_better"]))
+    shallowest = gains[gains["depth"] == gains.groupby(["family", "dataset"])["depth"].transform("min")]
+    return shallowest.groupby(["family", "dataset", "remedy"])["_gain"].mean().groupby(["family", "dataset"]).max()
+
+
+def relatively_trainable(picked: pd.DataFrame, fraction_of_shallow: float) -> pd.Series:
+    """Each cell's verdict in the tables: trainable by its own absolute bar (the probes' settings) *and*
+    gaining at least ``fraction_of_shallow`` of its (family, data set)'s shallow reference gain."""
+    reference = shallow_reference_gain(picked)
+    bar = fraction_of_shallow * pd.Series([reference.get((f, d), math.nan) for f, d in
+                                           zip(picked["family"], picked["dataset"])], index=picked.index)
+    gain = _gain(picked["test_metric"], picked["baseline_metric"], picked["higher_is_better"])
+    return picked["trainable"].astype(bool) & (gain >= bar)
+
+
+def leaderboard_rows(cells: pd.DataFrame, fraction_of_shallow: float = 0.5) -> pd.DataFrame:
+    """One row per (family, data set, remedy, depth) at its chosen learning rate.
+
+    ``trainable_rate`` counts the seeds that pass ``relatively_trainable``; a seed that passes the
+    absolute bar only is labelled ``weak`` among the failures."""
     chosen = choose_learning_rates(cells)
     picked = cells.merge(chosen, on=GROUP + ["learning_rate"])
+    trainable = relatively_trainable(picked, fraction_of_shallow)
+    weak = picked["trainable"].astype(bool) & ~trainable
+    picked = picked.assign(trainable=trainable, failure=picked["failure"].where(~weak, "weak"))
     rows = []
     for key, group in picked.groupby(GROUP, sort=True):
         test = _worst_if_missing(group["test_metric"], group["higher_is_better"])
@@ -124,6 +154,7 @@ def leaderboard_rows(cells: pd.DataFrame) -> pd.DataFrame:
             "test_metric_mean": float(test.mean()), "test_metric_std": _std(test),
             **dict(zip(("test_metric_ci_low", "test_metric_ci_high"), t_interval(test))),
             "trainable_rate": float(group["trainable"].mean()),
+            "converged_rate": float((group["converged"] == True).mean()),  # noqa: E712 (None: not converged)
             "init_log10_dL_dh_first_last": _finite_mean(group["init_log10_dL_dh_first_last"]),
             "init_log10_weight_grad_first_last": _finite_mean(group["init_log10_weight_grad_first_last"]),
             "epochs_to_target": float(reached.median()) if len(reached) else float("nan"),
@@ -131,7 +162,7 @@ def leaderboard_rows(cells: pd.DataFrame) -> pd.DataFrame:
             "final_train_loss_mean": _finite_mean(group["final_train_loss"]),
             "wall_seconds_mean": float(group["wall_seconds"].mean()),
         })
-        for label in FAILURE_LABELS:
+        for label in (*FAILURE_LABELS, "weak"):
             row[f"rate_{label}"] = float((group["failure"] == label).mean())
         row["failures"] = failure_summary(group["failure"])
         rows.append(row)

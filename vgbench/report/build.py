@@ -46,7 +46,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         raise NoResultsError(f"no cell results under {results_root / 'cells'} for profile {params.profile!r}: "
                            f"run `vgbench train` first")
     left_out = aggregate.not_in_table(missing, results_root)
-    rows = aggregate.in_matrix_order(aggregate.leaderboard_rows(table), params.active)
+    rows = aggregate.in_matrix_order(aggregate.leaderboard_rows(table, params.active.leaderboard.trainable_fraction_of_shallow), params.active)
     front = aggregate.frontier(rows)
     ranked = aggregate.ranking(front)
     n_seeds = len(params.active.seeds)

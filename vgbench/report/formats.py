@@ -50,7 +50,8 @@ def metric_title(rows: pd.DataFrame) -> str:
 LEADERBOARD_COLUMNS = [
     ("remedy", "remedy"), ("depth", "depth"),
     ("learning_rate", "lr"), ("test", "test {metric} (mean ± std)"), ("ci", "95% CI"), ("n", "n"),
-    ("trainable_rate", "trainable"), ("init_log10_dL_dh_first_last", "log10 dL/dh first/last @init"),
+    ("trainable_rate", "trainable"), ("converged_rate", "converged"),
+    ("init_log10_dL_dh_first_last", "log10 dL/dh first/last @init"),
     ("final_train_loss_mean", "final train loss"),
     ("epochs_to_target", "epochs to target"), ("failures", "failures"), ("wall_seconds_mean", "s/cell"),
 ]
@@ -67,7 +68,7 @@ def _cells(row: pd.Series) -> list[str]:
             out.append(f"{row[key]:g}{EDGE_MARKS[row.get('lr_grid_edge', '')]}")
         elif key in ("depth", "n"):
             out.append(str(int(row[key])))
-        elif key in ("trainable_rate",):
+        elif key in ("trainable_rate", "converged_rate"):
             out.append(f"{row[key]:.0%}")
         elif key == "epochs_to_target":
             out.append(_num(row[key], 1))

@@ -15,6 +15,7 @@ goes and a restarted one resumes (``vgbench/training/checkpoints.py``).
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from vgbench.probes.gradient_flow import GradientFlowProbe
 from vgbench.probes.taps import ProbedModel
 from vgbench.training import checkpoints
 from vgbench.training.batches import loader
+from vgbench.training.convergence import converged, late_improvement
 from vgbench.tasks import TASKS, Task
 from vgbench.training.module import TaskModule
 from vgbench.training.wandb_run import finish_run, start_run
@@ -239,12 +241,17 @@ def _summarize_cell(run: GroupRun, k: int, launch: LaunchInfo | None, fit_second
     history = module.history(k)
     last = history[-1] if history else {}
     pretraining = run.pretraining[k]
+    improvement = (math.nan if diverged else
+                   late_improvement([row.get(f"val_{task.metric}", math.nan) for row in history],
+                                    task.higher_is_better, baseline))
+    finished = converged(improvement, cell.training["convergence_tolerance"])
     return CellResult(
         cell_id=cell.cell_id,
         cell=cell.as_dict(),
         status="diverged" if diverged else "completed",
         failure=failure_label(
-            diverged=diverged, trainable=trainable, init_record=init_record, last_record=last_record,
+            diverged=diverged, trainable=trainable, converged=finished, init_record=init_record,
+            last_record=last_record,
             vanished_log10_ratio=cell.probes["vanished_log10_ratio"],
             exploded_log10_ratio=cell.probes["exploded_log10_ratio"],
             dead_fraction=cell.probes["dead_fraction"]),
@@ -260,6 +267,8 @@ def _summarize_cell(run: GroupRun, k: int, launch: LaunchInfo | None, fit_second
         best_val_metric=_best([row.get(f"val_{task.metric}", float("nan")) for row in history], task),
         final_train_loss=last.get("train_loss", float("nan")),
         epochs_to_target=_epochs_to_target(history, task, target),
+        late_val_improvement=improvement,
+        converged=finished,
         target_metric=target,
         pretraining={key: v for key, v in pretraining.items() if key != "stats"} if pretraining else None,
         init_log10_dL_dh_first_last=log10_ratio(init_record["dL_dh_first_last_ratio"]),
