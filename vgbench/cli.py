@@ -68,9 +68,9 @@ def _fetch(params: Params, args) -> int:
 def _states(params: Params, results_root: Path, only: str | None = None):
     """(cells, {cell_id: CellState}) of the active profile, live claims included."""
     from vgbench import claims, results
-    from vgbench.matrix import expand
+    from vgbench.tuning import matrix_cells
 
-    cells = [c for c in expand(params.active) if not only or only in c.cell_id]
+    cells = [c for c in matrix_cells(params.active, results_root) if not only or only in c.cell_id]
     held = claims.live_claims(results_root) if claims.is_rank_zero() else {}
     return cells, {c.cell_id: results.cell_state(results_root, c.cell_id, held.get(c.cell_id)) for c in cells}
 
@@ -109,25 +109,31 @@ def _train(params: Params, args) -> int:
         key: value for key, value in (("name", args.launcher), ("jobs", args.jobs)) if value is not None})
     launch = LAUNCHERS.get(settings.name)
     _check_writable(args.results_root)
+    launched: set[str] = set()
+    # One launch, then one more per round of learning-rate grid extension that adds cells (tuning.py).
+    for round_ in range(1 + profile.tuning.extend_edge_rates):
+        cells, states = _states(params, args.results_root, args.only)
+        count = Counter(s.state for s in states.values())
+        wanted = {"pending", "stale"} | ({"failed"} if args.retry_failed else set())
+        todo = [c for c in cells if c.cell_id not in launched and (args.force or states[c.cell_id].state in wanted)]
+        if round_ and not todo:
+            break
+        print(f"profile {params.profile}: {len(cells)} cells, {count['done']} done, {count['failed']} failed"
+              f"{' (retrying)' if args.retry_failed else ' (--retry-failed retrains them)'}, "
+              f"{count['running']} running elsewhere; {len(todo)} to train with the {settings.name} launcher"
+              + (f" (learning-rate grid extension, round {round_})" if round_ else ""), flush=True)
+        _check_data(todo, profile, args.data_root)
+        if todo:
+            launched |= {c.cell_id for c in todo}
+            folder, snapshot = launch_folder(args.results_root, args.params)
+            request = LaunchRequest(params=params, params_path=snapshot, profile=params.profile, cells=todo,
+                                    data_root=args.data_root, results_root=args.results_root, folder=folder,
+                                    settings=settings, retry_failed=args.retry_failed or args.force,
+                                    not_before=time.time() if args.force else None, detach=args.detach)
+            finished = launch(request)
+            if not finished or not claims.is_rank_zero():
+                return 0  # detached, or a DDP rank > 0 (rank 0 writes the results and reports)
     cells, states = _states(params, args.results_root, args.only)
-    count = Counter(s.state for s in states.values())
-    wanted = {"pending", "stale"} | ({"failed"} if args.retry_failed else set())
-    todo = [c for c in cells if args.force or states[c.cell_id].state in wanted]
-    print(f"profile {params.profile}: {len(cells)} cells, {count['done']} done, {count['failed']} failed"
-          f"{' (retrying)' if args.retry_failed else ' (--retry-failed retrains them)'}, "
-          f"{count['running']} running elsewhere; {len(todo)} to train with the {settings.name} launcher",
-          flush=True)
-    _check_data(todo, profile, args.data_root)
-    if todo:
-        folder, snapshot = launch_folder(args.results_root, args.params)
-        request = LaunchRequest(params=params, params_path=snapshot, profile=params.profile, cells=todo,
-                                data_root=args.data_root, results_root=args.results_root, folder=folder,
-                                settings=settings, retry_failed=args.retry_failed or args.force,
-                                not_before=time.time() if args.force else None, detach=args.detach)
-        finished = launch(request)
-        if not finished or not claims.is_rank_zero():
-            return 0  # detached, or a DDP rank > 0 (rank 0 writes the results and reports)
-    _, states = _states(params, args.results_root, args.only)
     not_done = {cell_id: s for cell_id, s in states.items() if s.state != "done"}
     if not_done:
         by_state: dict[str, list[str]] = {}

@@ -243,6 +243,14 @@ class LauncherSettings(_Strict):
         return value
 
 
+class TuningSettings(_Strict):
+    """How far a learning-rate grid may grow at its edges (vgbench/tuning.py)."""
+
+    extend_edge_rates: int = Field(
+        0, ge=0, le=5, description="rounds of extension: a row whose chosen rate is the largest (smallest) of its "
+                                   "grid gets one more rate beyond it for every seed, then is chosen again")
+
+
 class LeaderboardSettings(_Strict):
     """How the leaderboard reads the cells (changing these rebuilds the tables, never retrains a cell)."""
 
@@ -264,6 +272,7 @@ class Profile(_Strict):
     pretraining: PretrainingSettings = Field(PretrainingSettings(), description="greedy RBM pretraining (dbn)")
     launcher: LauncherSettings = LauncherSettings()
     leaderboard: LeaderboardSettings = LeaderboardSettings()
+    tuning: TuningSettings = TuningSettings()
 
     @field_validator("datasets")
     @classmethod

@@ -27,7 +27,7 @@ from vgbench.cell_result import CellResult, UnreadableResultError
 
 PACKAGE_DIR = Path(vgbench.__file__).parent
 # Code that only reads results cannot change them; leave it out of the fingerprint.
-_NOT_TRAINING_CODE = ("report/", "cli.py", "launch/", "claims.py", "plan.py")
+_NOT_TRAINING_CODE = ("report/", "cli.py", "launch/", "claims.py", "plan.py", "tuning.py")
 
 
 @lru_cache(maxsize=1)

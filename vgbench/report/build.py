@@ -16,9 +16,9 @@ import pandas as pd
 
 from vgbench import atomic
 from vgbench.config import Params
-from vgbench.matrix import expand
 from vgbench.models import FAMILIES
 from vgbench.report import aggregate, figures, formats
+from vgbench.tuning import matrix_cells
 
 
 def _jsonable(value):
@@ -40,13 +40,14 @@ class NoResultsError(RuntimeError):
 
 
 def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = True) -> list[Path]:
-    cells = expand(params.active)
+    cells = matrix_cells(params.active, results_root)
     table, missing = aggregate.cell_table(cells, results_root)
     if table.empty:
         raise NoResultsError(f"no cell results under {results_root / 'cells'} for profile {params.profile!r}: "
                            f"run `vgbench train` first")
     left_out = aggregate.not_in_table(missing, results_root)
-    rows = aggregate.in_matrix_order(aggregate.leaderboard_rows(table, params.active.leaderboard.trainable_fraction_of_shallow), params.active)
+    fraction = params.active.leaderboard.trainable_fraction_of_shallow
+    rows = aggregate.in_matrix_order(aggregate.leaderboard_rows(table, fraction), params.active)
     front = aggregate.frontier(rows)
     ranked = aggregate.ranking(front)
     n_seeds = len(params.active.seeds)
