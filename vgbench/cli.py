@@ -69,10 +69,13 @@ def _states(params: Params, results_root: Path, only: str | None = None):
     """(cells, {cell_id: CellState}) of the active profile, live claims included."""
     from vgbench import claims, results
     from vgbench.tuning import matrix_cells
+    from vgbench.twins import stored_as
 
     cells = [c for c in matrix_cells(params.active, results_root) if not only or only in c.cell_id]
     held = claims.live_claims(results_root) if claims.is_rank_zero() else {}
-    return cells, {c.cell_id: results.cell_state(results_root, c.cell_id, held.get(c.cell_id)) for c in cells}
+    stored = {c.cell_id: stored_as(c).cell_id for c in cells}  # a DBN twin's state is its MLP cell's
+    return cells, {c.cell_id: results.cell_state(results_root, stored[c.cell_id], held.get(stored[c.cell_id]))
+                   for c in cells}
 
 
 def _check_writable(results_root: Path) -> None:
@@ -103,6 +106,7 @@ def _train(params: Params, args) -> int:
     from vgbench import claims
     from vgbench.launch import LAUNCHERS
     from vgbench.launch.request import LaunchRequest, launch_folder
+    from vgbench.twins import stored_as, unique_stored
 
     profile = params.active
     settings = profile.launcher.model_copy(update={
@@ -115,7 +119,8 @@ def _train(params: Params, args) -> int:
         cells, states = _states(params, args.results_root, args.only)
         count = Counter(s.state for s in states.values())
         wanted = {"pending", "stale"} | ({"failed"} if args.retry_failed else set())
-        todo = [c for c in cells if c.cell_id not in launched and (args.force or states[c.cell_id].state in wanted)]
+        todo = unique_stored([c for c in cells if c.cell_id not in launched
+                              and (args.force or states[c.cell_id].state in wanted)])
         if round_ and not todo:
             break
         print(f"profile {params.profile}: {len(cells)} cells, {count['done']} done, {count['failed']} failed"
@@ -124,7 +129,7 @@ def _train(params: Params, args) -> int:
               + (f" (learning-rate grid extension, round {round_})" if round_ else ""), flush=True)
         _check_data(todo, profile, args.data_root)
         if todo:
-            launched |= {c.cell_id for c in todo}
+            launched |= {c.cell_id for c in cells if stored_as(c).cell_id in {t.cell_id for t in todo}}
             folder, snapshot = launch_folder(args.results_root, args.params)
             request = LaunchRequest(params=params, params_path=snapshot, profile=params.profile, cells=todo,
                                     data_root=args.data_root, results_root=args.results_root, folder=folder,

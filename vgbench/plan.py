@@ -45,6 +45,7 @@ from vgbench.pretraining.rbm import RBM
 from vgbench.probes.taps import ProbedModel
 from vgbench.tasks import TASKS, Task
 from vgbench.training.augment import AUGMENTATIONS
+from vgbench.twins import unique_stored
 
 # Everything of a cell's config that changes what one step costs; seed and learning rate do not.
 _COST_FREE_FIELDS = ("seed", "learning_rate", "remedy")  # the remedy's recipe is kept; its name changes nothing
@@ -481,7 +482,7 @@ def plan_main(params, device: str = "cpu", steps: int = 3, task_minutes: float |
     ``launcher.slurm.task_minutes``). With ``results_root``, step costs measured before on this device
     are reused and the new ones kept (``results/launch/step_costs.json``)."""
     profile = params.active
-    cells = expand(profile)
+    cells = unique_stored(expand(profile))  # a DBN twin of an MLP cell is trained once (twins.py)
     known = load_costs(costs_path(results_root), device) if results_root else {}
     reused = len(known)
     estimates = estimate(cells, device, steps, known)

@@ -65,9 +65,10 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
     from vgbench.groups import group
     from vgbench.training.run_group import data_for
     from vgbench.tuning import matrix_cells
+    from vgbench.twins import unique_stored
 
     params = load_params(unit.params_path, unit.profile)
-    by_id = {cell.cell_id: cell for cell in matrix_cells(params.active, Path(unit.results_root))}
+    by_id = {cell.cell_id: cell for cell in unique_stored(matrix_cells(params.active, Path(unit.results_root)))}
     unknown = [cell_id for cell_id in unit.cell_ids if cell_id not in by_id]
     if unknown:
         raise ValueError(f"{unit.params_path} (profile {unit.profile}) has no cells {unknown[:3]}")

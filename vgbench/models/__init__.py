@@ -47,6 +47,9 @@ class Family:
     check_depth: Callable[[int], object] | None = None  # raises ValueError for a depth it cannot build
     # How the K models of a cell group share kernels (shown by `vgbench plan`).
     stacking: str = "one batched matrix product per layer for all K models"
+    # Another family whose network this one builds for recipes without pretraining: such cells are
+    # trained once, as that family's (vgbench/twins.py).
+    trains_as: str | None = None
 
     def build(self, io: ModelIO, depth: int, recipe: Recipe, hparams: BaseModel,
               seeds: Sequence[int] = (0,)) -> ProbedModel:

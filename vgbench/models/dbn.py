@@ -18,4 +18,4 @@ from vgbench.models.recipe import Recipe
 
 FAMILIES.add("dbn", Family(
     "dbn", "deep sigmoid stack, random or greedily RBM-pretrained, fine-tuned by backprop", MLPHParams,
-    build_mlp, base_recipe=Recipe()))
+    build_mlp, base_recipe=Recipe(), trains_as="mlp"))

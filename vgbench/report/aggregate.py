@@ -23,6 +23,7 @@ from vgbench.config import Profile
 from vgbench.matrix import CellSpec
 from vgbench.probes.failure import FAILURE_LABELS
 from vgbench.report.statistics import rank_ranges, rank_text, t_interval
+from vgbench.twins import stored_as
 
 GROUP = ["family", "dataset", "remedy", "depth"]
 
@@ -32,12 +33,14 @@ def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame,
     also the ids of the cells left out (``not_in_table`` says why)."""
     rows, missing = [], []
     for cell in cells:
-        if results.cell_state(results_root, cell.cell_id).state != "done":
-            missing.append(cell.cell_id)  # not trained, failed, or stale: never averaged in
+        stored = stored_as(cell).cell_id  # a DBN twin reads its MLP cell's result (twins.py)
+        if results.cell_state(results_root, stored).state != "done":
+            if stored not in missing:
+                missing.append(stored)  # not trained, failed, or stale: never averaged in
             continue
-        result = results.read_result(results_root, cell.cell_id)
+        result = results.read_result(results_root, stored)
         rows.append({
-            "cell_id": cell.cell_id, "family": cell.family, "dataset": cell.dataset, "remedy": cell.remedy,
+            "cell_id": stored, "family": cell.family, "dataset": cell.dataset, "remedy": cell.remedy,
             "depth": cell.depth, "seed": cell.seed, "learning_rate": cell.learning_rate,
             "metric": result.metric, "higher_is_better": result.higher_is_better,
             "baseline_metric": result.baseline_metric,
