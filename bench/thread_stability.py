@@ -1,0 +1,119 @@
+"""Do the leaderboard's verdicts survive another reduction order? Threads 1 vs 2, same everything else.
+
+A CPU result is bit-for-bit reproducible only on the same hardware and software: another CPU, or another
+torch thread count, changes the order of floating-point reductions and with it the numbers. Changing the
+thread count is the other-CPU experiment one machine can run. This script trains the profile (or the
+cells matching ``--only``) with ``trainer.threads`` 1 and 2 into two results folders (``--reuse`` takes an
+existing one for threads 1, e.g. ``results/`` after ``dvc repro``), builds both leaderboards, and reports:
+
+- rows whose verdict differs: trainable (at least half the seeds) or not, failure labels, rank range;
+- cells whose metric moved: bit-identical, within the threads-1 row's 95% interval, or beyond it.
+
+    python bench/thread_stability.py --reuse results               # the default profile (~12 min more)
+    python bench/thread_stability.py --only mlp- --out /tmp/ts     # one block
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train(params: dict, threads: int, out: Path, data_root: Path, only: str, jobs: int) -> Path:
+    """Fetch (if missing), train and aggregate the profile with ``threads`` torch threads per worker into
+    ``out``."""
+    params = json.loads(json.dumps(params))
+    profile = params["profiles"][params["profile"]]
+    profile.setdefault("trainer", {})["threads"] = threads
+    profile.setdefault("launcher", {}).update(name="local", jobs=jobs)
+    params["wandb"] = {**params.get("wandb", {}), "mode": "disabled"}
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    common = ["--params", str(path), "--data-root", str(data_root), "--results-root", str(out)]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    for command in (["fetch"], ["train", *(["--only", only] if only else [])], ["leaderboard", "--no-wandb"]):
+        subprocess.run([sys.executable, "-m", "vgbench", *command, *common], check=True, env=env)
+    return out
+
+
+def compare(one: Path, two: Path) -> dict:
+    """What changed between the two leaderboards (threads 1 in ``one``, threads 2 in ``two``)."""
+    first, second = (json.loads((root / "leaderboard.json").read_text()) for root in (one, two))
+    rows = sorted(set(first["rows"]) & set(second["rows"]))
+    verdicts = []
+    for key in rows:
+        a, b = first["rows"][key], second["rows"][key]
+        for what, get in (("trainable", lambda r: r["trainable_rate"] >= 0.5), ("failures", lambda r: r["failures"]),
+                          ("learning rate", lambda r: r["learning_rate"])):
+            if get(a) != get(b):
+                verdicts.append(f"{key}: {what} {get(a)} -> {get(b)}")
+    for key in sorted(set(first["frontier"]) & set(second["frontier"])):
+        a, b = first["frontier"][key].get("rank_range"), second["frontier"][key].get("rank_range")
+        if a != b:
+            verdicts.append(f"{key}: rank {a} -> {b}")
+    moved = {"identical": 0, "within interval": 0, "beyond interval": 0, "not comparable": 0}
+    # The thread count is part of a cell's config (and id), so cells are matched by what they train.
+    def by_cell(root: Path) -> dict:
+        out = {}
+        for path in root.glob("cells/*/metrics.json"):
+            result = json.loads(path.read_text())
+            cell = result["cell"]
+            out[tuple(cell[k] for k in ("family", "dataset", "remedy", "depth", "seed", "learning_rate"))] = result
+        return out
+
+    seconds = by_cell(two)
+    for key, a in sorted(by_cell(one).items()):
+        b = seconds.get(key)
+        if b is None:
+            continue
+        row = first["rows"].get("{}/{}/{}/d{}".format(*key[:4]))
+        low, high = (float(row[k]) if row and row.get(k) is not None else math.nan
+                     for k in ("test_metric_ci_low", "test_metric_ci_high"))
+        x, y = float(a["test_metric"]), float(b["test_metric"])
+        if x == y or (math.isnan(x) and math.isnan(y)):
+            moved["identical"] += 1
+        elif math.isnan(low) or math.isnan(y):
+            moved["not comparable"] += 1
+        else:
+            moved["within interval" if low <= y <= high else "beyond interval"] += 1
+    return {"rows": len(rows), "verdict_changes": verdicts, "cells": moved}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--only", default="", help="cells whose id contains this")
+    parser.add_argument("--data-root", type=Path, default=REPO / "data")
+    parser.add_argument("--reuse", type=Path, help="a results folder trained with threads 1 (its leaderboard too)")
+    parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "vgbench-thread-stability")
+    parser.add_argument("--jobs", type=int, default=1, help="worker processes per run (default 1)")
+    args = parser.parse_args(argv)
+    params = yaml.safe_load(args.params.read_text())
+    if args.profile:
+        params["profile"] = args.profile
+    one = args.reuse or train(params, 1, args.out / "threads1", args.data_root, args.only, args.jobs)
+    two = train(params, 2, args.out / "threads2", args.data_root, args.only, args.jobs)
+    report = compare(one, two)
+    print(f"{report['rows']} rows compared; verdicts that changed with threads 1 -> 2: "
+          f"{len(report['verdict_changes'])}")
+    for line in report["verdict_changes"]:
+        print(f"  {line}")
+    print("cells' test metric, threads 2 against threads 1: "
+          + ", ".join(f"{count} {what}" for what, count in report["cells"].items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
