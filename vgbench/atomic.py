@@ -53,3 +53,29 @@ def replace_dir(path: Path | str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def staged(root: Path | str, whole_folders: tuple[str, ...] = ()) -> Iterator[Path]:
+    """Yield an empty temporary folder inside ``root`` to write a set of outputs into; on success move
+    them into ``root`` (files one by one with ``os.replace``, each of ``whole_folders`` as a whole, its old
+    contents dropped), on failure drop them all: ``root`` keeps either the whole old set or the whole new
+    one, never a mix (the slow, failure-prone work happens before the first rename)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".staged."))
+    try:
+        yield tmp
+        files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.relative_to(tmp).parts[0] not in whole_folders)
+        for path in files:  # every destination folder exists (or fails) before the first rename
+            (root / path.relative_to(tmp)).parent.mkdir(parents=True, exist_ok=True)
+        for folder in whole_folders:
+            if (tmp / folder).is_dir():
+                with replace_dir(root / folder) as target:
+                    os.rmdir(target)
+                    os.replace(tmp / folder, target)
+        for path in files:
+            os.chmod(path, 0o644)
+            os.replace(path, root / path.relative_to(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

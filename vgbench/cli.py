@@ -18,6 +18,7 @@ value and what is allowed; nothing is written.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -42,7 +43,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _fetch(params: Params, args) -> int:
     from vgbench.data import DATASETS
-    from vgbench.data.store import folder_for, is_current, label, prepare
+    from vgbench.data.store import folder_for, label, prepare, problem
     from vgbench.data.torchvision_sets import DatasetUnavailableError
 
     profile = params.active
@@ -53,9 +54,12 @@ def _fetch(params: Params, args) -> int:
                               f"(configured: {sorted(profile.datasets)})")
     for name, length in profile.stored_datasets(args.names or None):
         settings, where = profile.dataset_settings(name), folder_for(name, args.data_root, length)
-        if is_current(name, settings, args.data_root, length) and not args.force:
+        why = problem(name, settings, args.data_root, length)  # verifies every file against the manifest
+        if why is None and not args.force:
             print(f"{label(name, length)}: up to date in {where}")
             continue
+        if why is not None and (where / "manifest.json").exists():
+            print(f"{label(name, length)}: rebuilding: {why}")
         try:
             manifest = prepare(name, settings, args.data_root, length)
         except DatasetUnavailableError as error:
@@ -89,23 +93,26 @@ def _check_writable(results_root: Path) -> None:
 
 
 def _check_data(cells, profile, data_root: Path) -> None:
-    """Before any work: every data set the cells read is stored and made with the profile's settings."""
+    """Before any work: every data set the cells read is stored, made with the profile's settings, and its
+    files match the manifest's checksums."""
     from vgbench.data import DATASETS
-    from vgbench.data.store import is_current, label
+    from vgbench.data.store import label, problem
 
     needed = {(c.dataset, DATASETS.get(c.dataset).length_for(c.depth)) for c in cells}
-    stale = sorted((name, length) for name, length in needed
-                   if not is_current(name, profile.dataset_settings(name), data_root, length))
+    problems = {(name, length): problem(name, profile.dataset_settings(name), data_root, length)
+                for name, length in sorted(needed, key=str)}
+    stale = {entry: why for entry, why in problems.items() if why is not None}
     if stale:
         names = " ".join(dict.fromkeys(name for name, _ in stale))
-        raise DataNotReadyError(f"data sets {[label(*entry) for entry in stale]} are missing under {data_root} or "
-                                f"were made with other settings: run `vgbench fetch {names}` first")
+        raise DataNotReadyError("; ".join(f"{label(*entry)}: {why}" for entry, why in stale.items())
+                                + f": run `vgbench fetch {names}` first (it rebuilds what is wrong)")
 
 
 def _train(params: Params, args) -> int:
     from vgbench import claims
     from vgbench.launch import LAUNCHERS
     from vgbench.launch.request import LaunchRequest, launch_folder
+    from vgbench.training.wandb_run import check_online_login
     from vgbench.twins import stored_as, unique_stored
 
     profile = params.active
@@ -113,6 +120,7 @@ def _train(params: Params, args) -> int:
         key: value for key, value in (("name", args.launcher), ("jobs", args.jobs)) if value is not None})
     launch = LAUNCHERS.get(settings.name)
     _check_writable(args.results_root)
+    check_online_login(params.wandb)
     launched: set[str] = set()
     # One launch, then one more per round of learning-rate grid extension that adds cells (tuning.py).
     for round_ in range(1 + profile.tuning.extend_edge_rates):
@@ -155,7 +163,10 @@ def _train(params: Params, args) -> int:
 
 def _leaderboard(params: Params, args) -> int:
     from vgbench.report.build import build_leaderboard
+    from vgbench.training.wandb_run import check_online_login
 
+    if not args.no_wandb:
+        check_online_login(params.wandb)
     outputs = build_leaderboard(params, args.results_root, log_to_wandb=not args.no_wandb)
     for path in outputs:
         print(f"wrote {path}")
@@ -286,6 +297,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (DataNotReadyError, NoResultsError, LaunchError, ReadmeError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `vgbench cells | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as error:  # a full disk, a folder that became read-only: say which file, no traceback
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}; what was written before is whole (every file is "
+              f"written to a temporary name first): free the space or fix the permission and run the same "
+              f"command again", file=sys.stderr)
         return 1
 
 

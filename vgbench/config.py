@@ -69,6 +69,10 @@ class TrainingSettings(_Strict):
         return value
 
 
+MAX_DEPTH = 2000  # layers (He et al. 2016 trained a 1202-layer ResNet)
+MAX_LENGTH = 10000  # time steps of a recurrent net
+
+
 class MatrixBlock(_Strict):
     """One family's slice of the matrix: remedies x depths on one data set.
 
@@ -131,6 +135,13 @@ class MatrixBlock(_Strict):
         if data.per_length and not family.depth_is_length:
             raise ValueError(f"data set {self.dataset!r} is generated per sequence length, which only a family "
                              f"whose depth is the sequence length can use (not {self.family!r})")
+        limit = MAX_LENGTH if family.depth_is_length else MAX_DEPTH
+        if max(self.depths) > limit:
+            raise ValueError(
+                f"depths {[d for d in self.depths if d > limit]} exceed {limit} "
+                f"{'time steps' if family.depth_is_length else 'layers'}: far beyond the papers this benchmark "
+                f"reproduces (ResNet-1202, sequences of 784), and a tiny cell at 10000 took minutes and a "
+                f"12 MB probe file; split the question into a separate study if you mean it")
         if family.depth_is_length and not data.per_length and self.depths != [data.length]:
             raise ValueError(f"family {self.family!r}: depth is the sequence length, and {self.dataset!r} has "
                              f"length {data.length}; depths must be [{data.length}], got {self.depths}")
@@ -320,6 +331,24 @@ class Profile(_Strict):
             if training.augment != "none" and kind != "image":
                 raise ValueError(f"matrix.{index}.training.augment = {training.augment!r} needs an image data set; "
                                  f"{block.dataset!r} gives {kind!r} inputs")
+        return self
+
+    @model_validator(mode="after")
+    def _no_row_twice(self) -> "Profile":
+        """Two blocks listing the same (family, data set, remedy, depth) would train the same cells twice."""
+        seen: dict[tuple, int] = {}
+        for index, block in enumerate(self.matrix):
+            for remedy in block.remedies:
+                for depth in block.depths:
+                    key = (block.family, block.dataset, remedy, depth)
+                    if key in seen and seen[key] != index:
+                        raise ValueError(
+                            f"matrix.{seen[key]} and matrix.{index} both list family {block.family!r}, data set "
+                            f"{block.dataset!r}, remedy {remedy!r}, depth {depth}: a row may appear in one block "
+                            f"only (merge the blocks, or drop it from one)")
+                    if key in seen:
+                        raise ValueError(f"matrix.{index} lists remedy {remedy!r} or depth {depth} twice")
+                    seen[key] = index
         return self
 
     def dataset_settings(self, name: str):

@@ -123,8 +123,9 @@ def cell_state(results_root: Path, cell_id: str, claim=None) -> CellState:
     if result is not None:
         if result.environment.get("code_fingerprint") != code_fingerprint():
             return CellState(cell_id, "stale", "written by other vgbench training code")
-        if not (cell_dir(results_root, cell_id) / "grad_profile.json").exists():
-            return CellState(cell_id, "stale", "grad_profile.json is missing")
+        damage = _probe_file_problem(cell_dir(results_root, cell_id) / "grad_profile.json")
+        if damage:
+            return CellState(cell_id, "stale", damage)
         return CellState(cell_id, "done")
     if claim is not None:
         return CellState(cell_id, "running", claim.where)
@@ -132,6 +133,19 @@ def cell_state(results_root: Path, cell_id: str, claim=None) -> CellState:
     if error is not None and error.get("code_fingerprint") == code_fingerprint():
         return CellState(cell_id, "failed", f"attempt {error['attempt']}: {error['error']}")
     return CellState(cell_id, "stale" if unreadable else "pending", unreadable)
+
+
+def _probe_file_problem(path: Path) -> str:
+    """Why a cell's grad_profile.json cannot be used ('' when it can): the leaderboard's figures read its
+    first record, so a missing, cut-short or emptied file makes the cell stale (retrained), not done."""
+    if not path.exists():
+        return "grad_profile.json is missing"
+    try:
+        records = json.loads(path.read_text())["records"]
+        records[0]["dL_dh_norm"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError) as error:
+        return f"grad_profile.json is damaged ({type(error).__name__}: {error})"
+    return ""
 
 
 def is_done(results_root: Path, cell_id: str) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,14 +105,41 @@ def read_manifest(name: str, data_root: Path, length: int | None = None) -> dict
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DataNotReadyError(f"{path} is not valid JSON ({error}): run `vgbench fetch {name}`") from None
+    missing = [key for key in MANIFEST_KEYS if key not in manifest] if isinstance(manifest, dict) else MANIFEST_KEYS
+    if missing:
+        raise DataNotReadyError(f"{path} lacks {missing} (not a vgbench manifest, or an older one): "
+                                f"run `vgbench fetch {name}`")
+    return manifest
+
+
+MANIFEST_KEYS = ("settings", "settings_hash", "sha256", "kind", "standardize", "num_classes", "input_shape")
+
+
+def problem(name: str, settings: DatasetSettings, data_root: Path, length: int | None = None) -> str | None:
+    """Why the stored data set cannot be used as it is (missing, another settings' data, a damaged or
+    missing file, an unreadable manifest); None when it can. ``vgbench fetch`` rebuilds whatever has one."""
+    folder = folder_for(name, data_root, length)
+    try:
+        manifest = read_manifest(name, data_root, length)
+    except DataNotReadyError as error:
+        return str(error).split(": run `vgbench fetch")[0]
+    if manifest is None:
+        return f"{folder} is missing"
+    if manifest["settings_hash"] != settings_hash(settings):
+        return f"{folder} was made with settings {manifest['settings']}, the profile asks for {settings.model_dump()}"
+    for file, digest in manifest["sha256"].items():
+        if not (folder / file).is_file():
+            return f"{folder / file} is missing (listed in the manifest)"
+        if sha256(folder / file) != digest:
+            return f"{folder / file} does not match its sha256 in the manifest (damaged or replaced)"
+    return None
 
 
 def is_current(name: str, settings: DatasetSettings, data_root: Path, length: int | None = None) -> bool:
-    manifest = read_manifest(name, data_root, length)
-    return manifest is not None and manifest["settings_hash"] == settings_hash(settings)
+    return problem(name, settings, data_root, length) is None
 
 
 @dataclass(frozen=True)
@@ -139,27 +167,28 @@ def load(name: str, settings: DatasetSettings, data_root: Path, length: int | No
     manifest's checksums, naming the command that fixes it.
     """
     folder = folder_for(name, data_root, length)
-    manifest = read_manifest(name, data_root, length)
-    if manifest is None:
-        raise DataNotReadyError(f"{folder} is missing: run `vgbench fetch {name}` (or `dvc repro fetch`)")
-    if manifest["settings_hash"] != settings_hash(settings):
-        raise DataNotReadyError(
-            f"{folder} was made with settings {manifest['settings']}, the profile asks for "
-            f"{settings.model_dump()}: run `vgbench fetch {name}`")
     if verify:
-        for file, digest in manifest["sha256"].items():
-            if not (folder / file).is_file():
-                raise DataNotReadyError(f"{folder / file} is missing (listed in the manifest): "
-                                        f"run `vgbench fetch {name}`")
-            if sha256(folder / file) != digest:
-                raise DataNotReadyError(f"{folder / file} does not match its sha256 in the manifest: "
-                                        f"run `vgbench fetch {name}`")
-    stats = torch.load(folder / "stats.pt", weights_only=True)
+        why = problem(name, settings, data_root, length)
+        if why is not None:
+            raise DataNotReadyError(f"{why}: run `vgbench fetch {name}` (or `dvc repro fetch`)")
+    manifest = read_manifest(name, data_root, length)
+    if manifest is None or manifest["settings_hash"] != settings_hash(settings):
+        raise DataNotReadyError(f"{folder} is missing or was made with other settings: run `vgbench fetch {name}`")
+    stats = _load_tensors(folder / "stats.pt", name)
     shape = {"image": [1, -1, 1, 1], "sequence": [1, 1, -1]}.get(manifest["kind"], [1])
     mean, std = stats["mean"].reshape(shape), stats["std"].reshape(shape)
     splits = {}
     for split in SPLITS:
-        tensors = torch.load(folder / f"{split}.pt", weights_only=True)
+        tensors = _load_tensors(folder / f"{split}.pt", name)
         x = (tensors["x"] - mean) / std if manifest["standardize"] else tensors["x"]
         splits[split] = {"x": x, "y": tensors["y"]}
     return StoredDataset(name, splits, manifest["num_classes"], tuple(manifest["input_shape"]), manifest)
+
+
+def _load_tensors(path: Path, name: str) -> dict:
+    """A stored split or statistics file: tensors only (``weights_only=True``, never arbitrary pickles)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise DataNotReadyError(f"{path} is not a vgbench data file torch can load ({type(error).__name__}): "
+                                f"run `vgbench fetch --force {name}`") from None

@@ -82,24 +82,27 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
                 label=f"tab:vgbench-{family}-{dataset}".replace("_", "-"))
             for family, dataset in pairs),
     }
-    for name, text in outputs.items():
-        path = results_root / name
-        if name == "leaderboard.json":
-            atomic.write_json(path, summary)
-        else:
-            atomic.write_text(path, text)
-        written.append(path)
+    # Everything is written to a staging folder first and moved into place only when all of it was made
+    # (a damaged probe file or a plotting error leaves the previous tables, figures and plots whole).
+    with atomic.staged(results_root, whole_folders=("figures",)) as out:
+        for name, text in outputs.items():
+            if name == "leaderboard.json":
+                atomic.write_json(out / name, summary)
+            else:
+                atomic.write_text(out / name, text)
+            written.append(results_root / name)
 
-    # Gradient profile at the deepest depth of each (family, data set): one line per remedy.
-    # The folder is replaced as a whole, so figures of another profile never linger in it.
-    profiles = []
-    with atomic.replace_dir(results_root / "figures") as folder:
+        # Gradient profile at the deepest depth of each (family, data set): one line per remedy. The
+        # folder is replaced as a whole, so figures of another profile never linger in it.
+        profiles = []
+        (out / "figures").mkdir()
         for (family, dataset), group in table.groupby(["family", "dataset"], sort=False):
             depth = int(group["depth"].max())
             profile = figures.init_profiles(group[group["depth"] == depth], results_root)
             profiles.append(profile)
             name = f"grad_profile_{family}_{dataset}_d{depth}.png"
-            figures.plot_grad_profile(profile, folder / name, f"{family} on {dataset}, depth {depth}, at initialization",
+            figures.plot_grad_profile(profile, out / "figures" / name,
+                                      f"{family} on {dataset}, depth {depth}, at initialization",
                                       FAMILIES.get(family).probed_state)
             written.append(results_root / "figures" / name)
         # Test metric, training loss and gradient ratio against depth (where there are two depths or more).
@@ -108,12 +111,12 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
             if part_rows["depth"].nunique() < 2:
                 continue
             name = f"depth_{family}_{dataset}.png"
-            figures.plot_against_depth(part_rows, folder / name, f"{family} on {dataset} (profile {params.profile})",
+            figures.plot_against_depth(part_rows, out / "figures" / name,
+                                       f"{family} on {dataset} (profile {params.profile})",
                                        FAMILIES.get(family).depth_meaning)
             written.append(results_root / "figures" / name)
-    csv = results_root / "plots" / "grad_profile.csv"
-    figures.write_profile_csv(pd.concat(profiles), csv)
-    written.append(csv)
+        figures.write_profile_csv(pd.concat(profiles), out / "plots" / "grad_profile.csv")
+        written.append(results_root / "plots" / "grad_profile.csv")
 
     if log_to_wandb and params.wandb.mode != "disabled":
         from vgbench.report.wandb_tables import log_leaderboard

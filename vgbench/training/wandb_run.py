@@ -20,13 +20,29 @@ from __future__ import annotations
 import math
 import os
 
-from vgbench.config import WandbSettings
+from vgbench.config import ConfigError, WandbSettings
 from vgbench.matrix import CellSpec
 from vgbench.pretraining.stack import EPOCH_MONITORS
 from vgbench.wandb_names import cell_run_id
 
 PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "saturated_fraction", "dead_fraction",
                    "gate_mean")
+
+
+def check_online_login(settings: WandbSettings) -> None:
+    """Before any work in ``mode: online``: an API key is configured (``wandb login`` or WANDB_API_KEY),
+    found now rather than as one failed cell after another. Checks the key's presence, not the network."""
+    if settings.mode != "online":
+        return
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+
+    try:
+        wandb.login(verify=False, relogin=False)
+    except wandb.errors.UsageError as error:
+        raise ConfigError(f"wandb.mode is 'online' but W&B says: {error} Log in with `wandb login` (or set "
+                          f"WANDB_API_KEY), or set wandb.mode: offline in params.yaml and upload later with "
+                          f"`wandb sync wandb/offline-run-*`") from None
 
 
 def start_run(cell: CellSpec, settings: WandbSettings, group: dict):

@@ -1,0 +1,228 @@
+"""Faults an unlucky operator meets, each run for real against the `vgbench` command: the fault, the
+command, the exit status, a fragment of the message, and what the files look like afterwards.
+
+Each case ends in a clear message (no traceback) or a repaired state. Older cases of the same catalogue
+live beside the code they exercise: signals in tests/test_training.py and tests/test_launch.py, config
+validation in tests/test_config.py, damaged results in tests/test_report.py; README.md's reliability
+section lists them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import REPO
+from vgbench.data.store import sha256
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class Workspace:
+    root: Path
+    params: Path
+    data: Path
+    results: Path
+    monkeypatch: pytest.MonkeyPatch
+
+    def run(self, *args: str, env: dict | None = None) -> Completed:
+        """The `vgbench` command, in this process (its parser, handlers and error handling: the same code a
+        shell runs, without paying torch's import per call); ``env`` entries of None unset a variable."""
+        from vgbench.cli import main
+
+        with self.monkeypatch.context() as patch:
+            patch.chdir(self.root)
+            for key, value in {"WANDB_MODE": "disabled", **(env or {})}.items():
+                if value is None:
+                    patch.delenv(key, raising=False)
+                else:
+                    patch.setenv(key, value)
+            out, err = io.StringIO(), io.StringIO()
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+            try:  # `train` installs its own SIGTERM/SIGINT handlers: give pytest its own back
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                    code = main([*args, "--params", str(self.params), "--data-root", str(self.data),
+                                 "--results-root", str(self.results)])
+            finally:
+                for sig, handler in handlers.items():
+                    signal.signal(sig, handler)
+        return Completed(code, out.getvalue(), err.getvalue())
+
+    def edit_params(self, change: Callable[[dict], None]) -> None:
+        raw = yaml.safe_load(self.params.read_text())
+        change(raw)
+        self.params.write_text(yaml.safe_dump(raw))
+
+
+@pytest.fixture
+def workspace(tmp_path, tiny_data_root, monkeypatch) -> Workspace:
+    """A copy of the tiny profile's params and data, W&B disabled."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw.update(profile="tiny", wandb={**raw["wandb"], "mode": "disabled"})
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    shutil.copytree(tiny_data_root, tmp_path / "data")
+    return Workspace(tmp_path, params, tmp_path / "data", tmp_path / "results", monkeypatch)
+
+
+def _no_traceback(completed: Completed) -> None:
+    assert "Traceback" not in completed.stderr, completed.stderr
+
+
+# -- damaged data: `vgbench fetch` verifies every file against the manifest and rebuilds -------------------
+
+def _delete_test_split(folder: Path) -> None:
+    (folder / "test.pt").unlink()
+
+
+def _truncate_train_split(folder: Path) -> None:
+    data = (folder / "train.pt").read_bytes()
+    (folder / "train.pt").write_bytes(data[:len(data) // 2])
+
+
+def _truncate_manifest(folder: Path) -> None:
+    text = (folder / "manifest.json").read_text()
+    (folder / "manifest.json").write_text(text[:len(text) // 2])
+
+
+def _drop_settings_hash(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["settings_hash"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+DAMAGE = {
+    "a split deleted": (_delete_test_split, "test.pt is missing"),
+    "a split cut short": (_truncate_train_split, "train.pt does not match its sha256"),
+    "the manifest cut short": (_truncate_manifest, "manifest.json is not valid JSON"),
+    "a manifest without settings_hash": (_drop_settings_hash, "lacks ['settings_hash']"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE, ids=list(DAMAGE))
+def test_damaged_data_is_refused_by_train_and_repaired_by_fetch(workspace, damage):
+    fault, message = DAMAGE[damage]
+    folder = workspace.data / "mnist1d"
+    before = json.loads((folder / "manifest.json").read_text())["sha256"]
+    fault(folder)
+    train = workspace.run("train", "--only", "mlp-he_relu-mnist1d-d2")
+    assert train.returncode == 1 and message in train.stderr and "run `vgbench fetch" in train.stderr
+    _no_traceback(train)
+    assert not list(workspace.results.glob("cells/*"))
+    fetch = workspace.run("fetch", "mnist1d")
+    assert fetch.returncode == 0, fetch.stderr
+    assert f"mnist1d: rebuilding: " in fetch.stdout and message in fetch.stdout
+    after = json.loads((folder / "manifest.json").read_text())["sha256"]
+    assert after == before  # the same bytes as before the damage (the build is deterministic)
+    assert all(sha256(folder / name) == digest for name, digest in after.items())
+    assert "up to date" in workspace.run("fetch", "mnist1d").stdout
+
+
+def test_fetch_force_rebuilds_whatever_state_the_folder_is_in(workspace):
+    folder = workspace.data / "mnist1d"
+    (folder / "manifest.json").write_bytes(b"\x00\xff garbage")
+    (folder / "stats.pt").unlink()
+    fetch = workspace.run("fetch", "--force", "mnist1d")
+    assert fetch.returncode == 0, fetch.stderr
+    assert "mnist1d: wrote" in fetch.stdout and "up to date" in workspace.run("fetch", "mnist1d").stdout
+
+
+def test_a_file_torch_refuses_to_load_is_named_not_a_traceback(workspace):
+    """The manifest's checksums match, but the file is not tensors (a pickle of something else)."""
+    folder = workspace.data / "mnist1d"
+    torch.save({"x": object.__new__(Workspace)}, folder / "stats.pt")  # not loadable with weights_only
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["sha256"]["stats.pt"] = sha256(folder / "stats.pt")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    train = workspace.run("train", "--launcher", "serial", "--only", "mlp-he_relu-mnist1d-d2")
+    assert train.returncode == 1, train.stdout + train.stderr
+    errors = list(workspace.results.glob("cells/*/error.json"))
+    assert len(errors) == 1
+    assert "not a vgbench data file torch can load" in json.loads(errors[0].read_text())["error"]
+
+
+# -- configuration found wrong before any work ------------------------------------------------------------
+
+def _same_row_in_two_blocks(raw: dict) -> None:
+    tiny = raw["profiles"]["tiny"]
+    tiny["matrix"].append(dict(tiny["matrix"][0], remedies=["he_relu"], depths=[2]))
+
+
+def _absurd_depth(raw: dict) -> None:
+    raw["profiles"]["tiny"]["matrix"][0]["depths"] = [2, 100000]
+
+
+CONFIG_FAULTS = {
+    "the same row in two blocks": (_same_row_in_two_blocks, "both list family 'mlp', data set 'mnist1d', "
+                                                            "remedy 'he_relu', depth 2"),
+    "a depth far beyond any paper": (_absurd_depth, "depths [100000] exceed 2000 layers"),
+}
+
+
+@pytest.mark.parametrize("fault", CONFIG_FAULTS, ids=list(CONFIG_FAULTS))
+def test_config_faults_exit_2_before_any_work(workspace, fault):
+    change, message = CONFIG_FAULTS[fault]
+    workspace.edit_params(change)
+    for command in (["train"], ["cells"]):
+        completed = workspace.run(*command)
+        assert completed.returncode == 2 and message in completed.stderr, completed.stderr
+        _no_traceback(completed)
+    assert not workspace.results.exists()
+
+
+def test_online_wandb_without_a_key_says_how_to_log_in(workspace, tmp_path):
+    workspace.edit_params(lambda raw: raw["wandb"].update(mode="online"))
+    env = {"HOME": str(tmp_path / "home"), "WANDB_MODE": None, "WANDB_API_KEY": None,
+           "NETRC": str(tmp_path / "none")}
+    completed = workspace.run("train", "--only", "mlp-he_relu-mnist1d-d2", env=env)
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert "wandb login" in completed.stderr and "mode: offline" in completed.stderr
+    _no_traceback(completed)
+    assert not list(workspace.results.glob("cells/*"))
+
+
+# -- damaged results and outputs that cannot be written ------------------------------------------------------
+
+def test_an_emptied_probe_file_makes_its_cell_stale_and_retrained(workspace):
+    assert workspace.run("train", "--launcher", "serial", "--only", "mlp-he_relu-mnist1d-d2").returncode == 0
+    [folder] = list(workspace.results.glob("cells/*"))
+    (folder / "grad_profile.json").write_text(json.dumps({"records": []}))
+    cells = workspace.run("cells")
+    assert f"stale    {folder.name}" in cells.stdout and "grad_profile.json is damaged" in cells.stdout
+    again = workspace.run("train", "--launcher", "serial", "--only", "mlp-he_relu-mnist1d-d2")
+    assert again.returncode == 0 and "1 to train" in again.stdout
+    assert json.loads((folder / "grad_profile.json").read_text())["records"]
+
+
+def test_the_leaderboard_writes_all_of_its_outputs_or_none(workspace):
+    assert workspace.run("train", "--launcher", "serial", "--only", "mlp-he_relu-mnist1d-d2").returncode == 0
+    assert workspace.run("leaderboard", "--no-wandb").returncode == 0
+    before = {path: path.read_bytes() for path in workspace.results.glob("leaderboard.*")}
+    figures = sorted(p.name for p in (workspace.results / "figures").iterdir())
+    # One more cell, so a new build's tables would differ; then a build whose last output cannot be
+    # written: plots/ is a file.
+    assert workspace.run("train", "--launcher", "serial", "--only", "mlp-he_relu-mnist1d-d6").returncode == 0
+    shutil.rmtree(workspace.results / "plots")
+    (workspace.results / "plots").write_text("not a folder")
+    failed = workspace.run("leaderboard", "--no-wandb")
+    assert failed.returncode == 1 and "plots" in failed.stderr, failed.stderr
+    _no_traceback(failed)
+    assert {path: path.read_bytes() for path in workspace.results.glob("leaderboard.*")} == before
+    assert sorted(p.name for p in (workspace.results / "figures").iterdir()) == figures
+    assert not list(workspace.results.glob(".staged.*"))  # nothing half-written left behind
