@@ -137,7 +137,8 @@ def _train(params: Params, args) -> int:
               + (f" (learning-rate grid extension, round {round_})" if round_ else ""), flush=True)
         _check_data(todo, profile, args.data_root)
         if todo:
-            launched |= {c.cell_id for c in cells if stored_as(c).cell_id in {t.cell_id for t in todo}}
+            trained = {t.cell_id for t in todo}
+            launched |= {c.cell_id for c in cells if stored_as(c).cell_id in trained}
             folder, snapshot = launch_folder(args.results_root, args.params)
             request = LaunchRequest(params=params, params_path=snapshot, profile=params.profile, cells=todo,
                                     data_root=args.data_root, results_root=args.results_root, folder=folder,

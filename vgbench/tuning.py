@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vgbench.config import Profile
 from vgbench.matrix import CellSpec, expand
+from vgbench.twins import stored_as
 
 ROW = ("family", "dataset", "remedy", "depth")
 
@@ -44,7 +45,8 @@ def edge_extensions(cells: list[CellSpec], results_root: Path) -> list[CellSpec]
     table, missing = aggregate.cell_table(cells, results_root)
     if table.empty:
         return []
-    unfinished = {row_of(cell) for cell in cells if cell.cell_id in set(missing)}
+    missing = set(missing)
+    unfinished = {row_of(cell) for cell in cells if stored_as(cell).cell_id in missing}
     chosen = aggregate.choose_learning_rates(table)
     known = {cell.cell_id for cell in cells}
     added = []

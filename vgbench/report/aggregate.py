@@ -31,11 +31,12 @@ GROUP = ["family", "dataset", "remedy", "depth"]
 def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame, list[str]]:
     """One row per *done* cell of ``cells`` (a current, readable ``CellResult`` with its probe file);
     also the ids of the cells left out (``not_in_table`` says why)."""
-    rows, missing = [], []
+    rows, missing, seen = [], [], set()
     for cell in cells:
         stored = stored_as(cell).cell_id  # a DBN twin reads its MLP cell's result (twins.py)
         if results.cell_state(results_root, stored).state != "done":
-            if stored not in missing:
+            if stored not in seen:
+                seen.add(stored)
                 missing.append(stored)  # not trained, failed, or stale: never averaged in
             continue
         result = results.read_result(results_root, stored)
