@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO
@@ -193,14 +194,25 @@ def test_the_worker_trains_a_row_s_seeds_as_one_group_with_the_same_results(tiny
 
 # -- failures, status, retries and the leaderboard --------------------------------------------------------------
 
+class NotTensors:
+    """What a data file must not hold: an arbitrary object (torch's weights_only loading refuses it)."""
+
+
 def test_a_failing_cell_is_recorded_and_the_others_go_on(tiny_params, tiny_data_root, tmp_path):
-    """A damaged data file (its sha256 no longer matches) makes the adding cells raise; the rest train."""
+    """A data file torch refuses to load (a pickle of something else, its sha256 entered in the manifest so
+    that the check before training passes) makes the adding cells raise; the rest train."""
     import shutil
+
+    from vgbench.data.store import sha256
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data_root, data)
     damaged = data / "adding" / "T6" / "train.pt"
-    damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")
+    torch.save({"x": object.__new__(NotTensors)}, damaged)
+    manifest_path = damaged.parent / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["sha256"]["train.pt"] = sha256(damaged)
+    manifest_path.write_text(json.dumps(manifest))
     params = write_params(tmp_path)
     only = ("--only=-d6-",)  # the MLP d6 cells and the two adding cells
     first = vgbench(params, data, tmp_path / "results", "train", *only)
@@ -208,7 +220,7 @@ def test_a_failing_cell_is_recorded_and_the_others_go_on(tiny_params, tiny_data_
     failed = [c.cell_id for c in expand(load_params(params).active) if "-d6-" in c.cell_id and "adding" in c.cell_id]
     assert len(failed) == 2 and "2 failed" in first.stderr and failed[0] in first.stderr
     error = json.loads((results.cell_dir(tmp_path / "results", failed[0]) / "error.json").read_text())
-    assert error["attempt"] == 1 and "sha256" in error["error"] and "Traceback" in error["traceback"]
+    assert error["attempt"] == 1 and "not a vgbench data file" in error["error"] and "Traceback" in error["traceback"]
     assert error["host"] and error["pid"] > 0
     assert len(metrics_of(tmp_path / "results")) == 3  # the MLP d6 cells trained
 
@@ -225,7 +237,8 @@ def test_a_failing_cell_is_recorded_and_the_others_go_on(tiny_params, tiny_data_
 
     again = vgbench(params, data, tmp_path / "results", "train", *only)  # failed cells are not retried silently
     assert again.returncode == 1 and "0 to train" in again.stdout
-    shutil.copy2(tiny_data_root / "adding" / "T6" / "train.pt", damaged)  # repaired
+    for name in ("train.pt", "manifest.json"):  # repaired
+        shutil.copy2(tiny_data_root / "adding" / "T6" / name, damaged.parent / name)
     retried = vgbench(params, data, tmp_path / "results", "train", *only, "--retry-failed")
     assert retried.returncode == 0, retried.stderr
     result = results.read_result(tmp_path / "results", failed[0])
