@@ -12,9 +12,11 @@ import json
 import math
 import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -280,3 +282,47 @@ def test_second_repro_does_no_work(pipeline):
     assert (pipeline.root / "dvc.lock").read_text() == lock_before
     status = pipeline.dvc("status", "--json", timeout=120)
     assert status.returncode == 0 and json.loads(status.stdout) == {}, _report(status)
+
+
+def test_a_signal_during_dvc_repro_leaves_the_train_stage_unrecorded(tmp_path):
+    """SIGTERM to the whole `dvc repro` process group (what `timeout`, SLURM and Kubernetes send) once a
+    cell is done: dvc exits non-zero, dvc.lock does not record the train stage, `dvc status` says it
+    changed, and the next `dvc repro` trains only what is left and records all three stages."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    _copy_repository(root)
+    _select_profile(root / "params.yaml", "tiny")
+    env = _environment(tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    pipe = Pipeline(root, env)
+    assert pipe.run("git", "init", "-q").returncode == 0
+    log = open(tmp_path / "repro.log", "w")
+    process = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=root, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT
+    while not list(root.glob("results/cells/*/metrics.json")):
+        assert process.poll() is None, (tmp_path / "repro.log").read_text()
+        assert time.monotonic() < deadline, "no cell finished in time"
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=120) != 0
+    for _ in range(240):  # dvc may exit before its `vgbench train` child has finished saying why it stopped
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    log.close()
+    output = (tmp_path / "repro.log").read_text()
+    assert "stopped by SIGTERM" in output and "run the same command again" in output, output[-3000:]
+    lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else {}
+    assert "train" not in (lock or {}).get("stages", {}) and "leaderboard" not in (lock or {}).get("stages", {})
+    status = pipe.dvc("status")
+    assert "train" in status.stdout, status.stdout
+    done_before = len(list(root.glob("results/cells/*/metrics.json")))
+    again = pipe.dvc("repro")
+    assert again.returncode == 0, _report(again)
+    lock = yaml.safe_load((root / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(STAGES)
+    assert f"{done_before} done" in again.stdout  # the rerun kept what was done before the signal
+    assert pipe.dvc("status").stdout.strip().endswith("up to date.")
