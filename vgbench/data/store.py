@@ -100,42 +100,49 @@ def prepare(name: str, settings: DatasetSettings, data_root: Path, length: int |
     return manifest
 
 
-def read_manifest(name: str, data_root: Path, length: int | None = None) -> dict | None:
-    path = folder_for(name, data_root, length) / "manifest.json"
+MANIFEST_KEYS = ("settings", "settings_hash", "sha256", "kind", "standardize", "num_classes", "input_shape")
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest at ``path``, None when there is none; ValueError(why) when it is not a usable one."""
     if not path.exists():
         return None
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataNotReadyError(f"{path} is not valid JSON ({error}): run `vgbench fetch {name}`") from None
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
     missing = [key for key in MANIFEST_KEYS if key not in manifest] if isinstance(manifest, dict) else MANIFEST_KEYS
     if missing:
-        raise DataNotReadyError(f"{path} lacks {missing} (not a vgbench manifest, or an older one): "
-                                f"run `vgbench fetch {name}`")
+        raise ValueError(f"{path} lacks {missing} (not a vgbench manifest, or an older one)")
     return manifest
 
 
-MANIFEST_KEYS = ("settings", "settings_hash", "sha256", "kind", "standardize", "num_classes", "input_shape")
+def _inspect(name: str, settings: DatasetSettings, data_root: Path, length: int | None,
+             check_files: bool) -> tuple[dict | None, str | None]:
+    """The stored manifest and why the data set cannot be used as it is (None when it can); the
+    files' checksums are compared only with ``check_files``."""
+    folder = folder_for(name, data_root, length)
+    try:
+        manifest = _read_manifest(folder / "manifest.json")
+    except ValueError as error:
+        return None, str(error)
+    if manifest is None:
+        return None, f"{folder} is missing"
+    if manifest["settings_hash"] != settings_hash(settings):
+        return manifest, (f"{folder} was made with settings {manifest['settings']}, "
+                          f"the profile asks for {settings.model_dump()}")
+    for file, digest in manifest["sha256"].items() if check_files else ():
+        if not (folder / file).is_file():
+            return manifest, f"{folder / file} is missing (listed in the manifest)"
+        if sha256(folder / file) != digest:
+            return manifest, f"{folder / file} does not match its sha256 in the manifest (damaged or replaced)"
+    return manifest, None
 
 
 def problem(name: str, settings: DatasetSettings, data_root: Path, length: int | None = None) -> str | None:
     """Why the stored data set cannot be used as it is (missing, another settings' data, a damaged or
     missing file, an unreadable manifest); None when it can. ``vgbench fetch`` rebuilds whatever has one."""
-    folder = folder_for(name, data_root, length)
-    try:
-        manifest = read_manifest(name, data_root, length)
-    except DataNotReadyError as error:
-        return str(error).split(": run `vgbench fetch")[0]
-    if manifest is None:
-        return f"{folder} is missing"
-    if manifest["settings_hash"] != settings_hash(settings):
-        return f"{folder} was made with settings {manifest['settings']}, the profile asks for {settings.model_dump()}"
-    for file, digest in manifest["sha256"].items():
-        if not (folder / file).is_file():
-            return f"{folder / file} is missing (listed in the manifest)"
-        if sha256(folder / file) != digest:
-            return f"{folder / file} does not match its sha256 in the manifest (damaged or replaced)"
-    return None
+    return _inspect(name, settings, data_root, length, check_files=True)[1]
 
 
 def is_current(name: str, settings: DatasetSettings, data_root: Path, length: int | None = None) -> bool:
@@ -163,17 +170,13 @@ def load(name: str, settings: DatasetSettings, data_root: Path, length: int | No
          verify: bool = True) -> StoredDataset:
     """Load ``data/<name>/`` (or its ``T<length>/``), standardized with its train statistics.
 
-    Refuses a folder made with other settings or whose files do not match the
-    manifest's checksums, naming the command that fixes it.
+    Refuses a missing folder, an unreadable manifest, one made with other settings and (with
+    ``verify``) files that do not match the manifest's checksums, naming the command that fixes it.
     """
     folder = folder_for(name, data_root, length)
-    if verify:
-        why = problem(name, settings, data_root, length)
-        if why is not None:
-            raise DataNotReadyError(f"{why}: run `vgbench fetch {name}` (or `dvc repro fetch`)")
-    manifest = read_manifest(name, data_root, length)
-    if manifest is None or manifest["settings_hash"] != settings_hash(settings):
-        raise DataNotReadyError(f"{folder} is missing or was made with other settings: run `vgbench fetch {name}`")
+    manifest, why = _inspect(name, settings, data_root, length, check_files=verify)
+    if why is not None:
+        raise DataNotReadyError(f"{why}: run `vgbench fetch {name}` (or `dvc repro fetch`)")
     stats = _load_tensors(folder / "stats.pt", name)
     shape = {"image": [1, -1, 1, 1], "sequence": [1, 1, -1]}.get(manifest["kind"], [1])
     mean, std = stats["mean"].reshape(shape), stats["std"].reshape(shape)
