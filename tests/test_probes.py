@@ -328,7 +328,7 @@ def test_weight_gradient_ratio_only_with_one_weight_per_probed_state():
 
 def test_init_ratio_is_finite_where_float32_underflows(tiny_params, tmp_path):
     """A small-init tanh RNN at T = 50: in float32 dL/dh_t underflows to 0 for the early steps (a -inf
-    ratio); the init probe runs in float64 and gives the finite, tiny true value."""
+    ratio); the init probe, seeing that, runs again in float64 and gives the finite, tiny true value."""
     from vgbench.data.store import load, prepare
 
     cell = next(c for c in expand(tiny_params.active) if c.family == "rnn" and c.remedy == "small_init")
@@ -349,3 +349,31 @@ def test_init_ratio_is_finite_where_float32_underflows(tiny_params, tmp_path):
     model.taps.arm()
     ((model(x).squeeze(-1) - y) ** 2).mean().backward()
     assert float(model.taps.disarm().grad_sq_sum[0][0]) == 0.0
+
+
+def test_init_probe_runs_in_float32_and_in_float64_only_when_a_norm_underflows():
+    """The init probe's float32 pass is kept when every norm is clear of underflow (and then agrees with
+    the float64 pass to float32 precision); a net whose gradient falls below float32's range is probed
+    again in float64 (the small-init tanh RNN above)."""
+    from types import SimpleNamespace
+
+    from vgbench.probes.gradient_flow import resolved_in_float32
+    from vgbench.tasks import TASKS
+
+    model = mlp(Recipe(activation="relu", init="he"), depth=6, seeds=(0, 1))
+    x, y = torch.randn(64, 40, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 10
+    module = SimpleNamespace(model=model, device=torch.device("cpu"), task=TASKS.get("classification"),
+                             after_clipping=[], log_model=lambda *args, **kwargs: None)
+    probe = GradientFlowProbe((x, y), interval_steps=1, models=2)
+    probe.on_train_start(None, module)
+    assert [records[0]["dtype"] for records in probe.records] == ["float32", "float32"]
+    _, stats64, gradients64 = probe._init_pass(module, torch.float64)
+    for k, records in enumerate(probe.records):
+        assert records[0]["dL_dh_norm"] == pytest.approx(stats64[k]["dL_dh_norm"], rel=1e-4)
+        assert records[0]["weight_grad_norm"] == pytest.approx(gradients64[k]["weight_grad_norm"], rel=1e-4)
+    assert model.hidden[0].linear.weight.grad is None  # the real net was left alone
+    # The rule itself: any norm below 1e-30, zero or non-finite sends the pass to float64.
+    fine = {"dL_dh_norm": [1e-3, 1.0]}, {"weight_grad_norm": [1e-2], "grad_total_norm": 1.0}
+    assert resolved_in_float32(*fine)
+    for bad in (0.0, 1e-31, math.inf, math.nan):
+        assert not resolved_in_float32({"dL_dh_norm": [bad, 1.0]}, fine[1])

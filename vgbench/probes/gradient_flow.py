@@ -18,8 +18,10 @@ What it records, per probed layer l (input side first):
   transform-gate value T of each layer; near 0 the layer carries its input.
 
 When: once at initialization, on a fixed training batch before the first
-update (phase "init", computed in float64 on a copy of the network, so that
-gradients far below float32's range still give a finite ratio), and on the
+update (phase "init", on a copy of the network: in float32, and again in
+float64 when a float32 norm underflowed (below 1e-30) or overflowed, so that
+gradients far below float32's range still give a finite ratio; each record
+says which), and on the
 live training batch every ``interval_steps`` optimizer steps (phase "train",
 in the training precision: a zero there is what training saw). Under DDP the per-rank sums are all-reduced:
 the global loss is the mean over ranks, so ||dL/dh||^2 of the global batch is
@@ -50,6 +52,17 @@ def first_last_ratio(values: list[float]) -> float:
     if len(values) < 1 or not values[-1] or not all(map(math.isfinite, (values[0], values[-1]))):
         return float("nan")
     return values[0] / values[-1]
+
+
+# Below this a norm read in float32 may have lost digits to underflow (float32's smallest normal
+# number is 1.2e-38; a norm of 1e-30 can hold elements far smaller).
+FLOAT32_RESOLVED = 1e-30
+
+
+def resolved_in_float32(stats: dict, gradients: dict) -> bool:
+    """Whether one model's init-probe norms, computed in float32, are all finite and clear of underflow."""
+    norms = [*stats["dL_dh_norm"], *gradients["weight_grad_norm"], gradients["grad_total_norm"]]
+    return all(math.isfinite(v) and v >= FLOAT32_RESOLVED for v in norms)
 
 
 def gradient_norms(model: ProbedModel) -> tuple[list[list[float]], list[float]]:
@@ -153,28 +166,34 @@ class GradientFlowProbe(L.Callback):
         if any(self.records):  # resumed from a checkpoint: the init records are the ones from before
             return
         start = time.perf_counter()
-        # A float64 copy of the fresh network: at initialization gradients can be far below
-        # float32's range (a small-init tanh RNN at T = 50: ~1e-60 at the first steps), and a
-        # ratio read from zeros would be -inf where the true value is finite. The copy also
-        # leaves the batch-norm running statistics and the weights' .grad of the real net alone.
-        model = copy.deepcopy(self._model(pl_module)).double()
-        x, y = (t.to(pl_module.device).unsqueeze(0).expand(model.models, *t.shape).contiguous()
-                for t in self.init_batch)
-        x = x.double()
-        y = y.double() if y.is_floating_point() else y
-        model.taps.arm()
-        # The bare model, not the DDP wrapper: same batch on every rank, no gradient all-reduce.
-        losses = pl_module.task.loss(model(x), y)
-        losses.sum().backward()
-        taps = model.taps.disarm()
-        stats = self._statistics(taps, model.models)  # same batch on every rank: no reduction
-        gradients = self._gradient_fields(model)
-        for k, loss in enumerate(losses.detach().tolist()):
-            record = {"phase": "init", "step": 0, "epoch": 0, "loss": loss, "dtype": "float64", **stats[k],
+        losses, stats, gradients = self._init_pass(pl_module, torch.float32)
+        dtype = "float32"
+        if not all(map(resolved_in_float32, stats, gradients)):
+            losses, stats, gradients = self._init_pass(pl_module, torch.float64)
+            dtype = "float64"
+        for k, loss in enumerate(losses):
+            record = {"phase": "init", "step": 0, "epoch": 0, "loss": loss, "dtype": dtype, **stats[k],
                       **gradients[k]}
             self._finish(k, record)
             self._log(pl_module, k, record)
         self.seconds += time.perf_counter() - start
+
+    def _init_pass(self, pl_module, dtype: torch.dtype) -> tuple[list[float], list[dict], list[dict]]:
+        """Loss, tap statistics and gradient norms of every model on the init batch, computed in ``dtype``.
+
+        On a copy of the fresh network: that leaves the batch-norm running statistics and the
+        weights' .grad of the real net alone."""
+        model = copy.deepcopy(self._model(pl_module)).to(dtype)
+        x, y = (t.to(pl_module.device).unsqueeze(0).expand(model.models, *t.shape).contiguous()
+                for t in self.init_batch)
+        x = x.to(dtype)
+        y = y.to(dtype) if y.is_floating_point() else y
+        model.taps.arm()
+        # The bare model, not the DDP wrapper: same batch on every rank, no gradient all-reduce.
+        losses = pl_module.task.loss(model(x), y)
+        losses.sum().backward()
+        stats = self._statistics(model.taps.disarm(), model.models)  # same batch on every rank: no reduction
+        return losses.detach().tolist(), stats, self._gradient_fields(model)
 
     # -- during training ---------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
