@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 from vgbench.config import Profile
@@ -36,12 +37,12 @@ class CellSpec:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @property
+    @cached_property  # a sha256 of the whole config, asked for per cell by every consumer of the matrix
     def config_hash(self) -> str:
         text = json.dumps(self.as_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
-    @property
+    @cached_property
     def cell_id(self) -> str:
         return (f"{self.family}-{self.remedy}-{self.dataset}-d{self.depth}"
                 f"-lr{self.learning_rate:g}-s{self.seed}-{self.config_hash}")
