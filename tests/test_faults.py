@@ -226,3 +226,48 @@ def test_the_leaderboard_writes_all_of_its_outputs_or_none(workspace):
     assert {path: path.read_bytes() for path in workspace.results.glob("leaderboard.*")} == before
     assert sorted(p.name for p in (workspace.results / "figures").iterdir()) == figures
     assert not list(workspace.results.glob(".staged.*"))  # nothing half-written left behind
+
+
+@contextlib.contextmanager
+def _small_filesystem(path: Path, size_kib: int):
+    """A real tmpfs of ``size_kib`` at ``path`` (root only: CI runs as root), unmounted afterwards."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    path.mkdir(parents=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_a_full_disk_mid_run_ends_in_a_message_and_leaves_only_whole_files(workspace):
+    """Results on a real, nearly full filesystem (ENOSPC from the kernel, not a patched write): the
+    check before training passes (a few KiB are free), a cell's outputs do not fit. The command says
+    which file and what to do, exits 1, and every file left is whole (no temporary or cut-short JSON)."""
+    with _small_filesystem(workspace.root / "small", 512) as small:
+        workspace.results = small / "results"
+        filler = small / "filler"
+        with filler.open("wb") as handle:  # fill to within 16 KiB of the end
+            handle.write(b"\0" * (512 - 16) * 1024)
+        train = workspace.run("train", "--launcher", "serial", "--only", "mlp-he_relu-mnist1d-d2")
+        assert train.returncode == 1, train.stdout + train.stderr
+        _no_traceback(train)
+        assert "error: No space left on device (" in train.stderr and "/results/cells/" in train.stderr
+        leftovers = [p for p in workspace.results.rglob("*") if p.is_file()]
+        assert not [p for p in leftovers if p.name.endswith(".tmp")], leftovers
+        for path in leftovers:
+            if path.suffix == ".json":
+                json.loads(path.read_text())  # whole, or not there at all
+        # With the space back, the same command finishes the cell.
+        filler.unlink()
+        again = workspace.run("train", "--launcher", "serial", "--only", "mlp-he_relu-mnist1d-d2")
+        assert again.returncode == 0, again.stdout + again.stderr
+        [metrics] = list(workspace.results.glob("cells/*/metrics.json"))
+        assert json.loads(metrics.read_text())["cell_id"] == metrics.parent.name
