@@ -271,3 +271,17 @@ def test_a_full_disk_mid_run_ends_in_a_message_and_leaves_only_whole_files(works
         assert again.returncode == 0, again.stdout + again.stderr
         [metrics] = list(workspace.results.glob("cells/*/metrics.json"))
         assert json.loads(metrics.read_text())["cell_id"] == metrics.parent.name
+
+
+def test_the_readme_catalogue_names_only_tests_that_exist():
+    """README's reliability table is the index of this catalogue (cases that need a subprocess, a signal or
+    a DVC run live in the modules named there): every test it names exists, so the index cannot go stale."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Reliability: what a fault does", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(test_\w+\.py)::(\w+)`", section)
+    assert len(named) >= 14, named
+    for module, test in named:
+        source = (REPO / "tests" / module).read_text()
+        assert f"def {test}(" in source, f"README names {module}::{test}, which does not exist"
