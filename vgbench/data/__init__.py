@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from vgbench.references import check_keys
 from vgbench.registry import Registry
 
 
@@ -73,6 +74,10 @@ class DatasetSpec:
     length: int | None = None  # the fixed sequence length of a sequence data set that is not per_length
     standardize: bool = True  # inputs scaled with train mean/std (not for symbolic task inputs)
     shape: Callable[[DatasetSettings, int | None], DataShape] | None = None  # (settings, length), no I/O
+    cites: tuple[str, ...] = ()  # BibTeX keys in vgbench/references.bib: where the data set or task comes from
+
+    def __post_init__(self):
+        check_keys(self.cites, f"data set {self.name!r}")
 
     def length_for(self, depth: int) -> int | None:
         """The stored sequence length a cell of this depth reads (None: one stored copy for all depths)."""

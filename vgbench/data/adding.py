@@ -49,4 +49,4 @@ def shape(settings: SyntheticSettings, length: int | None) -> DataShape:
 DATASETS.add("adding", DatasetSpec(
     "adding", "adding problem: sum of two marked values in a length-T sequence (MSE; baseline 1/6)",
     SyntheticSettings, build, offline=True, task="regression", kind="sequence", per_length=True,
-    standardize=False, shape=shape))
+    standardize=False, shape=shape, cites=("hochreiter1997long", "le2015simple")))

@@ -55,4 +55,4 @@ def shape(settings: SyntheticSettings, length: int | None) -> DataShape:
 DATASETS.add("copy_memory", DatasetSpec(
     "copy_memory", "copy memory: recall 10 symbols after a delay T (cross-entropy; baseline 10 ln 8 / (T + 20))",
     SyntheticSettings, build, offline=True, task="copy_memory", kind="sequence", per_length=True,
-    standardize=False, shape=shape))
+    standardize=False, shape=shape, cites=("hochreiter1997long", "arjovsky2016unitary")))

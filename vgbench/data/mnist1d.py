@@ -60,4 +60,4 @@ def shape(settings: MNIST1DSettings, length: int | None = None) -> DataShape:
 
 
 DATASETS.add("mnist1d", DatasetSpec("mnist1d", "MNIST-1D, 40-step signals, 10 classes", MNIST1DSettings,
-                                    build, offline=True, shape=shape))
+                                    build, offline=True, shape=shape, cites=("greydanus2020scaling",)))

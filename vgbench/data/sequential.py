@@ -71,8 +71,8 @@ for _permuted in (False, True):
     DATASETS.add(f"{_prefix}seq_mnist1d", DatasetSpec(
         f"{_prefix}seq_mnist1d", f"{_how}sequential MNIST-1D: one value per step, T steps, 10 classes",
         SequentialMNIST1DSettings, _mnist1d_builder(_permuted), offline=True, kind="sequence", per_length=True,
-        shape=_mnist1d_shape))
+        shape=_mnist1d_shape, cites=("greydanus2020scaling", "le2015simple")))
     DATASETS.add(f"{_prefix}seq_mnist", DatasetSpec(
         f"{_prefix}seq_mnist", f"{_how}pixel-by-pixel MNIST: 784 steps, 10 classes (torchvision download)",
         PermutationSettings, _pixel_builder(_permuted), offline=False, kind="sequence", length=784,
-        shape=_pixel_shape))
+        shape=_pixel_shape, cites=("lecun1998gradient", "le2015simple")))

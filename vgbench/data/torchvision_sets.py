@@ -77,11 +77,14 @@ def _fixed_shape(shape: DataShape):
 
 BUILDERS = {}  # name -> build, also read by the pixel-sequence data sets
 SHAPES = {}  # name -> shape hook, likewise
-for _name, _cls, _summary, _shape in [
-    ("mnist", tv.MNIST, "MNIST handwritten digits, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10)),
-    ("fashion_mnist", tv.FashionMNIST, "Fashion-MNIST clothing, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10)),
-    ("cifar10", tv.CIFAR10, "CIFAR-10 natural images, 32x32 colour", DataShape((3, 32, 32), 50000, 10000, 10)),
+for _name, _cls, _summary, _shape, _cites in [
+    ("mnist", tv.MNIST, "MNIST handwritten digits, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10),
+     ("lecun1998gradient",)),
+    ("fashion_mnist", tv.FashionMNIST, "Fashion-MNIST clothing, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10),
+     ("xiao2017fashion",)),
+    ("cifar10", tv.CIFAR10, "CIFAR-10 natural images, 32x32 colour", DataShape((3, 32, 32), 50000, 10000, 10),
+     ("krizhevsky2009learning",)),
 ]:
     BUILDERS[_name], SHAPES[_name] = _builder(_cls), _fixed_shape(_shape)
     DATASETS.add(_name, DatasetSpec(_name, _summary, DatasetSettings, BUILDERS[_name], offline=False, kind="image",
-                                    shape=SHAPES[_name]))
+                                    shape=SHAPES[_name], cites=_cites))
