@@ -340,6 +340,9 @@ def test_init_ratio_is_finite_where_float32_underflows(tiny_params, tmp_path):
     init = json.loads((tmp_path / "results" / "cells" / cell.cell_id / "grad_profile.json").read_text())["records"][0]
     assert init["dtype"] == "float64" and min(init["dL_dh_norm"]) > 0
     assert math.isfinite(metrics.init_log10_dL_dh_first_last) and metrics.init_log10_dL_dh_first_last < -38
+    # Mean-field theory beside it (vgbench/probes/theory.py): the same order, recorded per cell.
+    assert metrics.theory.startswith("mean field") and init["theory"] == metrics.theory
+    assert metrics.theory_log10_dL_dh_first_last == pytest.approx(metrics.init_log10_dL_dh_first_last, rel=0.15)
     # What float32 gives on the same network and batch: zeros at the first steps.
     family = FAMILIES.get("rnn")
     data = load("adding", settings, tmp_path / "data", 50)

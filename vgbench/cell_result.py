@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vgbench import atomic
 
-SCHEMA_VERSION = 4  # 1: the untyped dict of vgbench 0.1; 2: before cell groups (no `group`); 3: no convergence
+SCHEMA_VERSION = 5  # 1: the untyped dict of vgbench 0.1; 2: before cell groups (no `group`); 3: no convergence;
+# 4: no mean-field prediction
 
 
 class UnreadableResultError(ValueError):
@@ -78,6 +79,8 @@ class CellResult(BaseModel):
     target_metric: float
     pretraining: dict[str, Any] | None
     init_log10_dL_dh_first_last: float
+    theory_log10_dL_dh_first_last: float  # mean-field prediction for the same weights (probes/theory.py); NaN: none
+    theory: str  # its source, or "not predicted: why"
     init_log10_weight_grad_first_last: float
     final_log10_dL_dh_first_last: float
     history: list[dict[str, Any]]  # one row per epoch

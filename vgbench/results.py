@@ -29,7 +29,7 @@ PACKAGE_DIR = Path(vgbench.__file__).parent
 # Code that only reads results, or decides names, places and reports, cannot change a cell's numbers;
 # leave it out of the fingerprint, so that changing it keeps results current.
 _NOT_TRAINING_CODE = ("report/", "cli.py", "launch/", "claims.py", "plan.py", "tuning.py", "twins.py",
-                      "wandb_names.py", "training/wandb_run.py")
+                      "wandb_names.py", "training/wandb_run.py", "references.py", "findings.py")
 
 
 @lru_cache(maxsize=1)

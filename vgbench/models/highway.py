@@ -30,6 +30,7 @@ from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.models.stacked import StackedLinear
 from vgbench.probes.taps import ProbedModel
+from vgbench.probes.theory import Chain
 
 
 class HighwayHParams(BaseModel):
@@ -85,6 +86,16 @@ class HighwayNet(ProbedModel):
 
     def probe_weights(self) -> list[tuple[str, nn.Parameter]]:
         return [(f"layers.{i}.linear.weight", layer.linear.weight) for i, layer in enumerate(self.layers)]
+
+    def mean_field(self) -> Chain | str:
+        """The plain twin is a fully connected stack after its input projection (state 0 of the chain)."""
+        if self.skip != "none":
+            return f"{self.skip} skips"
+        if not isinstance(self.layers[0].norm, nn.Identity):
+            return "normalization"
+        layers = [(self.projection.weight, self.projection.bias)]
+        layers += [(layer.linear.weight, layer.linear.bias) for layer in self.layers]
+        return Chain(layers, self.taps.activation, first_probed=1)
 
 
 def build_highway(io: ModelIO, depth: int, recipe: Recipe, hparams: HighwayHParams, models: int) -> HighwayNet:

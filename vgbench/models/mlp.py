@@ -18,6 +18,7 @@ from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.models.stacked import StackedLinear
 from vgbench.probes.taps import ProbedModel
+from vgbench.probes.theory import Chain
 
 
 class MLPHParams(BaseModel):
@@ -55,6 +56,13 @@ class DeepMLP(ProbedModel):
 
     def probe_weights(self) -> list[tuple[str, nn.Parameter]]:
         return [(f"hidden.{i}.linear.weight", layer.linear.weight) for i, layer in enumerate(self.hidden)]
+
+    def mean_field(self) -> Chain | str:
+        if self.residual:
+            return "residual skips"
+        if not isinstance(self.hidden[0].norm, nn.Identity):
+            return "normalization"
+        return Chain([(layer.linear.weight, layer.linear.bias) for layer in self.hidden], self.taps.activation)
 
 
 def build_mlp(io: ModelIO, depth: int, recipe: Recipe, hparams: MLPHParams, models: int) -> DeepMLP:

@@ -31,9 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from vgbench.models import FAMILIES, Family, ModelIO
-from vgbench.models.recipe import Recipe
+from vgbench.models.recipe import ACTIVATIONS, Recipe
 from vgbench.models.stacked import StackedLayer, StackedLinear
 from vgbench.probes.taps import ProbedModel
+from vgbench.probes.theory import Recurrent
 
 LSTM_FORGET_BIAS = 1.0  # Gers, Schmidhuber & Cummins 2000; Jozefowicz et al. 2015
 
@@ -150,6 +151,16 @@ class RecurrentNet(ProbedModel):
         # Two matrices shared by all steps: their gradients sum over time, so the
         # per-step picture comes from dL/dh_t, not from these.
         return [("rnn.weight_ih", self.rnn.weight_ih), ("rnn.weight_hh", self.rnn.weight_hh)]
+
+    def mean_field(self) -> Recurrent | str:
+        if self.cell != "rnn":
+            return f"{self.cell.upper()} gates"
+        if not isinstance(self.norm, nn.Identity):
+            return "normalization"
+        if ACTIVATIONS[self.taps.activation].rectifier:
+            return "rectifier units in an RNN keep their on/off pattern from step to step (not independent steps)"
+        return Recurrent(self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih + self.rnn.bias_hh,
+                         self.taps.activation)
 
 
 def build_rnn(io: ModelIO, depth: int, recipe: Recipe, hparams: RNNHParams, models: int) -> RecurrentNet:

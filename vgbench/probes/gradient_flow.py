@@ -16,6 +16,10 @@ What it records, per probed layer l (input side first):
   sample of the batch).
 - ``gate_mean`` (gated families such as highway nets, else None): the mean
   transform-gate value T of each layer; near 0 the layer carries its input.
+- at initialization only, ``theory_log10_dL_dh_first_last``: what mean-field
+  theory predicts for log10 of the dL/dh first/last ratio of these weights and
+  this batch (vgbench/probes/theory.py; NaN where it does not apply, ``theory``
+  says why).
 
 When: once at initialization, on a fixed training batch before the first
 update (phase "init", on a copy of the network: in float32, and again in
@@ -45,6 +49,7 @@ import torch
 
 from vgbench.models.stacked import per_model_grad_norms
 from vgbench.probes.taps import ProbedModel, TapRecord
+from vgbench.probes.theory import predict
 
 
 def first_last_ratio(values: list[float]) -> float:
@@ -80,8 +85,10 @@ TAP_KEYS = ("grad_sq_sum", "hidden_sum", "hidden_sq_sum", "hidden_count", "satur
 
 
 class GradientFlowProbe(L.Callback):
-    def __init__(self, init_batch: tuple[torch.Tensor, torch.Tensor], interval_steps: int, models: int = 1):
+    def __init__(self, init_batch: tuple[torch.Tensor, torch.Tensor], interval_steps: int, models: int = 1,
+                 pretrained: bool = False):
         self.init_batch = init_batch  # one batch, the same for every model
+        self.pretrained = pretrained  # weights from RBM pretraining: no mean-field prediction
         self.interval_steps = interval_steps
         self.records: list[list[dict]] = [[] for _ in range(models)]  # per model
         self.seconds = 0.0
@@ -171,9 +178,12 @@ class GradientFlowProbe(L.Callback):
         if not all(map(resolved_in_float32, stats, gradients)):
             losses, stats, gradients = self._init_pass(pl_module, torch.float64)
             dtype = "float64"
+        model = self._model(pl_module)
+        theory = predict(model.mean_field(), self.init_batch[0], model.models, self.pretrained)
         for k, loss in enumerate(losses):
             record = {"phase": "init", "step": 0, "epoch": 0, "loss": loss, "dtype": dtype, **stats[k],
-                      **gradients[k]}
+                      **gradients[k], "theory_log10_dL_dh_first_last": theory.log10_first_last[k],
+                      "theory": theory.notes[k]}
             self._finish(k, record)
             self._log(pl_module, k, record)
         self.seconds += time.perf_counter() - start

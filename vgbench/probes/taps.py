@@ -137,3 +137,8 @@ class ProbedModel(nn.Module):
 
     def probe_weights(self) -> list[tuple[str, nn.Parameter]]:
         raise NotImplementedError
+
+    def mean_field(self):
+        """The structure mean-field theory predicts the init ratio for (``vgbench.probes.theory.Chain`` or
+        ``Recurrent``), or why it does not apply. Families without a prediction keep this default."""
+        return f"{type(self).__name__} (convolutions and blocks are outside the fully connected theory)"

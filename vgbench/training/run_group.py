@@ -175,7 +175,7 @@ def build(cells: list[CellSpec], data: StoredDataset, results_root: Path, wandb:
     train = data.splits["train"]
     init_size = first.probes["init_batch_size"]
     probe = GradientFlowProbe((train["x"][:init_size], train["y"][:init_size]), first.probes["interval_steps"],
-                              len(cells))
+                              len(cells), pretrained=recipe.pretrain != "none")
     callbacks: list = [probe]
     identifier = group_id(cells)
     checkpoint, resume_from = None, None
@@ -272,6 +272,8 @@ def _summarize_cell(run: GroupRun, k: int, launch: LaunchInfo | None, fit_second
         target_metric=target,
         pretraining={key: v for key, v in pretraining.items() if key != "stats"} if pretraining else None,
         init_log10_dL_dh_first_last=log10_ratio(init_record["dL_dh_first_last_ratio"]),
+        theory_log10_dL_dh_first_last=init_record["theory_log10_dL_dh_first_last"],
+        theory=init_record["theory"],
         init_log10_weight_grad_first_last=log10_ratio(init_record["weight_grad_first_last_ratio"]),
         final_log10_dL_dh_first_last=log10_ratio(last_record["dL_dh_first_last_ratio"]),
         history=history,
