@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -30,6 +31,7 @@ from vgbench.config import parse_params
 from vgbench.groups import group, group_id
 from vgbench.matrix import CellSpec, expand
 from vgbench.probes.failure import FAILURE_LABELS
+from vgbench.probes.theory import SOURCE
 from vgbench.report import aggregate, build, formats
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -142,6 +144,8 @@ def write_cell(root: Path, cell: CellSpec, result: dict, cell_group: list[CellSp
         "late_val_improvement": 0.0, "converged": not diverged_cell,
         "target_metric": cell.training["target_accuracy"], "pretraining": None,
         "init_log10_dL_dh_first_last": result["log10"], "init_log10_weight_grad_first_last": result["log10"],
+        "theory_log10_dL_dh_first_last": result["log10"] - 0.05 if cell.remedy == "small_init" else NAN,
+        "theory": SOURCE if cell.remedy == "small_init" else "not predicted: test",
         "final_log10_dL_dh_first_last": result["log10"], "history": history, "world_size": 1,
         "num_parameters": 1000, "steps": 16, "fit_seconds": result["wall"] * 0.8,
         "wall_seconds": result["wall"], "probe_seconds": 0.01, "probe_overhead_fraction": 0.0125,
@@ -427,15 +431,18 @@ def test_cell_table_of_an_empty_root(tmp_path, cells):
 
 def golden_rows() -> pd.DataFrame:
     base = {"family": "mlp", "n": 3, "wall_seconds_mean": 1.25, "metric": "accuracy", "higher_is_better": True,
-            "baseline_metric": 0.1, "final_train_loss_mean": 1.5, "lr_grid_edge": "", "converged_rate": 1.0}
+            "baseline_metric": 0.1, "final_train_loss_mean": 1.5, "lr_grid_edge": "", "converged_rate": 1.0,
+            "theory_log10_dL_dh_first_last": NAN}
     return pd.DataFrame([
         {**base, "dataset": "mnist1d", "remedy": "small_init", "depth": 2, "learning_rate": 0.01,
          "test_metric_mean": 0.42, "test_metric_std": 0.02, "trainable_rate": 1.0,
          "init_log10_dL_dh_first_last": -1.23, "epochs_to_target": 3.5, "failures": "", "lr_grid_edge": "lower",
+         "theory_log10_dL_dh_first_last": -1.25,
          "test_metric_ci_low": 0.37, "test_metric_ci_high": 0.47},
         {**base, "dataset": "mnist1d", "remedy": "small_init", "depth": 20, "learning_rate": 0.1,
          "test_metric_mean": 0.1, "test_metric_std": 0.0, "trainable_rate": 0.0,
          "init_log10_dL_dh_first_last": NEG_INF, "epochs_to_target": NAN, "failures": "vanished 3/3",
+         "theory_log10_dL_dh_first_last": -32.29,
          "lr_grid_edge": "upper", "test_metric_ci_low": 0.1, "test_metric_ci_high": 0.1},
         {**base, "dataset": "mnist1d", "remedy": "he_relu", "depth": 2, "learning_rate": 0.1,
          "test_metric_mean": 0.7, "test_metric_std": 0.05, "trainable_rate": 1.0,
@@ -484,13 +491,13 @@ def test_leaderboard_markdown_golden():
     assert lines[0] == "## mlp on mnist1d (profile golden)"
     assert lines[2].startswith("Test accuracy, higher is better; chance 0.100. lr: the rate chosen")
     assert "| remedy | depth | lr | test acc (mean ± std) | 95% CI | n | trainable | converged |" in lines[4]
-    assert ("| small_init | 2 | 0.01 ↓ | 0.420 ± 0.020 | [0.370, 0.470] | 3 | 100% | 100% | -1.2 | 1.500 | 3.5 | – | 1.2 |"
-            in lines)
-    assert ("| small_init | 20 | 0.1 ↑ | 0.100 ± 0.000 | [0.100, 0.100] | 3 | 0% | 100% | -inf | 1.500 | – | vanished 3/3 "
+    assert ("| small_init | 2 | 0.01 ↓ | 0.420 ± 0.020 | [0.370, 0.470] | 3 | 100% | 100% | -1.2 | -1.2 | 1.500 | 3.5 | – "
             "| 1.2 |" in lines)
-    assert ("| he_relu | 20 | 0.003 | 0.500 ± 0.408 | [-0.514, 1.514] | 3 | 67% | 33% | – | 1.500 | 7.0 | diverged 1/3 "
+    assert ("| small_init | 20 | 0.1 ↑ | 0.100 ± 0.000 | [0.100, 0.100] | 3 | 0% | 100% | -inf | -32.3 | 1.500 | – "
+            "| vanished 3/3 | 1.2 |" in lines)
+    assert ("| he_relu | 20 | 0.003 | 0.500 ± 0.408 | [-0.514, 1.514] | 3 | 67% | 33% | – | – | 1.500 | 7.0 | diverged 1/3 "
             "| 1.2 |" in lines)
-    assert ("| grad_clip | 2 | 0.03 · | 0.568 ± 0.012 | – | 3 | 100% | 100% | -1.0 | 1.500 | 2.0 | – | 1.2 |"
+    assert ("| grad_clip | 2 | 0.03 · | 0.568 ± 0.012 | – | 3 | 100% | 100% | -1.0 | – | 1.500 | 2.0 | – | 1.2 |"
             in lines)
     assert "| 1 | he_relu | 20 | 0.500 ± 0.408 | [-0.514, 1.514] |" in lines
     assert "| 2–3 | grad_clip | 2 | – ± – | – |" in lines
@@ -518,11 +525,11 @@ def test_leaderboard_latex_golden():
     assert r"\cmidrule(lr){3-4}\cmidrule(lr){5-6}" in lines
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
     assert body == [
-        r"mnist1d & small\_init & $0.420 \pm 0.020$ {\scriptsize $[0.370, 0.470]$} & $-1.2$ & "
-        r"$0.100 \pm 0.000$ {\scriptsize $[0.100, 0.100]$} & $-\infty$ \\",
-        r"mnist1d & he\_relu & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & $0.0$ & "
-        r"$0.500 \pm 0.408$ {\scriptsize $[-0.514, 1.514]$} & -- \\",
-        r"mnist1d & grad\_clip & $0.568 \pm 0.012$ & $-1.0$ & -- & -- \\",
+        r"mnist1d & small\_init~\cite{bengio1994learning,hinton2010practical} & $0.420 \pm 0.020$ {\scriptsize $[0.370, 0.470]$} & $-1.2$ ($-1.2$) & "
+        r"$0.100 \pm 0.000$ {\scriptsize $[0.100, 0.100]$} & $-\infty$ ($-32.3$) \\",
+        r"mnist1d & he\_relu~\cite{glorot2011deep,he2015delving} & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & "
+        r"$0.0$ & $0.500 \pm 0.408$ {\scriptsize $[-0.514, 1.514]$} & -- \\",
+        r"mnist1d & grad\_clip~\cite{pascanu2013difficulty} & $0.568 \pm 0.012$ & $-1.0$ & -- & -- \\",
     ]
     assert "he_relu" not in text and "grad_clip" not in text  # underscores escaped
     assert "±" not in text and "–" not in text  # ASCII LaTeX only
@@ -583,15 +590,19 @@ def test_build_leaderboard(tmp_path, params, cells):
 
     md = (tmp_path / "leaderboard.md").read_text()
     assert md.startswith("## mlp on mnist1d (profile synthetic)\n")
-    assert ("| grad_clip | 6 | 0.1 ↑ | 0.500 ± 0.436 | [-0.583, 1.583] | 3 | 67% | 67% | -0.3 | 1.500 | 2.0 "
+    assert ("| grad_clip | 6 | 0.1 ↑ | 0.500 ± 0.436 | [-0.583, 1.583] | 3 | 67% | 67% | -0.3 | – | 1.500 | 2.0 "
             "| diverged 1/3 |" in md)
     # he_relu (0.6 at every seed) and grad_clip (0.5 ± 0.44) both train at depth 6: their intervals overlap.
     assert "| 1–2 | he_relu | 6 | 0.600 ± 0.000 | [0.600, 0.600] |" in md
     assert "| 1–2 | grad_clip | 6 | 0.500 ± 0.436 | [-0.583, 1.583] |" in md and "| 3 | small_init | 2 |" in md
     tex = (tmp_path / "leaderboard.tex").read_text()
-    assert (r"mnist1d & he\_relu & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & $0.2$ & "
+    assert (r"mnist1d & he\_relu~\cite{glorot2011deep,he2015delving} & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & $0.2$ & "
             r"$0.600 \pm 0.000$ {\scriptsize $[0.600, 0.600]$} & $-0.6$ \\") in tex
     assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex
+    assert r"mlp on mnist1d~\cite{greydanus2020scaling}: " in tex  # the data set's source, in the caption
+    assert tmp_path / "references.bib" in written  # every key the tables cite, beside them
+    cited = {key for group in re.findall(r"\\cite\{([^}]*)\}", tex) for key in group.split(",")}
+    assert cited and cited <= set(re.findall(r"^@\w+\{([\w:-]+),", (tmp_path / "references.bib").read_text(), re.M))
 
     profile = pd.read_csv(tmp_path / "plots" / "grad_profile.csv")
     assert tmp_path / "plots" / "grad_profile.csv" in written
@@ -661,7 +672,7 @@ def test_results_record_their_group_and_an_older_schema_is_stale(tmp_path, param
     write_results(tmp_path, cells)
     first = results.read_result(tmp_path, cells[0].cell_id)
     row = [c.cell_id for c in cells if (c.remedy, c.depth) == (cells[0].remedy, cells[0].depth)]
-    assert first.schema_version == SCHEMA_VERSION == 4
+    assert first.schema_version == SCHEMA_VERSION == 5
     assert first.group.size == len(SEEDS) * len(RATES) == len(row) and first.group.cells == row
     assert first.group.index == 0 and first.group.id == group_id([c for c in cells if c.cell_id in row])
     folder = results.cell_dir(tmp_path, cells[0].cell_id)
@@ -697,6 +708,7 @@ def test_trainable_is_relative_to_the_best_shallow_row():
     base = {"family": "mlp", "dataset": "d", "metric": "accuracy", "higher_is_better": True, "baseline_metric": 0.1,
             "seed": 0, "learning_rate": 0.1, "val_metric": 0.5, "failure": None, "converged": True,
             "init_log10_dL_dh_first_last": 0.0, "init_log10_weight_grad_first_last": 0.0, "epochs_to_target": None,
+            "theory_log10_dL_dh_first_last": math.nan, "theory": "not predicted: test",
             "final_train_loss": 1.0, "wall_seconds": 1.0, "trainable": True}
     frame = pd.DataFrame([
         {**base, "remedy": "a", "depth": 2, "test_metric": 0.6},

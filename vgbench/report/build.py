@@ -2,7 +2,7 @@
 
 Reads only ``results/cells/*/metrics.json`` and ``grad_profile.json`` of the
 active profile's cells, so everything here can be rebuilt without retraining.
-Writes ``results/leaderboard.{json,csv,md,tex}``, the figures (gradient
+Writes ``results/leaderboard.{json,csv,md,tex}`` (and ``references.bib``, what the LaTeX cites), the figures (gradient
 profile at the deepest depth, and metric / training loss / gradient ratio
 against depth) and the profile's data under ``results/plots/``.
 """
@@ -16,7 +16,9 @@ import pandas as pd
 
 from vgbench import atomic
 from vgbench.config import Params
+from vgbench.data import DATASETS
 from vgbench.models import FAMILIES
+from vgbench.references import BIB_PATH, latex_cite
 from vgbench.report import aggregate, figures, formats
 from vgbench.tuning import matrix_cells
 
@@ -71,13 +73,17 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
             formats.leaderboard_markdown(part(rows, family, dataset), part(ranked, family, dataset),
                                          f"{family} on {dataset} (profile {params.profile})")
             for family, dataset in pairs) + formats.left_out_markdown(left_out, len(cells)),
+        "references.bib": BIB_PATH.read_text(),  # what leaderboard.tex cites
         "leaderboard.tex": "\n".join(
             formats.leaderboard_latex(
                 part(rows, family, dataset),
-                caption=(f"{family} on {_tex(dataset)}: {formats.metric_title(part(rows, family, dataset))} "
+                caption=(f"{family} on {_tex(dataset)}{latex_cite(DATASETS.get(dataset).cites)}: "
+                         f"{formats.metric_title(part(rows, family, dataset))} "
                          f"(mean $\\pm$ std over {n_seeds} seeds, in brackets Student's t 95\\% interval of the mean; "
                          f"learning rate chosen on the validation metric) "
-                         f"and log10 of the first/last hidden-state gradient norm ratio at initialization. "
+                         f"and log10 of the first/last hidden-state gradient norm ratio at initialization "
+                         f"(in parentheses: the mean-field prediction~\\cite{{poole2016exponential,schoenholz2017deep}} "
+                         f"where it applies). "
                          f"vgbench profile {_tex(params.profile)}."),
                 label=f"tab:vgbench-{family}-{dataset}".replace("_", "-"))
             for family, dataset in pairs),

@@ -10,6 +10,9 @@ import math
 
 import pandas as pd
 
+from vgbench.references import latex_cite
+from vgbench.remedies import REMEDIES
+
 
 def _num(value: float, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -32,7 +35,9 @@ def _interval(low: float, high: float) -> str:
 EDGE_MARKS = {"upper": " ↑", "lower": " ↓", "only": " ·", "": ""}
 EDGE_LEGEND = ("lr: the rate chosen on validation; ↑/↓ it is the largest/smallest of its grid "
                "(a wider grid might do better), · the grid has one rate. CI: Student's t 95% interval of the "
-               "mean over the n seeds. Rank: remedies whose intervals overlap share a range.")
+               "mean over the n seeds. Mean-field prediction: what signal-propagation theory gives for the "
+               "same weights and batch (– where it does not apply: normalization, skips, gates, convolutions, "
+               "pretrained weights). Rank: remedies whose intervals overlap share a range.")
 
 
 # How each task metric is named in table headers (Markdown, LaTeX).
@@ -52,6 +57,7 @@ LEADERBOARD_COLUMNS = [
     ("learning_rate", "lr"), ("test", "test {metric} (mean ± std)"), ("ci", "95% CI"), ("n", "n"),
     ("trainable_rate", "trainable"), ("converged_rate", "converged"),
     ("init_log10_dL_dh_first_last", "log10 dL/dh first/last @init"),
+    ("theory_log10_dL_dh_first_last", "mean-field prediction"),
     ("final_train_loss_mean", "final train loss"),
     ("epochs_to_target", "epochs to target"), ("failures", "failures"), ("wall_seconds_mean", "s/cell"),
 ]
@@ -74,7 +80,7 @@ def _cells(row: pd.Series) -> list[str]:
             out.append(_num(row[key], 1))
         elif key == "wall_seconds_mean":
             out.append(_num(row[key], 1))
-        elif key == "init_log10_dL_dh_first_last":
+        elif key in ("init_log10_dL_dh_first_last", "theory_log10_dL_dh_first_last"):
             out.append(_num(row[key], 1))
         elif key == "final_train_loss_mean":
             out.append(_num(row[key], 3))
@@ -138,8 +144,9 @@ def _tex_interval(low: float, high: float) -> str:
 
 
 def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbench") -> str:
-    """A booktabs table of one (family, data set): remedies as rows, depths as column pairs
-    (test metric, log10 ratio).
+    """A booktabs table of one (family, data set): remedies as rows, each citing its sources (keys of
+    vgbench/references.bib, copied to results/references.bib), depths as column pairs (test metric,
+    log10 ratio).
 
     ``caption`` is LaTeX and goes in as it is; names from the data are escaped.
     """
@@ -153,7 +160,8 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
                  + r" \\")
     lines.append(r"\midrule")
     for (dataset, remedy), group in rows.groupby(["dataset", "remedy"], sort=False):
-        cells = [tex_escape(dataset), tex_escape(remedy)]
+        cites = REMEDIES.get(remedy).cites if remedy in REMEDIES else ()  # a hand-made row may name any remedy
+        cells = [tex_escape(dataset), tex_escape(remedy) + latex_cite(cites)]
         by_depth = {int(r["depth"]): r for _, r in group.iterrows()}
         for depth in depths:
             row = by_depth.get(int(depth))
@@ -162,7 +170,9 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
                 continue
             cells.append(rf"${_num(row['test_metric_mean'], 3)} \pm {_num(row['test_metric_std'], 3)}$"
                          + _tex_interval(row["test_metric_ci_low"], row["test_metric_ci_high"]))
-            cells.append(_tex_math(row["init_log10_dL_dh_first_last"], 1))
+            predicted = row["theory_log10_dL_dh_first_last"]
+            cells.append(_tex_math(row["init_log10_dL_dh_first_last"], 1)
+                         + ("" if math.isnan(predicted) else f" ({_tex_math(predicted, 1)})"))
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
               r"\end{table}"]
