@@ -19,6 +19,12 @@ Printed (medians over ``--repeats``; a step is one optimizer step of the group o
   (a) ms/step of K=1 and K=9; K9/K1, how the step grows with 9 models (9.0: no gain); 9 sep, the 9
       loops' total seconds / --steps; group vs 9 sep = 9 sep / K=9, the group's throughput over 9
       separate trainings (the issue aims >= 3x for mlp and highway, >= 2x for rnn and resnet);
+      kernels: ms/step of the K-model loop inside matrix products, convolutions and fused RNN kernels
+      (its share of the loop under torch.profiler times K=9; CPU only), and bound = 9 sep / kernels: the most any stacking could give if everything else in
+      a step cost nothing (below an aim, no code change reaches it on this machine); marginal =
+      (K=9 - K=1) / 8, the ms/step one more model adds to a group (its kernels, and the memory traffic
+      of its activations and parameters), and bound = 9 sep / (9 x marginal): the ratio a group would
+      reach if its fixed per-step cost (Python, dispatch, Lightning) were zero;
   (b) fit ms/step: vgbench's CellResult.fit_seconds (trainer.fit with validation, the group's time
       / K) * K / steps against the raw fit loop's seconds / steps; vg/raw (aim <= 1.05), and
       ``w/o probes``, the same with vgbench's probe time taken out (Lightning and the module alone);
@@ -26,7 +32,12 @@ Printed (medians over ``--repeats``; a step is one optimizer step of the group o
       probe at initialization over few steps, far fewer than a real cell's; ``full cell*``
       estimates the share over the row's max_epochs: its probe events (1 at init + 1 every
       interval_steps) at this run's mean cost per event, over its steps at this run's ms/step.
-      The init probe costs more than a training step's, so the estimate still errs high.
+      The init probe costs more than a training step's, so the estimate still errs high. ``A/B``:
+      (the probed run - the same run without probed training steps + its init probe's time) / the
+      probed run, over the same epochs: everything probing costs, including the unrolled
+      forward/backward of an RNN's probed steps (its fused kernel otherwise), which the probe's own
+      timer does not count; use ``--epochs`` = the row's max_epochs for a real cell's share (a
+      difference of two timings: noisy, compare repeats).
 
 Lightning's deterministic mode (the cells' trainer setting) is switched off after each vgbench run,
 so the raw loops run in torch's default mode. The default profile's data sets (made offline in
@@ -44,9 +55,12 @@ accelerator, and every timed variant ends with ``torch.cuda.synchronize()``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
+import math
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -66,6 +80,7 @@ from vgbench.data.store import is_current, prepare  # noqa: E402
 from vgbench.matrix import CellSpec, expand  # noqa: E402
 from vgbench.models import FAMILIES, ModelIO  # noqa: E402
 from vgbench.models.recipe import Recipe  # noqa: E402
+from vgbench.probes.gradient_flow import GradientFlowProbe  # noqa: E402
 from vgbench.tasks import TASKS  # noqa: E402
 from vgbench.training.run_group import data_for, run_group  # noqa: E402
 from vgbench.training.stacked_optim import StackedAdam, StackedSGD  # noqa: E402
@@ -215,6 +230,23 @@ def stacked_loop(cells: list[CellSpec], data, steps: int = 0, epochs: int = 0) -
     return {"seconds": synchronized_seconds(started), "steps": len(batches)}
 
 
+# The layers' arithmetic: matrix products, convolutions and the fused recurrent kernels, forward and
+# backward (self time, so a composite op is not counted twice).
+KERNELS = re.compile(r"^aten::(mm|bmm|baddbmm|addmm|.*convolution.*|.*rnn.*|lstm|gru)$")
+
+
+def kernel_share(cells: list[CellSpec], data, steps: int) -> float:
+    """The share of the K-model stacked loop's wall time spent inside its matrix-product, convolution and
+    fused-RNN kernels (torch.profiler, CPU self time over the profiled loop's wall time): times the
+    loop's ms/step, a floor no stacking removes where a kernel for K models costs about K times one
+    model's, as on a CPU whose core is busy with the arithmetic already."""
+    stacked_loop(cells, data, steps=2)  # warm
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        wall = stacked_loop(cells, data, steps=steps)["seconds"]
+    micros = sum(event.self_cpu_time_total for event in profiler.key_averages() if KERNELS.match(event.key))
+    return micros / 1e6 / wall
+
+
 def separate_loops(cells: list[CellSpec], data, steps: int) -> dict:
     """One plain torch.nn model and torch.optim optimizer per cell, trained one after the other."""
     task, training = TASKS.get(data.task), cells[0].training
@@ -236,11 +268,24 @@ def separate_loops(cells: list[CellSpec], data, steps: int) -> dict:
     return {"seconds": seconds, "steps": steps}
 
 
-def vgbench_group(cells: list[CellSpec], data, epochs: int) -> dict:
+@contextlib.contextmanager
+def train_probes_off():
+    """vgbench's run with no probed training step (so an RNN keeps its fused kernel on every step); the
+    probe at initialization still runs, and its own timer measures it whole."""
+    batch_start = GradientFlowProbe.on_train_batch_start
+    GradientFlowProbe.on_train_batch_start = lambda self, *args: setattr(self, "_probing_step", False)
+    try:
+        yield
+    finally:
+        GradientFlowProbe.on_train_batch_start = batch_start
+
+
+def vgbench_group(cells: list[CellSpec], data, epochs: int, probes: bool = True) -> dict:
     cells = [dataclasses.replace(cell, training={**cell.training, "max_epochs": epochs}) for cell in cells]
     deterministic = torch.are_deterministic_algorithms_enabled()
     with tempfile.TemporaryDirectory(prefix="vgbench-stacking-") as tmp:
-        results = run_group(cells, data, Path(tmp), WandbSettings(mode="disabled"))
+        with contextlib.nullcontext() if probes else train_probes_off():
+            results = run_group(cells, data, Path(tmp), WandbSettings(mode="disabled"))
     torch.use_deterministic_algorithms(deterministic)  # Lightning's deterministic=True switched it on
     first = results[0]
     return {"seconds": first.fit_seconds * len(cells), "steps": first.steps,
@@ -286,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "K": lambda label: stacked_loop(cases[label], data[label], steps=args.steps),
         "sep": lambda label: separate_loops(cases[label], data[label], args.steps),
         "vgbench": lambda label: vgbench_group(cases[label], stored[label], args.epochs),
+        "unprobed": lambda label: vgbench_group(cases[label], stored[label], args.epochs, probes=False),
         "raw fit": lambda label: stacked_loop(cases[label], data[label], epochs=args.epochs),
     }
     if os.getloadavg()[0] > 0.5:
@@ -316,15 +362,19 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     print(f"\n(a) raw loops, ms/step, {args.steps} steps (aim: group >= 3x for mlp/highway, >= 2x for rnn/resnet)")
-    print(f"{'family/remedy':22}{'K=1':>8}{f'K={k}':>8}{f'K{k}/K1':>7}{f'{k} sep':>9}{f'group vs {k} sep':>16}")
+    print(f"{'family/remedy':22}{'K=1':>8}{f'K={k}':>8}{f'K{k}/K1':>7}{f'{k} sep':>9}{f'group vs {k} sep':>16}"
+          f"{'kernels':>9}{'bound':>8}{'marginal':>10}{'bound':>8}")
     for label in cases:
         k1, k9, sep = ms(label, "K=1"), ms(label, "K"), ms(label, "sep")
-        print(f"{label:22}{k1:8.2f}{k9:8.2f}{k9 / k1:7.2f}{sep:9.2f}{sep / k9:15.2f}x")
+        kernels = k9 * kernel_share(cases[label], data[label], args.steps) if args.device == "cpu" else math.nan
+        marginal = (k9 - k1) / (k - 1)  # what one more model adds to a group's step
+        print(f"{label:22}{k1:8.2f}{k9:8.2f}{k9 / k1:7.2f}{sep:9.2f}{sep / k9:15.2f}x{kernels:9.2f}"
+              f"{sep / kernels:7.2f}x{marginal:10.2f}{sep / (k * marginal):7.2f}x")
 
     print(f"\n(b) fit ms/step over {args.epochs} epoch(s) with validation, K={k} (aim vg/raw <= 1.05); "
           f"(c) probes / fit (aim <= 3%)")
     print(f"{'family/remedy':22}{'steps':>6}{'vgbench':>9}{'raw fit':>9}{'vg/raw':>8}{'w/o probes':>11}"
-          f"{'probes':>8}{'full cell*':>11}   per-repeat vg/raw")
+          f"{'probes':>8}{'full cell*':>11}{'A/B':>7}   per-repeat vg/raw")
     for label, cells in cases.items():
         vg, raw, rows = ms(label, "vgbench"), ms(label, "raw fit"), runs[label]["vgbench"]
         steps, interval = rows[0]["steps"], cells[0].probes["interval_steps"]
@@ -332,9 +382,12 @@ def main(argv: list[str] | None = None) -> int:
         # A real cell: max_epochs epochs; its probe events (1 at init + 1 every interval) at this run's mean cost.
         full = cells[0].training["max_epochs"] * (steps // args.epochs)
         full_share = (probe_ms * steps / (1 + -(-steps // interval))) * (1 + -(-full // interval)) / (vg * full)
+        unprobed = runs[label]["unprobed"]  # its probe time is the init probe's alone
+        init_ms = statistics.median(1000 * r["probe_seconds"] / r["steps"] for r in unprobed)
+        ab = (vg - ms(label, "unprobed") + init_ms) / vg
         paired = " ".join(f"{v['seconds'] / r['seconds']:.2f}" for v, r in zip(rows, runs[label]["raw fit"]))
         print(f"{label:22}{steps:6d}{vg:9.2f}{raw:9.2f}{vg / raw:8.3f}{(vg - probe_ms) / raw:11.3f}"
-              f"{100 * probe_ms / vg:7.1f}%{100 * full_share:10.1f}%   {paired}")
+              f"{100 * probe_ms / vg:7.1f}%{100 * full_share:10.1f}%{100 * ab:6.1f}%   {paired}")
         if steps != runs[label]["raw fit"][0]["steps"]:
             print(f"  warning: vgbench ran {steps} steps, the raw fit loop {runs[label]['raw fit'][0]['steps']}")
     print(f"total {time.perf_counter() - started:.0f} s")
