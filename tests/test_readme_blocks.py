@@ -74,4 +74,32 @@ def test_the_command_rewrites_the_file_and_fails_cleanly_without_a_leaderboard(t
     results.mkdir()
     (results / "leaderboard.md").write_text(LEADERBOARD)
     assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 0
-    assert "| he_relu | 20 |" in readme.read_text() and "2 leaderboard block(s)" in capsys.readouterr().out
+    assert "| he_relu | 20 |" in readme.read_text() and "2 block(s) rewritten" in capsys.readouterr().out
+
+
+CLAIMS = """## Published claims (profile default): 1 holds, 1 fails
+
+Each published claim is checked.
+
+| claim | statement | sources | verdict | evidence |
+|---|---|---|---|---|
+| `a` | A. | x | **holds** | numbers |
+"""
+
+
+def test_the_claims_block_comes_from_claims_md_with_its_tally(tmp_path, capsys):
+    readme, results = tmp_path / "README.md", tmp_path / "results"
+    readme.write_text(README + "\n<!-- claims:default -->\nold\n<!-- /claims:default -->\n")
+    results.mkdir()
+    (results / "leaderboard.md").write_text(LEADERBOARD)
+    assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 1
+    assert "claims.md is missing" in capsys.readouterr().err
+    (results / "claims.md").write_text(CLAIMS)
+    assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 0
+    assert "3 block(s) rewritten" in capsys.readouterr().out
+    block = readme.read_text().split("<!-- claims:default -->\n")[1].split("<!-- /claims:default -->")[0]
+    assert block.startswith("**1 holds, 1 fails.** Each published claim") and "| `a` | A. |" in block
+    assert "\nold\n" not in block and "## Published" not in block
+    (results / "claims.md").write_text(CLAIMS.replace("profile default", "profile paper"))
+    assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 1
+    assert "claims file is for profile 'paper'" in capsys.readouterr().err

@@ -600,6 +600,14 @@ def test_build_leaderboard(tmp_path, params, cells):
             r"$0.600 \pm 0.000$ {\scriptsize $[0.600, 0.600]$} & $-0.6$ \\") in tex
     assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex
     assert r"mlp on mnist1d~\cite{greydanus2020scaling}: " in tex  # the data set's source, in the caption
+    # Published claims checked against these rows: he_relu trains at depth 6 (2 of 3 seeds) with a flat
+    # init ratio (-0.6); clipping leaves the small-init ratio (-0.3 vs -inf) alone: that one fails here.
+    claims = (tmp_path / "claims.md").read_text()
+    assert claims.startswith("## Published claims (profile synthetic): ")
+    assert "| `he2015_relu_he_init` |" in claims and summary["claims"]["he2015_relu_he_init"]["verdict"] == "holds"
+    assert summary["claims"]["srivastava2015_highway_trains_deep"]["verdict"] == "not in this profile"
+    assert summary["claims"]["pascanu2013_clipping_not_vanishing"]["verdict"] == "fails"
+    assert r"\label{tab:vgbench-claims}" in (tmp_path / "claims.tex").read_text()
     assert tmp_path / "references.bib" in written  # every key the tables cite, beside them
     cited = {key for group in re.findall(r"\\cite\{([^}]*)\}", tex) for key in group.split(",")}
     assert cited and cited <= set(re.findall(r"^@\w+\{([\w:-]+),", (tmp_path / "references.bib").read_text(), re.M))

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from tests.wandb_offline import offline_runs, read_run, wandb_dir_env
+from vgbench.findings import CLAIMS
 from vgbench.config import WandbSettings
 from vgbench.matrix import expand
 from vgbench.report.build import build_leaderboard
@@ -174,6 +175,13 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
     assert [r["rank_range"] for r in ranking] == ["1", "2"]
     rows = run.table_rows("leaderboard")
     assert {"test_metric_ci_low", "test_metric_ci_high", "lr_grid_edge", "converged_rate"} <= set(rows[0])
+    # The published claims with their verdicts (vgbench/findings.py), one row each, as claims.md has them.
+    claims = run.table_rows("claims")
+    assert len(claims) == len(CLAIMS.names()) and {r["claim"] for r in claims} == set(CLAIMS.names())
+    he_relu = next(r for r in claims if r["claim"] == "he2015_relu_he_init")
+    assert he_relu["verdict"] in ("holds", "fails") and "he_relu d6" in he_relu["evidence"]
+    assert f"| `he2015_relu_he_init` |" in (trained_results / "claims.md").read_text()
+    assert "mean field" in next(iter(rows))["theory"] or "not predicted" in next(iter(rows))["theory"]
     figures = sorted(key for key in run.summary if key.startswith("figures/"))
     assert figures == ["figures/depth_mlp_mnist1d", "figures/grad_profile_mlp_mnist1d_d6"]
     assert all((run.files / run.summary[figure]["path"]).is_file() for figure in figures)

@@ -174,6 +174,14 @@ def _leaderboard(params: Params, args) -> int:
     return 0
 
 
+def _claims(params: Params, args) -> int:
+    from vgbench.report.build import aggregate_results
+    from vgbench.report.formats import claims_markdown
+
+    print(claims_markdown(aggregate_results(params, args.results_root).claims, params.profile), end="")
+    return 0
+
+
 def _cells(params: Params, args) -> int:
     cells, states = _states(params, args.results_root)
     for cell in cells:
@@ -216,8 +224,8 @@ def _readme(params: Params, args) -> int:
     from vgbench.report.readme import update_readme
 
     replaced = update_readme(args.readme, args.results_root / "leaderboard.md")
-    print(f"{args.readme}: {len(replaced)} leaderboard block(s) rewritten from "
-          f"{args.results_root / 'leaderboard.md'}: {', '.join(replaced) or 'none found'}")
+    print(f"{args.readme}: {len(replaced)} block(s) rewritten from {args.results_root}/leaderboard.md and "
+          f"claims.md: {', '.join(replaced) or 'none found'}")
     return 0
 
 
@@ -236,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--detach", action="store_true", help="slurm: submit and return instead of waiting")
     board = commands.add_parser("leaderboard", help="aggregate results into leaderboard tables and figures")
     board.add_argument("--no-wandb", action="store_true", help="do not log the tables to W&B")
+    commands.add_parser("claims", help="published claims checked against the active profile's results "
+                                       "(holds / fails / not in this profile, with the numbers)")
     commands.add_parser("cells", help="list the active profile's cells and the state of each")
     status = commands.add_parser("status", help="cells done, running (where), failed (why) and pending, per family")
     status.add_argument("--only", help="only cells whose id contains this text")
@@ -246,13 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     readme = commands.add_parser("readme", help="rewrite README.md's marked leaderboard blocks from "
                                                 "results/leaderboard.md")
     readme.add_argument("--readme", type=Path, default=Path("README.md"), help="default: %(default)s")
-    for sub in (fetch, train, board, commands.choices["cells"], status, plan, readme):
+    for sub in (fetch, train, board, commands.choices["claims"], commands.choices["cells"], status, plan, readme):
         _common(sub)
     return parser
 
 
-HANDLERS = {"fetch": _fetch, "train": _train, "leaderboard": _leaderboard, "cells": _cells, "status": _status,
-            "plan": _plan, "readme": _readme}
+HANDLERS = {"fetch": _fetch, "train": _train, "leaderboard": _leaderboard, "claims": _claims, "cells": _cells,
+            "status": _status, "plan": _plan, "readme": _readme}
 
 
 class Stopped(SystemExit):

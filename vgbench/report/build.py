@@ -2,7 +2,8 @@
 
 Reads only ``results/cells/*/metrics.json`` and ``grad_profile.json`` of the
 active profile's cells, so everything here can be rebuilt without retraining.
-Writes ``results/leaderboard.{json,csv,md,tex}`` (and ``references.bib``, what the LaTeX cites), the figures (gradient
+Writes ``results/leaderboard.{json,csv,md,tex}``, the published claims checked against them
+(``results/claims.{md,tex}``, vgbench/findings.py), ``references.bib`` (what the LaTeX cites), the figures (gradient
 profile at the deepest depth, and metric / training loss / gradient ratio
 against depth) and the profile's data under ``results/plots/``.
 """
@@ -10,11 +11,12 @@ against depth) and the profile's data under ``results/plots/``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from vgbench import atomic
+from vgbench import atomic, findings
 from vgbench.config import Params
 from vgbench.data import DATASETS
 from vgbench.models import FAMILIES
@@ -41,25 +43,49 @@ class NoResultsError(RuntimeError):
     """The active profile has no finished cell to aggregate."""
 
 
-def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = True) -> list[Path]:
+@dataclass(frozen=True)
+class Aggregated:
+    """What the leaderboard's outputs are made from: the profile's cells read from results/."""
+
+    cells: list
+    table: pd.DataFrame  # one row per done cell
+    missing: list[str]
+    rows: pd.DataFrame  # one per (family, data set, remedy, depth), in matrix order
+    ranked: pd.DataFrame
+    profiles: dict[tuple[str, str], pd.DataFrame]  # per layer at init, deepest depth of each block
+    claims: pd.DataFrame  # vgbench/findings.py, checked against ``rows`` and ``profiles``
+
+
+def aggregate_results(params: Params, results_root: Path) -> Aggregated:
     cells = matrix_cells(params.active, results_root)
     table, missing = aggregate.cell_table(cells, results_root)
     if table.empty:
         raise NoResultsError(f"no cell results under {results_root / 'cells'} for profile {params.profile!r}: "
                            f"run `vgbench train` first")
-    left_out = aggregate.not_in_table(missing, results_root)
     fraction = params.active.leaderboard.trainable_fraction_of_shallow
     rows = aggregate.in_matrix_order(aggregate.leaderboard_rows(table, fraction), params.active)
-    front = aggregate.frontier(rows)
-    ranked = aggregate.ranking(front)
+    ranked = aggregate.ranking(aggregate.frontier(rows))
+    profiles = {(family, dataset): figures.init_profiles(group[group["depth"] == group["depth"].max()], results_root)
+                for (family, dataset), group in table.groupby(["family", "dataset"], sort=False)}
+    claims = findings.check_all(rows, pd.concat(profiles.values()))
+    return Aggregated(cells, table, missing, rows, ranked, profiles, claims)
+
+
+def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = True) -> list[Path]:
+    data = aggregate_results(params, results_root)
+    cells, table, missing, rows, ranked, profiles, claims = (
+        data.cells, data.table, data.missing, data.rows, data.ranked, data.profiles, data.claims)
+    left_out = aggregate.not_in_table(missing, results_root)
     n_seeds = len(params.active.seeds)
     written = []
+    all_profiles = pd.concat(profiles.values())
 
     summary = {
         "profile": params.profile,
         "cells": len(cells), "cells_missing": missing, "cells_left_out": left_out,
         "rows": {f"{r['family']}/{r['dataset']}/{r['remedy']}/d{r['depth']}": r for r in _records(rows)},
         "frontier": {f"{r['family']}/{r['dataset']}/{r['remedy']}": r for r in _records(ranked)},
+        "claims": {r["claim"]: r for r in _records(claims)},
     }
     pairs = list(rows[["family", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
 
@@ -73,7 +99,9 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
             formats.leaderboard_markdown(part(rows, family, dataset), part(ranked, family, dataset),
                                          f"{family} on {dataset} (profile {params.profile})")
             for family, dataset in pairs) + formats.left_out_markdown(left_out, len(cells)),
-        "references.bib": BIB_PATH.read_text(),  # what leaderboard.tex cites
+        "claims.md": formats.claims_markdown(claims, params.profile),
+        "claims.tex": formats.claims_latex(claims, params.profile),
+        "references.bib": BIB_PATH.read_text(),  # what leaderboard.tex and claims.tex cite
         "leaderboard.tex": "\n".join(
             formats.leaderboard_latex(
                 part(rows, family, dataset),
@@ -100,12 +128,9 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
 
         # Gradient profile at the deepest depth of each (family, data set): one line per remedy. The
         # folder is replaced as a whole, so figures of another profile never linger in it.
-        profiles = []
         (out / "figures").mkdir()
-        for (family, dataset), group in table.groupby(["family", "dataset"], sort=False):
-            depth = int(group["depth"].max())
-            profile = figures.init_profiles(group[group["depth"] == depth], results_root)
-            profiles.append(profile)
+        for (family, dataset), profile in profiles.items():
+            depth = int(profile["depth"].max())
             name = f"grad_profile_{family}_{dataset}_d{depth}.png"
             figures.plot_grad_profile(profile, out / "figures" / name,
                                       f"{family} on {dataset}, depth {depth}, at initialization",
@@ -121,11 +146,11 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
                                        f"{family} on {dataset} (profile {params.profile})",
                                        FAMILIES.get(family).depth_meaning)
             written.append(results_root / "figures" / name)
-        figures.write_profile_csv(pd.concat(profiles), out / "plots" / "grad_profile.csv")
+        figures.write_profile_csv(all_profiles, out / "plots" / "grad_profile.csv")
         written.append(results_root / "plots" / "grad_profile.csv")
 
     if log_to_wandb and params.wandb.mode != "disabled":
         from vgbench.report.wandb_tables import log_leaderboard
 
-        log_leaderboard(params, rows, ranked, [p for p in written if p.suffix == ".png"])
+        log_leaderboard(params, rows, ranked, claims, [p for p in written if p.suffix == ".png"])
     return written

@@ -15,21 +15,25 @@ import pandas as pd  # noqa: E402
 from vgbench import atomic, results  # noqa: E402
 
 
+PROFILE_KEYS = ["family", "dataset", "depth", "remedy", "layer"]
+
+
 def init_profiles(cells: pd.DataFrame, results_root: Path) -> pd.DataFrame:
-    """Per-layer ||dL/dh_l|| at initialization, averaged in log10 over the cells given."""
+    """Per layer at initialization, over the cells given: ||dL/dh_l|| averaged in log10, and the
+    activation variance averaged."""
     rows = []
     for _, cell in cells.iterrows():
         path = results.cell_dir(results_root, cell["cell_id"]) / "grad_profile.json"
         init = json.loads(path.read_text())["records"][0]
-        for layer, norm in enumerate(init["dL_dh_norm"]):
+        for layer, (norm, variance) in enumerate(zip(init["dL_dh_norm"], init["activation_variance"])):
             rows.append({"remedy": cell["remedy"], "family": cell["family"], "dataset": cell["dataset"],
                          "depth": cell["depth"], "layer": layer + 1,
-                         "log10_dL_dh_norm": math.log10(norm) if norm > 0 else float("-inf")})
+                         "log10_dL_dh_norm": math.log10(norm) if norm > 0 else float("-inf"),
+                         "activation_variance": variance})
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.groupby(["family", "dataset", "depth", "remedy", "layer"], as_index=False,
-                         sort=False)["log10_dL_dh_norm"].mean()
+    return frame.groupby(PROFILE_KEYS, as_index=False, sort=False)[["log10_dL_dh_norm", "activation_variance"]].mean()
 
 
 def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str, probed_state: str = "hidden layer") -> None:
@@ -92,4 +96,4 @@ def _save(figure, path: Path) -> None:
 
 def write_profile_csv(profile: pd.DataFrame, path: Path) -> None:
     """The figure's data for `dvc plots show` (x=layer, y=log10 norm, one series per remedy)."""
-    atomic.write_text(path, profile.to_csv(index=False))
+    atomic.write_text(path, profile[[*PROFILE_KEYS, "log10_dL_dh_norm"]].to_csv(index=False))

@@ -177,3 +177,31 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
               r"\end{table}"]
     return "\n".join(lines) + "\n"
+
+
+CLAIMS_INTRO = ("Each published claim is checked against this profile's leaderboard (vgbench/findings.py): "
+                "holds, fails, or not in this profile, with the numbers it used. Thresholds are the papers' "
+                "where they give one; a failing claim is reported, never tuned away.")
+
+
+def claims_markdown(claims: pd.DataFrame, profile: str) -> str:
+    """The published claims with their verdicts and evidence, one row each."""
+    body = [[f"`{r['claim']}`", r["statement"], r["cites"].replace(",", ", "), f"**{r['verdict']}**",
+             r["evidence"].replace("|", "/")] for _, r in claims.iterrows()]
+    counts = claims["verdict"].value_counts()
+    tally = ", ".join(f"{counts[v]} {v}" for v in ("holds", "fails", "not in this profile") if v in counts)
+    return "\n\n".join([f"## Published claims (profile {profile}): {tally}", CLAIMS_INTRO,
+                        _markdown_table(["claim", "statement", "sources", "verdict", "evidence"], body)]) + "\n"
+
+
+def claims_latex(claims: pd.DataFrame, profile: str) -> str:
+    """A longtable-free booktabs table: claim, sources cited, verdict (evidence stays in claims.md)."""
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{p{0.62\linewidth}l}", r"\toprule",
+             r"published claim & verdict \\", r"\midrule"]
+    for _, row in claims.iterrows():
+        lines.append(tex_escape(row["statement"]) + latex_cite(tuple(row["cites"].split(","))) + " & "
+                     + tex_escape(row["verdict"]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              rf"\caption{{Published claims checked against the vgbench profile {tex_escape(profile)} "
+              r"(thresholds and numbers: results/claims.md).}", r"\label{tab:vgbench-claims}", r"\end{table}"]
+    return "\n".join(lines) + "\n"

@@ -1,10 +1,12 @@
-"""The README's leaderboard blocks, written from ``results/leaderboard.md`` instead of by hand.
+"""The README's leaderboard and claims blocks, written from ``results/`` instead of by hand.
 
 A block is everything between ``<!-- leaderboard:PROFILE:FAMILY[:DATASET] -->`` and
 ``<!-- /leaderboard:PROFILE:FAMILY[:DATASET] -->``. ``vgbench readme`` replaces
 each block with the matching section of the leaderboard (the family's, on the
 named data set or its only one), so the tables a reader sees are the ones the
-last ``vgbench leaderboard`` produced, not a copy that drifted.
+last ``vgbench leaderboard`` produced, not a copy that drifted. Likewise a block between
+``<!-- claims:PROFILE -->`` and ``<!-- /claims:PROFILE -->`` gets that profile's published claims
+and verdicts from ``results/claims.md``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from pathlib import Path
 from vgbench import atomic
 
 BLOCK = re.compile(r"(<!-- leaderboard:(?P<key>[\w:.-]+) -->\n)(?P<body>.*?)(<!-- /leaderboard:(?P=key) -->)", re.S)
+CLAIMS_BLOCK = re.compile(r"(<!-- claims:(?P<key>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /claims:(?P=key) -->)", re.S)
+CLAIMS_TITLE = re.compile(r"^## Published claims \(profile (?P<profile>[^)]+)\): (?P<tally>.*)$", re.M)
 SECTION_TITLE = re.compile(r"^## (?P<family>\S+) on (?P<dataset>\S+) \(profile (?P<profile>[^)]+)\)$", re.M)
 
 
@@ -55,10 +59,34 @@ def fill(readme: str, leaderboard_md: str) -> tuple[str, list[str]]:
     return BLOCK.sub(body_for, readme), replaced
 
 
+def fill_claims(readme: str, claims_md: str) -> tuple[str, list[str]]:
+    """``readme`` with its claims block replaced by ``claims_md`` (without its title, the tally in bold)."""
+    title = CLAIMS_TITLE.search(claims_md)
+    if title is None:
+        raise ReadmeError("the claims file has no '## Published claims (profile …)' title: rebuild it with "
+                          "`vgbench leaderboard`")
+    replaced: list[str] = []
+
+    def body_for(match: re.Match) -> str:
+        if match["key"] != title["profile"]:
+            raise ReadmeError(f"README block claims:{match['key']}: the claims file is for profile {title['profile']!r}")
+        replaced.append(f"claims:{match['key']}")
+        return f"{match.group(1)}**{title['tally']}.** {claims_md[title.end():].strip()}\n{match.group(4)}"
+
+    return CLAIMS_BLOCK.sub(body_for, readme), replaced
+
+
 def update_readme(readme_path: Path, leaderboard_path: Path) -> list[str]:
-    """Rewrite ``readme_path``'s leaderboard blocks from ``leaderboard_path`` (atomically); the keys replaced."""
+    """Rewrite ``readme_path``'s leaderboard blocks from ``leaderboard_path`` and its claims block from
+    ``claims.md`` beside it (atomically); the keys replaced."""
     if not leaderboard_path.is_file():
         raise ReadmeError(f"{leaderboard_path} is missing: run `vgbench leaderboard` (or `dvc repro`) first")
     text, replaced = fill(readme_path.read_text(), leaderboard_path.read_text())
+    if CLAIMS_BLOCK.search(text):
+        claims_path = leaderboard_path.with_name("claims.md")
+        if not claims_path.is_file():
+            raise ReadmeError(f"{claims_path} is missing: run `vgbench leaderboard` (or `dvc repro`) first")
+        text, more = fill_claims(text, claims_path.read_text())
+        replaced += more
     atomic.write_text(readme_path, text)
     return replaced

@@ -16,7 +16,8 @@ def _table(frame: pd.DataFrame):
     return wandb.Table(dataframe=frame.astype(object).where(frame.notna(), None))
 
 
-def log_leaderboard(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, figures: list[Path]) -> str:
+def log_leaderboard(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, claims: pd.DataFrame,
+                    figures: list[Path]) -> str:
     """Returns the run's local directory."""
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
@@ -25,7 +26,7 @@ def log_leaderboard(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, fi
                      name=f"leaderboard-{params.profile}", job_type="leaderboard",
                      config={"profile": params.profile, **params.active.model_dump()},
                      settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
-    run.log({"leaderboard": _table(rows), "ranking": _table(ranked),
+    run.log({"leaderboard": _table(rows), "ranking": _table(ranked), "claims": _table(claims),
              **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures}})
     directory = run.dir
     run.finish()

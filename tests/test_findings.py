@@ -1,0 +1,119 @@
+"""Published claims checked against leaderboard rows: each verdict follows from the numbers, both ways."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from vgbench.findings import ABSENT, CLAIMS, FAILS, HOLDS, check_all
+from vgbench.references import references
+
+
+def row(family, remedy, depth, test=0.5, ci=0.05, trainable=1.0, ratio=0.0, loss=1.0, dataset=None, higher=True):
+    return {"family": family, "dataset": dataset or {"rnn": "adding"}.get(family, "mnist1d"), "remedy": remedy,
+            "depth": depth, "metric": "accuracy" if higher else "mse", "higher_is_better": higher,
+            "test_metric_mean": test, "test_metric_ci_low": test - ci, "test_metric_ci_high": test + ci, "n": 3,
+            "trainable_rate": trainable, "converged_rate": 1.0, "init_log10_dL_dh_first_last": ratio,
+            "final_train_loss_mean": loss}
+
+
+def profile(family, remedy, depth, variances):
+    return pd.DataFrame([{"family": family, "dataset": "mnist1d", "depth": depth, "remedy": remedy, "layer": i + 1,
+                          "log10_dL_dh_norm": 0.0, "activation_variance": v} for i, v in enumerate(variances)])
+
+
+def verdicts(rows: list[dict], profiles: pd.DataFrame | None = None) -> dict[str, str]:
+    frame = pd.DataFrame(rows)
+    table = check_all(frame, profiles if profiles is not None else pd.DataFrame(
+        columns=["family", "dataset", "depth", "remedy", "layer", "log10_dL_dh_norm", "activation_variance"]))
+    return dict(zip(table["claim"], table["verdict"]))
+
+
+def both_depths(family, remedy, shallow: dict, deep: dict, depths=(2, 20)) -> list[dict]:
+    return [row(family, remedy, depths[0], **shallow), row(family, remedy, depths[1], **deep)]
+
+
+def test_the_registry_covers_the_papers_the_issue_names():
+    cited = {key for name in CLAIMS for key in CLAIMS.get(name).cites}
+    for key in ("glorot2010understanding", "he2015delving", "ioffe2015batch", "klambauer2017self",
+                "srivastava2015training", "he2016deep", "hochreiter1997long", "le2015simple", "hinton2006fast",
+                "bengio2007greedy"):
+        assert key in cited and key in references(), key
+    for name in CLAIMS:
+        claim = CLAIMS.get(name)
+        assert claim.statement.endswith(".") and claim.thresholds and claim.needs, name
+
+
+def test_sigmoid_vanishing_holds_and_fails_on_the_numbers():
+    vanishing = both_depths("mlp", "sigmoid_standard", {}, dict(ratio=-16.1, trainable=0.0, test=0.1))
+    assert verdicts(vanishing)["glorot2010_sigmoid_vanishes"] == HOLDS
+    flat = both_depths("mlp", "sigmoid_standard", {}, dict(ratio=-0.5, trainable=0.0, test=0.1))
+    assert verdicts(flat)["glorot2010_sigmoid_vanishes"] == FAILS  # not a tenfold drop
+    trains = both_depths("mlp", "sigmoid_standard", {}, dict(ratio=-16.1, trainable=2 / 3))
+    assert verdicts(trains)["glorot2010_sigmoid_vanishes"] == FAILS
+
+
+def test_a_claim_without_its_rows_is_not_in_this_profile():
+    result = check_all(pd.DataFrame(both_depths("mlp", "he_relu", {}, {})), pd.DataFrame(
+        columns=["family", "dataset", "depth", "remedy", "layer", "log10_dL_dh_norm", "activation_variance"]))
+    by_name = result.set_index("claim")
+    assert by_name.loc["he2015_relu_he_init", "verdict"] == HOLDS
+    assert by_name.loc["srivastava2015_highway_trains_deep", "verdict"] == ABSENT
+    assert "needs highway, plain in a highway block" in by_name.loc["srivastava2015_highway_trains_deep", "evidence"]
+    assert set(result["verdict"]) <= {HOLDS, FAILS, ABSENT} and len(result) == len(CLAIMS.names())
+
+
+def test_batch_norm_is_checked_in_every_block_that_has_it_and_fails_if_one_fails():
+    rows = (both_depths("mlp", "batchnorm", {}, dict(trainable=0.0)) + both_depths("mlp", "small_init", {}, dict(trainable=0.0))
+            + both_depths("dbn", "batchnorm", {}, dict(trainable=1.0), depths=(3, 20))
+            + both_depths("dbn", "small_init", {}, dict(trainable=0.0), depths=(3, 20)))
+    table = check_all(pd.DataFrame(rows), pd.DataFrame(columns=["family", "dataset", "depth", "remedy", "layer",
+                                                                "log10_dL_dh_norm", "activation_variance"]))
+    claim = table.set_index("claim").loc["ioffe2015_batchnorm_trains_sigmoid"]
+    assert claim["verdict"] == FAILS
+    assert "mlp on mnist1d (fails)" in claim["evidence"] and "dbn on mnist1d (holds)" in claim["evidence"]
+
+
+def test_selu_reads_the_init_activation_variance_against_theorem_1s_interval():
+    rows = both_depths("mlp", "selu_lecun", {}, {})
+    assert verdicts(rows, profile("mlp", "selu_lecun", 20, [1.0, 0.95, 1.1, 0.9]))[
+        "klambauer2017_selu_unit_variance"] == HOLDS
+    assert verdicts(rows, profile("mlp", "selu_lecun", 20, [1.0, 0.95, 1.6]))[
+        "klambauer2017_selu_unit_variance"] == FAILS
+
+
+def test_degradation_needs_a_rising_plain_loss_with_healthy_gradients_and_a_flat_residual_loss():
+    def rows(plain_deep_loss, plain_ratio, residual_deep_loss):
+        return (both_depths("resnet", "plain_bn", dict(loss=0.05), dict(loss=plain_deep_loss, ratio=plain_ratio), (8, 20))
+                + both_depths("resnet", "residual_bn", dict(loss=0.05), dict(loss=residual_deep_loss), (8, 20)))
+    assert verdicts(rows(0.16, 0.3, 0.04))["he2016_degradation_not_vanishing"] == HOLDS
+    assert verdicts(rows(0.16, -3.0, 0.04))["he2016_degradation_not_vanishing"] == FAILS  # that is vanishing
+    assert verdicts(rows(0.04, 0.3, 0.04))["he2016_degradation_not_vanishing"] == FAILS  # no degradation
+    assert verdicts(rows(0.16, 0.3, 0.2))["he2016_degradation_not_vanishing"] == FAILS  # the ResNet degrades too
+
+
+def test_pretraining_needs_non_overlapping_intervals():
+    def rows(pretrained, ci):
+        return (both_depths("dbn", "pretrain", {}, dict(test=pretrained, ci=ci), (3, 20))
+                + both_depths("dbn", "small_init", {}, dict(test=0.1, ci=0.01), (3, 20)))
+    assert verdicts(rows(0.2, 0.05))["hinton2006_pretraining_helps"] == HOLDS
+    assert verdicts(rows(0.2, 0.095))["hinton2006_pretraining_helps"] == FAILS  # 0.105 < 0.110: they overlap
+
+
+def test_long_lag_claims_read_the_longest_sequence():
+    rows = (both_depths("rnn", "tanh_standard", {}, dict(trainable=0.0), (10, 50))
+            + both_depths("rnn", "lstm", {}, dict(trainable=1 / 3), (10, 50))
+            + both_depths("rnn", "irnn", dict(trainable=0.0), dict(trainable=1.0), (10, 50)))
+    result = verdicts(rows)
+    assert result["hochreiter1997_lstm_long_lags"] == FAILS and result["le2015_irnn_adding"] == HOLDS
+
+
+def test_clipping_changes_nothing_for_vanishing():
+    rows = (both_depths("mlp", "grad_clip", {}, dict(ratio=-32.4, trainable=0.0))
+            + both_depths("mlp", "small_init", {}, dict(ratio=-32.4, trainable=0.0)))
+    assert verdicts(rows)["pascanu2013_clipping_not_vanishing"] == HOLDS
+    rows[1]["trainable_rate"] = 1.0  # clipping rescued a net that does not train without it: the claim fails
+    assert verdicts(rows)["pascanu2013_clipping_not_vanishing"] == FAILS
+    assert math.isfinite(rows[1]["init_log10_dL_dh_first_last"])
