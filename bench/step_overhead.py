@@ -81,7 +81,8 @@ def run_vgbench(cell: CellSpec, data, wandb_mode: str = "disabled") -> dict:
         previous = os.environ.get("WANDB_DIR")
         os.environ["WANDB_DIR"] = tmp
         try:
-            result = run_group([cell], data, results_root=Path(tmp), wandb=WandbSettings(mode=wandb_mode))[0]
+            result = run_group([cell], data, results_root=Path(tmp), wandb=WandbSettings(mode=wandb_mode),
+                               profile="bench")[0]
         finally:
             if previous is None:
                 os.environ.pop("WANDB_DIR", None)

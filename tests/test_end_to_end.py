@@ -25,6 +25,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.wandb_offline import read_run
+from vgbench import wandb_names as names
 from vgbench.config import load_params
 from vgbench.matrix import expand
 from vgbench.twins import unique_stored
@@ -246,9 +247,12 @@ def test_every_cell_and_the_leaderboard_logged_an_offline_wandb_run(pipeline, ti
     cells, _ = tiny_groups
     wandb_dir = Path(pipeline.env["WANDB_DIR"])
     runs = [read_run(folder) for folder in sorted(wandb_dir.rglob("offline-run-*"))]
-    assert sorted(r.run.display_name for r in runs if r.run.job_type == "train") == sorted(
-        c.cell_id for c in unique_stored(cells))
-    assert [r.run.display_name for r in runs if r.run.job_type == "leaderboard"] == ["leaderboard-tiny"]
+    cell_runs = [r for r in runs if r.run.job_type == names.CELL_JOB]
+    assert sorted(r.run.display_name for r in cell_runs) == sorted(c.cell_id for c in unique_stored(cells))
+    # Through `dvc repro` and the workers, every cell run is grouped <profile>/<family>.
+    by_id = {c.cell_id: c for c in unique_stored(cells)}
+    assert all(r.run.run_group == names.group("tiny", by_id[r.run.display_name].family) for r in cell_runs)
+    assert [r.run.display_name for r in runs if r.run.job_type == names.LEADERBOARD_JOB] == ["leaderboard-tiny"]
     assert all(r.exit_code == 0 for r in runs)
     assert not (pipeline.root / "wandb").exists(), "runs ignored WANDB_DIR"
 
@@ -261,7 +265,7 @@ def test_dbn_pretraining_is_cached_and_logged(pipeline, tiny_groups):
     assert (pipeline.root / "results" / "pretrained" / record["key"] / "stack.pt").is_file()
     [run] = [read_run(folder) for folder in Path(pipeline.env["WANDB_DIR"]).rglob("offline-run-*")
              if read_run(folder).run.display_name == pretrain.cell_id]
-    rows = run.table_rows("pretraining")
+    rows = run.table_rows(names.PRETRAINING)
     epochs = pretrain.pretrain["epochs"]
     assert sorted((r["layer"], r["epoch"]) for r in rows) == [
         (layer, epoch) for layer in range(pretrain.depth) for epoch in range(epochs + 1)]

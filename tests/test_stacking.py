@@ -178,7 +178,7 @@ def test_each_cell_of_a_group_gets_its_own_wandb_run(tiny_params, tiny_data, tmp
     base = next(cell for cell in expand(tiny_params.active) if cell.remedy == "he_relu" and cell.depth == 2)
     cells = [dataclasses.replace(base, seed=seed, learning_rate=rate) for seed, rate in ((0, 0.1), (1, 0.1), (0, 0.03))]
     with wandb_dir_env(tmp_path / "wandb-root") as wandb_dir:
-        results = run_group(cells, tiny_data, tmp_path / "results", WandbSettings(mode="offline"))
+        results = run_group(cells, tiny_data, tmp_path / "results", WandbSettings(mode="offline"), profile="tiny")
     runs = {run.config["cell_id"]: run for run in map(read_run, offline_runs(wandb_dir))}
     assert sorted(runs) == sorted(cell.cell_id for cell in cells)
     for cell, result in zip(cells, results):

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from tests.wandb_offline import offline_runs, read_run, wandb_dir_env
+from vgbench import wandb_names as names
 from vgbench.findings import CLAIMS
 from vgbench.config import WandbSettings
 from vgbench.matrix import expand
@@ -55,12 +56,12 @@ def offline_cell(tiny_params, tiny_data, tmp_path_factory):
         patch.chdir(elsewhere)
         cell = _cell(tiny_params, "he_relu", 6)
         results_root = root / "results"
-        metrics = run_cell(cell, tiny_data, results_root, OFFLINE)
+        metrics = run_cell(cell, tiny_data, results_root, OFFLINE, profile="tiny")
     folder = results_root / "cells" / cell.cell_id
     assert json.loads((folder / "metrics.json").read_text())["test_metric"] == metrics.test_metric
     profile = json.loads((folder / "grad_profile.json").read_text())
     assert not list(elsewhere.rglob("offline-run-*")), "the cell's run ignored WANDB_DIR"
-    return cell, metrics, profile, _single_run(wandb_dir, "train"), wandb_dir
+    return cell, metrics, profile, _single_run(wandb_dir, names.CELL_JOB), wandb_dir
 
 
 def test_offline_run_is_written_under_wandb_dir_and_finished(offline_cell):
@@ -76,7 +77,10 @@ def test_offline_run_config_and_group_identify_the_cell(offline_cell):
     cell, metrics, _, run, _ = offline_cell
     assert run.run.project == "vgbench"
     assert run.run.display_name == cell.cell_id
-    assert run.run.run_group == cell.family == "mlp"
+    # Grouped by profile and family, tagged for run-set filters (vgbench/wandb_names.py owns the names).
+    assert run.run.run_group == names.group("tiny", cell.family) == "tiny/mlp"
+    assert list(run.run.tags) == ["profile:tiny", "remedy:he_relu", "dataset:mnist1d", "depth:6"]
+    assert run.run.job_type == names.CELL_JOB
     assert run.config["cell_id"] == cell.cell_id
     assert run.config["recipe"] == cell.recipe
     for key, value in cell.as_dict().items():
@@ -88,9 +92,9 @@ def test_offline_run_config_and_group_identify_the_cell(offline_cell):
 
 def test_offline_run_history_has_validation_accuracy_per_epoch(offline_cell):
     cell, metrics, _, run, _ = offline_cell
-    rows = [row for row in run.history if "val/accuracy" in row]
+    rows = [row for row in run.history if names.val_metric("accuracy") in row]
     assert [row["epoch"] for row in rows] == list(range(cell.training["max_epochs"]))
-    assert [row["val/accuracy"] for row in rows] == pytest.approx(
+    assert [row[names.val_metric("accuracy")] for row in rows] == pytest.approx(
         [epoch["val_accuracy"] for epoch in metrics.history], rel=1e-6)
 
 
@@ -99,14 +103,14 @@ def test_offline_run_history_has_the_probe_norms_of_grad_profile_json(offline_ce
     records = profile["records"]
     layers = len(records[0]["dL_dh_norm"])
     assert layers >= 6
-    rows = [row for row in run.history if "probe/dL_dh_norm/layer_000" in row]
+    rows = [row for row in run.history if names.probe_layer(0) in row]
     assert len(rows) == len(records) > 2  # one logged row per probe record, init first
     assert records[0]["phase"] == "init"
     for row, record in zip(rows, records):
-        assert row["trainer/global_step"] == record["step"]
-        logged = [row[f"probe/dL_dh_norm/layer_{i:03d}"] for i in range(layers)]
+        assert row[names.STEP] == record["step"]
+        logged = [row[names.probe_layer(i)] for i in range(layers)]
         assert logged == pytest.approx(record["dL_dh_norm"], rel=1e-9)
-        assert f"probe/dL_dh_norm/layer_{layers:03d}" not in row
+        assert names.probe_layer(layers) not in row
 
 
 def test_offline_run_summary_has_the_cell_metrics(offline_cell):
@@ -126,7 +130,7 @@ def test_offline_run_grad_profile_init_table_matches_the_init_record(offline_cel
     assert reference["_type"] == "table-file"
     path = run.files / reference["path"]
     assert path.is_file() and path.parent == run.files / "media" / "table"
-    rows = run.table_rows("grad_profile_init")
+    rows = run.table_rows(names.GRAD_PROFILE_INIT)
     assert [row["layer"] for row in rows] == list(range(len(init["dL_dh_norm"])))
     assert [row["dL_dh_norm"] for row in rows] == pytest.approx(init["dL_dh_norm"], rel=1e-12)
     assert [row["weight_grad_norm"] for row in rows] == pytest.approx(init["weight_grad_norm"], rel=1e-12)
@@ -152,11 +156,11 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
     csv = pd.read_csv(trained_results / "leaderboard.csv")
     assert sorted(zip(csv.remedy, csv.depth)) == [("he_relu", 2), ("he_relu", 6), ("small_init", 2), ("small_init", 6)]
 
-    run = _single_run(wandb_dir, "leaderboard")
-    assert run.run.display_name == "leaderboard-tiny"
+    run = _single_run(wandb_dir, names.LEADERBOARD_JOB)
+    assert run.run.display_name == names.leaderboard_run_name("tiny") == "leaderboard-tiny"
     assert run.config["profile"] == "tiny"
     assert run.exit_code == 0
-    rows = run.table_rows("leaderboard")
+    rows = run.table_rows(names.LEADERBOARD)
     assert [(r["remedy"], r["depth"]) for r in rows] == list(zip(csv.remedy, csv.depth))
     assert [r["test_metric_mean"] for r in rows] == pytest.approx(list(csv.test_metric_mean), rel=1e-9)
     assert set(run.table("leaderboard")["columns"]) == set(csv.columns)
@@ -168,15 +172,15 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
             else:
                 assert row[column] == pytest.approx(value, rel=1e-9), column
 
-    ranking = run.table_rows("ranking")
+    ranking = run.table_rows(names.RANKING)
     assert sorted(r["remedy"] for r in ranking) == ["he_relu", "small_init"]
     assert [r["rank"] for r in ranking] == [1, 2]
     # The tie-aware columns travel too (one seed per cell here: no interval, so each rank is exact).
     assert [r["rank_range"] for r in ranking] == ["1", "2"]
-    rows = run.table_rows("leaderboard")
+    rows = run.table_rows(names.LEADERBOARD)
     assert {"test_metric_ci_low", "test_metric_ci_high", "lr_grid_edge", "converged_rate"} <= set(rows[0])
     # The published claims with their verdicts (vgbench/findings.py), one row each, as claims.md has them.
-    claims = run.table_rows("claims")
+    claims = run.table_rows(names.CLAIMS)
     assert len(claims) == len(CLAIMS.names()) and {r["claim"] for r in claims} == set(CLAIMS.names())
     he_relu = next(r for r in claims if r["claim"] == "he2015_relu_he_init")
     assert he_relu["verdict"] in ("holds", "fails") and "he_relu d6" in he_relu["evidence"]
@@ -201,3 +205,11 @@ def test_cells_are_not_tied_to_a_wandb_mode(tiny_params):
     """The W&B mode is not part of a cell's config: switching it never reruns a cell."""
     cell = _cell(tiny_params, "small_init", 2)
     assert "wandb" not in json.dumps(dataclasses.asdict(cell))
+
+
+def test_a_cell_run_without_its_profile_is_refused_before_training(tiny_params, tiny_data, tmp_path):
+    """The W&B group is <profile>/<family>: a caller that logs to W&B must say which profile."""
+    cell = _cell(tiny_params, "he_relu", 2)
+    with wandb_dir_env(tmp_path / "wandb-root"), pytest.raises(ValueError, match="needs profile="):
+        run_cell(cell, tiny_data, tmp_path / "results", OFFLINE)
+    assert not (tmp_path / "results" / "cells" / cell.cell_id / "metrics.json").exists()

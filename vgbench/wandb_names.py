@@ -1,7 +1,15 @@
-"""Names vgbench gives things in W&B, defined once for the loggers and the readers.
+"""Every name vgbench gives things in W&B, defined once for the loggers and the readers.
 
-A cell's run id is derived from its cell id, so a restarted or rerun cell
-resumes the same run instead of making a second one of the same name.
+The cell runs (training/wandb_run.py, training/module.py, probes/gradient_flow.py), the leaderboard
+run (report/wandb_tables.py), the report builder and the tests all spell W&B names through this
+module, so a rename cannot leave one of them behind:
+
+- a cell's **run id** is derived from its cell id, so a restarted or rerun cell resumes the same run
+  instead of making a second one of the same name;
+- runs are **grouped** ``<profile>/<family>`` and **tagged** with their remedy, data set, depth and
+  profile, so a run set can be filtered to one profile and family;
+- **job types** tell cell runs from the leaderboard run;
+- **metric and table keys**: what the runs log, as the report's panels and the tests read them.
 """
 
 from __future__ import annotations
@@ -9,6 +17,26 @@ from __future__ import annotations
 import re
 
 RUN_ID_LIMIT = 64  # W&B's limit on a run id
+
+# Job types.
+CELL_JOB = "train"
+LEADERBOARD_JOB = "leaderboard"
+
+# The x axis of every cell metric (one optimizer step of the cell's group).
+STEP = "trainer/global_step"
+
+# Cell metrics, logged per epoch (loss and validation) or at the end (test) or per probe.
+TRAIN_LOSS = "train/loss"
+PROBE_LOG10_RATIO = "probe/dL_dh_log10_first_last"
+PROBE_TOTAL_NORM = "probe/grad_total_norm"
+
+# Tables: a cell run's, then the leaderboard run's; figures are logged as images under FIGURES.
+GRAD_PROFILE_INIT = "grad_profile_init"
+PRETRAINING = "pretraining"
+LEADERBOARD = "leaderboard"
+RANKING = "ranking"
+CLAIMS = "claims"
+FIGURES = "figures/"
 
 
 def cell_run_id(cell_id: str) -> str:
@@ -21,3 +49,29 @@ def cell_run_id(cell_id: str) -> str:
         return safe
     prefix, _, config_hash = safe.rpartition("-")
     return f"{prefix[:RUN_ID_LIMIT - len(config_hash) - 1]}-{config_hash}"
+
+
+def group(profile: str, family: str) -> str:
+    return f"{profile}/{family}"
+
+
+def cell_tags(profile: str, remedy: str, dataset: str, depth: int) -> list[str]:
+    return [f"profile:{profile}", f"remedy:{remedy}", f"dataset:{dataset}", f"depth:{depth}"]
+
+
+def leaderboard_run_name(profile: str) -> str:
+    return f"leaderboard-{profile}"
+
+
+def val_metric(metric: str) -> str:
+    """``val/accuracy``, ``val/loss``, ...: logged after each epoch's validation pass."""
+    return f"val/{metric}"
+
+
+def test_metric(metric: str) -> str:
+    return f"test/{metric}"
+
+
+def probe_layer(index: int) -> str:
+    """||dL/dh|| of probed state ``index`` (0 = input side) at a probe step."""
+    return f"probe/dL_dh_norm/layer_{index:03d}"

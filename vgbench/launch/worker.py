@@ -124,7 +124,7 @@ def _train_group(unit: WorkUnit, root: Path, cells: list, load_data, params, rep
         data = load_data()
         attempts = [results.read_error(root, cell.cell_id) for cell in cells]
         launch = _launch_info(unit, attempt=1 + max((error["attempt"] for error in attempts if error), default=0))
-        group_results = run_group(cells, data, root, params.wandb, launch, unit.checkpoint_every)
+        group_results = run_group(cells, data, root, params.wandb, launch, unit.checkpoint_every, params.profile)
         for result in group_results or []:
             report["trained"].append(result.cell_id)
             print(_summary_line(len(report["trained"]), total, result), flush=True)

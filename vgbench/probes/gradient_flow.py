@@ -50,6 +50,7 @@ import torch
 from vgbench.models.stacked import per_model_grad_norms
 from vgbench.probes.taps import ProbedModel, TapRecord
 from vgbench.probes.theory import predict
+from vgbench import wandb_names as names
 
 
 def first_last_ratio(values: list[float]) -> float:
@@ -154,10 +155,10 @@ class GradientFlowProbe(L.Callback):
     @staticmethod
     def _log(pl_module, k: int, record: dict) -> None:
         ratio = record["dL_dh_first_last_ratio"]
-        metrics = {"probe/dL_dh_log10_first_last": math.log10(ratio) if ratio > 0 else float("nan"),
-                   "probe/grad_total_norm": record["grad_total_norm"]}
+        metrics = {names.PROBE_LOG10_RATIO: math.log10(ratio) if ratio > 0 else float("nan"),
+                   names.PROBE_TOTAL_NORM: record["grad_total_norm"]}
         for i, value in enumerate(record["dL_dh_norm"]):
-            metrics[f"probe/dL_dh_norm/layer_{i:03d}"] = value
+            metrics[names.probe_layer(i)] = value
         pl_module.log_model(k, metrics, step=record["step"])
 
     # -- resuming: the records so far travel in the checkpoint --------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vgbench import wandb_names as names
 from vgbench.config import Params
 
 
@@ -23,11 +24,11 @@ def log_leaderboard(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, cl
     import wandb
 
     run = wandb.init(project=params.wandb.project, entity=params.wandb.entity, mode=params.wandb.mode,
-                     name=f"leaderboard-{params.profile}", job_type="leaderboard",
+                     name=names.leaderboard_run_name(params.profile), job_type=names.LEADERBOARD_JOB,
                      config={"profile": params.profile, **params.active.model_dump()},
                      settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
-    run.log({"leaderboard": _table(rows), "ranking": _table(ranked), "claims": _table(claims),
-             **{f"figures/{p.stem}": wandb.Image(str(p)) for p in figures}})
+    run.log({names.LEADERBOARD: _table(rows), names.RANKING: _table(ranked), names.CLAIMS: _table(claims),
+             **{f"{names.FIGURES}{p.stem}": wandb.Image(str(p)) for p in figures}})
     directory = run.dir
     run.finish()
     return directory

@@ -33,9 +33,9 @@ from vgbench.probes.taps import ProbedModel
 from vgbench.tasks import TASKS, Task
 from vgbench.training.augment import AUGMENTATIONS
 from vgbench.training.stacked_optim import OPTIMIZERS
+from vgbench import wandb_names as names
 
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
-STEP_KEY = "trainer/global_step"  # the x axis of every chart, as with Lightning's WandbLogger
 
 
 class TaskModule(L.LightningModule):
@@ -83,7 +83,7 @@ class TaskModule(L.LightningModule):
             # One row per call, keyed by the trainer's step as Lightning's WandbLogger does (the init
             # probe and the first training probe both belong to step 0).
             run.log({**metrics, "epoch": self.current_epoch,
-                     STEP_KEY: self.global_step if step is None else step})
+                     names.STEP: self.global_step if step is None else step})
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
         # Our batches are always (x, y) tensors: skip Lightning's generic collection walk.
@@ -162,7 +162,7 @@ class TaskModule(L.LightningModule):
                 continue
             loss = loss if math.isfinite(loss) and self.diverged_at_step[k] is None else float("nan")
             self._epochs[k].setdefault(self.current_epoch, {})["train_loss"] = loss
-            self.log_model(k, {"train/loss": loss})
+            self.log_model(k, {names.TRAIN_LOSS: loss})
 
     def _trained_in_epoch(self, k: int, epoch: int) -> bool:
         """Model k's history holds the epochs up to the one it diverged in (as if it had trained alone)."""
@@ -235,7 +235,7 @@ class TaskModule(L.LightningModule):
             if self.diverged_at_step[k] is not None:
                 continue
             self._epochs[k].setdefault(self.current_epoch, {}).update({f"val_{m}": v for m, v in metrics.items()})
-            self.log_model(k, {f"val/{m}": v for m, v in metrics.items()})
+            self.log_model(k, {names.val_metric(m): v for m, v in metrics.items()})
 
     def on_test_epoch_start(self) -> None:
         self._eval_start()
@@ -247,4 +247,4 @@ class TaskModule(L.LightningModule):
         self.test_metrics = self._eval_end()
         for k, metrics in enumerate(self.test_metrics):
             if self.diverged_at_step[k] is None:
-                self.log_model(k, {f"test/{m}": v for m, v in metrics.items()})
+                self.log_model(k, {names.test_metric(m): v for m, v in metrics.items()})

@@ -144,7 +144,7 @@ def check_group(cells: list[CellSpec]) -> None:
 
 
 def build(cells: list[CellSpec], data: StoredDataset, results_root: Path, wandb: WandbSettings,
-          checkpoint_every: int | None = None) -> GroupRun:
+          checkpoint_every: int | None = None, profile: str | None = None) -> GroupRun:
     """Build the stacked model (pretraining each model if the recipe says so), the module, probes and Trainer.
 
     With ``checkpoint_every``, the group saves its state every that many epochs and,
@@ -187,7 +187,7 @@ def build(cells: list[CellSpec], data: StoredDataset, results_root: Path, wandb:
     trainer = build_trainer(first, callbacks)
     runs = [None] * len(cells)
     if trainer.is_global_zero:
-        runs = [start_run(cell, wandb, group_info(cells, k).model_dump()) for k, cell in enumerate(cells)]
+        runs = [start_run(cell, wandb, group_info(cells, k).model_dump(), profile) for k, cell in enumerate(cells)]
     module.loggers_per_model = runs
     datamodule = InMemoryData(data, training["batch_size"], seeds)
     return GroupRun(cells, identifier, data, task, model, module, probe, trainer, datamodule, runs, clock,
@@ -306,9 +306,11 @@ def write(run: GroupRun, results_: list[CellResult], results_root: Path) -> None
 
 
 def run_group(cells: list[CellSpec], data: StoredDataset, results_root: Path, wandb: WandbSettings,
-              launch: LaunchInfo | None = None, checkpoint_every: int | None = None) -> list[CellResult] | None:
-    """Train ``cells`` (one group) and write their files; their ``CellResult``s on rank 0 (None on other ranks)."""
-    run = build(cells, data, results_root, wandb, checkpoint_every)
+              launch: LaunchInfo | None = None, checkpoint_every: int | None = None,
+              profile: str | None = None) -> list[CellResult] | None:
+    """Train ``cells`` (one group) and write their files; their ``CellResult``s on rank 0 (None on other ranks).
+    ``profile`` names the W&B group (``<profile>/<family>``); W&B runs need it."""
+    run = build(cells, data, results_root, wandb, checkpoint_every, profile)
     fit(run)
     group_results = summarize(run, launch)
     if group_results is not None:
@@ -317,9 +319,10 @@ def run_group(cells: list[CellSpec], data: StoredDataset, results_root: Path, wa
 
 
 def run_cell(cell: CellSpec, data: StoredDataset, results_root: Path, wandb: WandbSettings,
-             launch: LaunchInfo | None = None, checkpoint_every: int | None = None) -> CellResult | None:
+             launch: LaunchInfo | None = None, checkpoint_every: int | None = None,
+             profile: str | None = None) -> CellResult | None:
     """A group of one: ``cell`` trained alone."""
-    group_results = run_group([cell], data, results_root, wandb, launch, checkpoint_every)
+    group_results = run_group([cell], data, results_root, wandb, launch, checkpoint_every, profile)
     return group_results[0] if group_results is not None else None
 
 

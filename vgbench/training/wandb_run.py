@@ -23,7 +23,7 @@ import os
 from vgbench.config import ConfigError, WandbSettings
 from vgbench.matrix import CellSpec
 from vgbench.pretraining.stack import EPOCH_MONITORS
-from vgbench.wandb_names import cell_run_id
+from vgbench import wandb_names as names
 
 PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "saturated_fraction", "dead_fraction",
                    "gate_mean")
@@ -45,10 +45,12 @@ def check_online_login(settings: WandbSettings) -> None:
                           f"`wandb sync wandb/offline-run-*`") from None
 
 
-def start_run(cell: CellSpec, settings: WandbSettings, group: dict):
-    """The cell's W&B run (a ``wandb.Run``), or None when W&B is disabled."""
+def start_run(cell: CellSpec, settings: WandbSettings, group: dict, profile: str | None):
+    """The cell's W&B run (a ``wandb.Run``), grouped ``<profile>/<family>``; None when W&B is disabled."""
     if settings.mode == "disabled":
         return None
+    if profile is None:
+        raise ValueError(f"cell {cell.cell_id}: a W&B run is grouped by profile; run_group needs profile=")
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
@@ -56,13 +58,14 @@ def start_run(cell: CellSpec, settings: WandbSettings, group: dict):
         # `dir` beats WANDB_DIR; hand WANDB_DIR on so cell runs land where the leaderboard run does.
         dir=os.environ.get("WANDB_DIR") or ".",
         project=settings.project, entity=settings.entity, mode=settings.mode,
-        name=cell.cell_id, id=cell_run_id(cell.cell_id), resume="allow", group=cell.family, job_type="train",
+        name=cell.cell_id, id=names.cell_run_id(cell.cell_id), resume="allow", group=names.group(profile, cell.family),
+        job_type=names.CELL_JOB, tags=names.cell_tags(profile, cell.remedy, cell.dataset, cell.depth),
         config={**cell.as_dict(), "cell_id": cell.cell_id, "cell_group": group},
         reinit="create_new",
         settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, silent=True),
     )
-    run.define_metric("trainer/global_step")
-    run.define_metric("*", step_metric="trainer/global_step", step_sync=True)
+    run.define_metric(names.STEP)
+    run.define_metric("*", step_metric=names.STEP, step_sync=True)
     return run
 
 
@@ -99,8 +102,8 @@ def finish_run(run, metrics: dict, init_record: dict, pretraining: dict | None =
                if isinstance(value, (int, float, str, bool)) or value is None}
     run.summary.update({key: (None if isinstance(v, float) and not math.isfinite(v) else v)
                         for key, v in scalars.items()})
-    tables = {"grad_profile_init": profile_table(init_record)}
+    tables = {names.GRAD_PROFILE_INIT: profile_table(init_record)}
     if pretraining is not None:
-        tables["pretraining"] = pretraining_table(pretraining)
+        tables[names.PRETRAINING] = pretraining_table(pretraining)
     run.log(tables)
     run.finish()
