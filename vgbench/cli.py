@@ -32,6 +32,7 @@ from vgbench.launch.request import LaunchError
 from vgbench.registry import UnknownNameError
 from vgbench.report.build import NoResultsError
 from vgbench.report.readme import ReadmeError
+from vgbench.report.wandb_report import ReportError
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -168,7 +169,8 @@ def _leaderboard(params: Params, args) -> int:
 
     if not args.no_wandb:
         check_online_login(params.wandb)
-    outputs = build_leaderboard(params, args.results_root, log_to_wandb=not args.no_wandb)
+    outputs = build_leaderboard(params, args.results_root, log_to_wandb=not args.no_wandb, params_path=args.params,
+                                data_root=args.data_root)
     for path in outputs:
         print(f"wrote {path}")
     return 0
@@ -179,6 +181,24 @@ def _claims(params: Params, args) -> int:
     from vgbench.report.formats import claims_markdown
 
     print(claims_markdown(aggregate_results(params, args.results_root).claims, params.profile), end="")
+    return 0
+
+
+def _report(params: Params, args) -> int:
+    from vgbench.report import wandb_report
+    from vgbench.report.build import aggregate_results
+    from vgbench.training.wandb_run import check_online_login
+
+    data = aggregate_results(params, args.results_root)
+    spec, written = wandb_report.write(params, args.results_root, data.rows, data.ranked, data.claims)
+    for path in written:
+        print(f"wrote {path}")
+    if args.publish:
+        if params.wandb.mode != "online":
+            raise ConfigError(f"--publish saves the report to W&B: set wandb.mode: online (it is "
+                              f"{params.wandb.mode!r}) and upload offline runs first with `wandb sync wandb/offline-run-*`")
+        check_online_login(params.wandb)
+        print(f"published {wandb_report.publish(spec)}")
     return 0
 
 
@@ -246,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--no-wandb", action="store_true", help="do not log the tables to W&B")
     commands.add_parser("claims", help="published claims checked against the active profile's results "
                                        "(holds / fails / not in this profile, with the numbers)")
+    report = commands.add_parser("report", help="a W&B Report of the results: its specification and a Markdown "
+                                                "rendering in results/report/; --publish saves it to W&B")
+    report.add_argument("--publish", action="store_true", help="save the report (wandb.mode: online, runs synced)")
     commands.add_parser("cells", help="list the active profile's cells and the state of each")
     status = commands.add_parser("status", help="cells done, running (where), failed (why) and pending, per family")
     status.add_argument("--only", help="only cells whose id contains this text")
@@ -256,13 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     readme = commands.add_parser("readme", help="rewrite README.md's marked leaderboard blocks from "
                                                 "results/leaderboard.md")
     readme.add_argument("--readme", type=Path, default=Path("README.md"), help="default: %(default)s")
-    for sub in (fetch, train, board, commands.choices["claims"], commands.choices["cells"], status, plan, readme):
+    for sub in (fetch, train, board, commands.choices["claims"], report, commands.choices["cells"], status, plan,
+                readme):
         _common(sub)
     return parser
 
 
-HANDLERS = {"fetch": _fetch, "train": _train, "leaderboard": _leaderboard, "claims": _claims, "cells": _cells,
-            "status": _status, "plan": _plan, "readme": _readme}
+HANDLERS = {"fetch": _fetch, "train": _train, "leaderboard": _leaderboard, "claims": _claims, "report": _report,
+            "cells": _cells, "status": _status, "plan": _plan, "readme": _readme}
 
 
 class Stopped(SystemExit):
@@ -306,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownNameError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (DataNotReadyError, NoResultsError, LaunchError, ReadmeError) as error:
+    except (DataNotReadyError, NoResultsError, LaunchError, ReadmeError, ReportError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `vgbench cells | head`: the reader left; no traceback

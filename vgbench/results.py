@@ -43,6 +43,17 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:12]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what platform knows): it moves float rounding."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     import lightning
     import torch
@@ -57,6 +68,7 @@ def environment() -> dict:
         "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         # CPU results can depend on the thread count (reduction order): keep it with them.
         "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 

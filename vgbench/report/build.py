@@ -21,7 +21,7 @@ from vgbench.config import Params
 from vgbench.data import DATASETS
 from vgbench.models import FAMILIES
 from vgbench.references import BIB_PATH, latex_cite
-from vgbench.report import aggregate, figures, formats
+from vgbench.report import aggregate, figures, formats, provenance
 from vgbench.tuning import matrix_cells
 
 
@@ -71,7 +71,8 @@ def aggregate_results(params: Params, results_root: Path) -> Aggregated:
     return Aggregated(cells, table, missing, rows, ranked, profiles, claims)
 
 
-def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = True) -> list[Path]:
+def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = True, params_path: Path | None = None,
+                      data_root: Path | None = None) -> list[Path]:
     data = aggregate_results(params, results_root)
     cells, table, missing, rows, ranked, profiles, claims = (
         data.cells, data.table, data.missing, data.rows, data.ranked, data.profiles, data.claims)
@@ -79,6 +80,8 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
     n_seeds = len(params.active.seeds)
     written = []
     all_profiles = pd.concat(profiles.values())
+    source = provenance.build(params, results_root, table, params_path, data_root)
+    source_line = provenance.one_line(source)
 
     summary = {
         "profile": params.profile,
@@ -86,6 +89,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         "rows": {f"{r['family']}/{r['dataset']}/{r['remedy']}/d{r['depth']}": r for r in _records(rows)},
         "frontier": {f"{r['family']}/{r['dataset']}/{r['remedy']}": r for r in _records(ranked)},
         "claims": {r["claim"]: r for r in _records(claims)},
+        "provenance": source,
     }
     pairs = list(rows[["family", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
 
@@ -98,11 +102,13 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         "leaderboard.md": "\n".join(
             formats.leaderboard_markdown(part(rows, family, dataset), part(ranked, family, dataset),
                                          f"{family} on {dataset} (profile {params.profile})")
-            for family, dataset in pairs) + formats.left_out_markdown(left_out, len(cells)),
-        "claims.md": formats.claims_markdown(claims, params.profile),
-        "claims.tex": formats.claims_latex(claims, params.profile),
+            for family, dataset in pairs) + formats.left_out_markdown(left_out, len(cells))
+        + f"\n## Provenance\n\n{source_line} (whole block: leaderboard.json; one page: CARD.md).\n",
+        "claims.md": formats.claims_markdown(claims, params.profile) + f"\nProvenance: {source_line}.\n",
+        "claims.tex": f"% {source_line}\n" + formats.claims_latex(claims, params.profile),
+        "CARD.md": provenance.card(source, params, claims),
         "references.bib": BIB_PATH.read_text(),  # what leaderboard.tex and claims.tex cite
-        "leaderboard.tex": "\n".join(
+        "leaderboard.tex": f"% {source_line}\n" + "\n".join(
             formats.leaderboard_latex(
                 part(rows, family, dataset),
                 caption=(f"{family} on {_tex(dataset)}{latex_cite(DATASETS.get(dataset).cites)}: "

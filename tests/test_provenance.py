@@ -1,0 +1,61 @@
+"""The provenance block and the results card: read from real files (a real git checkout, params, dvc.lock,
+data manifests, cell results), never guessed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+
+from tests.test_report import cells, params, write_results  # noqa: F401 (fixtures)
+from vgbench.report import build, provenance
+
+
+def _git(repo, *args):
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def test_git_commit_and_dirty_flag_come_from_a_real_checkout(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "params.yaml").write_text("profile: default\n")
+    _git(repo, "add", "params.yaml")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert provenance._git(repo) == {"commit": head, "dirty": False, "changed": []}
+    (repo / "params.yaml").write_text("profile: paper\n")
+    block = provenance._git(repo)
+    assert block["commit"] == head and block["dirty"] is True and block["changed"] == [" M params.yaml"]
+    outside = provenance._git(tmp_path / "nowhere")
+    assert outside["commit"] is None and outside["why"]
+
+
+def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_path, params, cells):
+    results, data = tmp_path / "results", tmp_path / "data"
+    write_results(results, cells)
+    (data / "mnist1d").mkdir(parents=True)
+    (data / "mnist1d" / "manifest.json").write_text(json.dumps({"sha256": {"train.pt": "ab"}}))
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("profile: synthetic\n")
+    build.build_leaderboard(params, results, log_to_wandb=False, params_path=params_file, data_root=data)
+
+    block = json.loads((results / "leaderboard.json").read_text())["provenance"]
+    digest = hashlib.sha256(params_file.read_bytes()).hexdigest()
+    assert block["params_sha256"] == digest and block["cells"] == 36
+    assert block["data_manifests_sha256"] == {
+        "mnist1d": hashlib.sha256((data / "mnist1d" / "manifest.json").read_bytes()).hexdigest()}
+    walls = [json.loads(p.read_text())["wall_seconds"] for p in results.glob("cells/*/metrics.json")]
+    assert block["device_seconds"] == round(sum(walls), 1) and block["device_seconds_by_family"] == {"mlp": block["device_seconds"]}
+    assert len(block["environments"]) == 1 and block["environments"][0]["torch"] == "x"
+    assert block["git"]["commit"] is None or len(block["git"]["commit"]) == 40
+    line = provenance.one_line(block)
+    assert f"params.yaml sha256 {digest[:12]}" in line and "36 cells" in line
+    assert (results / "leaderboard.md").read_text().rstrip().endswith("one page: CARD.md).")
+    assert (results / "leaderboard.tex").read_text().startswith(f"% {line}\n")
+    assert (results / "claims.tex").read_text().startswith(f"% {line}\n")
+    assert f"Provenance: {line}." in (results / "claims.md").read_text()
+    card = (results / "CARD.md").read_text()
+    assert card.startswith("# Results card: vgbench profile `synthetic`")
+    assert f"params.yaml sha256 {digest}" in card and "dvc repro" in card and "36 trained cells" in card
+    assert "- mlp on mnist1d: remedies" in card and "Published claims checked" in card

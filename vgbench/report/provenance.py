@@ -1,0 +1,154 @@
+"""Where a table came from: the provenance block every leaderboard output carries, and the results card.
+
+A table someone cites must say which code, parameters, data and machines produced it. The block is
+built once per leaderboard build, from files only (git, params.yaml, dvc.lock, the data manifests,
+the cells' metrics.json), and written into ``leaderboard.json`` (whole), the Markdown and LaTeX
+tables (a short form) and ``results/CARD.md`` (one page: what was run, on what, how to reproduce).
+An item that cannot be read (no git checkout, no dvc.lock yet) is recorded as null with the reason,
+never guessed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from vgbench.config import Params
+
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _git(repo: Path) -> dict:
+    """The commit and whether the working tree differs from it (tracked files only)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
+
+    head = git("rev-parse", "HEAD")
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None, "why": (head.stderr.strip() or "not a git checkout")[:200]}
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": head.stdout.strip(), "dirty": bool(changed.stdout.strip()),
+            "changed": changed.stdout.splitlines()[:20]}
+
+
+def _manifests(table: pd.DataFrame, data_root: Path | None) -> dict:
+    """sha256 of each stored data set's manifest (which itself holds every file's sha256)."""
+    if data_root is None:
+        return {"why": "no data root given"}
+    return {str(path.parent.relative_to(data_root)): _sha256(path)
+            for path in sorted(data_root.rglob("manifest.json"))
+            if path.parent.relative_to(data_root).parts[0] in set(table["dataset"])}
+
+
+def _environments(results_root: Path, cell_ids: list[str]) -> list[dict]:
+    """The distinct environments the cells ran in (one per machine and software stack)."""
+    from vgbench import results
+
+    seen: dict[str, dict] = {}
+    for cell_id in cell_ids:
+        environment = results.read_result(results_root, cell_id).environment
+        keep = {key: environment.get(key) for key in ("python", "platform", "torch", "lightning", "cuda", "cudnn",
+                                                       "gpu", "cpu", "torch_threads", "code_fingerprint")}
+        seen.setdefault(repr(sorted(keep.items())), keep)
+    return list(seen.values())
+
+
+def build(params: Params, results_root: Path, table: pd.DataFrame, params_path: Path | None = None,
+          data_root: Path | None = None, repo: Path = Path(".")) -> dict:
+    """The provenance block of a leaderboard built from ``table`` (aggregate.cell_table's done cells)."""
+    from vgbench import results
+
+    cell_ids = sorted(set(table["cell_id"]))
+    wandb_runs = []
+    for cell_id in cell_ids:
+        record = results.read_result(results_root, cell_id).wandb
+        if record:
+            wandb_runs.append(record["run_id"])
+    lock = repo / "dvc.lock"
+    return {
+        "profile": params.profile,
+        "git": _git(repo),
+        "params_sha256": _sha256(params_path) if params_path is not None else None,
+        "dvc_lock_sha256": _sha256(lock),
+        "data_manifests_sha256": _manifests(table, data_root),
+        "environments": _environments(results_root, cell_ids),
+        "cells": len(cell_ids),
+        "device_seconds": round(float(table.drop_duplicates("cell_id")["wall_seconds"].sum()), 1),
+        "device_seconds_by_family": {family: round(float(part.drop_duplicates("cell_id")["wall_seconds"].sum()), 1)
+                                     for family, part in table.groupby("family", sort=False)},
+        "wandb": {"project": params.wandb.project, "entity": params.wandb.entity, "mode": params.wandb.mode,
+                  "cell_runs": len(wandb_runs), "cell_run_ids": wandb_runs},
+    }
+
+
+def one_line(block: dict) -> str:
+    """The short form the tables carry: commit, dirty flag, params and dvc.lock hashes, cells, device time."""
+    git = block["git"]
+    commit = f"{git['commit'][:12]}{' (dirty)' if git['dirty'] else ''}" if git["commit"] else f"no commit ({git['why']})"
+    short = {key: (block[key] or "none")[:12] for key in ("params_sha256", "dvc_lock_sha256")}
+    return (f"vgbench profile {block['profile']}, commit {commit}, params.yaml sha256 {short['params_sha256']}, "
+            f"dvc.lock sha256 {short['dvc_lock_sha256']}, {block['cells']} cells, "
+            f"{block['device_seconds'] / 3600:.2f} device-hours")
+
+
+def card(block: dict, params: Params, claims: pd.DataFrame) -> str:
+    """results/CARD.md: what was run, on what, and how to reproduce it, on one page."""
+    profile = params.active
+    git = block["git"]
+    environments = "\n".join(
+        f"- {env['platform']}; CPU {env.get('cpu') or 'unrecorded'}; GPU {env.get('gpu') or 'none'}; Python "
+        f"{env['python']}, torch {env['torch']}, Lightning {env['lightning']}, CUDA {env['cuda'] or 'none'}; "
+        f"{env['torch_threads']} torch thread(s); code fingerprint {env['code_fingerprint']}"
+        for env in block["environments"])
+    blocks = "\n".join(f"- {b.family} on {b.dataset}: remedies {', '.join(b.remedies)}; depths "
+                       f"{', '.join(map(str, b.depths))}" for b in profile.matrix)
+    tally = claims["verdict"].value_counts()
+    checkout = (f"git checkout {git['commit']}" if git["commit"] else "(no git commit recorded)") + (
+        "   # the tree was dirty: these results include uncommitted changes" if git["dirty"] else "")
+    manifests = "\n".join(f"- `{name}`: {digest}" for name, digest in block["data_manifests_sha256"].items())
+    return f"""# Results card: vgbench profile `{block['profile']}`
+
+{profile.description}
+
+## What was run
+
+{block['cells']} trained cells (a cell: one network, one seed, one learning rate): seeds
+{list(profile.seeds)}, learning rates chosen on validation from each block's grid; every row reports
+mean, std, n and a Student's t 95% interval over its seeds.
+
+{blocks}
+
+Device time, summed over the cells: {block['device_seconds']:.0f} s ({block['device_seconds'] / 3600:.2f} h).
+Published claims checked against these tables (results/claims.md): {', '.join(f"{n} {v}" for v, n in tally.items())}.
+
+## On what
+
+{environments}
+
+## How to reproduce
+
+```bash
+{checkout}
+pip install -e .
+dvc repro            # params.yaml sha256 {block['params_sha256']}
+```
+
+`dvc.lock` sha256 at build time: {block['dvc_lock_sha256']}. Data manifests (each lists its files' sha256):
+
+{manifests}
+
+Bit for bit: the same numbers on the same hardware and software (torch, CPU or GPU model, thread count).
+On another machine: within the reported intervals (float rounding moves some cells; README, "Pipeline
+stability", measured how many).
+
+W&B: project `{block['wandb']['project']}`, mode `{block['wandb']['mode']}`, {block['wandb']['cell_runs']} cell runs
+(ids in leaderboard.json's provenance); offline runs upload with `wandb sync wandb/offline-run-*`.
+
+Cite vgbench with `CITATION.cff`, and the remedies' and data sets' sources with `results/references.bib`
+(the keys `leaderboard.tex` and `claims.tex` cite).
+"""
