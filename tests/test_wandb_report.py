@@ -1,0 +1,97 @@
+"""The W&B Report, built offline: its specification's blocks, panels, run-set filters and metric keys
+match the names vgbench logs its runs with, and wandb-workspaces accepts it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from wandb_workspaces.expr import expr_to_filters
+
+from tests.test_report import cells, params, write_results  # noqa: F401 (fixtures)
+from vgbench import wandb_names as names
+from vgbench.cli import main
+from vgbench.report import build, wandb_report
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, params, cells):
+    results = tmp_path_factory.mktemp("report") / "results"
+    write_results(results, cells)
+    build.build_leaderboard(params, results, log_to_wandb=False)
+    data = build.aggregate_results(params, results)
+    spec, written = wandb_report.write(params, results, data.rows, data.ranked, data.claims)
+    return spec, written, results, data
+
+
+def test_the_specification_and_its_markdown_are_written(built):
+    spec, written, results, _ = built
+    assert [p.name for p in written] == ["report.json", "report.md"]
+    assert json.loads((results / "report" / "report.json").read_text()) == spec
+    text = (results / "report" / "report.md").read_text()
+    assert text.startswith("# vgbench — synthetic profile") and "### What the results show" in text
+    assert "| `he2015_relu_he_init` |" in text  # the claims table, as claims.md has it
+    assert "## mlp on mnist1d (profile synthetic)" in text  # the leaderboard tables
+
+
+def test_summaries_are_written_from_the_rows(built):
+    spec, _, _, data = built
+    [summary] = [b["text"] for b in spec["blocks"] if b["type"] == "p" and b["text"].startswith("mlp on mnist1d")]
+    deepest = data.rows[data.rows["depth"] == data.rows["depth"].max()]
+    vanished = deepest[deepest["rate_vanished"] >= 0.5]["remedy"].tolist()
+    assert vanished == ["small_init"] and "vanished: small_init" in summary
+    assert "trained: he_relu, grad_clip" in summary and "(6)" in summary
+
+
+def test_run_sets_filter_this_profile_s_groups_and_panels_use_logged_keys(built):
+    spec, _, _, data = built
+    grids = [b for b in spec["blocks"] if b["type"] == "panel_grid"]
+    families = list(dict.fromkeys(data.rows["family"]))
+    assert len(grids) == 1 + len(families)
+    groups = {f.value for g in grids for f in expr_to_filters(g["runset"]["filters"]).filters
+              if f.key.name == "group"}
+    assert groups == {names.group("synthetic", family) for family in families}
+    logged = {names.STEP, names.PROBE_LOG10_RATIO, names.TRAIN_LOSS, names.val_metric("accuracy")}
+    tables = {names.LEADERBOARD, names.RANKING, names.CLAIMS, names.GRAD_PROFILE_INIT}
+    for grid in grids:
+        for panel in grid["panels"]:
+            if panel["type"] == "line":
+                assert {panel["x"], *panel["y"]} <= logged, panel
+            elif panel["type"] == "table":
+                assert panel["table"] in tables
+    board = grids[0]["runset"]["filters"]
+    assert f"'{names.leaderboard_run_name('synthetic')}'" in board and f"'{names.LEADERBOARD_JOB}'" in board
+
+
+def test_wandb_workspaces_builds_the_report_offline(built):
+    import wandb_workspaces.reports.v2 as wr
+
+    spec, _, _, _ = built
+    report = wandb_report.to_report(spec)
+    assert isinstance(report, wr.Report) and report.title == spec["title"]
+    grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    assert [g.runsets[0].filters for g in grids] == [b["runset"]["filters"] for b in spec["blocks"]
+                                                     if b["type"] == "panel_grid"]
+    lines = [p for g in grids for p in g.panels if isinstance(p, wr.LinePlot)]
+    assert {y for p in lines for y in p.y} == {names.PROBE_LOG10_RATIO, names.TRAIN_LOSS, names.val_metric("accuracy")}
+
+
+def test_the_command_needs_the_leaderboard_first_and_publish_needs_online(tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    from tests.conftest import REPO
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw.update(profile="tiny", wandb={**raw["wandb"], "mode": "offline"})
+    params.write_text(yaml.safe_dump(raw))
+    args = ["report", "--params", str(params), "--results-root", str(tmp_path / "results")]
+    assert main(args) == 1 and "run `vgbench train` first" in capsys.readouterr().err
+
+
+def test_an_unset_entity_is_filled_everywhere_before_saving(built):
+    spec, _, _, _ = built
+    assert spec["entity"] is None  # params.wandb.entity: null
+    filled = wandb_report.with_entity(spec, "my-team")
+    assert filled["entity"] == "my-team"
+    assert {b["runset"]["entity"] for b in filled["blocks"] if "runset" in b} == {"my-team"}
+    assert spec["entity"] is None  # the specification on disk is left as it was

@@ -1,0 +1,188 @@
+"""A W&B Report of a profile's results, built with ``wandb-workspaces`` (``wandb_workspaces.reports.v2``).
+
+The report is first a plain specification (a dict, written to ``results/report/report.json``, with a
+Markdown rendering of the same content in ``report.md``): title and profile, a summary per family
+written from the leaderboard rows (what vanished, what trained, the frontier), the leaderboard,
+ranking and claims tables (from the leaderboard run), line plots of each family's gradient ratio
+and validation metric per remedy, the figures, and one run set per family filtered to this
+profile's group, so a reader can open every cell's run. Every name in it (groups, job types,
+metric and table keys) comes from vgbench/wandb_names.py, the module the runs are logged with.
+
+``to_report`` turns the specification into ``wandb_workspaces`` objects; ``publish`` saves them
+(``wandb.mode: online``, after ``wandb sync`` of offline runs) and returns the report's URL.
+Building the objects needs no account; saving does (wandb-workspaces resolves the project then).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vgbench import atomic
+from vgbench import wandb_names as names
+
+if TYPE_CHECKING:  # the CLI imports this module for its error class: keep that import light
+    import pandas as pd
+
+    from vgbench.config import Params
+
+MAJORITY = 0.5  # as the frontier: a verdict of at least half of a row's seeds
+
+
+def family_summary(rows: pd.DataFrame, ranked: pd.DataFrame, family: str, dataset: str) -> str:
+    """One paragraph from the rows of one (family, data set): at the deepest depth, which remedies
+    vanished, which trained, and who leads the frontier."""
+    from vgbench.models import FAMILIES
+
+    part = rows[(rows["family"] == family) & (rows["dataset"] == dataset)]
+    deepest = part[part["depth"] == part["depth"].max()]
+    depth = int(deepest["depth"].max())
+    vanished = deepest[deepest.get("rate_vanished", 0) >= MAJORITY]["remedy"].tolist()
+    trained = deepest[deepest["trainable_rate"] >= MAJORITY]["remedy"].tolist()
+    meaning = FAMILIES.get(family).depth_meaning
+    top = ranked[(ranked["family"] == family) & (ranked["dataset"] == dataset)]
+    leaders = top[top["rank_range"].str.startswith("1")]["remedy"].tolist()
+    metric = deepest["metric"].iloc[0]
+    return (f"{family} on {dataset}, at the deepest {meaning} ({depth}): "
+            f"{'vanished: ' + ', '.join(vanished) if vanished else 'none vanished'}; "
+            f"{'trained: ' + ', '.join(trained) if trained else 'none trained'} "
+            f"(trainable for at least half of the seeds). Rank 1 by the frontier, then test {metric}: "
+            f"{', '.join(leaders) if leaders else 'none'}.")
+
+
+def _runset(params: Params, family: str) -> dict:
+    return {"name": f"{params.profile}/{family} cells", "entity": params.wandb.entity, "project": params.wandb.project,
+            "filters": f"Metric('Group') == '{names.group(params.profile, family)}' and "
+                       f"Metric('JobType') == '{names.CELL_JOB}'",
+            "groupby": ["config.remedy"]}
+
+
+def _leaderboard_runset(params: Params) -> dict:
+    return {"name": f"{params.profile} leaderboard", "entity": params.wandb.entity, "project": params.wandb.project,
+            "filters": f"Metric('Name') == '{names.leaderboard_run_name(params.profile)}' and "
+                       f"Metric('JobType') == '{names.LEADERBOARD_JOB}'",
+            "groupby": []}
+
+
+def specification(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, claims: pd.DataFrame,
+                  leaderboard_md: str, claims_md: str) -> dict:
+    """The report as plain data: blocks in order; panels name their run set, x/y keys or table."""
+    blocks: list[dict] = [
+        {"type": "h1", "text": f"vgbench: the {params.profile} profile"},
+        {"type": "p", "text": params.active.description},
+        {"type": "h2", "text": "What the results show"},
+        *({"type": "p", "text": family_summary(rows, ranked, family, dataset)}
+          for family, dataset in rows[["family", "dataset"]].drop_duplicates().itertuples(index=False)),
+        {"type": "h2", "text": "Leaderboard, ranking and published claims"},
+        {"type": "panel_grid", "runset": _leaderboard_runset(params), "panels": [
+            {"type": "table", "table": names.LEADERBOARD}, {"type": "table", "table": names.RANKING},
+            {"type": "table", "table": names.CLAIMS},
+            {"type": "media", "key_prefix": names.FIGURES}]},
+        {"type": "markdown", "text": leaderboard_md},
+        {"type": "markdown", "text": claims_md},
+    ]
+    for family in dict.fromkeys(rows["family"]):
+        metric = rows[rows["family"] == family]["metric"].iloc[0]
+        blocks += [
+            {"type": "h2", "text": f"{family}: gradient flow and training, per remedy"},
+            {"type": "panel_grid", "runset": _runset(params, family), "panels": [
+                {"type": "line", "title": "log10 ||dL/dh_first|| / ||dL/dh_last|| at probe steps",
+                 "x": names.STEP, "y": [names.PROBE_LOG10_RATIO]},
+                {"type": "line", "title": f"validation {metric}", "x": names.STEP, "y": [names.val_metric(metric)]},
+                {"type": "line", "title": "training loss", "x": names.STEP, "y": [names.TRAIN_LOSS]},
+                {"type": "table", "table": names.GRAD_PROFILE_INIT}]},
+        ]
+    return {"title": f"vgbench — {params.profile} profile", "project": params.wandb.project,
+            "entity": params.wandb.entity, "description": f"{len(rows)} leaderboard rows, profile {params.profile}",
+            "blocks": blocks}
+
+
+def markdown(spec: dict) -> str:
+    """The specification as a document: text as text, each panel grid as the run set it filters and its panels."""
+    lines = [f"# {spec['title']}", ""]
+    for block in spec["blocks"]:
+        kind = block["type"]
+        if kind in ("h1", "h2"):
+            lines += [f"{'#' * (2 if kind == 'h1' else 3)} {block['text']}", ""]
+        elif kind in ("p", "markdown"):
+            lines += [block["text"].strip(), ""]
+        else:
+            runset = block["runset"]
+            lines.append(f"Panels over run set *{runset['name']}* ({runset['filters']}; grouped by "
+                         f"{', '.join(runset['groupby']) or 'nothing'}):")
+            for panel in block["panels"]:
+                what = (f"line plot of {', '.join(panel['y'])} against {panel['x']}" if panel["type"] == "line"
+                        else f"table `{panel['table']}`" if panel["type"] == "table"
+                        else f"the images logged under `{panel['key_prefix']}`")
+                lines.append(f"- {what}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def to_report(spec: dict):
+    """The ``wandb_workspaces.reports.v2.Report`` of ``spec`` (no account needed until it is saved)."""
+    import wandb_workspaces.reports.v2 as wr
+
+    def panel(p: dict):
+        if p["type"] == "line":
+            return wr.LinePlot(title=p["title"], x=p["x"], y=list(p["y"]))
+        if p["type"] == "table":
+            return wr.WeavePanelSummaryTable(table_name=p["table"])
+        return wr.MediaBrowser(media_keys=[p["key_prefix"]])
+
+    def block(b: dict):
+        if b["type"] == "h1":
+            return wr.H1(b["text"])
+        if b["type"] == "h2":
+            return wr.H2(b["text"])
+        if b["type"] == "p":
+            return wr.P(b["text"])
+        if b["type"] == "markdown":
+            return wr.MarkdownBlock(text=b["text"])
+        r = b["runset"]
+        runset = wr.Runset(entity=r["entity"] or "", project=r["project"], name=r["name"], filters=r["filters"],
+                           groupby=list(r["groupby"]))
+        return wr.PanelGrid(runsets=[runset], panels=[panel(p) for p in b["panels"]])
+
+    return wr.Report(project=spec["project"], entity=spec["entity"] or "", title=spec["title"],
+                     description=spec["description"], blocks=[block(b) for b in spec["blocks"]])
+
+
+class ReportError(RuntimeError):
+    """The report cannot be built or saved; the message says what to do."""
+
+
+def write(params: Params, results_root: Path, rows: pd.DataFrame, ranked: pd.DataFrame,
+          claims: pd.DataFrame) -> tuple[dict, list[Path]]:
+    """results/report/report.json and report.md, from the leaderboard's own Markdown and the rows."""
+    for name in ("leaderboard.md", "claims.md"):
+        if not (results_root / name).is_file():
+            raise ReportError(f"{results_root / name} is missing: run `vgbench leaderboard` (or `dvc repro`) first")
+    spec = specification(params, rows, ranked, claims, (results_root / "leaderboard.md").read_text(),
+                         (results_root / "claims.md").read_text())
+    folder = results_root / "report"
+    atomic.write_text(folder / "report.json", json.dumps(spec, indent=2) + "\n")
+    atomic.write_text(folder / "report.md", markdown(spec))
+    return spec, [folder / "report.json", folder / "report.md"]
+
+
+def with_entity(spec: dict, entity: str) -> dict:
+    """``spec`` with ``entity`` wherever it named none (``wandb.entity: null``: the login's default entity)."""
+    def fill(block: dict) -> dict:
+        if "runset" not in block:
+            return block
+        return {**block, "runset": {**block["runset"], "entity": block["runset"]["entity"] or entity}}
+
+    return {**spec, "entity": spec["entity"] or entity, "blocks": [fill(b) for b in spec["blocks"]]}
+
+
+def publish(spec: dict) -> str:
+    """Save the report to W&B (needs a login and the synced runs); its URL."""
+    if not spec["entity"]:
+        import wandb
+
+        spec = with_entity(spec, wandb.Api().default_entity)
+    report = to_report(spec)
+    report.save()
+    return report.url
