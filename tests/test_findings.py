@@ -89,6 +89,7 @@ def test_degradation_needs_a_rising_plain_loss_with_healthy_gradients_and_a_flat
         return (both_depths("resnet", "plain_bn", dict(loss=0.05), dict(loss=plain_deep_loss, ratio=plain_ratio), (8, 20))
                 + both_depths("resnet", "residual_bn", dict(loss=0.05), dict(loss=residual_deep_loss), (8, 20)))
     assert verdicts(rows(0.16, 0.3, 0.04))["he2016_degradation_not_vanishing"] == HOLDS
+    assert verdicts(rows(0.16, 1.3, 0.04))["he2016_degradation_not_vanishing"] == HOLDS  # growth is not vanishing
     assert verdicts(rows(0.16, -3.0, 0.04))["he2016_degradation_not_vanishing"] == FAILS  # that is vanishing
     assert verdicts(rows(0.04, 0.3, 0.04))["he2016_degradation_not_vanishing"] == FAILS  # no degradation
     assert verdicts(rows(0.16, 0.3, 0.2))["he2016_degradation_not_vanishing"] == FAILS  # the ResNet degrades too

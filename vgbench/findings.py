@@ -186,15 +186,16 @@ def _highway(block: Block) -> tuple[bool, str]:
 @_claim("he2016_degradation_not_vanishing", ("he2016deep",),
         "A deeper plain network (with batch normalization) reaches a higher training loss than a shallower one, "
         "although its gradients do not vanish; the residual network of the same depth does not degrade.",
-        "Deepest vs shallowest depth: the plain BN net's final training loss is higher, its |log10 first/last "
-        "ratio| <= 1 at the deepest depth, and the residual BN net's final training loss is not higher (the "
-        "paper's training curves, by direction).",
+        "Deepest vs shallowest depth: the plain BN net's final training loss is higher while its gradient did not "
+        "vanish at the deepest depth (log10 first/last ratio > -1: no tenfold drop; the paper rules out vanishing, "
+        "not growth), and the residual BN net's final training loss is not higher (the paper's training curves, "
+        "by direction).",
         families=("resnet",), needs=("plain_bn", "residual_bn"))
 def _degradation(block: Block) -> tuple[bool, str]:
     plain_deep, plain_shallow = block.row("plain_bn"), block.row("plain_bn", "shallowest")
     res_deep, res_shallow = block.row("residual_bn"), block.row("residual_bn", "shallowest")
     degrades = plain_deep["final_train_loss_mean"] > plain_shallow["final_train_loss_mean"]
-    healthy = abs(plain_deep["init_log10_dL_dh_first_last"]) <= FLAT_LOG10
+    healthy = plain_deep["init_log10_dL_dh_first_last"] > VANISHED_LOG10
     holds_up = res_deep["final_train_loss_mean"] <= res_shallow["final_train_loss_mean"]
 
     def loss(deep: pd.Series, shallow: pd.Series) -> str:
