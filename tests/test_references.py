@@ -64,3 +64,13 @@ def test_the_citation_file_is_valid_cff_for_this_version():
     assert {"message", "title", "authors", "version"} <= set(cff)
     assert all("name" in author or "family-names" in author for author in cff["authors"])
     assert cff["version"] == re.search(r'^version = "(.+)"$', (REPO / "pyproject.toml").read_text(), re.M)[1]
+
+
+def test_every_entry_is_cited_by_a_registry_or_the_theory():
+    from vgbench.findings import CLAIMS
+    from vgbench.probes import theory
+
+    cited = {key for name in REMEDIES for key in REMEDIES.get(name).cites}
+    cited |= {key for name in DATASETS for key in DATASETS.get(name).cites}
+    cited |= {key for name in CLAIMS for key in CLAIMS.get(name).cites} | set(theory.CITES)
+    assert set(references()) == cited, set(references()) ^ cited

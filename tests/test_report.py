@@ -525,7 +525,8 @@ def test_leaderboard_latex_golden():
     assert r"\cmidrule(lr){3-4}\cmidrule(lr){5-6}" in lines
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
     assert body == [
-        r"mnist1d & small\_init~\cite{bengio1994learning,hinton2010practical} & $0.420 \pm 0.020$ {\scriptsize $[0.370, 0.470]$} & $-1.2$ ($-1.2$) & "
+        r"mnist1d & small\_init~\cite{hochreiter1991untersuchungen,bengio1994learning,hinton2010practical} & "
+        r"$0.420 \pm 0.020$ {\scriptsize $[0.370, 0.470]$} & $-1.2$ ($-1.2$) & "
         r"$0.100 \pm 0.000$ {\scriptsize $[0.100, 0.100]$} & $-\infty$ ($-32.3$) \\",
         r"mnist1d & he\_relu~\cite{glorot2011deep,he2015delving} & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & "
         r"$0.0$ & $0.500 \pm 0.408$ {\scriptsize $[-0.514, 1.514]$} & -- \\",

@@ -196,7 +196,8 @@ def _report(params: Params, args) -> int:
     if args.publish:
         if params.wandb.mode != "online":
             raise ConfigError(f"--publish saves the report to W&B: set wandb.mode: online (it is "
-                              f"{params.wandb.mode!r}) and upload offline runs first with `wandb sync wandb/offline-run-*`")
+                              f"{params.wandb.mode!r}) and upload offline runs first with "
+                              f"`wandb sync wandb/offline-run-*`")
         check_online_login(params.wandb)
         print(f"published {wandb_report.publish(spec)}")
     return 0

@@ -257,7 +257,8 @@ def _clipping(block: Block) -> tuple[bool, str]:
 def blocks(rows: pd.DataFrame, profiles: pd.DataFrame) -> list[Block]:
     out = []
     for (family, dataset), part in rows.groupby(["family", "dataset"], sort=False):
-        mine = profiles[(profiles["family"] == family) & (profiles["dataset"] == dataset)] if len(profiles) else profiles
+        mine = (profiles[(profiles["family"] == family) & (profiles["dataset"] == dataset)] if len(profiles)
+                else profiles)
         out.append(Block(family, dataset, part, mine))
     return out
 

@@ -49,11 +49,12 @@ def _remedy(name: str, cites: tuple[str, ...], summary: str, citation: str, fami
     REMEDIES.add(name, Remedy(name, check_keys(cites, f"remedy {name!r}"), summary, citation, table))
 
 
-_remedy("small_init", ("bengio1994learning", "hinton2010practical"),
+_remedy("small_init", ("hochreiter1991untersuchungen", "bengio1994learning", "hinton2010practical"),
         "the family's base recipe: N(0, 0.01^2) weights whatever the fan-in (the pre-2010 habit, "
         "e.g. Hinton's 2010 RBM guide); sigmoid (MLP, DBN) or tanh (RNN) units. It vanishes by construction "
         "(about 10^-1.7 per sigmoid layer of width 64): the failure, not a fair baseline; see *_standard",
-        "Bengio, Simard & Frasconi 1994; Hinton 2010, UTML TR 2010-003", families=("mlp", "rnn", "dbn"))
+        "Hochreiter 1991 (diploma thesis); Bengio, Simard & Frasconi 1994; Hinton 2010, UTML TR 2010-003",
+        families=("mlp", "rnn", "dbn"))
 _remedy("sigmoid_standard", ("glorot2010understanding",),
         "sigmoid with the 'standard' init U(-1/sqrt(fan_in), 1/sqrt(fan_in)) that Glorot & "
         "Bengio 2010 studied (their eq. 1; also PyTorch's nn.Linear default): the fair sigmoid baseline",

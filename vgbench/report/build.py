@@ -20,6 +20,7 @@ from vgbench import atomic, findings
 from vgbench.config import Params
 from vgbench.data import DATASETS
 from vgbench.models import FAMILIES
+from vgbench.probes import theory
 from vgbench.references import BIB_PATH, latex_cite
 from vgbench.report import aggregate, figures, formats, provenance
 from vgbench.tuning import matrix_cells
@@ -116,7 +117,8 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
                          f"(mean $\\pm$ std over {n_seeds} seeds, in brackets Student's t 95\\% interval of the mean; "
                          f"learning rate chosen on the validation metric) "
                          f"and log10 of the first/last hidden-state gradient norm ratio at initialization "
-                         f"(in parentheses: the mean-field prediction~\\cite{{poole2016exponential,schoenholz2017deep}} "
+                         f"(in parentheses: the mean-field prediction"
+                         f"{latex_cite(theory.CITES)} "
                          f"where it applies). "
                          f"vgbench profile {_tex(params.profile)}."),
                 label=f"tab:vgbench-{family}-{dataset}".replace("_", "-"))

@@ -89,7 +89,8 @@ def build(params: Params, results_root: Path, table: pd.DataFrame, params_path: 
 def one_line(block: dict) -> str:
     """The short form the tables carry: commit, dirty flag, params and dvc.lock hashes, cells, device time."""
     git = block["git"]
-    commit = f"{git['commit'][:12]}{' (dirty)' if git['dirty'] else ''}" if git["commit"] else f"no commit ({git['why']})"
+    commit = (f"{git['commit'][:12]}{' (dirty)' if git['dirty'] else ''}" if git["commit"]
+              else f"no commit ({git['why']})")
     short = {key: (block[key] or "none")[:12] for key in ("params_sha256", "dvc_lock_sha256")}
     return (f"vgbench profile {block['profile']}, commit {commit}, params.yaml sha256 {short['params_sha256']}, "
             f"dvc.lock sha256 {short['dvc_lock_sha256']}, {block['cells']} cells, "

@@ -69,7 +69,8 @@ def fill_claims(readme: str, claims_md: str) -> tuple[str, list[str]]:
 
     def body_for(match: re.Match) -> str:
         if match["key"] != title["profile"]:
-            raise ReadmeError(f"README block claims:{match['key']}: the claims file is for profile {title['profile']!r}")
+            raise ReadmeError(f"README block claims:{match['key']}: the claims file is for profile "
+                              f"{title['profile']!r}")
         replaced.append(f"claims:{match['key']}")
         return f"{match.group(1)}**{title['tally']}.** {claims_md[title.end():].strip()}\n{match.group(4)}"
 
