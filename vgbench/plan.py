@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import json
 import math
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from vgbench.models.recipe import Recipe
 from vgbench.pretraining.for_cell import PretrainingSettings
 from vgbench.pretraining.rbm import RBM
 from vgbench.probes.taps import ProbedModel
+from vgbench.results import cpu_model
 from vgbench.tasks import TASKS, Task
 from vgbench.training.augment import AUGMENTATIONS
 from vgbench.twins import unique_stored
@@ -402,16 +402,6 @@ def pack(cell_ids_in_order: list[str], seconds_by_id: dict[str, float], limit_se
 
 # -- reporting -------------------------------------------------------------------------------------
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def device_description(device: str, threads: int | None = None) -> str:
     """What was measured: "cpu: <CPU model>, N torch threads", or "cuda:0: <GPU name>".
 
@@ -424,7 +414,7 @@ def device_description(device: str, threads: int | None = None) -> str:
         return f"cuda:{index}: {torch.cuda.get_device_name(index)}"
     if where.type == "cpu":
         count = threads or torch.get_num_threads()
-        return f"cpu: {_cpu_model()}, {count} torch thread{'s' if count != 1 else ''}"
+        return f"cpu: {cpu_model() or 'unknown CPU'}, {count} torch thread{'s' if count != 1 else ''}"
     return str(where)
 
 
