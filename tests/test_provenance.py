@@ -7,6 +7,9 @@ import hashlib
 import json
 import subprocess
 
+import pandas as pd
+from PIL import Image
+
 from tests.test_report import cells, params, write_results  # noqa: F401 (fixtures)
 from vgbench.report import build, provenance
 
@@ -55,6 +58,11 @@ def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_p
     assert (results / "leaderboard.tex").read_text().startswith(f"% {line}\n")
     assert (results / "claims.tex").read_text().startswith(f"% {line}\n")
     assert f"Provenance: {line}." in (results / "claims.md").read_text()
+    csv = pd.read_csv(results / "leaderboard.csv", keep_default_na=False)
+    assert set(csv["provenance_params_sha256"]) == {digest} and len(csv) == 6
+    assert (results / "references.bib").read_text().startswith(f"% {line}\n")
+    for figure in (results / "figures").glob("*.png"):
+        assert Image.open(figure).text["Description"] == line, figure
     card = (results / "CARD.md").read_text()
     assert card.startswith("# Results card: vgbench profile `synthetic`")
     assert f"params.yaml sha256 {digest}" in card and "dvc repro" in card and "36 trained cells" in card

@@ -99,7 +99,8 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
 
     outputs = {
         "leaderboard.json": None,
-        "leaderboard.csv": rows.to_csv(index=False),
+        # A plain table: its provenance travels as four columns, the same in every row.
+        "leaderboard.csv": rows.assign(**provenance.columns(source)).to_csv(index=False),
         "leaderboard.md": "\n".join(
             formats.leaderboard_markdown(part(rows, family, dataset), part(ranked, family, dataset),
                                          f"{family} on {dataset} (profile {params.profile})")
@@ -108,7 +109,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         "claims.md": formats.claims_markdown(claims, params.profile) + f"\nProvenance: {source_line}.\n",
         "claims.tex": f"% {source_line}\n" + formats.claims_latex(claims, params.profile),
         "CARD.md": provenance.card(source, params, claims),
-        "references.bib": BIB_PATH.read_text(),  # what leaderboard.tex and claims.tex cite
+        "references.bib": f"% {source_line}\n" + BIB_PATH.read_text(),  # what leaderboard.tex and claims.tex cite
         "leaderboard.tex": f"% {source_line}\n" + "\n".join(
             formats.leaderboard_latex(
                 part(rows, family, dataset),
@@ -142,7 +143,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
             name = f"grad_profile_{family}_{dataset}_d{depth}.png"
             figures.plot_grad_profile(profile, out / "figures" / name,
                                       f"{family} on {dataset}, depth {depth}, at initialization",
-                                      FAMILIES.get(family).probed_state)
+                                      FAMILIES.get(family).probed_state, source_line)
             written.append(results_root / "figures" / name)
         # Test metric, training loss and gradient ratio against depth (where there are two depths or more).
         for family, dataset in pairs:
@@ -152,7 +153,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
             name = f"depth_{family}_{dataset}.png"
             figures.plot_against_depth(part_rows, out / "figures" / name,
                                        f"{family} on {dataset} (profile {params.profile})",
-                                       FAMILIES.get(family).depth_meaning)
+                                       FAMILIES.get(family).depth_meaning, source_line)
             written.append(results_root / "figures" / name)
         figures.write_profile_csv(all_profiles, out / "plots" / "grad_profile.csv")
         written.append(results_root / "plots" / "grad_profile.csv")

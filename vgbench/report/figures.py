@@ -36,7 +36,8 @@ def init_profiles(cells: pd.DataFrame, results_root: Path) -> pd.DataFrame:
     return frame.groupby(PROFILE_KEYS, as_index=False, sort=False)[["log10_dL_dh_norm", "activation_variance"]].mean()
 
 
-def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str, probed_state: str = "hidden layer") -> None:
+def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str, probed_state: str = "hidden layer",
+                      provenance: str = "") -> None:
     """log ||dL/dh_l|| against layer (or time step) l, one line per remedy (input side on the left)."""
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
     styles = ["-", "--", ":", "-."]  # remedies with the same init overlap exactly; keep both visible
@@ -51,10 +52,10 @@ def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str, probed_stat
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7, ncol=2)
     figure.tight_layout()
-    _save(figure, path)
+    _save(figure, path, provenance)
 
 
-def plot_against_depth(rows: pd.DataFrame, path: Path, title: str, depth_meaning: str) -> None:
+def plot_against_depth(rows: pd.DataFrame, path: Path, title: str, depth_meaning: str, provenance: str = "") -> None:
     """Three panels against depth, one line per remedy: test metric (mean ± std over seeds), final
     training loss, and log10 ||dL/dh_first|| / ||dL/dh_last|| at initialization.
 
@@ -83,13 +84,14 @@ def plot_against_depth(rows: pd.DataFrame, path: Path, title: str, depth_meaning
     axes[0].legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
-    _save(figure, path)
+    _save(figure, path, provenance)
 
 
-def _save(figure, path: Path) -> None:
+def _save(figure, path: Path, provenance: str = "") -> None:
+    """A PNG written whole; ``provenance`` (report/provenance.py's one line) goes into its Description text chunk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
+    figure.savefig(tmp, metadata={"Description": provenance} if provenance else None)
     plt.close(figure)
     tmp.replace(path)
 

@@ -2,8 +2,9 @@
 
 A table someone cites must say which code, parameters, data and machines produced it. The block is
 built once per leaderboard build, from files only (git, params.yaml, dvc.lock, the data manifests,
-the cells' metrics.json), and written into ``leaderboard.json`` (whole), the Markdown and LaTeX
-tables (a short form) and ``results/CARD.md`` (one page: what was run, on what, how to reproduce).
+the cells' metrics.json), and written into ``leaderboard.json`` (whole), the Markdown, LaTeX and
+BibTeX files (one line), the CSV (four columns), the figures (their PNG Description) and
+``results/CARD.md`` (one page: what was run, on what, how to reproduce).
 An item that cannot be read (no git checkout, no dvc.lock yet) is recorded as null with the reason,
 never guessed.
 """
@@ -84,6 +85,13 @@ def build(params: Params, results_root: Path, table: pd.DataFrame, params_path: 
         "wandb": {"project": params.wandb.project, "entity": params.wandb.entity, "mode": params.wandb.mode,
                   "cell_runs": len(wandb_runs), "cell_run_ids": wandb_runs},
     }
+
+
+def columns(block: dict) -> dict:
+    """The block's key items as CSV columns (a CSV has no place for a header block)."""
+    return {"provenance_commit": block["git"]["commit"] or "", "provenance_dirty": block["git"]["dirty"],
+            "provenance_params_sha256": block["params_sha256"] or "",
+            "provenance_dvc_lock_sha256": block["dvc_lock_sha256"] or ""}
 
 
 def one_line(block: dict) -> str:
