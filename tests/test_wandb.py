@@ -214,3 +214,12 @@ def test_a_cell_run_without_its_profile_is_refused_before_training(tiny_params, 
     with wandb_dir_env(tmp_path / "wandb-root"), pytest.raises(ValueError, match="needs profile="):
         run_cell(cell, tiny_data, tmp_path / "results", OFFLINE)
     assert not (tmp_path / "results" / "cells" / cell.cell_id / "metrics.json").exists()
+
+
+def test_the_keys_the_report_plots_are_in_a_real_cell_run(offline_cell):
+    """tests/test_wandb_report.py holds every plotted key to this set; here the set to a real offline run."""
+    _, _, _, run, _ = offline_cell
+    logged = {key for row in run.history for key in row}
+    assert {names.STEP, names.PROBE_LOG10_RATIO, names.PROBE_TOTAL_NORM, names.TRAIN_LOSS,
+            names.val_metric("accuracy"), names.val_metric("loss")} <= logged
+    assert names.GRAD_PROFILE_INIT in run.summary
