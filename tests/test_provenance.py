@@ -27,6 +27,12 @@ def test_git_commit_and_dirty_flag_come_from_a_real_checkout(tmp_path):
     _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert provenance._git(repo) == {"commit": head, "dirty": False, "changed": []}
+    (repo / "dvc.lock").write_text("schema: '2.0'\n")
+    _git(repo, "add", "dvc.lock")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "lock")
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # what `dvc repro` does mid-run
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert provenance._git(repo)["dirty"] is False
     (repo / "params.yaml").write_text("profile: paper\n")
     block = provenance._git(repo)
     assert block["commit"] == head and block["dirty"] is True and block["changed"] == [" M params.yaml"]

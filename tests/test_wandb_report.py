@@ -40,7 +40,10 @@ def test_summaries_are_written_from_the_rows(built):
     deepest = data.rows[data.rows["depth"] == data.rows["depth"].max()]
     vanished = deepest[deepest["rate_vanished"] >= 0.5]["remedy"].tolist()
     assert vanished == ["small_init"] and "vanished: small_init" in summary
-    assert "trained: he_relu, grad_clip" in summary and "(6)" in summary
+    assert "trained: he_relu, grad_clip" in summary and "at the deepest depth, 6 (hidden layers)" in summary
+    ranked = data.ranked[data.ranked["family"] == "mlp"]
+    leaders = ranked[ranked["rank_range"].str.split("–").str[0] == "1"]["remedy"].tolist()
+    assert summary.endswith(f"test accuracy: {', '.join(leaders)}.") and "small_init" not in leaders
 
 
 def test_run_sets_filter_this_profile_s_groups_and_panels_use_logged_keys(built):
@@ -95,3 +98,13 @@ def test_an_unset_entity_is_filled_everywhere_before_saving(built):
     assert filled["entity"] == "my-team"
     assert {b["runset"]["entity"] for b in filled["blocks"] if "runset" in b} == {"my-team"}
     assert spec["entity"] is None  # the specification on disk is left as it was
+
+
+def test_rank_one_means_a_range_that_starts_at_one_not_ten():
+    import pandas as pd
+
+    rows = pd.DataFrame([{"family": "mlp", "dataset": "d", "remedy": r, "depth": 20, "metric": "accuracy",
+                          "trainable_rate": 1.0, "rate_vanished": 0.0} for r in ("a", "b", "c")])
+    ranked = pd.DataFrame([{"family": "mlp", "dataset": "d", "remedy": r, "rank_range": text}
+                           for r, text in (("a", "1–2"), ("b", "1–2"), ("c", "10–12"))])
+    assert wandb_report.family_summary(rows, ranked, "mlp", "d").endswith("test accuracy: a, b.")

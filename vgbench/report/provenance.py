@@ -25,16 +25,18 @@ def _sha256(path: Path) -> str | None:
 
 
 def _git(repo: Path) -> dict:
-    """The commit and whether the working tree differs from it (tracked files only)."""
+    """The commit and whether the working tree differs from it (tracked files only, and not dvc.lock: DVC
+    rewrites it stage by stage during the very `dvc repro` that builds the leaderboard; its hash is recorded
+    apart)."""
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
 
     head = git("rev-parse", "HEAD")
     if head.returncode != 0:
         return {"commit": None, "dirty": None, "why": (head.stderr.strip() or "not a git checkout")[:200]}
-    changed = git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": head.stdout.strip(), "dirty": bool(changed.stdout.strip()),
-            "changed": changed.stdout.splitlines()[:20]}
+    changed = [line for line in git("status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+               if line[3:] != "dvc.lock"]
+    return {"commit": head.stdout.strip(), "dirty": bool(changed), "changed": changed[:20]}
 
 
 def _manifests(table: pd.DataFrame, data_root: Path | None) -> dict:

@@ -42,9 +42,9 @@ def family_summary(rows: pd.DataFrame, ranked: pd.DataFrame, family: str, datase
     trained = deepest[deepest["trainable_rate"] >= MAJORITY]["remedy"].tolist()
     meaning = FAMILIES.get(family).depth_meaning
     top = ranked[(ranked["family"] == family) & (ranked["dataset"] == dataset)]
-    leaders = top[top["rank_range"].str.startswith("1")]["remedy"].tolist()
+    leaders = top[top["rank_range"].str.split("–").str[0] == "1"]["remedy"].tolist()
     metric = deepest["metric"].iloc[0]
-    return (f"{family} on {dataset}, at the deepest {meaning} ({depth}): "
+    return (f"{family} on {dataset}, at the deepest depth, {depth} ({meaning}): "
             f"{'vanished: ' + ', '.join(vanished) if vanished else 'none vanished'}; "
             f"{'trained: ' + ', '.join(trained) if trained else 'none trained'} "
             f"(trainable for at least half of the seeds). Rank 1 by the frontier, then test {metric}: "
