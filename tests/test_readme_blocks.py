@@ -84,6 +84,8 @@ Each published claim is checked.
 | claim | statement | sources | verdict | evidence |
 |---|---|---|---|---|
 | `a` | A. | x | **holds** | numbers |
+
+Provenance: vgbench profile default, commit 0123456789ab.
 """
 
 
@@ -99,7 +101,7 @@ def test_the_claims_block_comes_from_claims_md_with_its_tally(tmp_path, capsys):
     assert "3 block(s) rewritten" in capsys.readouterr().out
     block = readme.read_text().split("<!-- claims:default -->\n")[1].split("<!-- /claims:default -->")[0]
     assert block.startswith("**1 holds, 1 fails.** Each published claim") and "| `a` | A. |" in block
-    assert "\nold\n" not in block and "## Published" not in block
+    assert "\nold\n" not in block and "## Published" not in block and "Provenance" not in block
     (results / "claims.md").write_text(CLAIMS.replace("profile default", "profile paper"))
     assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 1
     assert "claims file is for profile 'paper'" in capsys.readouterr().err

@@ -72,7 +72,8 @@ def fill_claims(readme: str, claims_md: str) -> tuple[str, list[str]]:
             raise ReadmeError(f"README block claims:{match['key']}: the claims file is for profile "
                               f"{title['profile']!r}")
         replaced.append(f"claims:{match['key']}")
-        return f"{match.group(1)}**{title['tally']}.** {claims_md[title.end():].strip()}\n{match.group(4)}"
+        body = claims_md[title.end():].split("\nProvenance: ")[0].strip()  # the run's record, not the README's
+        return f"{match.group(1)}**{title['tally']}.** {body}\n{match.group(4)}"
 
     return CLAIMS_BLOCK.sub(body_for, readme), replaced
 
