@@ -266,8 +266,6 @@ def blocks(rows: pd.DataFrame, profiles: pd.DataFrame) -> list[Block]:
 def _applies(claim: Claim, block: Block) -> bool:
     if block.family not in claim.families or (claim.datasets and block.dataset not in claim.datasets):
         return False
-    if block.rows["depth"].nunique() < 1:
-        return False
     deepest = block.rows[block.rows["depth"] == block.rows["depth"].max()]
     shallowest = block.rows[block.rows["depth"] == block.rows["depth"].min()]
     return all(set(claim.needs) <= set(part["remedy"]) for part in (deepest, shallowest))
