@@ -223,3 +223,5 @@ def test_the_keys_the_report_plots_are_in_a_real_cell_run(offline_cell):
     assert {names.STEP, names.PROBE_LOG10_RATIO, names.PROBE_TOTAL_NORM, names.TRAIN_LOSS,
             names.val_metric("accuracy"), names.val_metric("loss")} <= logged
     assert names.GRAD_PROFILE_INIT in run.summary
+    columns = run.table(names.GRAD_PROFILE_INIT)["columns"]  # what the report's profile chart plots
+    assert columns == [names.PROFILE_INDEX, *names.PROFILE_COLUMNS] and "dL_dh_norm" in columns

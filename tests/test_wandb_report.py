@@ -62,6 +62,10 @@ def test_run_sets_filter_this_profile_s_groups_and_panels_use_logged_keys(built)
                 assert {panel["x"], *panel["y"]} <= logged, panel
             elif panel["type"] == "table":
                 assert panel["table"] in tables
+            elif panel["type"] == "profile":  # a line chart over a cell run's per-layer table
+                assert (panel["table"], panel["x"], panel["y"]) == (
+                    names.GRAD_PROFILE_INIT, names.PROFILE_INDEX, "dL_dh_norm")
+                assert panel["y"] in names.PROFILE_COLUMNS
     board = grids[0]["runset"]["filters"]
     assert f"'{names.leaderboard_run_name('synthetic')}'" in board and f"'{names.LEADERBOARD_JOB}'" in board
 
@@ -75,6 +79,9 @@ def test_wandb_workspaces_builds_the_report_offline(built):
     grids = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
     assert [g.runsets[0].filters for g in grids] == [b["runset"]["filters"] for b in spec["blocks"]
                                                      if b["type"] == "panel_grid"]
+    profiles = [p for g in grids for p in g.panels if isinstance(p, wr.CustomChart)]
+    assert len(profiles) == len(grids) - 1  # one per family
+    assert all(p.query == {"summaryTable": {"tableKey": names.GRAD_PROFILE_INIT}} for p in profiles)
     lines = [p for g in grids for p in g.panels if isinstance(p, wr.LinePlot)]
     assert {y for p in lines for y in p.y} == {names.PROBE_LOG10_RATIO, names.TRAIN_LOSS, names.val_metric("accuracy")}
 

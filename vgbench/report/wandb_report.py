@@ -4,7 +4,8 @@ The report is first a plain specification (a dict, written to ``results/report/r
 Markdown rendering of the same content in ``report.md``): title and profile, a summary per family
 written from the leaderboard rows (what vanished, what trained, the frontier), the leaderboard,
 ranking and claims tables (from the leaderboard run), line plots of each family's gradient ratio
-and validation metric per remedy, the figures, and one run set per family filtered to this
+and validation metric per remedy, each cell's gradient profile at initialization (a line chart of its
+``grad_profile_init`` table), the figures, and one run set per family filtered to this
 profile's group, so a reader can open every cell's run. Every name in it (groups, job types,
 metric and table keys) comes from vgbench/wandb_names.py, the module the runs are logged with.
 
@@ -91,7 +92,8 @@ def specification(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, clai
                  "x": names.STEP, "y": [names.PROBE_LOG10_RATIO]},
                 {"type": "line", "title": f"validation {metric}", "x": names.STEP, "y": [names.val_metric(metric)]},
                 {"type": "line", "title": "training loss", "x": names.STEP, "y": [names.TRAIN_LOSS]},
-                {"type": "table", "table": names.GRAD_PROFILE_INIT}]},
+                {"type": "profile", "title": "||dL/dh_l|| at initialization against l, one line per cell",
+                 "table": names.GRAD_PROFILE_INIT, "x": names.PROFILE_INDEX, "y": "dL_dh_norm"}]},
         ]
     return {"title": f"vgbench — {params.profile} profile", "project": params.wandb.project,
             "entity": params.wandb.entity, "description": f"{len(rows)} leaderboard rows, profile {params.profile}",
@@ -114,6 +116,8 @@ def markdown(spec: dict) -> str:
             for panel in block["panels"]:
                 what = (f"line plot of {', '.join(panel['y'])} against {panel['x']}" if panel["type"] == "line"
                         else f"table `{panel['table']}`" if panel["type"] == "table"
+                        else f"line chart of `{panel['table']}`'s {panel['y']} against {panel['x']}"
+                        if panel["type"] == "profile"
                         else f"the images logged under `{panel['key_prefix']}`")
                 lines.append(f"- {what}")
             lines.append("")
@@ -129,6 +133,9 @@ def to_report(spec: dict):
             return wr.LinePlot(title=p["title"], x=p["x"], y=list(p["y"]))
         if p["type"] == "table":
             return wr.WeavePanelSummaryTable(table_name=p["table"])
+        if p["type"] == "profile":  # a table logged per run, as lines: W&B's line preset over its rows
+            return wr.CustomChart(query={"summaryTable": {"tableKey": p["table"]}}, chart_name="wandb/line/v0",
+                                  chart_fields={"x": p["x"], "y": p["y"]}, chart_strings={"title": p["title"]})
         return wr.MediaBrowser(media_keys=[p["key_prefix"]])
 
     def block(b: dict):

@@ -25,8 +25,6 @@ from vgbench.matrix import CellSpec
 from vgbench.pretraining.stack import EPOCH_MONITORS
 from vgbench import wandb_names as names
 
-PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "saturated_fraction", "dead_fraction",
-                   "gate_mean")
 
 
 def check_online_login(settings: WandbSettings) -> None:
@@ -81,11 +79,11 @@ def profile_table(record: dict):
     rows = []
     for layer in range(states):
         row = [layer]
-        for column in PROFILE_COLUMNS:
+        for column in names.PROFILE_COLUMNS:
             values = record.get(column)
             row.append(values[layer] if values and len(values) == states else None)
         rows.append(row)
-    return wandb.Table(columns=["layer", *PROFILE_COLUMNS], data=rows)
+    return wandb.Table(columns=[names.PROFILE_INDEX, *names.PROFILE_COLUMNS], data=rows)
 
 
 def pretraining_table(pretraining: dict):
