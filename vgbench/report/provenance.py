@@ -11,17 +11,18 @@ never guessed.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 
+from vgbench.cell_result import CellResult
 from vgbench.config import Params
+from vgbench.data.store import sha256
 
 
 def _sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return sha256(path) if path.is_file() else None
 
 
 def _git(repo: Path) -> dict:
@@ -48,14 +49,11 @@ def _manifests(table: pd.DataFrame, data_root: Path | None) -> dict:
             if path.parent.relative_to(data_root).parts[0] in set(table["dataset"])}
 
 
-def _environments(results_root: Path, cell_ids: list[str]) -> list[dict]:
+def _environments(cell_results: list[CellResult]) -> list[dict]:
     """The distinct environments the cells ran in (one per machine and software stack)."""
-    from vgbench import results
-
     seen: dict[str, dict] = {}
-    for cell_id in cell_ids:
-        environment = results.read_result(results_root, cell_id).environment
-        keep = {key: environment.get(key) for key in ("python", "platform", "torch", "lightning", "cuda", "cudnn",
+    for result in cell_results:
+        keep = {key: result.environment.get(key) for key in ("python", "platform", "torch", "lightning", "cuda", "cudnn",
                                                        "gpu", "cpu", "torch_threads", "code_fingerprint")}
         seen.setdefault(repr(sorted(keep.items())), keep)
     return list(seen.values())
@@ -67,11 +65,8 @@ def build(params: Params, results_root: Path, table: pd.DataFrame, params_path: 
     from vgbench import results
 
     cell_ids = sorted(set(table["cell_id"]))
-    wandb_runs = []
-    for cell_id in cell_ids:
-        record = results.read_result(results_root, cell_id).wandb
-        if record:
-            wandb_runs.append(record["run_id"])
+    cell_results = [results.read_result(results_root, cell_id) for cell_id in cell_ids]  # each read once
+    wandb_runs = [result.wandb["run_id"] for result in cell_results if result.wandb]
     lock = repo / "dvc.lock"
     return {
         "profile": params.profile,
@@ -79,7 +74,7 @@ def build(params: Params, results_root: Path, table: pd.DataFrame, params_path: 
         "params_sha256": _sha256(params_path) if params_path is not None else None,
         "dvc_lock_sha256": _sha256(lock),
         "data_manifests_sha256": _manifests(table, data_root),
-        "environments": _environments(results_root, cell_ids),
+        "environments": _environments(cell_results),
         "cells": len(cell_ids),
         "device_seconds": round(float(table.drop_duplicates("cell_id")["wall_seconds"].sum()), 1),
         "device_seconds_by_family": {family: round(float(part.drop_duplicates("cell_id")["wall_seconds"].sum()), 1)
