@@ -13,21 +13,26 @@ variants in a rotating order from one repeat to the next:
              SGD/Adam: the same shapes and cost, not the same numbers;
   vgbench    ``run_group`` on the 9 cells (Lightning Trainer + gradient-flow probes, W&B disabled)
              for ``--epochs`` epochs (not the row's max_epochs), each with its validation pass;
-  raw fit    the K=9 loop for the same epochs and batches and the same per-epoch validation pass.
+  raw fit    the K=9 loop for the same epochs and batches and the same per-epoch validation pass;
+  Lightning  the same model, optimizer, batches and validation pass through Lightning's loop (the cells'
+             Trainer settings) in a bare LightningModule: no probes, none of vgbench's bookkeeping.
 
 Printed (medians over ``--repeats``; a step is one optimizer step of the group or of one loop):
   (a) ms/step of K=1 and K=9; K9/K1, how the step grows with 9 models (9.0: no gain); 9 sep, the 9
       loops' total seconds / --steps; group vs 9 sep = 9 sep / K=9, the group's throughput over 9
       separate trainings (the issue aims >= 3x for mlp and highway, >= 2x for rnn and resnet);
       kernels: ms/step of the K-model loop inside matrix products, convolutions and fused RNN kernels
-      (its share of the loop under torch.profiler times K=9; CPU only), and bound = 9 sep / kernels: the most any stacking could give if everything else in
-      a step cost nothing (below an aim, no code change reaches it on this machine); marginal =
+      (its share of the loop under torch.profiler times K=9; CPU only), and bound = 9 sep / kernels:
+      the most any stacking could give if everything else in a step cost nothing (below an aim, no
+      code change reaches it on this machine); marginal =
       (K=9 - K=1) / 8, the ms/step one more model adds to a group (its kernels, and the memory traffic
       of its activations and parameters), and bound = 9 sep / (9 x marginal): the ratio a group would
       reach if its fixed per-step cost (Python, dispatch, Lightning) were zero;
   (b) fit ms/step: vgbench's CellResult.fit_seconds (trainer.fit with validation, the group's time
       / K) * K / steps against the raw fit loop's seconds / steps; vg/raw (aim <= 1.05), and
       ``w/o probes``, the same with vgbench's probe time taken out (Lightning and the module alone);
+      ``Lightning``, the bare Lightning loop over the raw fit loop: what the runner alone adds, so
+      w/o probes - Lightning is the module's bookkeeping;
   (c) probes: probe_seconds / fit_seconds of the vgbench run (aim <= 3%). A short run spreads the
       probe at initialization over few steps, far fewer than a real cell's; ``full cell*``
       estimates the share over the row's max_epochs: its probe events (1 at init + 1 every
@@ -68,6 +73,7 @@ import time
 import warnings
 from pathlib import Path
 
+import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -82,7 +88,8 @@ from vgbench.models import FAMILIES, ModelIO  # noqa: E402
 from vgbench.models.recipe import Recipe  # noqa: E402
 from vgbench.probes.gradient_flow import GradientFlowProbe  # noqa: E402
 from vgbench.tasks import TASKS  # noqa: E402
-from vgbench.training.run_group import data_for, run_group  # noqa: E402
+from vgbench.training.module import TaskModule  # noqa: E402
+from vgbench.training.run_group import build, build_trainer, data_for, run_group  # noqa: E402
 from vgbench.training.stacked_optim import StackedAdam, StackedSGD  # noqa: E402
 
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
@@ -292,6 +299,47 @@ def vgbench_group(cells: list[CellSpec], data, epochs: int, probes: bool = True)
             "probe_seconds": first.probe_seconds * len(cells)}
 
 
+class BareLightning(L.LightningModule):
+    """A group's stacked model, optimizer and validation sums in the plainest LightningModule: the
+    runner's own cost, without the probes or TaskModule's divergence and history bookkeeping."""
+
+    def __init__(self, inner: TaskModule):
+        super().__init__()
+        self.inner = inner
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.inner.task.loss(self.inner.model(x), y).sum()
+
+    def configure_optimizers(self):
+        return self.inner.configure_optimizers()
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        return batch if device.type == "cpu" else tuple(t.to(device, non_blocking=True) for t in batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self.inner._eval_start()
+
+    def validation_step(self, batch, batch_idx) -> None:
+        self.inner._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        [self.inner.task.finish(column.tolist()) for column in self.inner._eval_sums.T]
+
+
+def lightning_group(cells: list[CellSpec], data, epochs: int) -> dict:
+    cells = [dataclasses.replace(cell, training={**cell.training, "max_epochs": epochs}) for cell in cells]
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with tempfile.TemporaryDirectory(prefix="vgbench-stacking-") as tmp:
+        run = build(cells, data, Path(tmp), WandbSettings(mode="disabled"))
+        trainer = build_trainer(cells[0], callbacks=[])
+        started = time.perf_counter()
+        trainer.fit(BareLightning(run.module), datamodule=run.datamodule)
+        seconds = synchronized_seconds(started)
+    torch.use_deterministic_algorithms(deterministic)
+    return {"seconds": seconds, "steps": trainer.global_step}
+
+
 # -- main ----------------------------------------------------------------------------------------
 def group_of(cells: list[CellSpec], family: str, remedy: str, depth: int, threads: int, seeds: int,
              device: str) -> list[CellSpec]:
@@ -333,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         "vgbench": lambda label: vgbench_group(cases[label], stored[label], args.epochs),
         "unprobed": lambda label: vgbench_group(cases[label], stored[label], args.epochs, probes=False),
         "raw fit": lambda label: stacked_loop(cases[label], data[label], epochs=args.epochs),
+        "Lightning": lambda label: lightning_group(cases[label], stored[label], args.epochs),
     }
     if os.getloadavg()[0] > 0.5:
         print(f"note: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; other processes add noise")
@@ -374,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(b) fit ms/step over {args.epochs} epoch(s) with validation, K={k} (aim vg/raw <= 1.05); "
           f"(c) probes / fit (aim <= 3%)")
     print(f"{'family/remedy':22}{'steps':>6}{'vgbench':>9}{'raw fit':>9}{'vg/raw':>8}{'w/o probes':>11}"
-          f"{'probes':>8}{'full cell*':>11}{'A/B':>7}   per-repeat vg/raw")
+          f"{'Lightning':>10}{'probes':>8}{'full cell*':>11}{'A/B':>7}   per-repeat vg/raw")
     for label, cells in cases.items():
         vg, raw, rows = ms(label, "vgbench"), ms(label, "raw fit"), runs[label]["vgbench"]
         steps, interval = rows[0]["steps"], cells[0].probes["interval_steps"]
@@ -387,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         ab = (vg - ms(label, "unprobed") + init_ms) / vg
         paired = " ".join(f"{v['seconds'] / r['seconds']:.2f}" for v, r in zip(rows, runs[label]["raw fit"]))
         print(f"{label:22}{steps:6d}{vg:9.2f}{raw:9.2f}{vg / raw:8.3f}{(vg - probe_ms) / raw:11.3f}"
-              f"{100 * probe_ms / vg:7.1f}%{100 * full_share:10.1f}%{100 * ab:6.1f}%   {paired}")
+              f"{ms(label, 'Lightning') / raw:10.3f}{100 * probe_ms / vg:7.1f}%{100 * full_share:10.1f}%"
+              f"{100 * ab:6.1f}%   {paired}")
         if steps != runs[label]["raw fit"][0]["steps"]:
             print(f"  warning: vgbench ran {steps} steps, the raw fit loop {runs[label]['raw fit'][0]['steps']}")
     print(f"total {time.perf_counter() - started:.0f} s")

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 
 from vgbench.matrix import expand
 from vgbench.models import FAMILIES, ModelIO
-from vgbench.models.recipe import Recipe
+from vgbench.models.recipe import ACTIVATIONS, Recipe
 from vgbench.probes.failure import failure_label, log10_ratio
 from vgbench.probes.gradient_flow import GradientFlowProbe, first_last_ratio
+from vgbench.probes.taps import SATURATION_MARGIN, Taps
 from vgbench.config import WandbSettings
 from vgbench.training.run_group import run_cell
 
@@ -83,6 +84,38 @@ def test_taps_match_autograd(recipe, models):
             assert stats["dead_fraction"] == pytest.approx(dead) and stats["saturated_fraction"] is None
     if models == 2:  # two seeds: two different profiles
         assert per_model[0]["dL_dh_norm"] != pytest.approx(per_model[1]["dL_dh_norm"], rel=1e-3)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("shape", [(3, 32, 8), (3, 16, 6, 5)], ids=["dense", "conv"])
+def test_the_taps_count_saturated_and_dead_units_as_defined(activation, shape):
+    """The taps read both off the input z (thresholds on z, the largest z per unit); the definitions are
+    on the unit's output: within SATURATION_MARGIN of a bound, or off for every sample and position."""
+    generator = torch.Generator().manual_seed(0)
+    z = 4 * torch.randn(shape, generator=generator)
+    z[1, :, 0] = -z[1, :, 0].abs()  # unit 0 of model 1 never fires
+    taps = Taps(activation)
+    taps.arm()
+    taps.preactivation(0, z)
+    record = taps.disarm()
+    spec = ACTIVATIONS[activation]
+    if spec.bounds is not None:
+        out, (low, high) = spec.make()(z), spec.bounds
+        saturated = ((out < low + SATURATION_MARGIN) | (out > high - SATURATION_MARGIN)).flatten(1).sum(dim=1)
+        assert record.saturated_count[0].tolist() == saturated.double().tolist()
+        assert 0 < saturated.min() and saturated.max() < z[0].numel()  # both kinds of unit-sample occur
+    else:
+        dead = (z.transpose(1, 2).flatten(2) <= 0).all(dim=2).sum(dim=1)
+        assert record.dead_units[0].tolist() == dead.double().tolist() and dead[1] >= 1
+    assert record.units[0] == shape[2] and record.elements[0] == z[0].numel()
+
+
+def test_saturating_inputs_are_where_the_unit_comes_within_the_margin_of_its_bounds():
+    assert ACTIVATIONS["sigmoid"].saturating_inputs(0.01) == pytest.approx((math.log(1 / 99), math.log(99)), abs=1e-9)
+    assert ACTIVATIONS["tanh"].saturating_inputs(0.01) == pytest.approx((-math.atanh(0.99), math.atanh(0.99)),
+                                                                       abs=1e-9)
+    with pytest.raises(ValueError, match="not a saturating unit"):
+        ACTIVATIONS["relu"].saturating_inputs(0.01)
 
 
 def test_saturation_and_death_are_detected():
@@ -366,7 +399,7 @@ def test_init_probe_runs_in_float32_and_in_float64_only_when_a_norm_underflows()
     model = mlp(Recipe(activation="relu", init="he"), depth=6, seeds=(0, 1))
     x, y = torch.randn(64, 40, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 10
     module = SimpleNamespace(model=model, device=torch.device("cpu"), task=TASKS.get("classification"),
-                             after_clipping=[], log_model=lambda *args, **kwargs: None)
+                             after_clipping=[], loggers_per_model=[None, None])
     probe = GradientFlowProbe((x, y), interval_steps=1, models=2)
     probe.on_train_start(None, module)
     assert [records[0]["dtype"] for records in probe.records] == ["float32", "float32"]

@@ -8,6 +8,7 @@ recipe too but is applied by the Lightning Trainer, not by the model.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Callable
@@ -28,6 +29,27 @@ class ActivationSpec:
     gain: str
     bounds: tuple[float, float] | None = None
     rectifier: bool = False
+
+    @functools.cache
+    def saturating_inputs(self, margin: float) -> tuple[float, float]:
+        """(z_low, z_high): the unit's output is within ``margin`` of a bound exactly where its input z
+        is below z_low or above z_high. Found once by bisection in float64 (every bounded unit here is
+        increasing), so the probes compare inputs instead of running the nonlinearity again."""
+        if self.bounds is None:
+            raise ValueError(f"{self.gain}: not a saturating unit (no bounds)")
+        unit, (low, high) = self.make(), self.bounds
+
+        def crossing(level: float) -> float:
+            below, above = -1e3, 1e3  # unit(below) < level < unit(above)
+            for _ in range(200):
+                middle = (below + above) / 2
+                if float(unit(torch.tensor(middle, dtype=torch.float64))) < level:
+                    below = middle
+                else:
+                    above = middle
+            return below
+
+        return crossing(low + margin), crossing(high - margin)
 
 
 ACTIVATIONS: dict[str, ActivationSpec] = {

@@ -155,17 +155,26 @@ class StackedConv(WeightAndBias):
                             for x_k, w_k, b_k in zip(x.unbind(0), self.weight.unbind(0), biases)])
 
 
+def per_model_grad_squares(parameters) -> list[torch.Tensor]:
+    """||g_k||^2 of each parameter that has a gradient (each ``[K, ...]``), as [K] float64 tensors."""
+    return [p.grad.detach().double().flatten(1).pow(2).sum(dim=1) for p in parameters if p.grad is not None]
+
+
 def per_model_grad_norms(parameters) -> torch.Tensor:
     """||g_k|| over all of model k's parameters (each ``[K, ...]``), as a [K] float64 tensor."""
-    total = None
-    for p in parameters:
-        if p.grad is not None:
-            # Added one parameter at a time: a reduction across the stack could order model k's
-            # terms differently for another K, and its norm would then differ in the last bit.
-            square = p.grad.detach().double().flatten(1).pow(2).sum(dim=1)
-            total = square if total is None else total + square
-    if total is None:
+    squares = per_model_grad_squares(parameters)
+    if not squares:
         raise ValueError("no parameter has a gradient")
+    return total_norm(squares)
+
+
+def total_norm(squares: list[torch.Tensor]) -> torch.Tensor:
+    """The per-model norm over parameters from their squared norms, added one parameter at a time: a
+    reduction across the stack could order model k's terms differently for another K, and its norm
+    would then differ in the last bit."""
+    total = squares[0]
+    for square in squares[1:]:
+        total = total + square
     return total.sqrt()
 
 

@@ -47,7 +47,7 @@ import time
 import lightning as L
 import torch
 
-from vgbench.models.stacked import per_model_grad_norms
+from vgbench.models.stacked import per_model_grad_squares, total_norm
 from vgbench.probes.taps import ProbedModel, TapRecord
 from vgbench.probes.theory import predict
 from vgbench import wandb_names as names
@@ -72,12 +72,14 @@ def resolved_in_float32(stats: dict, gradients: dict) -> bool:
 
 
 def gradient_norms(model: ProbedModel) -> tuple[list[list[float]], list[float]]:
-    """Per model: ||dL/dW_l|| of each probed weight, and the total gradient norm over all its parameters."""
-    per_layer = torch.stack([p.grad.detach().double().flatten(1).norm(dim=1) if p.grad is not None
-                             else torch.zeros(model.models, dtype=torch.float64)
-                             for _, p in model.probe_weights()], dim=1)  # [K, layers]
+    """Per model: ||dL/dW_l|| of each probed weight, and the total gradient norm over all its parameters
+    (one squared norm per parameter serves both)."""
     params = [p for p in model.parameters() if p.grad is not None]
-    total = per_model_grad_norms(params) if params else torch.zeros(model.models, dtype=torch.float64)
+    squares = dict(zip(map(id, params), per_model_grad_squares(params)))
+    none = torch.zeros(model.models, dtype=torch.float64, device=next(model.parameters()).device)
+    per_layer = torch.stack([squares[id(p)].sqrt() if id(p) in squares else none
+                             for _, p in model.probe_weights()], dim=1)  # [K, layers]
+    total = total_norm(list(squares.values())) if squares else none
     return per_layer.cpu().tolist(), total.cpu().tolist()
 
 
@@ -111,8 +113,12 @@ class GradientFlowProbe(L.Callback):
         layers = len(record.hidden_count)
         table = torch.zeros(len(TAP_KEYS), layers, models, dtype=torch.float64)
         for row, key in enumerate(TAP_KEYS):
-            for layer, value in getattr(record, key).items():
-                table[row, layer] = value.cpu() if isinstance(value, torch.Tensor) else float(value)
+            values = getattr(record, key)  # layer -> a [K] tensor of sums, or a count shared by the K models
+            if values:
+                first = next(iter(values.values()))
+                table[row, list(values)] = (torch.stack(list(values.values())).to("cpu", torch.float64)
+                                            if isinstance(first, torch.Tensor) else
+                                            torch.tensor(list(values.values()), dtype=torch.float64)[:, None])
         if reduce_sum is not None:
             table = reduce_sum(table)
         row = dict(zip(TAP_KEYS, table))  # key -> [layers, K]
@@ -154,6 +160,8 @@ class GradientFlowProbe(L.Callback):
 
     @staticmethod
     def _log(pl_module, k: int, record: dict) -> None:
+        if pl_module.loggers_per_model[k] is None:  # no W&B run for this cell
+            return
         ratio = record["dL_dh_first_last_ratio"]
         metrics = {names.PROBE_LOG10_RATIO: math.log10(ratio) if ratio > 0 else float("nan"),
                    names.PROBE_TOTAL_NORM: record["grad_total_norm"]}

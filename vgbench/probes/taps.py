@@ -55,7 +55,11 @@ class Taps:
     def __init__(self, activation: str):
         self.activation = activation
         self.spec = ACTIVATIONS[activation]
-        self.unit = self.spec.make()  # the nonlinearity itself, to read saturation off its output
+        # A bounded unit's saturating inputs as (middle, half width): saturated where |z - middle| > half width.
+        self.saturation = None
+        if self.spec.bounds is not None:
+            low, high = self.spec.saturating_inputs(SATURATION_MARGIN)
+            self.saturation = ((low + high) / 2 if abs(low + high) > 1e-9 * (high - low) else 0.0, (high - low) / 2)
         self.armed = False
         self.record = TapRecord()
         self.seconds = 0.0  # time spent in armed taps, for the probe-overhead figure
@@ -101,22 +105,25 @@ class Taps:
         return t
 
     def preactivation(self, index: int, z: torch.Tensor) -> torch.Tensor:
-        """Saturation (bounded units) or death (rectifiers) from the input z of the nonlinearity."""
+        """Saturation (bounded units) or death (rectifiers) from the input z of the nonlinearity.
+
+        Both are read off z itself, without a copy: a bounded unit is saturated where z lies
+        outside the interval that maps to within SATURATION_MARGIN of its bounds, and a rectifier
+        unit is dead where its largest input over the batch (and positions) is <= 0."""
         if not self.armed:
             return z
         start = time.perf_counter()
         with torch.no_grad():
-            zd = z.detach().float()  # [K, N, units, *positions]
-            units = zd.transpose(1, 2).flatten(2)  # [K, units, samples*positions]
-            self.record.units[index] = units.shape[1]
-            self.record.elements[index] = units[0].numel()
-            if self.spec.bounds is not None:
-                out = self.unit(units)
-                low, high = self.spec.bounds
-                saturated = (out < low + SATURATION_MARGIN) | (out > high - SATURATION_MARGIN)
-                self.record.saturated_count[index] = saturated.flatten(1).sum(dim=1).double()
+            zd = z.detach()  # [K, N, units, *positions]
+            self.record.units[index] = zd.shape[2]
+            self.record.elements[index] = zd[0].numel()
+            if self.saturation is not None:
+                middle, half_width = self.saturation
+                outside = (zd - middle).abs_() if middle else zd.abs()
+                self.record.saturated_count[index] = (outside > half_width).flatten(1).sum(dim=1).double()
             elif self.spec.rectifier:
-                self.record.dead_units[index] = (units <= 0).all(dim=2).sum(dim=1).double()
+                largest = zd.amax(dim=(1, *range(3, zd.dim())))  # [K, units]
+                self.record.dead_units[index] = (largest <= 0).sum(dim=1).double()
         self.seconds += time.perf_counter() - start
         return z
 

@@ -73,40 +73,46 @@ def not_predicted(why: str, models: int) -> Prediction:
 
 def gaussian_moments(activation: str, q: float) -> tuple[float, float]:
     """(E[phi(z)^2], E[phi'(z)^2]) for z ~ N(0, q), by the midpoint rule over +-12 standard deviations."""
+    m2, slope2 = gaussian_moments_of(activation, torch.tensor([q], dtype=torch.float64))
+    return float(m2[0]), float(slope2[0])
+
+
+def gaussian_moments_of(activation: str, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gaussian_moments`` for a [K] tensor of variances at once (one per model of a group)."""
     from vgbench.models.recipe import ACTIVATIONS  # here: the model modules import this one
 
-    sd, step = math.sqrt(max(q, 1e-300)), 2 * GRID_SDS / GRID_CELLS
+    step = 2 * GRID_SDS / GRID_CELLS
     centres = torch.arange(GRID_CELLS, dtype=torch.float64) * step - GRID_SDS + step / 2
-    z = (centres * sd).requires_grad_(True)
+    z = (centres * q.clamp_min(1e-300).sqrt()[:, None]).requires_grad_(True)  # [K, cells]
     out = ACTIVATIONS[activation].make()(z)
     (slope,) = torch.autograd.grad(out.sum(), z)
     weight = step * torch.exp(-0.5 * centres ** 2) / math.sqrt(2 * math.pi)
-    return float((weight * out.detach() ** 2).sum()), float((weight * slope ** 2).sum())
+    return (weight * out.detach() ** 2).sum(dim=1), (weight * slope ** 2).sum(dim=1)
 
 
 def _sigma2(weight: torch.Tensor) -> torch.Tensor:
     """fan_in * E[W^2] per model, from the drawn weights ``[K, out, in]``."""
     w = weight.detach().double()
-    return w.shape[-1] * w.pow(2).mean(dim=(1, 2))
+    return (w.shape[-1] * w.pow(2).mean(dim=(1, 2))).cpu()
 
 
 def _bias2(bias: torch.Tensor | None, models: int) -> torch.Tensor:
-    return torch.zeros(models, dtype=torch.float64) if bias is None else bias.detach().double().pow(2).mean(dim=1)
+    if bias is None:
+        return torch.zeros(models, dtype=torch.float64)
+    return bias.detach().double().pow(2).mean(dim=1).cpu()
 
 
 def chain_log10_ratio(chain: Chain, input_m2: float) -> list[float]:
     """Per model: the predicted log10 ||dL/dh_first probed|| / ||dL/dh_last||."""
     models = chain.layers[0][0].shape[0]
-    predicted = []
-    for k in range(models):
-        m2, log10_chi = input_m2, []
-        for weight, bias in chain.layers:
-            sigma2 = float(_sigma2(weight)[k])
-            q = sigma2 * m2 + float(_bias2(bias, models)[k])
-            m2, slope2 = gaussian_moments(chain.activation, q)
-            log10_chi.append(math.log10(sigma2 * slope2) if sigma2 * slope2 > 0 else -math.inf)
-        predicted.append(0.5 * sum(log10_chi[chain.first_probed + 1:]))
-    return predicted
+    m2 = torch.full((models,), input_m2, dtype=torch.float64)
+    log10_chi = []
+    for weight, bias in chain.layers:  # every model of the group at once
+        sigma2 = _sigma2(weight)
+        m2, slope2 = gaussian_moments_of(chain.activation, sigma2 * m2 + _bias2(bias, models))
+        log10_chi.append(torch.log10(sigma2 * slope2))  # -inf where the product is 0
+    between = log10_chi[chain.first_probed + 1:]  # the layers between the first and the last probed state
+    return (0.5 * torch.stack(between).sum(dim=0)).tolist() if between else [0.0] * models
 
 
 def recurrent_log10_ratio(net: Recurrent, input_m2: float, steps: int) -> Prediction:

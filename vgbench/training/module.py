@@ -60,7 +60,10 @@ class TaskModule(L.LightningModule):
         self.after_clipping: list[Callable[[], None]] = []
         self.loggers_per_model: list = [None] * self.models  # a W&B run per cell, or None
         self.diverged_at_step: list[int | None] = [None] * self.models
-        self.active_at_step_start = torch.ones(self.models, dtype=torch.bool)
+        self._active_key: tuple[bool, ...] = ()  # what ``active`` was last made from
+        self._active: torch.Tensor | None = None
+        self.active_at_step_start = self.active
+        self._all_active_at_step_start = True
         self._epochs: list[dict[int, dict]] = [{} for _ in range(self.models)]  # per model: epoch -> row
         self.test_metrics: list[dict] = [{} for _ in range(self.models)]
         self._loss_sum = torch.zeros(self.models, dtype=torch.float64)
@@ -72,8 +75,12 @@ class TaskModule(L.LightningModule):
 
     @property
     def active(self) -> torch.Tensor:
-        """Models still training (not diverged), [K] bool on the CPU."""
-        return torch.tensor([step is None for step in self.diverged_at_step])
+        """Models still training (not diverged), [K] bool on the CPU; made anew only when a model
+        diverges (a step reads it twice), so treat it as read-only."""
+        key = tuple(step is None for step in self.diverged_at_step)
+        if key != self._active_key:
+            self._active_key, self._active = key, torch.tensor(key)
+        return self._active
 
     def log_model(self, k: int, metrics: dict[str, float], step: int | None = None) -> None:
         """Straight to model k's run (rank 0 only): the values are already reduced over ranks,
@@ -117,16 +124,23 @@ class TaskModule(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx) -> None:
         self.active_at_step_start = self.active
+        self._all_active_at_step_start = all(self._active_key)
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         if self.augment is not None:
             x = self._augmented(x)
         losses = self.task.loss(self.model(x), y)  # [K]
-        active = self.active_at_step_start.to(losses.device)
         finite = torch.isfinite(losses.detach())
         if self.trainer.world_size > 1:  # a model diverges on every rank or on none, so the ranks stay in step
             finite = self.trainer.strategy.reduce((~finite).double(), reduce_op="sum") == 0
+        if self._all_active_at_step_start and finite.all().item():
+            # The common case, in as few operations as possible (a small model's step is mostly
+            # per-operation overhead): nothing to record and nothing to mask.
+            self._loss_sum.add_(losses.detach())
+            self._loss_steps += 1
+            return losses.sum()
+        active = self.active_at_step_start.to(losses.device)
         for k in (active & ~finite).nonzero().flatten().tolist():
             self.diverged_at_step[k] = self.global_step
         still_active = self.active
