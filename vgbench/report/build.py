@@ -54,7 +54,8 @@ class Aggregated:
     rows: pd.DataFrame  # one per (family, data set, remedy, depth), in matrix order
     ranked: pd.DataFrame
     profiles: dict[tuple[str, str], pd.DataFrame]  # per layer at init, deepest depth of each block
-    claims: pd.DataFrame  # vgbench/findings.py, checked against ``rows`` and ``profiles``
+    all_profiles: pd.DataFrame  # the same, every block in one frame
+    claims: pd.DataFrame  # vgbench/findings.py, checked against ``rows`` and ``all_profiles``
 
 
 def aggregate_results(params: Params, results_root: Path) -> Aggregated:
@@ -68,19 +69,19 @@ def aggregate_results(params: Params, results_root: Path) -> Aggregated:
     ranked = aggregate.ranking(aggregate.frontier(rows))
     profiles = {(family, dataset): figures.init_profiles(group[group["depth"] == group["depth"].max()], results_root)
                 for (family, dataset), group in table.groupby(["family", "dataset"], sort=False)}
-    claims = findings.check_all(rows, pd.concat(profiles.values()))
-    return Aggregated(cells, table, missing, rows, ranked, profiles, claims)
+    all_profiles = pd.concat(profiles.values())
+    return Aggregated(cells, table, missing, rows, ranked, profiles, all_profiles,
+                      findings.check_all(rows, all_profiles))
 
 
 def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = True, params_path: Path | None = None,
                       data_root: Path | None = None) -> list[Path]:
     data = aggregate_results(params, results_root)
-    cells, table, missing, rows, ranked, profiles, claims = (
-        data.cells, data.table, data.missing, data.rows, data.ranked, data.profiles, data.claims)
+    cells, table, missing, rows, ranked, profiles, all_profiles, claims = (
+        data.cells, data.table, data.missing, data.rows, data.ranked, data.profiles, data.all_profiles, data.claims)
     left_out = aggregate.not_in_table(missing, results_root)
     n_seeds = len(params.active.seeds)
     written = []
-    all_profiles = pd.concat(profiles.values())
     source = provenance.build(params, results_root, table, params_path, data_root)
     source_line = provenance.one_line(source)
 
