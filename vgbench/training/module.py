@@ -69,6 +69,7 @@ class TaskModule(L.LightningModule):
         self._loss_sum = torch.zeros(self.models, dtype=torch.float64)
         self._loss_steps = 0
         self._eval_sums: torch.Tensor | None = None
+        self._validated: list[dict[str, float]] = [{} for _ in range(self.models)]  # W&B keys, until the epoch ends
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -170,13 +171,17 @@ class TaskModule(L.LightningModule):
             listener()
 
     def on_train_epoch_end(self) -> None:
+        """Each model's epoch in one W&B row: its training loss and the validation metrics of this epoch's
+        validation pass, which Lightning runs just before this hook (a row per call costs, with nine runs
+        per group, as much as a small model's whole epoch)."""
         losses = self.trainer.strategy.reduce(self._loss_sum / max(self._loss_steps, 1), reduce_op="mean").tolist()
+        validated, self._validated = self._validated, [{} for _ in range(self.models)]
         for k, loss in enumerate(losses):
             if not self._trained_in_epoch(k, self.current_epoch):
                 continue
             loss = loss if math.isfinite(loss) and self.diverged_at_step[k] is None else float("nan")
             self._epochs[k].setdefault(self.current_epoch, {})["train_loss"] = loss
-            self.log_model(k, {names.TRAIN_LOSS: loss})
+            self.log_model(k, {**validated[k], names.TRAIN_LOSS: loss})
 
     def _trained_in_epoch(self, k: int, epoch: int) -> bool:
         """Model k's history holds the epochs up to the one it diverged in (as if it had trained alone)."""
@@ -249,7 +254,7 @@ class TaskModule(L.LightningModule):
             if self.diverged_at_step[k] is not None:
                 continue
             self._epochs[k].setdefault(self.current_epoch, {}).update({f"val_{m}": v for m, v in metrics.items()})
-            self.log_model(k, {names.val_metric(m): v for m, v in metrics.items()})
+            self._validated[k] = {names.val_metric(m): v for m, v in metrics.items()}  # logged with the epoch
 
     def on_test_epoch_start(self) -> None:
         self._eval_start()
