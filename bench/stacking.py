@@ -32,7 +32,8 @@ Printed (medians over ``--repeats``; a step is one optimizer step of the group o
       / K) * K / steps against the raw fit loop's seconds / steps; vg/raw (aim <= 1.05), and
       ``w/o probes``, the same with vgbench's probe time taken out (Lightning and the module alone);
       ``Lightning``, the bare Lightning loop over the raw fit loop: what the runner alone adds, so
-      w/o probes - Lightning is the module's bookkeeping;
+      w/o probes - Lightning is the module's bookkeeping; ``W&B``, vgbench with W&B offline (a run per
+      cell, as ``vgbench train`` logs) over vgbench with W&B disabled;
   (c) probes: probe_seconds / fit_seconds of the vgbench run (aim <= 3%). A short run spreads the
       probe at initialization over few steps, far fewer than a real cell's; ``full cell*``
       estimates the share over the row's max_epochs: its probe events (1 at init + 1 every
@@ -287,12 +288,22 @@ def train_probes_off():
         GradientFlowProbe.on_train_batch_start = batch_start
 
 
-def vgbench_group(cells: list[CellSpec], data, epochs: int, probes: bool = True) -> dict:
+def vgbench_group(cells: list[CellSpec], data, epochs: int, probes: bool = True, wandb: str = "disabled") -> dict:
+    """``run_group`` on the cells for ``epochs`` epochs; ``wandb="offline"`` logs each cell's run as
+    ``vgbench train`` does, into a temporary folder."""
     cells = [dataclasses.replace(cell, training={**cell.training, "max_epochs": epochs}) for cell in cells]
     deterministic = torch.are_deterministic_algorithms_enabled()
+    wandb_dir = os.environ.get("WANDB_DIR")
     with tempfile.TemporaryDirectory(prefix="vgbench-stacking-") as tmp:
-        with contextlib.nullcontext() if probes else train_probes_off():
-            results = run_group(cells, data, Path(tmp), WandbSettings(mode="disabled"))
+        os.environ["WANDB_DIR"] = tmp
+        try:
+            with contextlib.nullcontext() if probes else train_probes_off():
+                results = run_group(cells, data, Path(tmp), WandbSettings(mode=wandb), profile="bench")
+        finally:
+            if wandb_dir is None:
+                os.environ.pop("WANDB_DIR", None)
+            else:
+                os.environ["WANDB_DIR"] = wandb_dir
     torch.use_deterministic_algorithms(deterministic)  # Lightning's deterministic=True switched it on
     first = results[0]
     return {"seconds": first.fit_seconds * len(cells), "steps": first.steps,
@@ -382,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         "unprobed": lambda label: vgbench_group(cases[label], stored[label], args.epochs, probes=False),
         "raw fit": lambda label: stacked_loop(cases[label], data[label], epochs=args.epochs),
         "Lightning": lambda label: lightning_group(cases[label], stored[label], args.epochs),
+        "W&B": lambda label: vgbench_group(cases[label], stored[label], args.epochs, wandb="offline"),
     }
     if os.getloadavg()[0] > 0.5:
         print(f"note: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; other processes add noise")
@@ -423,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(b) fit ms/step over {args.epochs} epoch(s) with validation, K={k} (aim vg/raw <= 1.05); "
           f"(c) probes / fit (aim <= 3%)")
     print(f"{'family/remedy':22}{'steps':>6}{'vgbench':>9}{'raw fit':>9}{'vg/raw':>8}{'w/o probes':>11}"
-          f"{'Lightning':>10}{'probes':>8}{'full cell*':>11}{'A/B':>7}   per-repeat vg/raw")
+          f"{'Lightning':>10}{'probes':>8}{'full cell*':>11}{'A/B':>7}{'W&B':>7}   per-repeat vg/raw")
     for label, cells in cases.items():
         vg, raw, rows = ms(label, "vgbench"), ms(label, "raw fit"), runs[label]["vgbench"]
         steps, interval = rows[0]["steps"], cells[0].probes["interval_steps"]
@@ -437,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         paired = " ".join(f"{v['seconds'] / r['seconds']:.2f}" for v, r in zip(rows, runs[label]["raw fit"]))
         print(f"{label:22}{steps:6d}{vg:9.2f}{raw:9.2f}{vg / raw:8.3f}{(vg - probe_ms) / raw:11.3f}"
               f"{ms(label, 'Lightning') / raw:10.3f}{100 * probe_ms / vg:7.1f}%{100 * full_share:10.1f}%"
-              f"{100 * ab:6.1f}%   {paired}")
+              f"{100 * ab:6.1f}%{ms(label, 'W&B') / vg:7.2f}   {paired}")
         if steps != runs[label]["raw fit"][0]["steps"]:
             print(f"  warning: vgbench ran {steps} steps, the raw fit loop {runs[label]['raw fit'][0]['steps']}")
     print(f"total {time.perf_counter() - started:.0f} s")
