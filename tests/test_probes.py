@@ -387,6 +387,34 @@ def test_init_ratio_is_finite_where_float32_underflows(tiny_params, tmp_path):
     assert float(model.taps.disarm().grad_sq_sum[0][0]) == 0.0
 
 
+@pytest.mark.parametrize("pretrained", [False, True], ids=["predicted", "not predicted"])
+def test_init_probe_goes_straight_to_float64_where_theory_predicts_underflow(pretrained, monkeypatch):
+    """The small-init sigmoid MLP at depth 20 (predicted about 10^-32): one float64 pass, no float32 pass
+    thrown away. Without a prediction (weights flagged as pretrained) float32 is tried first, underflows
+    and is redone in float64: two passes, the same records."""
+    from types import SimpleNamespace
+
+    from vgbench.tasks import TASKS
+
+    model = mlp(Recipe(), depth=20, width=64, seeds=(0, 1))
+    x, y = torch.randn(128, 40, generator=torch.Generator().manual_seed(1)), torch.arange(128) % 10
+    module = SimpleNamespace(model=model, device=torch.device("cpu"), task=TASKS.get("classification"),
+                             after_clipping=[], loggers_per_model=[None, None])
+    passes = []
+    real_pass = GradientFlowProbe._init_pass
+    monkeypatch.setattr(GradientFlowProbe, "_init_pass",
+                        lambda self, pl_module, dtype: passes.append(dtype) or real_pass(self, pl_module, dtype))
+    probe = GradientFlowProbe((x, y), interval_steps=1, models=2, pretrained=pretrained)
+    probe.on_train_start(None, module)
+    assert passes == ([torch.float32, torch.float64] if pretrained else [torch.float64])
+    init = [records[0] for records in probe.records]
+    assert [record["dtype"] for record in init] == ["float64", "float64"]
+    measured = [math.log10(record["dL_dh_first_last_ratio"]) for record in init]
+    assert all(-40 < value < -28 for value in measured)
+    if not pretrained:
+        assert [record["theory_log10_dL_dh_first_last"] for record in init] == pytest.approx(measured, abs=0.5)
+
+
 def test_init_probe_runs_in_float32_and_in_float64_only_when_a_norm_underflows():
     """The init probe's float32 pass is kept when every norm is clear of underflow (and then agrees with
     the float64 pass to float32 precision); a net whose gradient falls below float32's range is probed

@@ -24,10 +24,11 @@ What it records, per probed layer l (input side first):
 When: once at initialization, on a fixed training batch before the first
 update (phase "init", on a copy of the network: in float32, and again in
 float64 when a float32 norm underflowed (below 1e-30) or overflowed, so that
-gradients far below float32's range still give a finite ratio; each record
-says which), and on the
-live training batch every ``interval_steps`` optimizer steps (phase "train",
-in the training precision: a zero there is what training saw). Under DDP the per-rank sums are all-reduced:
+gradients far below float32's range still give a finite ratio, or in float64
+alone where the mean-field prediction already says float32 cannot hold them;
+each record says which), and on the live training batch every
+``interval_steps`` optimizer steps (phase "train", in the training precision:
+a zero there is what training saw). Under DDP the per-rank sums are all-reduced:
 the global loss is the mean over ranks, so ||dL/dh||^2 of the global batch is
 the sum over ranks divided by world_size^2.
 
@@ -63,6 +64,13 @@ def first_last_ratio(values: list[float]) -> float:
 # Below this a norm read in float32 may have lost digits to underflow (float32's smallest normal
 # number is 1.2e-38; a norm of 1e-30 can hold elements far smaller).
 FLOAT32_RESOLVED = 1e-30
+
+
+# Where mean-field theory predicts a first/last ratio below 10^-28, the first state's gradient norm
+# (the last one is rarely above 1e-2..1) would fall below FLOAT32_RESOLVED: the init probe starts in
+# float64 instead of making a float32 pass only to throw it away. A guess about cost, never about
+# correctness: a float32 pass that underflows anyway is still redone in float64.
+PREDICTED_UNDERFLOW_LOG10 = math.log10(FLOAT32_RESOLVED) + 2
 
 
 def resolved_in_float32(stats: dict, gradients: dict) -> bool:
@@ -182,13 +190,15 @@ class GradientFlowProbe(L.Callback):
         if any(self.records):  # resumed from a checkpoint: the init records are the ones from before
             return
         start = time.perf_counter()
-        losses, stats, gradients = self._init_pass(pl_module, torch.float32)
-        dtype = "float32"
-        if not all(map(resolved_in_float32, stats, gradients)):
-            losses, stats, gradients = self._init_pass(pl_module, torch.float64)
-            dtype = "float64"
         model = self._model(pl_module)
         theory = predict(model.mean_field(), self.init_batch[0], model.models, self.pretrained)
+        dtype = "float32"
+        if any(value < PREDICTED_UNDERFLOW_LOG10 for value in theory.log10_first_last):  # NaN: not predicted
+            dtype = "float64"
+        losses, stats, gradients = self._init_pass(pl_module, getattr(torch, dtype))
+        if dtype == "float32" and not all(map(resolved_in_float32, stats, gradients)):
+            losses, stats, gradients = self._init_pass(pl_module, torch.float64)
+            dtype = "float64"
         for k, loss in enumerate(losses):
             record = {"phase": "init", "step": 0, "epoch": 0, "loss": loss, "dtype": dtype, **stats[k],
                       **gradients[k], "theory_log10_dL_dh_first_last": theory.log10_first_last[k],
