@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 from wandb_workspaces.expr import expr_to_filters
 
@@ -44,6 +45,19 @@ def test_summaries_are_written_from_the_rows(built):
     ranked = data.ranked[data.ranked["family"] == "mlp"]
     leaders = ranked[ranked["rank_range"].str.split("–").str[0] == "1"]["remedy"].tolist()
     assert summary.endswith(f"test accuracy: {', '.join(leaders)}.") and "small_init" not in leaders
+
+
+def test_a_recurrent_family_is_summarized_at_its_longest_sequence():
+    rows = pd.DataFrame([{"family": "rnn", "dataset": "adding", "remedy": remedy, "depth": depth, "metric": "mse",
+                          "rate_vanished": vanished, "trainable_rate": trainable}
+                         for remedy, depth, vanished, trainable in [
+                             ("small_init", 10, 0.0, 1.0), ("small_init", 50, 1.0, 0.0),
+                             ("lstm", 10, 0.0, 1.0), ("lstm", 50, 0.0, 1.0)]])
+    ranked = pd.DataFrame([{"family": "rnn", "dataset": "adding", "remedy": "lstm", "rank_range": "1"},
+                           {"family": "rnn", "dataset": "adding", "remedy": "small_init", "rank_range": "2"}])
+    summary = wandb_report.family_summary(rows, ranked, "rnn", "adding")
+    assert summary.startswith("rnn on adding, at the longest sequence, 50 (sequence length")
+    assert "vanished: small_init" in summary and "trained: lstm " in summary and summary.endswith("test mse: lstm.")
 
 
 def test_run_sets_filter_this_profile_s_groups_and_panels_use_logged_keys(built):

@@ -32,8 +32,8 @@ MAJORITY = 0.5  # as the frontier: a verdict of at least half of a row's seeds
 
 
 def family_summary(rows: pd.DataFrame, ranked: pd.DataFrame, family: str, dataset: str) -> str:
-    """One paragraph from the rows of one (family, data set): at the deepest depth, which remedies
-    vanished, which trained, and who leads the frontier."""
+    """One paragraph from the rows of one (family, data set): at the deepest depth (an RNN's longest
+    sequence), which remedies vanished, which trained, and who leads the frontier."""
     from vgbench.models import FAMILIES
 
     part = rows[(rows["family"] == family) & (rows["dataset"] == dataset)]
@@ -41,11 +41,12 @@ def family_summary(rows: pd.DataFrame, ranked: pd.DataFrame, family: str, datase
     depth = int(deepest["depth"].max())
     vanished = deepest[deepest.get("rate_vanished", 0) >= MAJORITY]["remedy"].tolist()
     trained = deepest[deepest["trainable_rate"] >= MAJORITY]["remedy"].tolist()
-    meaning = FAMILIES.get(family).depth_meaning
+    entry = FAMILIES.get(family)
+    where = "the longest sequence" if entry.depth_is_length else "the deepest depth"
     top = ranked[(ranked["family"] == family) & (ranked["dataset"] == dataset)]
     leaders = top[top["rank_range"].str.split("–").str[0] == "1"]["remedy"].tolist()
     metric = deepest["metric"].iloc[0]
-    return (f"{family} on {dataset}, at the deepest depth, {depth} ({meaning}): "
+    return (f"{family} on {dataset}, at {where}, {depth} ({entry.depth_meaning}): "
             f"{'vanished: ' + ', '.join(vanished) if vanished else 'none vanished'}; "
             f"{'trained: ' + ', '.join(trained) if trained else 'none trained'} "
             f"(trainable for at least half of the seeds). Rank 1 by the frontier, then test {metric}: "
