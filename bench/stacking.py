@@ -326,7 +326,7 @@ class BareLightning(L.LightningModule):
         return self.inner.configure_optimizers()
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        return batch if device.type == "cpu" else tuple(t.to(device, non_blocking=True) for t in batch)
+        return self.inner.transfer_batch_to_device(batch, device, dataloader_idx)
 
     def on_validation_epoch_start(self) -> None:
         self.inner._eval_start()
@@ -335,7 +335,8 @@ class BareLightning(L.LightningModule):
         self.inner._eval_step(batch)
 
     def on_validation_epoch_end(self) -> None:
-        [self.inner.task.finish(column.tolist()) for column in self.inner._eval_sums.T]
+        for column in self.inner._eval_sums.T:  # what the raw loop does with its sums
+            self.inner.task.finish(column.tolist())
 
 
 def lightning_group(cells: list[CellSpec], data, epochs: int) -> dict:

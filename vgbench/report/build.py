@@ -10,6 +10,7 @@ against depth) and the profile's data under ``results/plots/``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,16 @@ class Aggregated:
     rows: pd.DataFrame  # one per (family, data set, remedy, depth), in matrix order
     ranked: pd.DataFrame
     profiles: dict[tuple[str, str], pd.DataFrame]  # per layer at init, deepest depth of each block
-    all_profiles: pd.DataFrame  # the same, every block in one frame
-    claims: pd.DataFrame  # vgbench/findings.py, checked against ``rows`` and ``all_profiles``
+
+    @functools.cached_property
+    def all_profiles(self) -> pd.DataFrame:
+        """``profiles``, every block in one frame (made once: the claims and the leaderboard read it)."""
+        return pd.concat(self.profiles.values())
+
+    @functools.cached_property
+    def claims(self) -> pd.DataFrame:
+        """vgbench/findings.py's claims, checked against ``rows`` and ``all_profiles``."""
+        return findings.check_all(self.rows, self.all_profiles)
 
 
 def aggregate_results(params: Params, results_root: Path) -> Aggregated:
@@ -69,9 +78,7 @@ def aggregate_results(params: Params, results_root: Path) -> Aggregated:
     ranked = aggregate.ranking(aggregate.frontier(rows))
     profiles = {(family, dataset): figures.init_profiles(group[group["depth"] == group["depth"].max()], results_root)
                 for (family, dataset), group in table.groupby(["family", "dataset"], sort=False)}
-    all_profiles = pd.concat(profiles.values())
-    return Aggregated(cells, table, missing, rows, ranked, profiles, all_profiles,
-                      findings.check_all(rows, all_profiles))
+    return Aggregated(cells, table, missing, rows, ranked, profiles)
 
 
 def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = True, params_path: Path | None = None,

@@ -26,7 +26,6 @@ from vgbench.pretraining.stack import EPOCH_MONITORS
 from vgbench import wandb_names as names
 
 
-
 def check_online_login(settings: WandbSettings) -> None:
     """Before any work in ``mode: online``: an API key is configured (``wandb login`` or WANDB_API_KEY),
     found now rather than as one failed cell after another. Checks the key's presence, not the network."""
