@@ -203,3 +203,36 @@ def test_trainer_threads_pins_torch_threads_and_is_recorded(tiny_params, tiny_da
         assert metrics.environment["torch_threads"] == 1 and metrics.cell["trainer"]["threads"] == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_frozen_model_keeps_its_weights_and_moments_and_the_others_step_as_if_alone(name):
+    """StackedOptimizer: model 1 frozen (its gradient non-finite) is left exactly as it was, weights, moments
+    and Adam's step count, while models 0 and 2 take the very step they take with nobody frozen."""
+    from vgbench.training.stacked_optim import OPTIMIZERS
+
+    torch.manual_seed(0)
+    start, grads = torch.randn(3, 4, 5), [torch.randn(3, 4, 5) for _ in range(3)]
+
+    def train(freeze_at: int | None):
+        param = torch.nn.Parameter(start.clone())
+        optimizer = OPTIMIZERS[name]([param], [0.1, 0.01, 0.001], weight_decay=0.01)
+        snapshot = None
+        for step, grad in enumerate(grads):
+            param.grad = grad.clone()
+            if freeze_at is not None and step >= freeze_at:
+                param.grad[1] = float("nan")
+                optimizer.active[1] = False
+            if step == freeze_at:
+                snapshot = [t.clone() for t in (param.detach(), *optimizer.state[param].values())]
+            optimizer.step()
+        return param.detach(), optimizer.state[param], snapshot
+
+    alone, alone_state, _ = train(None)
+    frozen, frozen_state, snapshot = train(freeze_at=1)
+    assert torch.equal(frozen[[0, 2]], alone[[0, 2]])
+    for key in alone_state:
+        assert torch.equal(frozen_state[key][[0, 2]], alone_state[key][[0, 2]]), key
+    for before, after in zip(snapshot, (frozen, *frozen_state.values())):
+        assert torch.equal(after[1], before[1])
+    assert not torch.equal(frozen[1], alone[1])  # it did stop

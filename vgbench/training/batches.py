@@ -7,6 +7,8 @@ shard here and tell Lightning ``use_distributed_sampler=False``); the order is
 a function of (seed, epoch) alone, so it is the same on every rank and every
 rerun. A cell group's K models each read their own order (their own seed):
 ``GroupSampler`` stacks the K index batches, so a batch is ``[K, B, ...]``.
+The tensors may live on a GPU (``InMemoryData`` puts them there once per group):
+the batches are then sliced on the device.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ class TensorBatches:
     """A sized iterable of (x, y) batches: what a DataLoader would give, without its per-batch cost.
 
     Lightning accepts any sized iterable; it calls ``sampler.set_epoch`` through the
-    ``sampler`` attribute as it does for a DataLoader.
+    ``sampler`` attribute as it does for a DataLoader. Where the split lives on a GPU,
+    an epoch's index batches cross to it in one copy: a copy per step from pageable
+    memory would make the host wait for the GPU at every step.
     """
 
     batch_sampler = None  # read by Lightning
@@ -94,7 +98,12 @@ class TensorBatches:
         return len(self.sampler)
 
     def __iter__(self):
-        for indices in self.sampler:
+        batches = list(self.sampler)
+        device = self.split.y.device
+        if device.type != "cpu" and batches:
+            moved = torch.cat([b.flatten() for b in batches]).to(device).split([b.numel() for b in batches])
+            batches = [m.view(b.shape) for m, b in zip(moved, batches)]
+        for indices in batches:
             yield self.split[indices]
 
 
