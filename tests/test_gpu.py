@@ -10,9 +10,10 @@ import torch
 
 from vgbench.config import WandbSettings
 from vgbench.matrix import expand
+from vgbench.plan import data_shape
 from vgbench.training.run_group import data_for, run_cell, run_group
 from tests.test_stacking import (FAMILIES_TO_STACK, NO_WANDB, RATES, SEEDS, _comparable, _deepest_default_cells,
-                                 _first_cell_of, _profile, _same, assert_same_model_in_stacks)
+                                 _first_cell_of, _profile, _same, assert_same_model_in_stacks, model_four_in_stack)
 
 # cuBLAS is deterministic only with this workspace setting (Lightning sets it for deterministic trainers; the
 # stacking tests below call the models directly), read when the first cuBLAS handle is made.
@@ -84,3 +85,18 @@ def test_default_profile_shapes_stack_on_a_gpu(cell):
         assert_same_model_in_stacks(cell, "cuda", reference=1, relative=1e-2)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.mark.parametrize("cell", [c for c in _deepest_default_cells() if c.family == "rnn"],
+                         ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
+def test_fused_rnn_calls_on_their_own_streams_compute_what_they_compute_in_turn(cell, monkeypatch):
+    """vgbench/models/streams.py: model k's fused call on stream k is the same kernel on the same numbers."""
+    import vgbench.models.rnn as rnn
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 16, *data_shape(cell).input_shape, device="cuda")
+    on_streams = model_four_in_stack(cell, 9, x, armed=False)
+    monkeypatch.setattr(rnn, "per_model", lambda call, arguments, device: [call(*args) for args in arguments])
+    in_turn = model_four_in_stack(cell, 9, x, armed=False)
+    for (name, streamed), (_, sequential) in zip(on_streams, in_turn):
+        assert torch.equal(streamed, sequential), name
