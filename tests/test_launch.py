@@ -169,6 +169,24 @@ def test_local_workers_are_pinned_to_their_gpu(tiny_data_root, tmp_path):
     assert env <= {"3", "5"}
 
 
+@pytest.mark.parametrize("pinned, launcher, cpus, expected", [
+    (None, {"gpus": [0], "cells_per_gpu": 4}, 16, 4),  # the paper profile on a 16-CPU GPU machine
+    (None, {"gpus": [0, 1], "cells_per_gpu": 4}, 16, 2),
+    (None, {"gpus": [0], "cells_per_gpu": 4, "threads": 3}, 16, 3),  # launcher.threads wins
+    (None, {"jobs": 8}, 2, 1),  # never below one thread
+    (1, {"gpus": [0], "cells_per_gpu": 4, "threads": 3}, 16, None)])  # the cells pin their own
+def test_each_local_worker_gets_its_share_of_the_cpus(pinned, launcher, cpus, expected, monkeypatch):
+    from types import SimpleNamespace
+
+    from vgbench.config import LauncherSettings
+    from vgbench.launch.local import worker_count, worker_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    request = SimpleNamespace(settings=LauncherSettings(name="local", **launcher),
+                              params=SimpleNamespace(active=SimpleNamespace(trainer=SimpleNamespace(threads=pinned))))
+    assert worker_threads(request, worker_count(request)) == expected
+
+
 def test_the_worker_trains_a_row_s_seeds_as_one_group_with_the_same_results(tiny_data_root, tmp_path):
     """Two seeds of a row: one group of two by default, two groups of one with group_size 1; same numbers."""
     only = ("--only", "mlp-he_relu-mnist1d-d2")

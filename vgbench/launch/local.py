@@ -4,9 +4,10 @@ Each worker is ``python -m vgbench.launch`` with the whole list of cells
 to train; the claims hand each cell to exactly one of them, so a worker that
 finishes early simply takes the next free cell (no scheduler of our own). On
 GPUs, worker k is pinned to ``gpus[k % len(gpus)]`` through
-CUDA_VISIBLE_DEVICES (``cells_per_gpu`` workers share a GPU); on CPU each worker
-gets ``threads`` torch threads (the cell's ``trainer.threads`` where it pins
-them), and by default there are as many workers as cores / threads. Every line a
+CUDA_VISIBLE_DEVICES (``cells_per_gpu`` workers share a GPU); on CPU there are
+by default as many workers as cores / threads. Each worker gets the cell's
+``trainer.threads`` where it pins them, else ``launcher.threads``, else its
+share of the CPUs (``worker_threads``). Every line a
 worker prints is shown prefixed with its slot and kept in
 ``results/launch/<timestamp>/worker-<k>.log``.
 """
@@ -37,6 +38,15 @@ def worker_count(request: LaunchRequest) -> int:
     return max(1, (os.cpu_count() or 1) // threads)
 
 
+def worker_threads(request: LaunchRequest, workers: int) -> int | None:
+    """Torch threads per worker where the cells leave them to the launcher (None where they pin their own):
+    ``launcher.threads``, else the machine's CPUs shared among the workers. Torch's own default, every CPU in
+    every process, had 4 workers sharing a GPU on 16 CPUs run 64 threads (load average 21, bench/README.md)."""
+    if request.params.active.trainer.threads is not None:
+        return None
+    return request.settings.threads or max(1, (os.cpu_count() or 1) // workers)
+
+
 def worker_environment(request: LaunchRequest, slot: int) -> dict[str, str]:
     env = dict(os.environ)
     if request.settings.gpus:
@@ -61,7 +71,7 @@ def launch_local(request: LaunchRequest) -> bool:
     workers, relays = [], []
     for slot in range(count):
         report = request.folder / f"worker-{slot}.report.json"
-        unit = request.unit(ids, worker=slot, report_path=str(report))
+        unit = request.unit(ids, worker=slot, report_path=str(report), threads=worker_threads(request, count))
         unit_path = request.folder / f"worker-{slot}.unit.json"
         atomic.write_text(unit_path, json.dumps(asdict(unit), indent=2))
         process = subprocess.Popen([sys.executable, "-m", "vgbench.launch", str(unit_path)],
