@@ -7,7 +7,7 @@
 #   bash bench/gpu_session.sh                 # on a CUDA machine
 #   DEVICE=cpu SLICE_EPOCHS=1 BENCH="--only mlp --steps 3 --repeats 1" bash bench/gpu_session.sh  # CPU rehearsal
 #
-# The stages share one deadline (DEADLINE seconds, default 510, inside the device tool's 10-minute command
+# The stages share one deadline (DEADLINE seconds, default 520, inside the device tool's 10-minute command
 # limit); a stage that would start with under 20 s left is skipped.
 #
 # The device machine has PyTorch and Lightning but not vgbench's other needs: wheels of pydantic, mnist1d and
@@ -18,8 +18,9 @@ OUT=${OUT:-$PWD/gpu-session}
 mkdir -p "$OUT"
 DEVICE=${DEVICE:-cuda}
 SLICE_EPOCHS=${SLICE_EPOCHS:-30}
-BENCH=${BENCH:---steps 30 --repeats 3}
-DEADLINE=$(($(date +%s) + ${DEADLINE:-510}))
+BENCH=${BENCH:---steps 30 --repeats 2}
+CASES=${CASES:-highway,lstm,mlp,resnet,small_init,layernorm}  # stacking.py's cases, in this order
+DEADLINE=$(($(date +%s) + ${DEADLINE:-520}))
 export PYTHONUNBUFFERED=1 WANDB_SILENT=true WANDB_MODE=disabled CUBLAS_WORKSPACE_CONFIG=:4096:8
 if ! python3 -c "import pydantic, mnist1d, submitit" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -57,7 +58,7 @@ import sys, yaml
 params = yaml.safe_load(open("params.yaml"))
 paper = params["profiles"]["paper"]
 block = next(b for b in paper["matrix"] if b["family"] == "mlp" and b["dataset"] == "mnist1d")
-block.update(remedies=["baseline", "xavier", "he_relu", "batchnorm", "residual"], depths=[2, 20, 50])
+block.update(remedies=["small_init", "xavier", "he_relu", "batchnorm", "residual"], depths=[2, 20, 50])
 paper.update(matrix=[block], datasets={"mnist1d": paper["datasets"]["mnist1d"]})
 paper["training"]["max_epochs"] = int(sys.argv[2])
 if sys.argv[4]:
@@ -71,32 +72,45 @@ EOF
   local args=(--params "$WORK/slice.yaml" --data-root "$WORK/data" --results-root "$WORK/results")
   python3 -m vgbench fetch "${args[@]}" mnist1d || return
   local start=$(date +%s)
-  timeout -s TERM "${SLICE_TRAIN_SECONDS:-130}" python3 -m vgbench train "${args[@]}" ${SLICE_TRAIN_ARGS:-}
+  timeout -s TERM "${SLICE_TRAIN_SECONDS:-95}" python3 -m vgbench train "${args[@]}" ${SLICE_TRAIN_ARGS:-}
   echo "train: $(($(date +%s) - start)) s wall"
   python3 -m vgbench status "${args[@]}"
   python3 -m vgbench leaderboard --no-wandb "${args[@]}" && cp "$WORK/results/leaderboard.md" "$OUT/slice_leaderboard.md"
   python3 - "$WORK/results" <<'EOF'
 import json, pathlib, statistics, sys
 rows = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1]).glob("cells/*/metrics.json")]
+for depth in sorted({r["cell"]["depth"] for r in rows}):
+    at = [r for r in rows if r["cell"]["depth"] == depth]
+    k = at[0]["group"]["size"]
+    print(f"depth {depth}: {len(at)} cells, groups of {k}; fit s/cell median "
+          f"{statistics.median(r['fit_seconds'] for r in at):.2f}, i.e. "
+          f"{statistics.median(1000 * r['fit_seconds'] * k / r['steps'] for r in at):.1f} ms per group step "
+          f"({at[0]['steps']} steps), probes {statistics.median(r['probe_overhead_fraction'] for r in at):.3f}, "
+          f"torch threads {at[0]['launch']['threads']}")
 if rows:
-    print(f"{len(rows)} cells; fit s/cell median {statistics.median(r['fit_seconds'] for r in rows):.2f}, "
-          f"steps/cell {rows[0]['steps']}, probe share median "
-          f"{statistics.median(r['probe_overhead_fraction'] for r in rows):.3f}; environment {rows[0]['environment']}")
+    print(f"environment {rows[0]['environment']}")
 EOF
 }
 
 export -f environment paper_slice
 export WORK DEVICE SLICE_EPOCHS OUT SLICE_THREADS SLICE_TRAIN_ARGS SLICE_TRAIN_SECONDS
-# STAGES picks and orders the stages (a second, shorter lease can rerun some); all by default.
-for name in ${STAGES:-environment gpu_tests stack_identity stacking_k9 paper_slice stacking_k21}; do
+# STAGES picks and orders the stages (a second, shorter lease can rerun some). The default is this lease's
+# plan: the gpu tier first, then where a group's step goes on the host (profile_*), stacking for the cases
+# in CASES, and the paper slice; stack_identity and stacking_k21 ran on the first lease.
+for name in ${STAGES:-environment gpu_tests profile_mlp profile_lstm stacking_k9 paper_slice}; do
   case $name in
     environment) stage environment 60 environment ;;
     gpu_tests) [ "$DEVICE" = cuda ] && TAIL=40 stage gpu_tests 150 python3 -m pytest -m gpu -q -rfE -p no:cacheprovider \
                  tests/test_gpu.py ;;
     stack_identity) stage stack_identity 60 python3 bench/stack_identity.py --device "$DEVICE" ;;
+    profile_mlp) TAIL=45 stage profile_mlp 50 python3 bench/profile_group.py --profile paper --device "$DEVICE" \
+                   --row mlp-he_relu-mnist1d-d20 --epochs "${PROFILE_EPOCHS:-3}" --threads 4 --data-root "$WORK/data" ;;
+    profile_lstm) TAIL=45 stage profile_lstm 40 python3 bench/profile_group.py --device "$DEVICE" \
+                    --row rnn-lstm-adding-d50 --epochs 1 --data-root "$WORK/bench-data" ;;
     # shellcheck disable=SC2086  # BENCH is a list of options
-    stacking_k9) stage stacking_k9 150 python3 bench/stacking.py --device "$DEVICE" $BENCH --data-root "$WORK/bench-data" ;;
-    paper_slice) TAIL=40 stage paper_slice 200 paper_slice ;;
+    stacking_k9) stage stacking_k9 150 python3 bench/stacking.py --device "$DEVICE" $BENCH --only "$CASES" \
+                   --data-root "$WORK/bench-data" ;;
+    paper_slice) TAIL=40 stage paper_slice 130 paper_slice ;;
     stacking_k21) stage stacking_k21 120 python3 bench/stacking.py --device "$DEVICE" --seeds 7 $BENCH \
                     --data-root "$WORK/bench-data" ;;
     *) echo "unknown stage $name" ;;

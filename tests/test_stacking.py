@@ -226,17 +226,22 @@ def model_four_in_stack(cell, size: int, x: torch.Tensor, armed: bool) -> list[t
 def assert_same_model_in_stacks(cell, device: str = "cpu", reference: int = 1, relative: float = 0.0):
     """Model 4 computes the same output and gradients in a stack of 9 as in a stack of ``reference`` (1:
     alone), on the probed and the unprobed path: bit for bit, or, with ``relative``, within that fraction
-    of each tensor's largest value. The message names the first tensor off and by how much."""
+    of each tensor's largest value, or of 1e-4 of the largest value of any of its tensors where that is
+    larger (a bias before batch norm has no gradient in exact arithmetic: its float gradient is rounding
+    residue, ~1e-8 on an H200, that no relative bound holds). The message names the first tensor off and by
+    how much."""
     from vgbench.plan import data_shape
 
     torch.manual_seed(0)
     x = torch.randn(max(9, reference), 16, *data_shape(cell).input_shape).to(device)
     for armed in (False, True):
         stacked, other = model_four_in_stack(cell, 9, x, armed), model_four_in_stack(cell, reference, x, armed)
+        scale = max(tensor.abs().max().item() for _, tensor in other)
         for (name, in_nine), (_, in_other) in zip(stacked, other):
             largest = in_other.abs().max().item()
             difference = (in_nine - in_other).abs().max().item()
-            same = torch.equal(in_nine, in_other) if relative == 0.0 else difference <= relative * largest
+            same = (torch.equal(in_nine, in_other) if relative == 0.0
+                    else difference <= relative * max(largest, 1e-4 * scale))
             assert same, (f"{name} differs (armed={armed}, stack of 9 vs {reference}): max |diff| "
                           f"{difference:.3g}, max |value| {largest:.3g}")
 
