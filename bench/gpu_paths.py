@@ -1,0 +1,168 @@
+"""Two kernel paths that might make a GPU group step faster, timed against today's before any model uses them.
+
+1. **LSTM weights laid out for cuDNN.** Today model k's fused call reads its slices of the stacked
+   ``[K, ...]`` weights, and cuDNN copies them into its own layout at every call (0.6 ms of host time per
+   call on an H200, bench/README.md; PyTorch's check for a ready layout looks from the start of the
+   weights' storage, so in a stack only model 0 could pass it). Here the K models' weights live in one
+   ``[K, P]`` buffer, each row laid out as cuDNN wants (offsets read off ``torch._cudnn_rnn_flatten_weight``
+   for one model), the stacked weights are strided views into it, and model k's call hands row k to cuDNN
+   as its weight buffer (``torch._cudnn_rnn``): nothing to copy.
+2. **A grouped convolution for the ResNet** (HFTA's way): one ``conv2d`` with ``groups=K`` over
+   ``[N, K*C, H, W]`` instead of K calls, the layout copies included.
+
+Per path: ms per forward + backward (median of ``--repeats`` after warm-up, CUDA-synchronized) and the
+largest difference from today's path relative to the largest value (0: bit-identical). The LSTM part
+needs CUDA; the convolution part also runs on CPU.
+
+    python bench/gpu_paths.py                      # on a GPU (bench/gpu_session.sh stage gpu_paths)
+    python bench/gpu_paths.py --device cpu --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS, as the cells train
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from vgbench.models.streams import per_model  # noqa: E402
+
+LSTM_MODE = 2  # cuDNN's mode number for an LSTM (torch.backends.cudnn.rnn.get_cudnn_mode("LSTM"))
+
+
+def timed(step, repeats: int, device: str) -> float:
+    """Median ms of ``step()`` (forward and backward) after three warm-up calls."""
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - started))
+    return statistics.median(times)
+
+
+def relative_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).item() for x, y in zip(a, b))
+
+
+def cudnn_lstm_layout(features: int, hidden: int) -> tuple[int, list[int]]:
+    """(elements, offsets of W_ih, W_hh, b_ih, b_hh) of one LSTM's weights in cuDNN's flat buffer."""
+    weights = [torch.zeros(4 * hidden, features, device="cuda"), torch.zeros(4 * hidden, hidden, device="cuda"),
+               torch.zeros(4 * hidden, device="cuda"), torch.zeros(4 * hidden, device="cuda")]
+    flat = torch._cudnn_rnn_flatten_weight(weights, 4, features, LSTM_MODE, hidden, 0, 1, True, False)
+    offsets = [(w.data_ptr() - flat.data_ptr()) // w.element_size() for w in weights]
+    if not all(0 <= offset < flat.numel() for offset in offsets):
+        raise RuntimeError(f"the weights were not re-pointed into cuDNN's buffer (offsets {offsets})")
+    return flat.numel(), offsets
+
+
+def lstm_paths(models: int, batch: int, steps: int, features: int, hidden: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    shapes = [(4 * hidden, features), (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)]
+    stacked = [torch.randn(models, *shape, device="cuda").mul_(0.1).requires_grad_() for shape in shapes]
+    x = torch.randn(models, batch, steps, features, device="cuda")
+    h0 = torch.zeros(1, batch, hidden, device="cuda")
+
+    # The buffer path: [K, P] rows in cuDNN's layout (P padded to 256 bytes), the weights strided views.
+    size, offsets = cudnn_lstm_layout(features, hidden)
+    row = -(-size // 64) * 64
+    buffer = torch.zeros(models, row, device="cuda")
+    views = []
+    for weight, offset in zip(stacked, offsets):
+        inner = weight.shape[1:]
+        strides = (row, *torch.empty(inner).stride())
+        view = buffer.as_strided((models, *inner), strides, offset)
+        view.copy_(weight.detach())
+        views.append(torch.nn.Parameter(view))
+
+    def today():
+        args = list(zip(x.unbind(0), *(w.unbind(0) for w in stacked)))
+        out = per_model(lambda x_k, *flat: torch._VF.lstm(x_k, (h0, h0), list(flat), True, 1, 0.0, True, False,
+                                                          True)[0], args, x.device)
+        return torch.stack(out)
+
+    def from_buffer():
+        args = list(zip(x.unbind(0), buffer.unbind(0), *(w.unbind(0) for w in views)))
+        out = per_model(lambda x_k, buf_k, *flat: torch._cudnn_rnn(
+            x_k, list(flat), 4, buf_k, h0, h0, LSTM_MODE, hidden, 0, 1, True, 0.0, True, False, [], None)[0],
+            args, x.device)
+        return torch.stack(out)
+
+    def separate():
+        for k in range(models):
+            lstms[k](x[k])[0].pow(2).mean().backward()
+
+    lstms = [torch.nn.LSTM(features, hidden, batch_first=True).cuda() for _ in range(models)]
+    times, values = {}, {}
+    for name, forward, params in (("today: slices, copied per call", today, stacked),
+                                  ("cuDNN-laid-out buffer", from_buffer, views)):
+        def step(forward=forward, params=params):
+            for p in params:
+                p.grad = None
+            forward().pow(2).mean().backward()
+        times[name] = timed(step, repeats, "cuda")
+        step()
+        values[name] = [forward().detach(), *(p.grad.clone() for p in params)]
+    times[f"{models} separate nn.LSTM"] = timed(separate, repeats, "cuda")
+    difference = relative_difference(values["cuDNN-laid-out buffer"], values["today: slices, copied per call"])
+    print(f"LSTM K={models}, batch {batch}, T={steps}, hidden {hidden}: forward+backward ms "
+          f"(buffer vs today: max rel. difference {difference:.2g})")
+    for name, ms in times.items():
+        print(f"  {name:34}{ms:8.2f}")
+
+
+def conv_paths(models: int, batch: int, device: str, repeats: int) -> None:
+    print(f"3x3 convolution, K={models}, batch {batch}: forward+backward ms (per-model calls | one grouped call)")
+    for channels, size in ((16, 32), (32, 16), (64, 8)):
+        torch.manual_seed(0)
+        x = torch.randn(models, batch, channels, size, size, device=device)
+        weight = (0.1 * torch.randn(models, channels, channels, 3, 3, device=device)).requires_grad_()
+
+        def per_call():
+            return torch.stack([F.conv2d(x_k, w_k, padding=1) for x_k, w_k in zip(x.unbind(0), weight.unbind(0))])
+
+        def grouped():
+            flat = x.transpose(0, 1).reshape(batch, models * channels, size, size)
+            out = F.conv2d(flat, weight.reshape(models * channels, channels, 3, 3), padding=1, groups=models)
+            return out.view(batch, models, channels, size, size).transpose(0, 1)
+
+        values, times = [], []
+        for forward in (per_call, grouped):
+            def step(forward=forward):
+                weight.grad = None
+                forward().pow(2).mean().backward()
+            times.append(timed(step, repeats, device))
+            step()
+            values.append([forward().detach(), weight.grad.clone()])
+        print(f"  {channels:3d} channels {size:2d}x{size:<2d} {times[0]:8.2f} | {times[1]:8.2f}   "
+              f"max rel. difference {relative_difference(values[1], values[0]):.2g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    parser.add_argument("--models", type=int, default=9)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args(argv)
+    torch.use_deterministic_algorithms(True)  # as the cells train
+    if args.device == "cuda":
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
+        for steps in (50, 200):  # the default profile's T = 50; the paper's adding task starts at 100
+            lstm_paths(args.models, 128, steps, 2, 128, args.repeats)
+    conv_paths(args.models, 128, args.device, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
