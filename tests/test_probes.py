@@ -114,8 +114,10 @@ def test_saturating_inputs_are_where_the_unit_comes_within_the_margin_of_its_bou
     assert ACTIVATIONS["sigmoid"].saturating_inputs(0.01) == pytest.approx((math.log(1 / 99), math.log(99)), abs=1e-9)
     assert ACTIVATIONS["tanh"].saturating_inputs(0.01) == pytest.approx((-math.atanh(0.99), math.atanh(0.99)),
                                                                        abs=1e-9)
-    with pytest.raises(ValueError, match="not a saturating unit"):
+    with pytest.raises(ValueError, match="ReLU: not a saturating unit"):
         ACTIVATIONS["relu"].saturating_inputs(0.01)
+    with pytest.raises(ValueError, match="ELU: not a saturating unit"):  # its init gain is ReLU's
+        ACTIVATIONS["elu"].saturating_inputs(0.01)
 
 
 def test_saturation_and_death_are_detected():

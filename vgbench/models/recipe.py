@@ -36,7 +36,7 @@ class ActivationSpec:
         is below z_low or above z_high. Found once by bisection in float64 (every bounded unit here is
         increasing), so the probes compare inputs instead of running the nonlinearity again."""
         if self.bounds is None:
-            raise ValueError(f"{self.gain}: not a saturating unit (no bounds)")
+            raise ValueError(f"{type(self.make()).__name__}: not a saturating unit (no bounds)")
         unit, (low, high) = self.make(), self.bounds
 
         def crossing(level: float) -> float:

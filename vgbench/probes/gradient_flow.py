@@ -67,9 +67,9 @@ FLOAT32_RESOLVED = 1e-30
 
 
 # Where mean-field theory predicts a first/last ratio below 10^-28, the first state's gradient norm
-# (the last one is rarely above 1e-2..1) would fall below FLOAT32_RESOLVED: the init probe starts in
-# float64 instead of making a float32 pass only to throw it away. A guess about cost, never about
-# correctness: a float32 pass that underflows anyway is still redone in float64.
+# would fall below FLOAT32_RESOLVED (the last state's norm is typically 1e-2 to 1), so the init probe
+# starts in float64 instead of making a float32 pass only to throw it away. A guess about cost, never
+# about correctness: a float32 pass that underflows anyway is still redone in float64.
 PREDICTED_UNDERFLOW_LOG10 = math.log10(FLOAT32_RESOLVED) + 2
 
 

@@ -94,7 +94,8 @@ class TaskModule(L.LightningModule):
                      names.STEP: self.global_step if step is None else step})
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx):
-        # Our batches are always (x, y) tensors: skip Lightning's generic collection walk.
+        # Our batches are always (x, y) tensors: skip Lightning's generic collection walk. On a GPU they
+        # are there already (InMemoryData keeps the group's data set on the device): .to is then a no-op.
         if device.type == "cpu":
             return batch
         return tuple(t.to(device, non_blocking=True) for t in batch)

@@ -31,7 +31,7 @@ class StackedOptimizer(torch.optim.Optimizer):
         self.rates = torch.tensor(rates, dtype=torch.float32)
         self.active = torch.ones(len(rates), dtype=torch.bool)
         self._per_device: dict = {}
-        self._frozen: dict = {}
+        self._masks: dict = {}
 
     def _rates_for(self, like: torch.Tensor) -> torch.Tensor:
         """The rates shaped to broadcast over a [K, ...] parameter, on its device (cached)."""
@@ -50,9 +50,9 @@ class StackedOptimizer(torch.optim.Optimizer):
         if all(active):
             return None
         key = (like.device, like.dim(), active)
-        if key not in self._frozen:
-            self._frozen[key] = self.active.to(like.device).view(-1, *([1] * (like.dim() - 1)))
-        return self._frozen[key]
+        if key not in self._masks:
+            self._masks[key] = self.active.to(like.device).view(-1, *([1] * (like.dim() - 1)))
+        return self._masks[key]
 
     @torch.no_grad()
     def step(self, closure=None):
