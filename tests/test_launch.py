@@ -169,6 +169,20 @@ def test_local_workers_are_pinned_to_their_gpu(tiny_data_root, tmp_path):
     assert env <= {"3", "5"}
 
 
+def test_a_result_records_the_threads_its_cells_pinned_not_the_worker_s_default(tiny_data_root, tmp_path):
+    """The worker starts with torch's default (OMP_NUM_THREADS=3 here) and run_group pins the cells' 1."""
+    params = write_params(tmp_path, {"name": "local", "jobs": 1})
+    raw = yaml.safe_load(params.read_text())
+    raw["profiles"]["tiny"]["trainer"] = {"threads": 1}
+    params.write_text(yaml.safe_dump(raw))
+    done = vgbench(params, tiny_data_root, tmp_path / "results", "train", "--only", "mlp-he_relu",
+                   env={"OMP_NUM_THREADS": "3"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    recorded = [(m["launch"]["threads"], m["environment"]["torch_threads"])
+                for m in metrics_of(tmp_path / "results").values()]
+    assert recorded and set(recorded) == {(1, 1)}
+
+
 @pytest.mark.parametrize("pinned, launcher, cpus, expected", [
     (None, {"gpus": [0], "cells_per_gpu": 4}, 16, 4),  # the paper profile on a 16-CPU GPU machine
     (None, {"gpus": [0, 1], "cells_per_gpu": 4}, 16, 2),

@@ -31,13 +31,15 @@ def _where(unit: WorkUnit) -> dict:
             "slurm_job_id": claims.current_slurm_job(), "worker": unit.worker}
 
 
-def _launch_info(unit: WorkUnit, attempt: int):
+def _launch_info(unit: WorkUnit, attempt: int, pinned_threads: int | None):
+    """Where and how a group trains; its threads are the ones its cells pin (run_group sets them), else
+    the worker's."""
     import torch
 
     from vgbench.cell_result import LaunchInfo
 
     return LaunchInfo(**_where(unit), cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
-                      threads=torch.get_num_threads(), attempt=attempt)
+                      threads=pinned_threads or torch.get_num_threads(), attempt=attempt)
 
 
 def _is_done(results_root: Path, cell_id: str, unit: WorkUnit, state: results.CellState | None = None) -> bool:
@@ -123,7 +125,8 @@ def _train_group(unit: WorkUnit, root: Path, cells: list, load_data, params, rep
     try:
         data = load_data()
         attempts = [results.read_error(root, cell.cell_id) for cell in cells]
-        launch = _launch_info(unit, attempt=1 + max((error["attempt"] for error in attempts if error), default=0))
+        launch = _launch_info(unit, attempt=1 + max((error["attempt"] for error in attempts if error), default=0),
+                              pinned_threads=cells[0].trainer.get("threads"))
         group_results = run_group(cells, data, root, params.wandb, launch, unit.checkpoint_every, params.profile)
         for result in group_results or []:
             report["trained"].append(result.cell_id)
