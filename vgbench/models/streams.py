@@ -25,7 +25,8 @@ def _streams(device_index: int, count: int) -> tuple[torch.cuda.Stream, ...]:
     return tuple(torch.cuda.Stream(device=device_index) for _ in range(count))
 
 
-def per_model(call: Callable[..., torch.Tensor], arguments: Sequence[tuple], device: torch.device) -> list[torch.Tensor]:
+def per_model(call: Callable[..., torch.Tensor], arguments: Sequence[tuple],
+              device: torch.device) -> list[torch.Tensor]:
     """``[call(*arguments[k]) for k]``; on a GPU each on its own stream, joined back to the current one."""
     if device.type != "cuda" or len(arguments) == 1:
         return [call(*args) for args in arguments]

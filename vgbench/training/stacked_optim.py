@@ -43,12 +43,10 @@ class StackedOptimizer(torch.optim.Optimizer):
     def _update(self, group: dict, param: torch.Tensor, grad: torch.Tensor, state: dict) -> None:
         raise NotImplementedError
 
-    def _still_training(self, like: torch.Tensor, active: tuple[bool, ...]) -> torch.Tensor | None:
-        """``active`` shaped to broadcast over a [K, ...] tensor like ``like``, on its device (None: none frozen),
-        made once per pattern. A mask, not indices: on a GPU under deterministic algorithms, putting rows back
-        by index cost 170 us of host time per tensor (12 ms per step of a 20-model MLP, bench/README.md)."""
-        if all(active):
-            return None
+    def _still_training(self, like: torch.Tensor, active: tuple[bool, ...]) -> torch.Tensor:
+        """``active`` shaped to broadcast over a [K, ...] tensor like ``like``, on its device, made once per
+        pattern. A mask, not indices: on a GPU under deterministic algorithms, putting rows back by index
+        cost 170 us of host time per tensor (12 ms per step of a 20-model MLP, bench/README.md)."""
         key = (like.device, like.dim(), active)
         if key not in self._masks:
             self._masks[key] = self.active.to(like.device).view(-1, *([1] * (like.dim() - 1)))
