@@ -176,6 +176,6 @@ FAMILIES.add("rnn", Family(
     depth_meaning="sequence length (copy-memory: the delay T)", depth_is_length=True,
     inputs=frozenset({"sequence"}), base_recipe=Recipe(activation="tanh"), probed_state="time step",
     per_step_outputs=True,
-    stacking="LSTM/GRU unprobed steps: PyTorch's fused kernel once per model (and vanilla RNNs on GPUs, "
-             "where the K calls overlap on K CUDA streams); "
-             "otherwise one loop over time with batched matrix products for all K"))
+    stacking="unprobed LSTM/GRU steps (and vanilla RNN steps on GPUs): PyTorch's fused kernel once per "
+             "model, the K calls overlapping on K CUDA streams on a GPU; otherwise one loop over time with "
+             "batched matrix products for all K"))
