@@ -14,6 +14,7 @@ from vgbench.plan import data_shape
 from vgbench.training.run_group import data_for, run_cell, run_group
 from tests.test_stacking import (FAMILIES_TO_STACK, NO_WANDB, RATES, SEEDS, _comparable, _deepest_default_cells,
                                  _first_cell_of, _profile, _same, assert_same_model_in_stacks, model_four_in_stack)
+from tests.test_training import assert_a_frozen_model_stays_and_the_others_step_as_if_alone
 
 # cuBLAS is deterministic only with this workspace setting (Lightning sets it for deterministic trainers; the
 # stacking tests below call the models directly), read when the first cuBLAS handle is made.
@@ -100,3 +101,9 @@ def test_fused_rnn_calls_on_their_own_streams_compute_what_they_compute_in_turn(
     in_turn = model_four_in_stack(cell, 9, x, armed=False)
     for (name, streamed), (_, sequential) in zip(on_streams, in_turn):
         assert torch.equal(streamed, sequential), name
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_frozen_model_stays_as_it_was_on_a_gpu(name):
+    """The optimizer's device mask (vgbench/training/stacked_optim.py) on CUDA tensors."""
+    assert_a_frozen_model_stays_and_the_others_step_as_if_alone(name, "cuda")

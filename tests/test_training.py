@@ -205,14 +205,13 @@ def test_trainer_threads_pins_torch_threads_and_is_recorded(tiny_params, tiny_da
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam"])
-def test_a_frozen_model_keeps_its_weights_and_moments_and_the_others_step_as_if_alone(name):
+def assert_a_frozen_model_stays_and_the_others_step_as_if_alone(name: str, device: str) -> None:
     """StackedOptimizer: model 1 frozen (its gradient non-finite) is left exactly as it was, weights, moments
     and Adam's step count, while models 0 and 2 take the very step they take with nobody frozen."""
     from vgbench.training.stacked_optim import OPTIMIZERS
 
     torch.manual_seed(0)
-    start, grads = torch.randn(3, 4, 5), [torch.randn(3, 4, 5) for _ in range(3)]
+    start, grads = torch.randn(3, 4, 5, device=device), [torch.randn(3, 4, 5, device=device) for _ in range(3)]
 
     def train(freeze_at: int | None):
         param = torch.nn.Parameter(start.clone())
@@ -236,3 +235,8 @@ def test_a_frozen_model_keeps_its_weights_and_moments_and_the_others_step_as_if_
     for before, after in zip(snapshot, (frozen, *frozen_state.values())):
         assert torch.equal(after[1], before[1])
     assert not torch.equal(frozen[1], alone[1])  # it did stop
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_a_frozen_model_keeps_its_weights_and_moments_and_the_others_step_as_if_alone(name):
+    assert_a_frozen_model_stays_and_the_others_step_as_if_alone(name, "cpu")  # on a GPU: tests/test_gpu.py
