@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     profile, cells = row_cells(args.params, args.profile, args.row, args.epochs, args.device)
-    for name, length in profile.stored_datasets():
-        if name == cells[0].dataset and length in (None, cells[0].depth) and \
-                not is_current(name, profile.dataset_settings(name), args.data_root, length):
+    for name, length in profile.stored_datasets([cells[0].dataset]):  # every length the profile uses: cheap
+        if not is_current(name, profile.dataset_settings(name), args.data_root, length):
             prepare(name, profile.dataset_settings(name), args.data_root, length)
     data = data_for(cells[0], args.data_root, {})
     warm = [dataclasses.replace(c, training={**c.training, "max_epochs": 1}) for c in cells]
