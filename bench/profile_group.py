@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from vgbench.config import WandbSettings, load_params
-from vgbench.data.store import is_current, prepare
+from vgbench.data.store import ensure
 from vgbench.groups import group_id
 from vgbench.matrix import expand
 from vgbench.training.run_group import data_for, run_group
@@ -58,9 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     profile, cells = row_cells(args.params, args.profile, args.row, args.epochs, args.device)
-    for name, length in profile.stored_datasets([cells[0].dataset]):  # every length the profile uses: cheap
-        if not is_current(name, profile.dataset_settings(name), args.data_root, length):
-            prepare(name, profile.dataset_settings(name), args.data_root, length)
+    ensure(profile, args.data_root, [cells[0].dataset])  # every length the profile uses: cheap
     data = data_for(cells[0], args.data_root, {})
     warm = [dataclasses.replace(c, training={**c.training, "max_epochs": 1}) for c in cells]
     with tempfile.TemporaryDirectory(prefix="vgbench-profile-") as tmp:

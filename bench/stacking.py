@@ -84,7 +84,7 @@ warnings.filterwarnings("ignore")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 from vgbench.config import WandbSettings, load_params  # noqa: E402
-from vgbench.data.store import is_current, prepare  # noqa: E402
+from vgbench.data.store import ensure  # noqa: E402
 from vgbench.matrix import CellSpec, expand  # noqa: E402
 from vgbench.models import FAMILIES, ModelIO  # noqa: E402
 from vgbench.models.recipe import Recipe  # noqa: E402
@@ -379,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     profile = load_params(args.params, "default").active
-    for name, length in profile.stored_datasets():
-        if not is_current(name, profile.dataset_settings(name), args.data_root, length):
-            prepare(name, profile.dataset_settings(name), args.data_root, length)
+    ensure(profile, args.data_root)
     all_cells, cache = expand(profile), {}
     chosen = [(family, remedy, depth) for wanted in args.only.split(",") for family, remedy, depth in CASES
               if wanted in f"{family}/{remedy}"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vgbench.config import load_params
-from vgbench.data.store import load, prepare
+from vgbench.data.store import ensure, load
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,7 @@ def tiny_params():
 def tiny_data_root(tmp_path_factory, tiny_params) -> Path:
     """A data root holding every data set of the tiny profile, built once."""
     root = tmp_path_factory.mktemp("data")
-    for name, length in tiny_params.active.stored_datasets():
-        prepare(name, tiny_params.active.dataset_settings(name), root, length)
+    ensure(tiny_params.active, root)
     return root
 
 

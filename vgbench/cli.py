@@ -44,7 +44,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _fetch(params: Params, args) -> int:
     from vgbench.data import DATASETS
-    from vgbench.data.store import folder_for, label, prepare, problem
+    from vgbench.data.store import ensure
     from vgbench.data.torchvision_sets import DatasetUnavailableError
 
     profile = params.active
@@ -53,20 +53,11 @@ def _fetch(params: Params, args) -> int:
             DATASETS.get(name)  # unknown names get the registry's error
             raise ConfigError(f"data set {name!r} is not configured in profile {params.profile!r} "
                               f"(configured: {sorted(profile.datasets)})")
-    for name, length in profile.stored_datasets(args.names or None):
-        settings, where = profile.dataset_settings(name), folder_for(name, args.data_root, length)
-        why = problem(name, settings, args.data_root, length)  # verifies every file against the manifest
-        if why is None and not args.force:
-            print(f"{label(name, length)}: up to date in {where}")
-            continue
-        if why is not None and (where / "manifest.json").exists():
-            print(f"{label(name, length)}: rebuilding: {why}")
-        try:
-            manifest = prepare(name, settings, args.data_root, length)
-        except DatasetUnavailableError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        print(f"{label(name, length)}: wrote {where} {manifest['sizes']}")
+    try:
+        ensure(profile, args.data_root, args.names or None, force=args.force, say=print)
+    except DatasetUnavailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,8 +146,23 @@ def problem(name: str, settings: DatasetSettings, data_root: Path, length: int |
     return _inspect(name, settings, data_root, length, check_files=True)[1]
 
 
-def is_current(name: str, settings: DatasetSettings, data_root: Path, length: int | None = None) -> bool:
-    return problem(name, settings, data_root, length) is None
+def ensure(profile, data_root: Path, names: list[str] | None = None, *, force: bool = False,
+           say: Callable[[str], None] = lambda line: None) -> None:
+    """Make every stored data set that ``profile`` (a config.Profile) needs usable in ``data_root``, or only
+    those of ``names``: each one missing, made with other settings or damaged is built anew (all of them
+    with ``force``); ``say`` hears a line per data set. What ``vgbench fetch`` does, and what a test or a
+    bench script does before it trains; a data set that cannot be built here raises its own error
+    (``DatasetUnavailableError`` for a torchvision set nobody placed)."""
+    for name, length in profile.stored_datasets(names):
+        settings, where = profile.dataset_settings(name), folder_for(name, data_root, length)
+        why = problem(name, settings, data_root, length)  # verifies every file against the manifest
+        if why is None and not force:
+            say(f"{label(name, length)}: up to date in {where}")
+            continue
+        if why is not None and (where / "manifest.json").exists():
+            say(f"{label(name, length)}: rebuilding: {why}")
+        manifest = prepare(name, settings, data_root, length)
+        say(f"{label(name, length)}: wrote {where} {manifest['sizes']}")
 
 
 @dataclass(frozen=True)
