@@ -155,6 +155,11 @@ class StackedConv(WeightAndBias):
                             for x_k, w_k, b_k in zip(x.unbind(0), self.weight.unbind(0), biases)])
 
 
+def broadcast_per_model(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [K] tensor (a value per model) shaped to broadcast over a [K, ...] tensor ``like``, on its device."""
+    return values.to(like.device).view(-1, *([1] * (like.dim() - 1)))
+
+
 def per_model_grad_squares(parameters) -> list[torch.Tensor]:
     """||g_k||^2 of each parameter that has a gradient (each ``[K, ...]``), as [K] float64 tensors."""
     return [p.grad.detach().double().flatten(1).pow(2).sum(dim=1) for p in parameters if p.grad is not None]

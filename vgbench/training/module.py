@@ -28,7 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from vgbench.models.stacked import per_model_grad_norms
+from vgbench.models.stacked import broadcast_per_model, per_model_grad_norms
 from vgbench.probes.taps import ProbedModel
 from vgbench.tasks import TASKS, Task
 from vgbench.training.augment import AUGMENTATIONS
@@ -167,7 +167,7 @@ class TaskModule(L.LightningModule):
                 norms = per_model_grad_norms(params)
                 factor = (self.grad_clip_value / (norms + CLIP_EPS)).clamp(max=1.0)
                 for p in params:
-                    p.grad.mul_(factor.to(p.grad.dtype).view(-1, *([1] * (p.dim() - 1))))
+                    p.grad.mul_(broadcast_per_model(factor.to(p.grad.dtype), p.grad))
         for listener in self.after_clipping:
             listener()
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from vgbench.models.stacked import broadcast_per_model
+
 
 class StackedOptimizer(torch.optim.Optimizer):
     """Updates every model in place with the same arithmetic, then puts back the frozen models' rows.
@@ -37,7 +39,7 @@ class StackedOptimizer(torch.optim.Optimizer):
         """The rates shaped to broadcast over a [K, ...] parameter, on its device (cached)."""
         key = (like.device, like.dtype, like.dim())
         if key not in self._per_device:
-            self._per_device[key] = self.rates.to(like.device, like.dtype).view(-1, *([1] * (like.dim() - 1)))
+            self._per_device[key] = broadcast_per_model(self.rates.to(like.dtype), like)
         return self._per_device[key]
 
     def _update(self, group: dict, param: torch.Tensor, grad: torch.Tensor, state: dict) -> None:
@@ -49,7 +51,7 @@ class StackedOptimizer(torch.optim.Optimizer):
         cost 170 us of host time per tensor (12 ms per step of a 20-model MLP, bench/README.md)."""
         key = (like.device, like.dim(), active)
         if key not in self._masks:
-            self._masks[key] = self.active.to(like.device).view(-1, *([1] * (like.dim() - 1)))
+            self._masks[key] = broadcast_per_model(self.active, like)
         return self._masks[key]
 
     @torch.no_grad()
@@ -106,9 +108,8 @@ class StackedAdam(StackedOptimizer):
         steps = state["step"].add_(1)
         state["exp_avg"].lerp_(grad, 1 - beta1)
         state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        shape = (-1, *([1] * (param.dim() - 1)))
-        bias1 = (1 - beta1 ** steps).to(param.dtype).view(shape)
-        bias2 = (1 - beta2 ** steps).to(param.dtype).view(shape)
+        bias1 = broadcast_per_model((1 - beta1 ** steps).to(param.dtype), param)
+        bias2 = broadcast_per_model((1 - beta2 ** steps).to(param.dtype), param)
         denominator = (state["exp_avg_sq"] / bias2).sqrt_().add_(group["eps"])
         param.addcdiv_(state["exp_avg"] * (self._rates_for(param) * group["lr"] / bias1), denominator, value=-1)
 
