@@ -194,10 +194,13 @@ def test_each_local_worker_gets_its_share_of_the_cpus(pinned, launcher, cpus, ex
 
     from vgbench.config import LauncherSettings
     from vgbench.launch.local import worker_count, worker_threads
+    from vgbench.launch.request import LaunchRequest
 
     monkeypatch.setattr(os, "cpu_count", lambda: cpus)
-    request = SimpleNamespace(settings=LauncherSettings(name="local", **launcher),
-                              params=SimpleNamespace(active=SimpleNamespace(trainer=SimpleNamespace(threads=pinned))))
+    params = SimpleNamespace(active=SimpleNamespace(trainer=SimpleNamespace(threads=pinned)))
+    request = LaunchRequest(params=params, params_path=Path("params.yaml"), profile="paper", cells=[],
+                            data_root=Path("data"), results_root=Path("results"), folder=Path("results/launch"),
+                            settings=LauncherSettings(name="local", **launcher))
     assert worker_threads(request, worker_count(request)) == expected
 
 

@@ -42,7 +42,7 @@ def worker_threads(request: LaunchRequest, workers: int) -> int | None:
     """Torch threads per worker where the cells leave them to the launcher (None where they pin their own):
     ``launcher.threads``, else the machine's CPUs shared among the workers. Torch's own default, every CPU in
     every process, had 4 workers sharing a GPU on 16 CPUs run 64 threads (load average 21, bench/README.md)."""
-    if request.params.active.trainer.threads is not None:
+    if request.cells_pin_threads:
         return None
     return request.settings.threads or max(1, (os.cpu_count() or 1) // workers)
 

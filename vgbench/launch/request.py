@@ -53,8 +53,13 @@ class LaunchRequest:
     detach: bool = False
     started: float = field(default_factory=time.time)
 
+    @property
+    def cells_pin_threads(self) -> bool:
+        """Do the cells set their own torch threads (``trainer.threads``)? Then no launcher setting may."""
+        return self.params.active.trainer.threads is not None
+
     def unit(self, cell_ids, **changes) -> WorkUnit:
-        threads = self.settings.threads if self.params.active.trainer.threads is None else None
+        threads = None if self.cells_pin_threads else self.settings.threads
         unit = WorkUnit(
             params_path=str(self.params_path.resolve()), profile=self.profile,
             data_root=str(self.data_root.resolve()), results_root=str(self.results_root.resolve()),
