@@ -15,11 +15,15 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from vgbench import atomic
 from vgbench.data import DATASETS, DatasetSettings, RawSplits
+
+if TYPE_CHECKING:  # config imports this module (through pretraining)
+    from vgbench.config import Profile
 
 SPLITS = ("train", "validation", "test")
 
@@ -146,9 +150,9 @@ def problem(name: str, settings: DatasetSettings, data_root: Path, length: int |
     return _inspect(name, settings, data_root, length, check_files=True)[1]
 
 
-def ensure(profile, data_root: Path, names: list[str] | None = None, *, force: bool = False,
+def ensure(profile: Profile, data_root: Path, names: list[str] | None = None, *, force: bool = False,
            say: Callable[[str], None] = lambda line: None) -> None:
-    """Make every stored data set that ``profile`` (a config.Profile) needs usable in ``data_root``, or only
+    """Make every stored data set that ``profile`` needs usable in ``data_root``, or only
     those of ``names``: each one missing, made with other settings or damaged is built anew (all of them
     with ``force``); ``say`` hears a line per data set. What ``vgbench fetch`` does, and what a test or a
     bench script does before it trains; a data set that cannot be built here raises its own error
