@@ -58,6 +58,9 @@ def compare(one: Path, two: Path) -> dict:
                           ("learning rate", lambda r: r["learning_rate"])):
             if get(a) != get(b):
                 verdicts.append(f"{key}: {what} {get(a)} -> {get(b)}")
+    rows_moved = {"identical": 0, "within interval": 0, "beyond interval": 0, "not comparable": 0}
+    for key in rows:  # a row's mean under threads 2 against the threads-1 row's 95% interval
+        rows_moved[_placed(first["rows"][key], float(second["rows"][key]["test_metric_mean"]))] += 1
     for key in sorted(set(first["frontier"]) & set(second["frontier"])):
         a, b = first["frontier"][key].get("rank_range"), second["frontier"][key].get("rank_range")
         if a != b:
@@ -78,16 +81,21 @@ def compare(one: Path, two: Path) -> dict:
         if b is None:
             continue
         row = first["rows"].get("{}/{}/{}/d{}".format(*key[:4]))
-        low, high = (float(row[k]) if row and row.get(k) is not None else math.nan
-                     for k in ("test_metric_ci_low", "test_metric_ci_high"))
-        x, y = float(a["test_metric"]), float(b["test_metric"])
-        if x == y or (math.isnan(x) and math.isnan(y)):
-            moved["identical"] += 1
-        elif math.isnan(low) or math.isnan(y):
-            moved["not comparable"] += 1
-        else:
-            moved["within interval" if low <= y <= high else "beyond interval"] += 1
-    return {"rows": len(rows), "verdict_changes": verdicts, "cells": moved}
+        moved[_placed(row, float(b["test_metric"]), float(a["test_metric"]))] += 1
+    return {"rows": len(rows), "verdict_changes": verdicts, "cells": moved, "row_means": rows_moved}
+
+
+def _placed(row: dict | None, value: float, before: float | None = None) -> str:
+    """Where ``value`` (threads 2) lies against threads 1: the same as ``before`` (the row's mean where
+    None), within the threads-1 row's 95% interval, beyond it, or not comparable (no interval, NaN)."""
+    before = float(row["test_metric_mean"]) if before is None and row else before
+    low, high = (float(row[k]) if row and row.get(k) is not None else math.nan
+                 for k in ("test_metric_ci_low", "test_metric_ci_high"))
+    if value == before or (math.isnan(value) and before is not None and math.isnan(before)):
+        return "identical"
+    if math.isnan(low) or math.isnan(value):
+        return "not comparable"
+    return "within interval" if low <= value <= high else "beyond interval"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(report['verdict_changes'])}")
     for line in report["verdict_changes"]:
         print(f"  {line}")
-    print("cells' test metric, threads 2 against threads 1: "
-          + ", ".join(f"{count} {what}" for what, count in report["cells"].items()))
+    for what, label in (("cells", "cells' test metric"), ("row_means", "rows' mean test metric")):
+        print(f"{label}, threads 2 against the threads-1 row's 95% interval: "
+              + ", ".join(f"{count} {how}" for how, count in report[what].items()))
     return 0
 
 
