@@ -104,7 +104,7 @@ for name in ${STAGES:-environment gpu_tests gpu_paths profile_mlp profile_lstm s
     gpu_tests) [ "$DEVICE" = cuda ] && TAIL=40 stage gpu_tests 150 python3 -m pytest -m gpu -q -rfE -p no:cacheprovider \
                  tests/test_gpu.py ;;
     stack_identity) stage stack_identity 60 python3 bench/stack_identity.py --device "$DEVICE" ;;
-    gpu_paths) TAIL=20 stage gpu_paths 60 python3 bench/gpu_paths.py --device "$DEVICE" ;;
+    gpu_paths) TAIL=24 stage gpu_paths 75 python3 bench/gpu_paths.py --device "$DEVICE" ;;
     profile_mlp) TAIL=45 stage profile_mlp 50 python3 bench/profile_group.py --profile paper --device "$DEVICE" \
                    --row mlp-he_relu-mnist1d-d20 --epochs "${PROFILE_EPOCHS:-3}" --threads 4 --data-root "$WORK/data" ;;
     profile_lstm) TAIL=45 stage profile_lstm 40 python3 bench/profile_group.py --device "$DEVICE" \
