@@ -177,7 +177,11 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
     nested.write_text(text.replace("    seeds: [0]\n", "    seeds: [0]\n    seeds: [5]\n", 1))
     with pytest.raises(ConfigError, match="key 'seeds' is given twice"):
         load_params(nested)
-    load_params(REPO / "params.yaml")  # anchors and aliases (the paper profile's) are not duplicates
+    # Anchors and aliases (the paper profile's RNN blocks) are not duplicates, and an alias is its anchor's value.
+    rnn = [block for block in load_params(REPO / "params.yaml", "paper").active.matrix if block.family == "rnn"]
+    assert len(rnn) == 4 and all(block.remedies == rnn[0].remedies and block.learning_rates == rnn[0].learning_rates
+                                 and block.training == rnn[0].training for block in rnn)
+    assert "gru" in rnn[0].remedies and rnn[0].training["optimizer"] == "adam"
 
 
 def test_params_that_is_a_folder_or_binary_is_named(tmp_path, capsys):

@@ -238,6 +238,12 @@ def test_dvc_plots_show_renders_the_gradient_profile(pipeline, tmp_path):
     assert "grad_profile.csv" in shown.stdout
     plots = json.loads(shown.stdout)
     assert not plots.get("errors"), plots.get("errors")
+    # The plot carries the CSV's every row, each value as written (not just the file's name).
+    [plot] = plots["data"]["results/plots/grad_profile.csv"]
+    plotted = plot["content"]["data"]["values"]
+    csv = pd.read_csv(pipeline.root / "results" / "plots" / "grad_profile.csv")
+    assert len(csv) > 0 and len(plotted) == len(csv)
+    assert [float(v["log10_dL_dh_norm"]) for v in plotted] == pytest.approx(list(csv["log10_dL_dh_norm"]), rel=1e-12)
     rendered = pipeline.dvc("plots", "show", "-o", str(tmp_path / "plots"), timeout=120)
     assert rendered.returncode == 0, _report(rendered)
     assert "grad_profile" in (tmp_path / "plots" / "index.html").read_text()

@@ -14,7 +14,8 @@ from vgbench.plan import data_shape
 from vgbench.training.run_group import data_for, run_cell, run_group
 from tests.test_stacking import (FAMILIES_TO_STACK, NO_WANDB, RATES, SEEDS, _comparable, _deepest_default_cells,
                                  _first_cell_of, _profile, _same, assert_same_model_in_stacks, model_four_in_stack)
-from tests.test_training import assert_a_frozen_model_stays_and_the_others_step_as_if_alone
+from tests.test_training import (assert_a_frozen_model_stays_and_the_others_step_as_if_alone,
+                                 assert_windows_of_the_padded_images)
 
 # cuBLAS is deterministic only with this workspace setting (Lightning sets it for deterministic trainers; the
 # stacking tests below call the models directly), read when the first cuBLAS handle is made.
@@ -50,9 +51,11 @@ def test_every_kernel_path_is_deterministic_on_a_gpu(family, remedy, tiny_params
 def test_pad_crop_flip_runs_on_the_gpu():
     from vgbench.training.augment import pad_crop_flip
 
-    x = torch.randn(8, 3, 32, 32, device="cuda")
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 5, 6, device="cuda")
     out = pad_crop_flip(x)
-    assert out.device == x.device and out.shape == x.shape
+    assert out.device == x.device
+    assert_windows_of_the_padded_images(x, out)  # the CPU test's check, on what the GPU computed
     # With a CUDA generator of its own, as the training module keeps one per model.
     first = pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0))
     assert torch.equal(first, pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0)))

@@ -264,25 +264,31 @@ def test_sigmoid_rnn_runs_the_unrolled_loop_and_reports_saturation():
     # PyTorch's fused RNN has no sigmoid: this cell never takes the fused path.
     model = rnn(Recipe(activation="sigmoid"), per_step=False)
     assert model.fused is None
-    x = torch.randn(1, 16, 9, 3)
-    states = torch.stack(rnn_by_hand_sigmoid(model, x), dim=2)  # [K, N, T, H]
-    assert torch.allclose(model(x), model.head(states[:, :, -1]), atol=1e-6)
+    x = 300 * torch.randn(1, 16, 9, 3)  # inputs large for its small weights: a share of the units saturates
+    states, inputs = rnn_by_hand_sigmoid(model, x)
+    assert torch.allclose(model(x), model.head(torch.stack(states, dim=2)[:, :, -1]), atol=1e-6)
     model.taps.arm()
     F.mse_loss(model(x).squeeze(-1), torch.randn(1, 16)).backward()
     [stats] = GradientFlowProbe._statistics(model.taps.disarm(), model.models)
-    assert len(stats["saturated_fraction"]) == 9 and stats["dead_fraction"] is None
+    # Per time step, the share of unit-samples whose output is within 0.01 of 0 or 1.
+    expected = [((torch.sigmoid(z) < 0.01) | (torch.sigmoid(z) > 0.99)).double().mean().item() for z in inputs]
+    assert 0.05 < max(expected) < 1 and stats["saturated_fraction"] == pytest.approx(expected, abs=1e-12)
+    assert stats["dead_fraction"] is None
 
 
 def rnn_by_hand_sigmoid(model, x):
-    """All K models at once: x is [K, N, T, features], the weights [K, ...]."""
+    """All K models at once: x is [K, N, T, features], the weights [K, ...]. The states h_t and the
+    nonlinearity's inputs z_t."""
     rnn = model.rnn
     h = x.new_zeros(x.shape[0], x.shape[1], model.hidden_size)
-    states = []
+    states, inputs = [], []
     for t in range(x.shape[2]):
-        h = torch.sigmoid(x[:, :, t] @ rnn.weight_ih.transpose(1, 2) + rnn.bias_ih.unsqueeze(1)
-                          + h @ rnn.weight_hh.transpose(1, 2) + rnn.bias_hh.unsqueeze(1))
+        z = (x[:, :, t] @ rnn.weight_ih.transpose(1, 2) + rnn.bias_ih.unsqueeze(1)
+             + h @ rnn.weight_hh.transpose(1, 2) + rnn.bias_hh.unsqueeze(1))
+        h = torch.sigmoid(z)
         states.append(h)
-    return states
+        inputs.append(z)
+    return states, inputs
 
 
 def test_rnn_fused_and_unrolled_paths_agree():

@@ -705,10 +705,16 @@ def test_t_interval_of_seeds():
     assert all(map(math.isnan, t_interval(pd.Series([0.1, math.inf]))))    # a diverged loss: none either
 
 
-def test_rows_carry_their_interval(rows):
+def test_rows_carry_their_interval(rows, table):
+    from scipy import stats
+
     row = rows.loc[("he_relu", 2)]
-    assert row["test_metric_ci_low"] <= row["test_metric_mean"] <= row["test_metric_ci_high"]
-    assert row["n"] == 3
+    seeds = table[(table["remedy"] == "he_relu") & (table["depth"] == 2)
+                  & (table["learning_rate"] == row["learning_rate"])]["test_metric"]
+    assert row["n"] == len(seeds) == 3 and seeds.std() > 0  # three distinct seeds: a real interval
+    half = stats.t.ppf(0.975, 2) * seeds.std(ddof=1) / math.sqrt(3)
+    assert (row["test_metric_ci_low"], row["test_metric_ci_high"]) == pytest.approx(
+        (seeds.mean() - half, seeds.mean() + half), rel=1e-12)
 
 
 def test_trainable_is_relative_to_the_best_shallow_row():

@@ -109,9 +109,12 @@ def test_cli_train_skips_done_cells(tiny_params, tiny_data_root, tmp_path):
     first = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert "1 to train" in first.stdout
+    [metrics] = (tmp_path / "cells").glob("*/metrics.json")
+    before = (metrics.read_bytes(), metrics.stat().st_mtime_ns)
     second = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "1 cells, 1 done" in second.stdout and "0 to train" in second.stdout
+    assert (metrics.read_bytes(), metrics.stat().st_mtime_ns) == before  # not trained, not rewritten
 
 
 def test_ddp_on_two_cpu_processes(tiny_params, tiny_data_root, tmp_path):
@@ -144,22 +147,32 @@ def test_ddp_on_two_cpu_processes(tiny_params, tiny_data_root, tmp_path):
     assert list(cells[0].glob(".*")) == []  # no temporary files left behind
 
 
-def test_pad_crop_flip_takes_a_shifted_maybe_flipped_window_of_the_padded_image():
-    from vgbench.training.augment import PAD, pad_crop_flip
+def assert_windows_of_the_padded_images(x: torch.Tensor, out: torch.Tensor) -> None:
+    """Each image of ``out`` is a window of its image of ``x`` padded by PAD, maybe flipped left-right, and
+    the batch holds at least one flip and one shifted window (a batch of 16 has both but by chance 2^-16)."""
+    from vgbench.training.augment import PAD
 
-    torch.manual_seed(0)
-    x = torch.randn(16, 3, 5, 6)
-    out = pad_crop_flip(x)
     assert out.shape == x.shape
+    x, out = x.cpu(), out.cpu()
+    height, width = x.shape[-2:]
     padded = torch.nn.functional.pad(x, (PAD, PAD, PAD, PAD))
     seen_flip = seen_shift = False
     for i in range(len(x)):
         windows = [(dy, dx, flip) for dy in range(2 * PAD + 1) for dx in range(2 * PAD + 1) for flip in (False, True)
-                   if torch.equal(out[i], (lambda w: w.flip(-1) if flip else w)(padded[i, :, dy:dy + 5, dx:dx + 6]))]
+                   if torch.equal(out[i], (lambda w: w.flip(-1) if flip else w)(
+                       padded[i, :, dy:dy + height, dx:dx + width]))]
         assert windows, i
         seen_flip |= any(flip for *_, flip in windows)
         seen_shift |= any((dy, dx) != (PAD, PAD) for dy, dx, _ in windows)
     assert seen_flip and seen_shift
+
+
+def test_pad_crop_flip_takes_a_shifted_maybe_flipped_window_of_the_padded_image():
+    from vgbench.training.augment import pad_crop_flip
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 5, 6)
+    assert_windows_of_the_padded_images(x, pad_crop_flip(x))
     # With a generator of its own (one per model in training) the draw is that generator's alone.
     first = pad_crop_flip(x, torch.Generator().manual_seed(1))
     torch.manual_seed(123)  # the global generator plays no part

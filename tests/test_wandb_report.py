@@ -100,7 +100,7 @@ def test_wandb_workspaces_builds_the_report_offline(built):
     assert {y for p in lines for y in p.y} == {names.PROBE_LOG10_RATIO, names.TRAIN_LOSS, names.val_metric("accuracy")}
 
 
-def test_the_command_needs_the_leaderboard_first_and_publish_needs_online(tmp_path, capsys):
+def test_the_command_needs_the_leaderboard_first(tmp_path, capsys):
     params = tmp_path / "params.yaml"
     from tests.conftest import REPO
     import yaml
@@ -110,6 +110,21 @@ def test_the_command_needs_the_leaderboard_first_and_publish_needs_online(tmp_pa
     params.write_text(yaml.safe_dump(raw))
     args = ["report", "--params", str(params), "--results-root", str(tmp_path / "results")]
     assert main(args) == 1 and "run `vgbench train` first" in capsys.readouterr().err
+
+
+def test_publish_refuses_a_non_online_mode_after_writing_the_report_files(built, tmp_path, capsys):
+    import yaml
+
+    from tests.test_report import small_params
+
+    _, _, results, _ = built
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({**small_params(), "wandb": {"project": "vgbench", "mode": "offline"}}))
+    code = main(["report", "--params", str(params), "--results-root", str(results), "--publish"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "set wandb.mode: online" in err and "'offline'" in err and "wandb sync" in err
+    assert (results / "report" / "report.json").is_file()  # the local files are still written
 
 
 def test_an_unset_entity_is_filled_everywhere_before_saving(built):
