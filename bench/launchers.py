@@ -1,6 +1,6 @@
 """Cells per minute of one slice of a profile under several launcher settings, side by side.
 
-    python bench/launchers.py     # default MLP cells: one at a time, serial, 2 threads, vs groups, 2 local workers x 1 thread
+    python bench/launchers.py     # default MLP cells: serial:1x2:g1, serial:1x2, serial:1x1 and local:2x1
     python bench/launchers.py --only rnn- --setting serial:1x2:g1 --setting serial:1x2 --setting local:2x1
 
 A setting is ``LAUNCHER:JOBSxTHREADS[:gSIZE]``: the cells' ``trainer.threads`` is
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--params", type=Path, default=REPO / "params.yaml", help="the params file (default: the repo's)")
     parser.add_argument("--only", default="mlp-", help="cells whose id contains this (default: %(default)s)")
-    parser.add_argument("--setting", action="append", help="LAUNCHER:JOBSxTHREADS (repeatable)")
+    parser.add_argument("--setting", action="append", help="LAUNCHER:JOBSxTHREADS[:gSIZE] (repeatable)")
     args = parser.parse_args()
     settings = args.setting or ["serial:1x2:g1", "serial:1x2", "serial:1x1", "local:2x1"]
     raw = yaml.safe_load(args.params.read_text())
