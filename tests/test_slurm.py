@@ -8,6 +8,7 @@ dead cluster is an error, not a skip).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -161,7 +162,9 @@ def test_a_timed_out_task_is_requeued_and_resumes(tiny_data_root, tmp_path):
     assert result.launch.resumed_from_epoch is not None and result.launch.resumed_from_epoch >= 1
     assert result.launch.slurm_job_id == job_id  # the same task, requeued
     log = "".join(path.read_text() for path in launch_folder(root).glob("*/*_log.err"))
-    assert f"Requeued job {job_id} " in log, log  # submitit's own line after `scontrol requeue`
+    # slurmstepd's own record that the job was requeued (not cancelled or failed), after submitit caught USR2
+    assert "Caught signal SIGUSR2" in log and re.search(rf"JOB {job_id} ON \S+ CANCELLED AT \S+ DUE TO JOB REQUEUE",
+                                                        log), log
 
 
 def test_a_claim_inside_a_slurm_job_lives_as_long_as_the_job(tmp_path):
