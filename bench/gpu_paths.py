@@ -185,8 +185,8 @@ def block_paths(models: int, batch: int, device: str, repeats: int) -> None:
             flat_x = x.transpose(0, 1).reshape(batch, models * channels, *spatial)
             h = flat_x
             for i, (c, n) in enumerate(zip(convs, norms)):
-                h = conv(h, c.weight.reshape(models * channels, channels, *c.weight.shape[3:]), None, 1, 1,
-                         1, models)
+                h = conv(h, c.weight.reshape(models * channels, channels, *c.weight.shape[3:]), padding=1,
+                         groups=models)
                 h = stacked_norm(h, n)
                 h = torch.relu(h + flat_x) if i == 1 else torch.relu(h)
             return h.view(batch, models, channels, *spatial).transpose(0, 1)
