@@ -21,7 +21,7 @@ def built(tmp_path_factory, params, cells):
     write_results(results, cells)
     build.build_leaderboard(params, results, log_to_wandb=False)
     data = build.aggregate_results(params, results)
-    spec, written = wandb_report.write(params, results, data.rows, data.ranked, data.claims)
+    spec, written = wandb_report.write(params, results, data.rows, data.ranked)
     return spec, written, results, data
 
 

@@ -341,13 +341,11 @@ class Profile(_Strict):
             for remedy in block.remedies:
                 for depth in block.depths:
                     key = (block.family, block.dataset, remedy, depth)
-                    if key in seen and seen[key] != index:
+                    if key in seen:  # a block's own remedies and depths are distinct (MatrixBlock checks)
                         raise ValueError(
                             f"matrix.{seen[key]} and matrix.{index} both list family {block.family!r}, data set "
                             f"{block.dataset!r}, remedy {remedy!r}, depth {depth}: a row may appear in one block "
                             f"only (merge the blocks, or drop it from one)")
-                    if key in seen:
-                        raise ValueError(f"matrix.{index} lists remedy {remedy!r} or depth {depth} twice")
                     seen[key] = index
         return self
 

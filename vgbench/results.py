@@ -161,6 +161,3 @@ def _probe_file_problem(path: Path) -> str:
         return f"grad_profile.json is damaged ({type(error).__name__}: {error})"
     return ""
 
-
-def is_done(results_root: Path, cell_id: str) -> bool:
-    return cell_state(results_root, cell_id).state == "done"

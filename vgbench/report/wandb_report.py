@@ -67,8 +67,8 @@ def _leaderboard_runset(params: Params) -> dict:
             "groupby": []}
 
 
-def specification(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, claims: pd.DataFrame,
-                  leaderboard_md: str, claims_md: str) -> dict:
+def specification(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, leaderboard_md: str,
+                  claims_md: str) -> dict:
     """The report as plain data: blocks in order; panels name their run set, x/y keys or table."""
     blocks: list[dict] = [
         {"type": "h1", "text": f"vgbench: the {params.profile} profile"},
@@ -161,13 +161,12 @@ class ReportError(RuntimeError):
     """The report cannot be built or saved; the message says what to do."""
 
 
-def write(params: Params, results_root: Path, rows: pd.DataFrame, ranked: pd.DataFrame,
-          claims: pd.DataFrame) -> tuple[dict, list[Path]]:
+def write(params: Params, results_root: Path, rows: pd.DataFrame, ranked: pd.DataFrame) -> tuple[dict, list[Path]]:
     """results/report/report.json and report.md, from the leaderboard's own Markdown and the rows."""
     for name in ("leaderboard.md", "claims.md"):
         if not (results_root / name).is_file():
             raise ReportError(f"{results_root / name} is missing: run `vgbench leaderboard` (or `dvc repro`) first")
-    spec = specification(params, rows, ranked, claims, (results_root / "leaderboard.md").read_text(),
+    spec = specification(params, rows, ranked, (results_root / "leaderboard.md").read_text(),
                          (results_root / "claims.md").read_text())
     folder = results_root / "report"
     atomic.write_text(folder / "report.json", json.dumps(spec, indent=2) + "\n")
