@@ -194,7 +194,7 @@ def print_profile(vgbench_fn, raw_fn, top: int) -> None:
             row = functions.setdefault(key, [0.0, 0.0, 0, 0])
             row[0 if name == "vgbench" else 1] += own
             row[2 if name == "vgbench" else 3] += calls
-    print("\n== cProfile: own time by area (whole run_cell vs the raw loop) ==")
+    print("\n== cProfile: own time by area (whole run_group vs the raw loop) ==")
     print(f"{'area':36} {'vgbench s':>9} {'raw s':>7} {'extra s':>8}")
     for area, row in sorted(areas.items(), key=lambda kv: kv[1]["raw"] - kv[1]["vgbench"]):
         print(f"{area:36} {row['vgbench']:9.3f} {row['raw']:7.3f} {row['vgbench'] - row['raw']:8.3f}")

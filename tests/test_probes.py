@@ -407,7 +407,7 @@ def test_init_probe_goes_straight_to_float64_where_theory_predicts_underflow(pre
     model = mlp(Recipe(), depth=20, width=64, seeds=(0, 1))
     x, y = torch.randn(128, 40, generator=torch.Generator().manual_seed(1)), torch.arange(128) % 10
     module = SimpleNamespace(model=model, device=torch.device("cpu"), task=TASKS.get("classification"),
-                             after_clipping=[], loggers_per_model=[None, None])
+                             after_clipping=[], runs_per_model=[None, None])
     passes = []
     real_pass = GradientFlowProbe._init_pass
     monkeypatch.setattr(GradientFlowProbe, "_init_pass",
@@ -435,7 +435,7 @@ def test_init_probe_runs_in_float32_and_in_float64_only_when_a_norm_underflows()
     model = mlp(Recipe(activation="relu", init="he"), depth=6, seeds=(0, 1))
     x, y = torch.randn(64, 40, generator=torch.Generator().manual_seed(1)), torch.arange(64) % 10
     module = SimpleNamespace(model=model, device=torch.device("cpu"), task=TASKS.get("classification"),
-                             after_clipping=[], loggers_per_model=[None, None])
+                             after_clipping=[], runs_per_model=[None, None])
     probe = GradientFlowProbe((x, y), interval_steps=1, models=2)
     probe.on_train_start(None, module)
     assert [records[0]["dtype"] for records in probe.records] == ["float32", "float32"]

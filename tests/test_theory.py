@@ -49,7 +49,7 @@ def _net(family: str, recipe: Recipe, depth: int, width: int, input_shape, outpu
 
 def _measured(model, x, y, task: str) -> list[float]:
     module = SimpleNamespace(model=model, device=torch.device("cpu"), task=TASKS.get(task), after_clipping=[],
-                             loggers_per_model=[None] * model.models)
+                             runs_per_model=[None] * model.models)
     _, stats, _ = GradientFlowProbe((x, y), 1, models=model.models)._init_pass(module, torch.float64)
     return [math.log10(s["dL_dh_norm"][0] / s["dL_dh_norm"][-1]) for s in stats]
 

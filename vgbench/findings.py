@@ -11,8 +11,8 @@ seeds), and returns a verdict with the numbers it used:
 - ``not in this profile``: no block has the rows the check needs (another profile has them).
 
 The thresholds are the papers' where they give one; otherwise they are stated with the reason. A
-claim that fails is reported as failing, never tuned away: the default profile is a 10-epoch CPU
-budget, and a claim about what trains at depth can fail there for lack of epochs, which the
+claim that fails is reported as failing, never tuned away: the default profile is a CPU budget (8 to
+30 epochs per block), and a claim about what trains at depth can fail there for lack of epochs, which the
 evidence's ``converged`` share shows.
 """
 

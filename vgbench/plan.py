@@ -13,12 +13,13 @@ evaluation batches and probed steps), and every cell's time is its step
 count times those costs (``cell_seconds``). The same per-cell estimate packs
 cells into SLURM array tasks of bounded length (``pack``).
 
-Read the estimate as a lower bound; it leaves out Lightning's own per-step cost (bench/README.md measured vgbench at
-1.1-1.25x a raw PyTorch loop), the per-cell start-up (building the Trainer,
+For a cell trained alone read the estimate as a lower bound; it leaves out Lightning's own per-step cost
+(bench/README.md measured a group of one at 1.35x a raw PyTorch loop), the per-cell start-up (building the Trainer,
 loading the data, W&B), the trainer's precision and determinism settings (steps
 are timed in float32 with torch's defaults), and a loaded machine's noise. A
 multi-device (DDP) cell is timed as one process: each rank takes a batch of
-``batch_size``, so its device-hours are those of one device running every step.
+``batch_size``, so its device-hours are those of one device running every step. For cells trained
+in groups, which share the per-step cost, it is an upper bound.
 """
 
 from __future__ import annotations

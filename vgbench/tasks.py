@@ -6,8 +6,8 @@ sums return one value per model. The task owns the loss, the
 evaluation sums that DDP ranks add up, the headline metric with its direction,
 and the rule that calls a cell trainable against the data set's closed-form
 baseline (chance accuracy, the constant predictor's MSE, the memoryless
-cross-entropy). One LightningModule serves every task (DESIGN.md sketched one
-per task kind; the differences fit in these few functions).
+cross-entropy). One LightningModule serves every task (rather than one per task kind:
+the differences fit in these few functions).
 """
 
 from __future__ import annotations

@@ -46,6 +46,11 @@ class RawSplits:
     baseline_metric: float | None = None  # None: chance accuracy 1 / num_classes
 
 
+def validation_count(train_size: int, fraction: float) -> int:
+    """How many of the raw train split's samples become the validation split (store.split_validation)."""
+    return round(train_size * fraction)
+
+
 @dataclass(frozen=True)
 class DataShape:
     """What ``build`` would give, known from the settings alone (no data on disk needed)."""
@@ -57,7 +62,7 @@ class DataShape:
 
     def split_sizes(self, validation_fraction: float) -> dict[str, int]:
         """Stored train/validation/test sizes, carved exactly as ``store.split_validation`` does."""
-        validation = round(self.train_size * validation_fraction)
+        validation = validation_count(self.train_size, validation_fraction)
         return {"train": self.train_size - validation, "validation": validation, "test": self.test_size}
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from vgbench import atomic
-from vgbench.data import DATASETS, DatasetSettings, RawSplits
+from vgbench.data import DATASETS, DatasetSettings, RawSplits, validation_count
 
 if TYPE_CHECKING:  # config imports this module (through pretraining)
     from vgbench.config import Profile
@@ -55,7 +55,7 @@ def standardization_stats(train_x: torch.Tensor) -> dict[str, torch.Tensor]:
 def split_validation(raw: RawSplits, settings: DatasetSettings) -> dict[str, dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(settings.split_seed)
     order = torch.randperm(len(raw.train_y), generator=generator)
-    n_val = round(len(order) * settings.validation_fraction)
+    n_val = validation_count(len(order), settings.validation_fraction)
     val, train = order[:n_val], order[n_val:]
     return {
         "train": {"x": raw.train_x[train], "y": raw.train_y[train]},

@@ -10,7 +10,8 @@ cell before training it (``vgbench/claims.py``) and writes its results. So any
 mix of launchers, launches and hand-run ``vgbench train`` can share a results
 folder without training a cell twice.
 
-- ``serial``: this process, one cell after another (the default profile's choice).
+- ``serial``: this process, one cell group after another (``launcher.name``'s default; the default profile
+  runs ``local`` with two workers).
 - ``local``: N worker processes on this machine, pinned to GPUs or given CPU threads.
 - ``slurm``: submitit job arrays on a SLURM cluster (the only module importing submitit).
 """

@@ -1,8 +1,9 @@
 """``slurm``: the cells as submitit job arrays on a SLURM cluster (the only module importing submitit).
 
 What it submits: the cells to train are packed into array tasks by their
-estimated cost (``vgbench plan``'s measurement; short cells together up to
-``task_minutes``, a longer cell alone), each task one ``WorkUnit``. Arrays are
+estimated cost (``vgbench plan``'s measurement), whole cell groups at a time (a row's seeds x rates,
+or ``launcher.group_size`` of them; short groups together up to ``task_minutes``, a longer one alone), each task one
+``WorkUnit``. Arrays are
 kept within the cluster's ``MaxArraySize`` (``scontrol show config``), chunked
 into several arrays where needed. The executor is ``submitit.SlurmExecutor``,
 chosen explicitly (``AutoExecutor`` would pick SLURM whenever ``srun`` is on
@@ -15,7 +16,7 @@ preemption notice), submitit requeues the same unit, up to ``max_requeues``
 times; the requeued task skips the cells already done, takes over its own
 claim and resumes the interrupted cell from its last checkpoint
 (``launcher.checkpoint_every``). Lightning's own SLURM auto-requeue is off
-(run_cell.build_trainer), so the two never both requeue.
+(run_group.build_trainer), so the two never both requeue.
 
 A profile whose trainer asks for several devices or nodes runs each cell
 alone, as ``nodes x devices`` SLURM tasks under srun: Lightning's DDP reads

@@ -1,6 +1,6 @@
 """The model recipe: every knob a remedy may turn, with the allowed values.
 
-Families build from a ``Recipe`` and never look at remedy names (DESIGN.md):
+Families build from a ``Recipe`` and never look at remedy names:
 activation, weight init and normalization are resolved from strings here, the
 way timm's ``create_act`` / ``create_norm`` do. Gradient clipping is part of the
 recipe too but is applied by the Lightning Trainer, not by the model.
@@ -16,13 +16,16 @@ from typing import Callable
 import torch
 from torch import nn
 
+from vgbench.models.stacked import pytorch_default_init
+
+
 @dataclass(frozen=True)
 class ActivationSpec:
     """Everything vgbench needs to know about one activation, in one place (timm's ``create_act``).
 
     ``gain`` names the nonlinearity for ``nn.init.calculate_gain`` (the fan-in inits' gain);
-    ``bounds`` is the output range of a saturating unit (the probes count units within 1% of a
-    bound), None for the others; ``rectifier`` marks units that can die (off for every input).
+    ``bounds`` is the output range of a saturating unit (the probes count units within 0.01 of a
+    bound, ``taps.SATURATION_MARGIN``), None for the others; ``rectifier`` marks units that can die (off for every input).
     """
 
     make: Callable[[], nn.Module]
@@ -70,9 +73,8 @@ def _small_normal(weight: torch.Tensor, recipe: "Recipe") -> None:
 
 
 def _pytorch_default(weight: torch.Tensor, recipe: "Recipe") -> None:
-    # What nn.Linear / nn.Conv do on construction: kaiming_uniform with a=sqrt(5),
-    # i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    # What nn.Linear / nn.Conv do on construction: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    pytorch_default_init(weight, None)
 
 
 def _xavier(weight: torch.Tensor, recipe: "Recipe") -> None:

@@ -15,7 +15,8 @@ CUDA stream of its own, so that the K calls overlap): on this project's
 2-core CPU nine fused LSTM calls took 45 ms where one Python loop over time for
 all nine stacked models took 65-75 ms (a step is too small for batching the
 models to pay for the loop's per-op cost); a vanilla RNN's CPU "fused" kernel
-is itself a loop over time, and there the batched loop wins (bench/README.md).
+is itself a loop over time, and there the batched loop wins (README.md, Cell groups;
+bench/README.md).
 On probe steps, and for what the fused kernels cannot do (sigmoid units, layer
 normalization), the same equations run as one Python loop over time for all K
 models with batched matrix products: the probes need ||dL/dh_t|| for every t,

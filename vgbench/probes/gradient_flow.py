@@ -168,7 +168,7 @@ class GradientFlowProbe(L.Callback):
 
     @staticmethod
     def _log(pl_module, k: int, record: dict) -> None:
-        if pl_module.loggers_per_model[k] is None:  # no W&B run for this cell
+        if pl_module.runs_per_model[k] is None:  # no W&B run for this cell
             return
         ratio = record["dL_dh_first_last_ratio"]
         metrics = {names.PROBE_LOG10_RATIO: math.log10(ratio) if ratio > 0 else float("nan"),

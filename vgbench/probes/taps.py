@@ -26,7 +26,8 @@ from torch import nn
 from vgbench.models.recipe import ACTIVATIONS
 
 # A bounded unit is saturated when its output is within this margin of a bound (sigmoid: 0 or 1,
-# tanh: -1 or 1; ActivationSpec.bounds); its local derivative is then below ~1-2% of its maximum.
+# tanh: -1 or 1; ActivationSpec.bounds); its local derivative is then below ~4% (sigmoid) or ~2% (tanh)
+# of its maximum.
 SATURATION_MARGIN = 0.01
 
 

@@ -1,15 +1,14 @@
-"""Resumable cells: the whole training state every ``checkpoint_every`` epochs.
+"""Resumable cell groups: the whole training state every ``checkpoint_every`` epochs.
 
-``results/checkpoints/<cell_id>/last.ckpt`` is written through Lightning's own
-``trainer.save_checkpoint`` (model, optimizer, schedule, loop counters, every
-callback's state and the module's ``on_save_checkpoint`` extras: the epoch
-history, the divergence step, probe records, RNG states, seconds spent so far),
-to a temporary file renamed into place, so a kill at any moment leaves the
-previous checkpoint or the new one. A restarted cell passes it to
-``trainer.fit(ckpt_path=...)`` and continues after the last saved epoch; the
-batch order is a function of (seed, epoch) alone, so on CPU the finished cell is
-identical to one that was never interrupted (tested). The folder is removed
-once the cell's result is written.
+``results/checkpoints/<group_id>/last.ckpt`` (one per cell group, vgbench/groups.py) is written
+through Lightning's own ``trainer.save_checkpoint`` (model, optimizer, schedule, loop counters,
+every callback's state, the probe's records among them, and the module's ``on_save_checkpoint``
+extras: the epoch history, the divergence steps, RNG states, seconds spent so far), to a
+temporary file renamed into place, so a kill at any moment leaves the previous checkpoint or the
+new one. A restarted group passes it to ``trainer.fit(ckpt_path=...)`` and continues after the
+last saved epoch; the batch order is a function of (seed, epoch) alone, so on CPU the finished
+cells are identical to ones that were never interrupted (tested). The folder is removed once the
+group's results are written.
 """
 
 from __future__ import annotations
@@ -25,21 +24,21 @@ from lightning.pytorch.callbacks import Checkpoint
 LAST = "last.ckpt"
 
 
-def checkpoint_dir(results_root: Path, cell_id: str) -> Path:
-    return results_root / "checkpoints" / cell_id
+def checkpoint_dir(results_root: Path, group_id: str) -> Path:
+    return results_root / "checkpoints" / group_id
 
 
-def latest(results_root: Path, cell_id: str) -> Path | None:
-    path = checkpoint_dir(results_root, cell_id) / LAST
+def latest(results_root: Path, group_id: str) -> Path | None:
+    path = checkpoint_dir(results_root, group_id) / LAST
     return path if path.exists() else None
 
 
-def remove(results_root: Path, cell_id: str) -> None:
-    shutil.rmtree(checkpoint_dir(results_root, cell_id), ignore_errors=True)
+def remove(results_root: Path, group_id: str) -> None:
+    shutil.rmtree(checkpoint_dir(results_root, group_id), ignore_errors=True)
 
 
 class Clock:
-    """Wall and fit seconds of a cell, summed over the runs a restart splits it into."""
+    """Wall and fit seconds of a cell group, summed over the runs a restart splits it into."""
 
     def __init__(self):
         self.started = time.perf_counter()

@@ -58,7 +58,7 @@ class TaskModule(L.LightningModule):
         self.augment_seeds = list(augment_seeds or range(self.models))
         self._augment_generators: list[torch.Generator] | None = None
         self.after_clipping: list[Callable[[], None]] = []
-        self.loggers_per_model: list = [None] * self.models  # a W&B run per cell, or None
+        self.runs_per_model: list = [None] * self.models  # a W&B run per cell, or None
         self.diverged_at_step: list[int | None] = [None] * self.models
         self._active_key: tuple[bool, ...] = ()  # what ``active`` was last made from
         self._active: torch.Tensor | None = None
@@ -86,7 +86,7 @@ class TaskModule(L.LightningModule):
     def log_model(self, k: int, metrics: dict[str, float], step: int | None = None) -> None:
         """Straight to model k's run (rank 0 only): the values are already reduced over ranks,
         and self.log's per-batch bookkeeping measurably slows small models (bench/)."""
-        run = self.loggers_per_model[k]
+        run = self.runs_per_model[k]
         if run is not None and self.trainer.is_global_zero:
             # One row per call, keyed by the trainer's step as Lightning's WandbLogger does (the init
             # probe and the first training probe both belong to step 0).

@@ -202,7 +202,7 @@ def build(cells: list[CellSpec], data: StoredDataset, results_root: Path, wandb:
     runs = [None] * len(cells)
     if trainer.is_global_zero:
         runs = [start_run(cell, wandb, group_info(cells, k).model_dump(), profile) for k, cell in enumerate(cells)]
-    module.loggers_per_model = runs
+    module.runs_per_model = runs
     datamodule = InMemoryData(data, training["batch_size"], seeds)
     return GroupRun(cells, identifier, data, task, model, module, probe, trainer, datamodule, runs, clock,
                     checkpoint, resume_from, pretraining)

@@ -1,7 +1,7 @@
 """One W&B run per cell, offline by default (no account, no network).
 
 Runs land in ``wandb/offline-run-*`` and can be uploaded later with
-``wandb sync wandb/offline-run-*``. Each run is grouped by family, named by
+``wandb sync wandb/offline-run-*``. Each run is grouped ``<profile>/<family>``, named by
 cell id, has an id derived from it (a restarted cell resumes its run) and
 carries the full resolved cell config; at the end its summary gets
 the cell's metrics and a ``grad_profile_init`` table (one row per layer), and
