@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-
 import pandas as pd
-import pytest
 
 from vgbench.findings import ABSENT, CLAIMS, FAILS, HOLDS, check_all
 from vgbench.references import references

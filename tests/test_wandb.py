@@ -186,7 +186,7 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
     assert len(claims) == len(CLAIMS.names()) and {r["claim"] for r in claims} == set(CLAIMS.names())
     he_relu = next(r for r in claims if r["claim"] == "he2015_relu_he_init")
     assert he_relu["verdict"] in ("holds", "fails") and "he_relu d6" in he_relu["evidence"]
-    assert f"| `he2015_relu_he_init` |" in (trained_results / "claims.md").read_text()
+    assert "| `he2015_relu_he_init` |" in (trained_results / "claims.md").read_text()
     assert {r["theory"] for r in rows} == {THEORY_SOURCE}  # both remedies are MLPs the mean field predicts
     figures = sorted(key for key in run.summary if key.startswith("figures/"))
     assert figures == ["figures/depth_mlp_mnist1d", "figures/grad_profile_mlp_mnist1d_d6"]

@@ -1,10 +1,10 @@
 """``slurm``: the cells as submitit job arrays on a SLURM cluster (the only module importing submitit).
 
 What it submits: the cells to train are packed into array tasks by their
-estimated cost (``vgbench plan``'s measurement), whole cell groups at a time (a row's seeds x rates,
-or ``launcher.group_size`` of them; short groups together up to ``task_minutes``, a longer one alone), each task one
-``WorkUnit``. Arrays are
-kept within the cluster's ``MaxArraySize`` (``scontrol show config``), chunked
+estimated cost (``vgbench plan``'s measurement), whole cell groups at a time (a
+row's seeds x rates, or ``launcher.group_size`` of them; short groups together
+up to ``task_minutes``, a longer one alone), each task one ``WorkUnit``. Arrays
+are kept within the cluster's ``MaxArraySize`` (``scontrol show config``), chunked
 into several arrays where needed. The executor is ``submitit.SlurmExecutor``,
 chosen explicitly (``AutoExecutor`` would pick SLURM whenever ``srun`` is on
 PATH). Its folder is ``results/launch/<timestamp>/``: the params snapshot,
