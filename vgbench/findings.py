@@ -25,6 +25,7 @@ from typing import Callable
 import pandas as pd
 
 from vgbench.references import check_keys
+from vgbench.report import MAJORITY
 from vgbench.registry import Registry
 
 HOLDS, FAILS, ABSENT = "holds", "fails", "not in this profile"
@@ -32,7 +33,6 @@ HOLDS, FAILS, ABSENT = "holds", "fails", "not in this profile"
 # Shared thresholds (the reason is in each claim's text):
 VANISHED_LOG10 = -1.0  # the first layer's gradient at least 10x below the last one's
 FLAT_LOG10 = 1.0  # within a factor of 10 either way: no vanishing, no explosion
-TRAINS = 0.5  # the frontier's rule: trainable for at least half of the seeds
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def _ratio(row: pd.Series) -> str:
 
 
 def _trains(row: pd.Series) -> bool:
-    return row["trainable_rate"] >= TRAINS
+    return row["trainable_rate"] >= MAJORITY  # the frontier's rule
 
 
 # -- the claims ---------------------------------------------------------------------------------------------------

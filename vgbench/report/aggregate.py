@@ -22,10 +22,12 @@ from vgbench import results
 from vgbench.config import Profile
 from vgbench.matrix import CellSpec
 from vgbench.probes.failure import FAILURE_LABELS
+from vgbench.report import MAJORITY
 from vgbench.report.statistics import rank_ranges, rank_text, t_interval
+from vgbench.tuning import ROW
 from vgbench.twins import stored_as
 
-GROUP = ["family", "dataset", "remedy", "depth"]
+GROUP = list(ROW)  # a leaderboard row: the cells that differ only in seed (and rate, before the choice)
 
 
 def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -182,7 +184,7 @@ def failure_summary(labels: pd.Series) -> str:
     return ", ".join(f"{label} {count}/{len(labels)}" for label, count in counts.items())
 
 
-def frontier(rows: pd.DataFrame, majority: float = 0.5) -> pd.DataFrame:
+def frontier(rows: pd.DataFrame, majority: float = MAJORITY) -> pd.DataFrame:
     """Per (family, data set, remedy): the deepest depth at which at least half the seeds train."""
     out = []
     for (family, dataset, remedy), group in rows.groupby(["family", "dataset", "remedy"], sort=True):

@@ -22,13 +22,12 @@ from typing import TYPE_CHECKING
 
 from vgbench import atomic
 from vgbench import wandb_names as names
+from vgbench.report import MAJORITY
 
 if TYPE_CHECKING:  # the CLI imports this module for its error class: keep that import light
     import pandas as pd
 
     from vgbench.config import Params
-
-MAJORITY = 0.5  # as the frontier: a verdict of at least half of a row's seeds
 
 
 def family_summary(rows: pd.DataFrame, ranked: pd.DataFrame, family: str, dataset: str) -> str:
