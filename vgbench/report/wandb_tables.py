@@ -18,8 +18,9 @@ def _table(frame: pd.DataFrame):
 
 
 def log_leaderboard(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, claims: pd.DataFrame,
-                    figures: list[Path]) -> str:
-    """Returns the run's local directory."""
+                    figures: list[Path]) -> None:
+    """One run holding the leaderboard, ranking and claims tables and the figures (offline by default:
+    ``wandb sync`` uploads it later)."""
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
@@ -29,6 +30,4 @@ def log_leaderboard(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, cl
                      settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
     run.log({names.LEADERBOARD: _table(rows), names.RANKING: _table(ranked), names.CLAIMS: _table(claims),
              **{f"{names.FIGURES}{p.stem}": wandb.Image(str(p)) for p in figures}})
-    directory = run.dir
     run.finish()
-    return directory
