@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+import shlex
 
 import pytest
 import yaml
@@ -44,7 +46,7 @@ def test_default_profile_shows_the_phenomenon_by_design():
 
 
 @pytest.mark.parametrize("edit, expected", [
-    (lambda d: d.update(extra_key=1), ["extra_key", "Extra inputs are not permitted"]),
+    (lambda d: d.update(extra_key=1), ["extra_key = 1: unknown key (allowed: profile, wandb, profiles)"]),
     (lambda d: d["profiles"]["tiny"]["matrix"][0].update(depths=[2, 0]), ["depths", "[2, 0]", ">= 1"]),
     (lambda d: d["profiles"]["tiny"].update(learning_rates=[-0.1]), ["learning_rates", "-0.1", "> 0"]),
     (lambda d: d["profiles"]["tiny"]["matrix"][0].update(family="cnn"), ["family", "'cnn'", "allowed", "mlp"]),
@@ -55,7 +57,8 @@ def test_default_profile_shows_the_phenomenon_by_design():
     (lambda d: d["profiles"]["tiny"]["training"].update(max_epochs="ten"), ["training.max_epochs", "'ten'"]),
     (lambda d: d["profiles"]["tiny"]["training"].update(optimizer="rmsprop"), ["optimizer", "'sgd' or 'adam'"]),
     (lambda d: d["profiles"]["tiny"]["matrix"][0].update(model={"width": 0}), ["width", "greater than 0"]),
-    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(model={"heads": 4}), ["heads", "Extra inputs"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(model={"heads": 4}),
+     ["model.heads = 4: unknown key (allowed: ", "width"]),
     (lambda d: d["profiles"]["tiny"]["datasets"].update(mnist1d={"num_samples": 10}),
      ["num_samples", "10", "greater than or equal to 100"]),
     (lambda d: d.update(profile="huge"), ["profile", "'huge'", "allowed", "tiny"]),
@@ -69,7 +72,7 @@ def test_default_profile_shows_the_phenomenon_by_design():
     (lambda d: d["profiles"]["tiny"]["matrix"][4].update(depths=[8, 9]),
      ["profiles.tiny.matrix.4", "depths: resnet depth", "6n+2", "not 9"]),
     (lambda d: d["profiles"]["tiny"]["matrix"][0].update(model={"widht": 16}),
-     ["matrix.0", "model.widht = 16", "Extra inputs"]),
+     ["profiles.tiny.matrix.0.model.widht = 16: unknown key (allowed: ", "width"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"name": "kubernetes"}),
      ["profiles.tiny.launcher.name = 'kubernetes'", "unknown launcher", "allowed", "'local'", "'slurm'"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"gpus": [0, 0]}),
@@ -77,7 +80,7 @@ def test_default_profile_shows_the_phenomenon_by_design():
     (lambda d: d["profiles"]["tiny"].update(launcher={"slurm": {"time_minutes": 0}}),
      ["launcher.slurm.time_minutes = 0", "greater than 0"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"slurm": {"partiton": "gpu"}}),
-     ["launcher.slurm.partiton", "Extra inputs"]),
+     ["launcher.slurm.partiton = 'gpu': unknown key (allowed: ", "partition"]),
     (lambda d: d["profiles"]["tiny"].update(trainer={"threads": 2}, launcher={"threads": 1}),
      ["launcher.threads = 1 but trainer.threads pins 2"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"group_size": 0}),
@@ -109,7 +112,7 @@ def _block(d, **block):
     (dict(family="mlp", dataset="adding"), ["family 'mlp' reads", "'sequence' inputs"]),
     (dict(family="rnn", dataset="seq_mnist"), ["length 784; depths must be [784], got [5]"]),
     (dict(family="rnn", dataset="adding", training={"epochs": 3}), ["training keys ['epochs'] are unknown"]),
-    (dict(family="rnn", dataset="adding", training={"batch_size": 0}), [f"matrix.{APPENDED}.training.batch_size = 0: Input should be greater than 0"]),
+    (dict(family="rnn", dataset="adding", training={"batch_size": 0}), [f"  - profiles.tiny.matrix.{APPENDED}.training.batch_size = 0: Input should be greater than 0"]),
     (dict(family="rnn", dataset="adding", learning_rates=[-1.0]), ["learning rates must be finite and > 0, got [-1.0]"]),
     (dict(family="rnn", dataset="adding", depths=[5, 5]), ["depths are listed twice"]),
     (dict(family="mlp", dataset="mnist1d", training={"augment": "pad_crop_flip"}),
@@ -160,9 +163,15 @@ def test_train_without_fetched_data_names_the_fix(tmp_path, capsys):
                  "--data-root", str(tmp_path / "data"), "--results-root", str(tmp_path / "results")])
     assert code == 1
     captured = capsys.readouterr()
-    # Checked before any work: one message naming every missing data set and the command that fixes it.
-    assert "run `vgbench fetch adding copy_memory mnist1d` first" in captured.err
+    # Checked before any work: one message naming every missing data set and the command that fixes it,
+    # with the options that make it store them where this command reads them.
+    fix = re.search(r"run `(vgbench fetch [^`]*)` first", captured.err)
+    assert fix and shlex.split(fix[1]) == ["vgbench", "fetch", "adding", "copy_memory", "mnist1d", "--params",
+                                           str(REPO / "params.yaml"), "--profile", "tiny", "--data-root",
+                                           str(tmp_path / "data")], captured.err
     assert not (tmp_path / "results" / "launch").exists()
+    assert main(shlex.split(fix[1])[1:]) == 0  # the command given works
+    assert {p.name for p in (tmp_path / "data").iterdir()} >= {"adding", "copy_memory", "mnist1d"}
 
 
 def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
@@ -191,3 +200,11 @@ def test_params_that_is_a_folder_or_binary_is_named(tmp_path, capsys):
     binary.write_bytes(bytes(range(256)))
     assert main(["train", "--params", str(binary)]) == 2
     assert "not a text file" in capsys.readouterr().err
+
+
+def test_the_cell_ids_the_readme_shows_are_cells_of_the_default_profile():
+    """A cell id's hash is of its resolved config: an example in the README goes stale when a default does."""
+    shown = re.findall(r"\b(?:mlp|rnn|dbn|resnet|highway)-[\w.-]+-s\d+-[0-9a-f]{10}\b",
+                       (REPO / "README.md").read_text())
+    ids = {cell.cell_id for cell in expand(parse_params(RAW, profile="default").active)}
+    assert shown and set(shown) <= ids, sorted(set(shown) - ids)

@@ -186,6 +186,21 @@ def test_config_faults_exit_2_before_any_work(workspace, fault):
     assert not workspace.results.exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--jobs", "0"], "  - jobs = 0: Input should be greater than 0"),
+    (["--jobs", "-1"], "  - jobs = -1: Input should be greater than 0"),
+    (["--launcher", "kubernetes"], "  - name = 'kubernetes': unknown launcher 'kubernetes'; allowed: ['local', "),
+])
+def test_command_line_overrides_are_checked_as_params_yaml_is(workspace, flags, message):
+    """``--jobs 0`` once meant "the default" and ``--jobs -1`` trained nothing after writing a launch folder:
+    the flags bypassed params.yaml's validation."""
+    completed = workspace.run("train", *flags)
+    assert completed.returncode == 2, completed.stdout + completed.stderr
+    assert "vgbench train's --launcher/--jobs is not valid" in completed.stderr and message in completed.stderr
+    _no_traceback(completed)
+    assert not workspace.results.exists()
+
+
 def test_online_wandb_without_a_key_says_how_to_log_in(workspace, tmp_path):
     workspace.edit_params(lambda raw: raw["wandb"].update(mode="online"))
     env = {"HOME": str(tmp_path / "home"), "WANDB_MODE": None, "WANDB_API_KEY": None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import tempfile
@@ -26,7 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from vgbench.config import ConfigError, Params, load_params
+from vgbench.config import ConfigError, Params, load_params, updated
 from vgbench.data.store import DataNotReadyError
 from vgbench.launch.request import LaunchError
 from vgbench.registry import UnknownNameError
@@ -84,20 +85,29 @@ def _check_writable(results_root: Path) -> None:
         raise LaunchError(f"cannot write results under {results_root}: {error}") from None
 
 
-def _check_data(cells, profile, data_root: Path) -> None:
+def _fetch_command(args, names: list[str]) -> str:
+    """The ``vgbench fetch`` that stores ``names`` where this command reads them: with its --params,
+    --profile and --data-root where they are not the defaults."""
+    options = [("--params", args.params, Path("params.yaml")), ("--profile", args.profile, None),
+               ("--data-root", args.data_root, Path("data"))]
+    return shlex.join(["vgbench", "fetch", *names,
+                       *(part for flag, value, default in options if value != default for part in (flag, str(value)))])
+
+
+def _check_data(cells, profile, args) -> None:
     """Before any work: every data set the cells read is stored, made with the profile's settings, and its
     files match the manifest's checksums."""
     from vgbench.data import DATASETS
     from vgbench.data.store import label, problem
 
     needed = {(c.dataset, DATASETS.get(c.dataset).length_for(c.depth)) for c in cells}
-    problems = {(name, length): problem(name, profile.dataset_settings(name), data_root, length)
+    problems = {(name, length): problem(name, profile.dataset_settings(name), args.data_root, length)
                 for name, length in sorted(needed, key=str)}
     stale = {entry: why for entry, why in problems.items() if why is not None}
     if stale:
-        names = " ".join(dict.fromkeys(name for name, _ in stale))
+        names = list(dict.fromkeys(name for name, _ in stale))
         raise DataNotReadyError("; ".join(f"{label(*entry)}: {why}" for entry, why in stale.items())
-                                + f": run `vgbench fetch {names}` first (it rebuilds what is wrong)")
+                                + f": run `{_fetch_command(args, names)}` first (it rebuilds what is wrong)")
 
 
 def _train(params: Params, args) -> int:
@@ -108,8 +118,8 @@ def _train(params: Params, args) -> int:
     from vgbench.twins import stored_as, unique_stored
 
     profile = params.active
-    settings = profile.launcher.model_copy(update={
-        key: value for key, value in (("name", args.launcher), ("jobs", args.jobs)) if value is not None})
+    settings = updated(profile.launcher, {key: value for key, value in (("name", args.launcher), ("jobs", args.jobs))
+                                          if value is not None}, "vgbench train's --launcher/--jobs")
     launch = LAUNCHERS.get(settings.name)
     _check_writable(args.results_root)
     check_online_login(params.wandb)
@@ -127,7 +137,7 @@ def _train(params: Params, args) -> int:
               f"{' (retrying)' if args.retry_failed else ' (--retry-failed retrains them)'}, "
               f"{count['running']} running elsewhere; {len(todo)} to train with the {settings.name} launcher"
               + (f" (learning-rate grid extension, round {round_})" if round_ else ""), flush=True)
-        _check_data(todo, profile, args.data_root)
+        _check_data(todo, profile, args)
         if todo:
             trained = {t.cell_id for t in todo}
             launched |= {c.cell_id for c in cells if stored_as(c).cell_id in trained}

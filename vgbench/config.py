@@ -10,6 +10,8 @@ is allowed.
 from __future__ import annotations
 
 import math
+import re
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,11 +157,12 @@ class MatrixBlock(_Strict):
             family.hparams.model_validate(self.model)
         except ValidationError as error:  # named under `model`, where the user wrote it
             raise ValueError("; ".join(
-                f"model.{'.'.join(map(str, item['loc']))} = {item.get('input')!r}: {item['msg']}"
-                for item in error.errors())) from None
+                f"model.{'.'.join(map(str, item['loc']))} = {item.get('input')!r}: "
+                f"{_message(item, family.hparams)}" for item in error.errors())) from None
         unknown = set(self.training) - set(TrainingSettings.model_fields)
         if unknown:
-            raise ValueError(f"training keys {sorted(unknown)} are unknown; allowed: {list(TrainingSettings.model_fields)}")
+            raise ValueError(f"training keys {sorted(unknown)} are unknown; "
+                             f"allowed: {list(TrainingSettings.model_fields)}")
         return self
 
     def family_hparams(self) -> BaseModel:
@@ -193,9 +196,11 @@ class ProbeSettings(_Strict):
     vanished_log10_ratio: float = Field(-3.0, lt=0, description="log10 first/last dL/dh below this: vanished")
     exploded_log10_ratio: float = Field(3.0, gt=0, description="log10 first/last dL/dh above this: exploded")
     dead_fraction: float = Field(0.5, gt=0, le=1, description="dead-unit share above this: dead_units")
-    trainable_margin: float = Field(0.1, gt=0, lt=1, description="accuracy tasks, trainable: test accuracy >= chance + margin")
+    trainable_margin: float = Field(
+        0.1, gt=0, lt=1, description="accuracy tasks, trainable: test accuracy >= chance + margin")
     trainable_loss_fraction: float = Field(
-        0.5, gt=0, lt=1, description="loss tasks (MSE, copy cross-entropy), trainable: test loss <= fraction x baseline")
+        0.5, gt=0, lt=1,
+        description="loss tasks (MSE, copy cross-entropy), trainable: test loss <= fraction x baseline")
 
 
 class SlurmSettings(_Strict):
@@ -326,7 +331,7 @@ class Profile(_Strict):
             except ValidationError as error:
                 raise ValueError("; ".join(
                     f"matrix.{index}.training.{'.'.join(map(str, item['loc']))} = {item.get('input')!r}: "
-                    f"{item['msg'].removeprefix('Value error, ')}" for item in error.errors())) from None
+                    f"{_message(item, TrainingSettings)}" for item in error.errors())) from None
             kind = DATASETS.get(block.dataset).kind
             if training.augment != "none" and kind != "image":
                 raise ValueError(f"matrix.{index}.training.augment = {training.augment!r} needs an image data set; "
@@ -393,15 +398,56 @@ class Params(_Strict):
         return self.profiles[self.profile]
 
 
-def _format(error: ValidationError, source: str) -> str:
+def _model_at(model: type[BaseModel], path: tuple) -> type[BaseModel] | None:
+    """The model that holds the key at ``path`` below ``model`` (field names, dict keys, list indexes),
+    or None where the path leaves the models."""
+    holder: Any = model
+    for part in path:
+        if isinstance(holder, type) and issubclass(holder, BaseModel):
+            field = holder.model_fields.get(part)
+            holder = field.annotation if field is not None else None
+        else:  # dict[str, X], list[X] or X | None: the X
+            holder = next((a for a in reversed(typing.get_args(holder)) if a is not type(None)), None)
+    return holder if isinstance(holder, type) and issubclass(holder, BaseModel) else None
+
+
+def _message(item: dict, model: type[BaseModel] | None) -> str:
+    """pydantic's message for one problem, with what is allowed where pydantic leaves it out: the keys a
+    misspelt key could have been (``item['loc']`` is below ``model``)."""
+    holder = _model_at(model, item["loc"][:-1]) if model is not None else None
+    if item["type"] == "extra_forbidden" and holder is not None:
+        return f"unknown key (allowed: {', '.join(holder.model_fields)})"
+    return item["msg"].removeprefix("Value error, ")
+
+
+# A problem found by a validator one level up names its key relative to the one pydantic reports.
+_RELATIVE_KEY = re.compile(r"^\w+(\.\w+)* = ")
+
+
+def _format(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     lines = [f"{source} is not valid ({error.error_count()} problem(s)):"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
+        message = _message(item, model)
         value = repr(item.get("input"))
+        parts = message.split("; ")
+        if item["loc"] and all(map(_RELATIVE_KEY.match, parts)):
+            lines.extend(f"  - {key}.{part}" for part in parts)  # profiles.default + matrix.1.training.x = ...
         # A whole profile as "the bad value" says nothing; the message names the key inside it.
-        lines.append(f"  - {key} = {value}: {message}" if len(value) <= 200 else f"  - {key}: {message}")
+        elif len(value) <= 200:
+            lines.append(f"  - {key} = {value}: {message}")
+        else:
+            lines.append(f"  - {key}: {message}")
     return "\n".join(lines)
+
+
+def updated(settings: BaseModel, changes: dict[str, Any], source: str) -> BaseModel:
+    """``settings`` with ``changes`` (command-line overrides) applied and validated as params.yaml's values
+    are: pydantic's ``model_copy(update=...)`` checks nothing."""
+    try:
+        return type(settings).model_validate({**settings.model_dump(), **changes})
+    except ValidationError as error:
+        raise ConfigError(_format(error, source, type(settings))) from None
 
 
 def parse_params(data: Any, source: str = "params.yaml", profile: str | None = None) -> Params:
@@ -413,7 +459,7 @@ def parse_params(data: Any, source: str = "params.yaml", profile: str | None = N
     try:
         return Params.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format(error, source)) from None
+        raise ConfigError(_format(error, source, Params)) from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

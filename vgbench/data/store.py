@@ -152,10 +152,10 @@ def problem(name: str, settings: DatasetSettings, data_root: Path, length: int |
 
 def ensure(profile: Profile, data_root: Path, names: list[str] | None = None, *, force: bool = False,
            say: Callable[[str], None] = lambda line: None) -> None:
-    """Make every stored data set that ``profile`` needs usable in ``data_root``, or only
-    those of ``names``: each one missing, made with other settings or damaged is built anew (all of them
-    with ``force``); ``say`` hears a line per data set. What ``vgbench fetch`` does, and what a test or a
-    bench script does before it trains; a data set that cannot be built here raises its own error
+    """Make every stored data set that ``profile`` needs usable in ``data_root``, or only those of
+    ``names``: each one missing, made with other settings or damaged is built anew (all of them with
+    ``force``); ``say`` hears a line per data set. What ``vgbench fetch`` does, and what a test or a bench
+    script does before it trains; a data set that cannot be built here raises its own error
     (``DatasetUnavailableError`` for a torchvision set nobody placed)."""
     for name, length in profile.stored_datasets(names):
         settings, where = profile.dataset_settings(name), folder_for(name, data_root, length)

@@ -54,7 +54,7 @@ def _is_done(results_root: Path, cell_id: str, unit: WorkUnit, state: results.Ce
 def _summary_line(done: int, total: int, result) -> str:
     return (f"[{done}/{total}] {result.cell_id}: test {result.metric} {result.test_metric:.3f} "
             f"(baseline {result.baseline_metric:.3f}), log10 dL/dh first/last "
-            f"{result.init_log10_dL_dh_first_last:+.2f}, failure {result.failure}, {result.wall_seconds:.1f}s"
+            f"{result.init_log10_dL_dh_first_last:+.2f}, failure {result.failure or '–'}, {result.wall_seconds:.1f}s"
             + (f", resumed from epoch {result.launch.resumed_from_epoch}"
                if result.launch and result.launch.resumed_from_epoch is not None else ""))
 
@@ -95,7 +95,8 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
                 claim = claims.try_claim(root, cell.cell_id, unit.launcher) if rank_zero else None
                 if rank_zero and claim is None:
                     holder = claims.read_claim(root, cell.cell_id)  # None if released meanwhile: done or failed
-                    report["skipped"].append(f"{cell.cell_id} (claimed by {holder.where if holder else 'another worker'})")
+                    where = holder.where if holder else "another worker"
+                    report["skipped"].append(f"{cell.cell_id} (claimed by {where})")
                 elif _is_done(root, cell.cell_id, unit):  # finished by another worker between our look and our claim
                     report["skipped"].append(f"{cell.cell_id} (done)")
                     if claim is not None:

@@ -25,7 +25,8 @@ class ActivationSpec:
 
     ``gain`` names the nonlinearity for ``nn.init.calculate_gain`` (the fan-in inits' gain);
     ``bounds`` is the output range of a saturating unit (the probes count units within 0.01 of a
-    bound, ``taps.SATURATION_MARGIN``), None for the others; ``rectifier`` marks units that can die (off for every input).
+    bound, ``taps.SATURATION_MARGIN``), None for the others; ``rectifier`` marks units that can die
+    (off for every input).
     """
 
     make: Callable[[], nn.Module]

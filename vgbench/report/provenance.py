@@ -53,8 +53,9 @@ def _environments(cell_results: list[CellResult]) -> list[dict]:
     """The distinct environments the cells ran in (one per machine and software stack)."""
     seen: dict[str, dict] = {}
     for result in cell_results:
-        keep = {key: result.environment.get(key) for key in ("python", "platform", "torch", "lightning", "cuda", "cudnn",
-                                                       "gpu", "cpu", "torch_threads", "code_fingerprint")}
+        keep = {key: result.environment.get(key) for key in ("python", "platform", "torch", "lightning", "cuda",
+                                                             "cudnn", "gpu", "cpu", "torch_threads",
+                                                             "code_fingerprint")}
         seen.setdefault(repr(sorted(keep.items())), keep)
     return list(seen.values())
 
