@@ -6,10 +6,12 @@ thread count is the other-CPU experiment one machine can run. This script trains
 cells matching ``--only``) with ``trainer.threads`` 1 and 2 into two results folders (``--reuse`` takes an
 existing one for threads 1, e.g. ``results/`` after ``dvc repro``), builds both leaderboards, and reports:
 
-- rows whose verdict differs: trainable (at least half the seeds) or not, failure labels, rank range;
+- rows whose verdict differs: trainable (at least half the seeds) or not, failure labels, rank range,
+  each marked soft (the threads-1 tables already showed it resting on seeds that disagree, or a rank
+  range marked level-sensitive) or firm; and the chosen learning rates that differ;
 - cells whose metric moved: bit-identical, within the threads-1 row's 95% interval, or beyond it.
 
-    python bench/thread_stability.py --reuse results               # the default profile (~12 min more)
+    python bench/thread_stability.py --reuse results --jobs 2      # the default profile (~45 min more)
     python bench/thread_stability.py --only mlp- --out /tmp/ts     # one block
 """
 
@@ -25,6 +27,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from vgbench.report import MAJORITY
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,23 +52,30 @@ def train(params: dict, threads: int, out: Path, data_root: Path, only: str, job
 
 
 def compare(one: Path, two: Path) -> dict:
-    """What changed between the two leaderboards (threads 1 in ``one``, threads 2 in ``two``)."""
+    """What changed between the two leaderboards (threads 1 in ``one``, threads 2 in ``two``). Each verdict
+    that changed is marked *soft* where the threads-1 tables already showed it resting on little: seeds
+    that disagree (a trainable rate or failure labels short of unanimous) or a rank range marked
+    level-sensitive (``~``); *firm* otherwise. A chosen learning rate is a choice, not a verdict: listed,
+    not marked."""
     first, second = (json.loads((root / "leaderboard.json").read_text()) for root in (one, two))
     rows = sorted(set(first["rows"]) & set(second["rows"]))
-    verdicts = []
+    verdicts = []  # (text, "soft" | "firm" | "")
     for key in rows:
         a, b = first["rows"][key], second["rows"][key]
-        for what, get in (("trainable", lambda r: r["trainable_rate"] >= 0.5), ("failures", lambda r: r["failures"]),
-                          ("learning rate", lambda r: r["learning_rate"])):
+        mixed = "soft" if _seeds_disagree(a) else "firm"
+        for what, get, kind in (("trainable", lambda r: r["trainable_rate"] >= MAJORITY, mixed),
+                                ("failures", lambda r: r["failures"], mixed),
+                                ("learning rate", lambda r: r["learning_rate"], "")):
             if get(a) != get(b):
-                verdicts.append(f"{key}: {what} {get(a)} -> {get(b)}")
+                verdicts.append((f"{key}: {what} {get(a)} -> {get(b)}", kind))
     rows_moved = {"identical": 0, "within interval": 0, "beyond interval": 0, "not comparable": 0}
     for key in rows:  # a row's mean under threads 2 against the threads-1 row's 95% interval
         rows_moved[_placed(first["rows"][key], float(second["rows"][key]["test_metric_mean"]))] += 1
     for key in sorted(set(first["frontier"]) & set(second["frontier"])):
-        a, b = first["frontier"][key].get("rank_range"), second["frontier"][key].get("rank_range")
-        if a != b:
-            verdicts.append(f"{key}: rank {a} -> {b}")
+        a, b = first["frontier"][key], second["frontier"][key]
+        if a["rank_range"] != b["rank_range"]:
+            verdicts.append((f"{key}: rank {a['rank_range']} -> {b['rank_range']}",
+                             "soft" if a["rank_level_sensitive"] else "firm"))
     moved = {"identical": 0, "within interval": 0, "beyond interval": 0, "not comparable": 0}
     # The thread count is part of a cell's config (and id), so cells are matched by what they train.
     def by_cell(root: Path) -> dict:
@@ -82,7 +93,18 @@ def compare(one: Path, two: Path) -> dict:
             continue
         row = first["rows"].get("{}/{}/{}/d{}".format(*key[:4]))
         moved[_placed(row, float(b["test_metric"]), float(a["test_metric"]))] += 1
-    return {"rows": len(rows), "verdict_changes": verdicts, "cells": moved, "row_means": rows_moved}
+    soft = {"rows with seeds that disagree": sum(map(_seeds_disagree, (first["rows"][k] for k in rows))),
+            "level-sensitive rank ranges": sum(bool(r["rank_level_sensitive"]) for r in first["frontier"].values())}
+    return {"rows": len(rows), "ranks": len(first["frontier"]), "verdict_changes": verdicts, "cells": moved,
+            "row_means": rows_moved, "soft_in_threads_1": soft}
+
+
+def _seeds_disagree(row: dict) -> bool:
+    """Do the row's seeds differ in outcome: some trainable and some not, or failure labels that not every
+    seed shares?"""
+    counts = [part.rsplit(" ", 1)[1] for part in row["failures"].split(", ")] if row["failures"] else []
+    unanimous_label = len(counts) == 1 and counts[0] == f"{row['n']}/{row['n']}"
+    return 0 < row["trainable_rate"] < 1 or bool(counts) and not unanimous_label
 
 
 def _placed(row: dict | None, value: float, before: float | None = None) -> str:
@@ -114,13 +136,17 @@ def main(argv: list[str] | None = None) -> int:
     one = args.reuse or train(params, 1, args.out / "threads1", args.data_root, args.only, args.jobs)
     two = train(params, 2, args.out / "threads2", args.data_root, args.only, args.jobs)
     report = compare(one, two)
+    firm = sum(kind == "firm" for _, kind in report["verdict_changes"])
     print(f"{report['rows']} rows compared; verdicts that changed with threads 1 -> 2: "
-          f"{len(report['verdict_changes'])}")
-    for line in report["verdict_changes"]:
-        print(f"  {line}")
+          f"{len(report['verdict_changes'])}, of them firm in the threads-1 tables: {firm}")
+    for line, kind in report["verdict_changes"]:
+        print(f"  {line}" + (f" ({kind} in threads 1)" if kind else ""))
     for what, label in (("cells", "cells' test metric"), ("row_means", "rows' mean test metric")):
         print(f"{label}, threads 2 against the threads-1 row's 95% interval: "
               + ", ".join(f"{count} {how}" for how, count in report[what].items()))
+    soft = report["soft_in_threads_1"]
+    print(f"soft in the threads-1 tables: {soft['rows with seeds that disagree']} of {report['rows']} rows (seeds "
+          f"disagree), {soft['level-sensitive rank ranges']} of {report['ranks']} rank ranges (level-sensitive, ~)")
     return 0
 
 

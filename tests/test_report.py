@@ -32,7 +32,7 @@ from vgbench.groups import group, group_id
 from vgbench.matrix import CellSpec, expand
 from vgbench.probes.failure import FAILURE_LABELS
 from vgbench.probes.theory import SOURCE
-from vgbench.report import aggregate, build, formats
+from vgbench.report import aggregate, build, formats, statistics
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("VGBENCH_UPDATE_GOLDEN") == "1"
@@ -350,11 +350,27 @@ def test_frontier_and_ranking_from_results(table):
     assert ranked["rank"].tolist() == [1, 2, 3]
 
 
-def _row(remedy, depth, trainable_rate, accuracy, dataset="d", std=0.01, half_width=0.02):
+def _row(remedy, depth, trainable_rate, accuracy, dataset="d", std=0.01, half_width=0.02, n=3):
     return {"family": "mlp", "dataset": dataset, "remedy": remedy, "depth": depth, "metric": "accuracy",
             "higher_is_better": True, "trainable_rate": trainable_rate, "test_metric_mean": accuracy,
-            "test_metric_std": std, "test_metric_ci_low": accuracy - half_width,
+            "test_metric_std": std, "n": n, "test_metric_ci_low": accuracy - half_width,
             "test_metric_ci_high": accuracy + half_width}
+
+
+def test_a_rank_range_resting_on_intervals_that_nearly_touch_is_marked_level_sensitive():
+    """3 seeds, std 0.01: the 95% half-width is 0.0248, the 90% one 0.0169, the 99% one 0.0573. a and b,
+    0.05 apart, clear each other at 95% by 0.0004 (the MLP's modern/leaky_relu case of the threads 1 vs 2
+    run) and overlap at 99%; c is far below both at every level."""
+    half = statistics.t_half_width(0.01, 3)
+    assert half == pytest.approx(0.0248, abs=1e-4)
+    rows = pd.DataFrame([_row(name, 20, 1.0, mean, half_width=half) for name, mean in
+                         (("a", 0.80), ("b", 0.75), ("c", 0.50))])
+    ranked = aggregate.ranking(aggregate.frontier(rows)).set_index("remedy")
+    assert ranked["rank_range"].to_dict() == {"a": "1", "b": "2", "c": "3"}
+    assert ranked["rank_level_sensitive"].to_dict() == {"a": True, "b": True, "c": False}
+    # 0.15 apart (b and c too), they clear each other at 99% as well: nothing rests on a near touch.
+    rows.loc[1, ["test_metric_mean", "test_metric_ci_low", "test_metric_ci_high"]] = [0.65, 0.65 - half, 0.65 + half]
+    assert not aggregate.ranking(aggregate.frontier(rows))["rank_level_sensitive"].any()
 
 
 def test_frontier_threshold_and_ranking_order():

@@ -23,7 +23,7 @@ from vgbench.config import Profile
 from vgbench.matrix import CellSpec
 from vgbench.probes.failure import FAILURE_LABELS
 from vgbench.report import MAJORITY
-from vgbench.report.statistics import rank_ranges, rank_text, t_interval
+from vgbench.report.statistics import level_sensitive, rank_ranges, rank_text, t_interval
 from vgbench.tuning import ROW
 from vgbench.twins import stored_as
 
@@ -195,7 +195,7 @@ def frontier(rows: pd.DataFrame, majority: float = MAJORITY) -> pd.DataFrame:
                     "deepest_trainable_depth": int(trained["depth"].max()) if len(trained) else 0,
                     "deepest_depth": int(deepest["depth"]),
                     "test_metric_at_deepest": deepest["test_metric_mean"],
-                    "test_metric_std_at_deepest": deepest["test_metric_std"],
+                    "test_metric_std_at_deepest": deepest["test_metric_std"], "n_at_deepest": int(deepest["n"]),
                     "test_metric_ci_low_at_deepest": deepest["test_metric_ci_low"],
                     "test_metric_ci_high_at_deepest": deepest["test_metric_ci_high"]})
     return pd.DataFrame(out)
@@ -204,7 +204,8 @@ def frontier(rows: pd.DataFrame, majority: float = MAJORITY) -> pd.DataFrame:
 def ranking(front: pd.DataFrame) -> pd.DataFrame:
     """Remedies ranked within each (family, data set): ordered by frontier, then the mean metric at the
     deepest depth (``rank``, the position); ``rank_best``/``rank_worst``/``rank_range`` are the tie-aware
-    ranks of statistics.py (remedies whose intervals overlap share a range)."""
+    ranks of statistics.py (remedies whose intervals overlap share a range), and ``rank_level_sensitive``
+    says whether a 90% or 99% interval would change the range (its edges may move on another CPU)."""
     metric = front["test_metric_at_deepest"]
     goodness = metric.where(front["higher_is_better"].astype(bool), -metric)
     ordered = front.assign(_goodness=goodness).sort_values(
@@ -214,8 +215,10 @@ def ranking(front: pd.DataFrame) -> pd.DataFrame:
     for _, part in ordered.groupby(["family", "dataset"], sort=False):
         best, worst = rank_ranges(part)
         parts.append(part.assign(rank_best=best, rank_worst=worst,
-                                 rank_range=[rank_text(b, w) for b, w in zip(best, worst)]))
-    ordered = pd.concat(parts) if parts else ordered.assign(rank_best=[], rank_worst=[], rank_range=[])
+                                 rank_range=[rank_text(b, w) for b, w in zip(best, worst)],
+                                 rank_level_sensitive=level_sensitive(part)))
+    ordered = (pd.concat(parts) if parts else
+               ordered.assign(rank_best=[], rank_worst=[], rank_range=[], rank_level_sensitive=[]))
     return ordered.drop(columns="_goodness").reset_index(drop=True)
 
 

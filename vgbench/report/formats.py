@@ -37,7 +37,9 @@ EDGE_LEGEND = ("lr: the rate chosen on validation; ↑/↓ it is the largest/sma
                "(a wider grid might do better), · the grid has one rate. CI: Student's t 95% interval of the "
                "mean over the n seeds. Mean-field prediction: what signal-propagation theory gives for the "
                "same weights and batch (– where it does not apply: normalization, skips, gates, convolutions, "
-               "pretrained weights). Rank: remedies whose intervals overlap share a range.")
+               "pretrained weights). Rank: remedies whose intervals overlap share a range; ~ marks a range that "
+               "a 90% or 99% interval would change (intervals that nearly touch: another CPU may move its "
+               "edges).")
 
 
 # How each task metric is named in table headers (Markdown, LaTeX).
@@ -99,7 +101,8 @@ def leaderboard_markdown(rows: pd.DataFrame, ranked: pd.DataFrame, title: str) -
     """One (family, data set): its rows by remedy and depth, then its remedies ranked."""
     metric = METRIC_NAMES.get(rows.iloc[0]["metric"], (rows.iloc[0]["metric"],))[0]
     body = [_cells(row) for _, row in rows.iterrows()]
-    rank_body = [[r["rank_range"], r["remedy"], str(int(r["deepest_trainable_depth"])),
+    rank_body = [[r["rank_range"] + (" ~" if r.get("rank_level_sensitive") else ""), r["remedy"],
+                  str(int(r["deepest_trainable_depth"])),
                   _pm(r["test_metric_at_deepest"], r["test_metric_std_at_deepest"]),
                   _interval(r["test_metric_ci_low_at_deepest"], r["test_metric_ci_high_at_deepest"])]
                  for _, r in ranked.iterrows()]

@@ -10,6 +10,11 @@ Ranks are ranges, as in benchmark papers that rank with intervals (e.g. Chatbot 
 at the deepest depth lies wholly on the better side of i's. Then i's best possible rank is 1 + the
 number of remedies that beat it, and its worst is the number of remedies it does not beat; remedies
 whose intervals overlap share a range such as "1–3".
+
+A range is *level-sensitive* when a 90% or a 99% interval would give another one: its edges rest on
+intervals that nearly touch (or nearly clear each other), so the rounding of another CPU, which acts on
+a long SGD run like a fresh draw, can move them. Measured with 1 vs 2 torch threads over the default
+profile (bench/thread_stability.py): every rank range that moved was level-sensitive in the first run.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ import pandas as pd
 from scipy import stats
 
 LEVEL = 0.95
+OTHER_LEVELS = (0.90, 0.99)  # the levels a level-sensitive rank range is checked at
+
+
+def t_half_width(std: float, n: int, level: float = LEVEL) -> float:
+    """Half the width of the t interval of a mean of ``n`` values with standard deviation ``std``."""
+    return float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n) if n >= 2 else math.nan
 
 
 def t_interval(values: pd.Series) -> tuple[float, float]:
@@ -27,8 +38,7 @@ def t_interval(values: pd.Series) -> tuple[float, float]:
     n = len(values)
     if n < 2 or not all(map(math.isfinite, values)):
         return math.nan, math.nan
-    mean, sem = float(values.mean()), float(values.std(ddof=1)) / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * sem
+    mean, half = float(values.mean()), t_half_width(float(values.std(ddof=1)), n)
     return mean - half, mean + half
 
 
@@ -58,3 +68,18 @@ def rank_ranges(front: pd.DataFrame) -> tuple[list[int], list[int]]:
 
 def rank_text(best: int, worst: int) -> str:
     return str(best) if best == worst else f"{best}–{worst}"
+
+
+def level_sensitive(front: pd.DataFrame) -> list[bool]:
+    """For each row of one (family, data set)'s frontier: would its rank range differ with the interval
+    at one of ``OTHER_LEVELS`` instead of ``LEVEL``? (The frontier carries each remedy's mean, std and n
+    at its deepest depth.)"""
+    ranges = list(zip(*rank_ranges(front)))
+    sensitive = [False] * len(front)
+    for level in OTHER_LEVELS:
+        half = [t_half_width(std, int(n), level) for std, n in
+                zip(front["test_metric_std_at_deepest"], front["n_at_deepest"])]
+        other = front.assign(test_metric_ci_low_at_deepest=front["test_metric_at_deepest"] - half,
+                             test_metric_ci_high_at_deepest=front["test_metric_at_deepest"] + half)
+        sensitive = [s or a != b for s, a, b in zip(sensitive, ranges, zip(*rank_ranges(other)))]
+    return sensitive
