@@ -100,11 +100,10 @@ def compare(one: Path, two: Path) -> dict:
 
 
 def _seeds_disagree(row: dict) -> bool:
-    """Do the row's seeds differ in outcome: some trainable and some not, or failure labels that not every
-    seed shares?"""
-    counts = [part.rsplit(" ", 1)[1] for part in row["failures"].split(", ")] if row["failures"] else []
-    unanimous_label = len(counts) == 1 and counts[0] == f"{row['n']}/{row['n']}"
-    return 0 < row["trainable_rate"] < 1 or bool(counts) and not unanimous_label
+    """Do the row's seeds differ in outcome: some trainable and some not, or a failure label that some
+    seeds have and others not (the row's ``rate_<label>`` shares)?"""
+    shares = [row["trainable_rate"], *(value for key, value in row.items() if key.startswith("rate_"))]
+    return any(0 < share < 1 for share in shares)
 
 
 def _placed(row: dict | None, value: float, before: float | None = None) -> str:

@@ -39,11 +39,14 @@ def test_threads_one_and_two_agree_on_the_verdicts(tmp_path):
 
 
 def _leaderboard(root, rows: dict, ranks: dict):
+    """rows: key -> (trainable share, {failure label: share of the seeds}); ranks: key -> (range, soft)."""
     root.mkdir()
     (root / "leaderboard.json").write_text(json.dumps({
-        "rows": {key: {"n": 3, "trainable_rate": trainable, "failures": failures, "learning_rate": 0.1,
+        "rows": {key: {"n": 3, "trainable_rate": trainable, "learning_rate": 0.1,
+                       "failures": ", ".join(f"{label} {round(3 * share)}/3" for label, share in labels.items()),
+                       **{f"rate_{label}": share for label, share in labels.items()},
                        "test_metric_mean": 0.5, "test_metric_ci_low": 0.4, "test_metric_ci_high": 0.6}
-                 for key, (trainable, failures) in rows.items()},
+                 for key, (trainable, labels) in rows.items()},
         "frontier": {key: {"rank_range": text, "rank_level_sensitive": soft} for key, (text, soft) in ranks.items()}}))
     return root
 
@@ -52,11 +55,11 @@ def test_a_changed_verdict_is_soft_where_the_first_tables_showed_it_resting_on_l
     spec = importlib.util.spec_from_file_location("thread_stability", REPO / "bench" / "thread_stability.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    one = _leaderboard(tmp_path / "one", {"mixed": (2 / 3, "weak 1/3"), "unanimous": (0.0, "vanished 3/3"),
-                                          "clean": (1.0, "")},
+    one = _leaderboard(tmp_path / "one", {"mixed": (2 / 3, {"weak": 1 / 3}), "unanimous": (0.0, {"vanished": 1.0}),
+                                          "clean": (1.0, {})},
                        {"near": ("1–5", True), "clear": ("2", False)})
-    two = _leaderboard(tmp_path / "two", {"mixed": (2 / 3, ""), "unanimous": (0.0, "vanished 2/3, weak 1/3"),
-                                          "clean": (1 / 3, "weak 2/3")},
+    two = _leaderboard(tmp_path / "two", {"mixed": (2 / 3, {}), "unanimous": (0.0, {"vanished": 2 / 3, "weak": 1 / 3}),
+                                          "clean": (1 / 3, {"weak": 2 / 3})},
                        {"near": ("1–4", True), "clear": ("3", False)})
     report = module.compare(one, two)
     assert sorted(report["verdict_changes"]) == [
