@@ -553,6 +553,19 @@ def test_leaderboard_latex_golden():
     assert r"\caption{mean $\pm$ std}" in lines and r"\label{tab:golden}" in lines
 
 
+def test_the_latex_table_carries_the_tie_aware_rank_with_its_level_sensitive_mark():
+    ranked = golden_ranked().assign(rank_level_sensitive=[True, False, False])
+    lines = formats.leaderboard_latex(golden_rows(), caption="c", ranked=ranked).splitlines()
+    assert r"\begin{tabular}{llrrrrc}" in lines
+    body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
+    assert [row.removesuffix(r" \\").rsplit(" & ", 1)[1] for row in body] == ["2--3", r"1$^\sim$", "2--3"]
+    header = lines[lines.index(r"\midrule") - 1]
+    assert header.endswith(r"& rank \\") and header.count("&") == body[0].count("&")
+    # A remedy the ranking lacks (none trained at its depths, say) gets a dash, not a shifted row.
+    lines = formats.leaderboard_latex(golden_rows(), caption="c", ranked=ranked.iloc[:1]).splitlines()
+    assert lines[lines.index(r"\midrule") + 1].endswith(r"& -- \\")
+
+
 def test_latex_escapes_names():
     rows = golden_rows().iloc[:1].assign(dataset="a&b", remedy=r"50%_x\y")
     text = formats.leaderboard_latex(rows, caption="c")
@@ -614,8 +627,8 @@ def test_build_leaderboard(tmp_path, params, cells):
     assert "| 1–2 | grad_clip | 6 | 0.500 ± 0.436 | [-0.583, 1.583] |" in md and "| 3 | small_init | 2 |" in md
     tex = (tmp_path / "leaderboard.tex").read_text()
     assert (r"mnist1d & he\_relu~\cite{glorot2011deep,he2015delving} & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & $0.2$ & "
-            r"$0.600 \pm 0.000$ {\scriptsize $[0.600, 0.600]$} & $-0.6$ \\") in tex
-    assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex
+            r"$0.600 \pm 0.000$ {\scriptsize $[0.600, 0.600]$} & $-0.6$ & 1--2 \\") in tex  # ranked as in the .md
+    assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex and "rank: tie-aware" in tex
     assert r"mlp on mnist1d~\cite{greydanus2020scaling}: " in tex  # the data set's source, in the caption
     # Published claims checked against these rows: he_relu trains at depth 6 (2 of 3 seeds) with a flat
     # init ratio (-0.6); clipping leaves the small-init ratio (-0.3 vs -inf) alone: that one fails here.

@@ -128,9 +128,11 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
                          f"and log10 of the first/last hidden-state gradient norm ratio at initialization "
                          f"(in parentheses: the mean-field prediction"
                          f"{latex_cite(theory.CITES)} "
-                         f"where it applies). "
+                         f"where it applies); rank: tie-aware, by the deepest depth trained by at least half "
+                         f"the seeds, then the test metric there (remedies whose 95\\% intervals overlap share a "
+                         f"range; $^\\sim$: a 90\\% or 99\\% interval would change it). "
                          f"vgbench profile {_tex(params.profile)}."),
-                label=f"tab:vgbench-{family}-{dataset}".replace("_", "-"))
+                label=f"tab:vgbench-{family}-{dataset}".replace("_", "-"), ranked=part(ranked, family, dataset))
             for family, dataset in pairs),
     }
     # Everything is written to a staging folder first and moved into place only when all of it was made

@@ -146,21 +146,31 @@ def _tex_interval(low: float, high: float) -> str:
     return rf" {{\scriptsize $[{_num(low, 3)}, {_num(high, 3)}]$}}"
 
 
-def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbench") -> str:
+def _tex_rank(remedy: pd.Series | None) -> str:
+    """A tie-aware rank range for LaTeX ("2--4"), a superscript tilde where it is level-sensitive; -- for none."""
+    if remedy is None:
+        return "--"
+    return remedy["rank_range"].replace("–", "--") + (r"$^\sim$" if remedy.get("rank_level_sensitive") else "")
+
+
+def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbench",
+                      ranked: pd.DataFrame | None = None) -> str:
     """A booktabs table of one (family, data set): remedies as rows, each citing its sources (keys of
     vgbench/references.bib, copied to results/references.bib), depths as column pairs (test metric,
-    log10 ratio).
+    log10 ratio), and with ``ranked`` (the same pair's ranking) a last column: the remedy's tie-aware rank.
 
     ``caption`` is LaTeX and goes in as it is; names from the data are escaped.
     """
     metric = METRIC_NAMES.get(rows.iloc[0]["metric"], ("", tex_escape(rows.iloc[0]["metric"])))[1]
     depths = sorted(rows["depth"].unique())
+    ranks = ({(r["dataset"], r["remedy"]): r for _, r in ranked.iterrows()} if ranked is not None else None)
     lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             r"\begin{tabular}{ll" + "rr" * len(depths) + "}", r"\toprule"]
-    lines.append(r"& & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{depth {d}}}" for d in depths) + r" \\")
+             r"\begin{tabular}{ll" + "rr" * len(depths) + ("c" if ranks is not None else "") + "}", r"\toprule"]
+    lines.append(r"& & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{depth {d}}}" for d in depths)
+                 + (" &" if ranks is not None else "") + r" \\")
     lines.append("".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(depths))))
     lines.append(r"data & remedy & " + " & ".join(rf"test {metric} & $\log_{{10}}\frac{{g_1}}{{g_L}}$" for _ in depths)
-                 + r" \\")
+                 + (" & rank" if ranks is not None else "") + r" \\")
     lines.append(r"\midrule")
     for (dataset, remedy), group in rows.groupby(["dataset", "remedy"], sort=False):
         cites = REMEDIES.get(remedy).cites if remedy in REMEDIES else ()  # a hand-made row may name any remedy
@@ -176,6 +186,8 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
             predicted = row["theory_log10_dL_dh_first_last"]
             cells.append(_tex_math(row["init_log10_dL_dh_first_last"], 1)
                          + ("" if math.isnan(predicted) else f" ({_tex_math(predicted, 1)})"))
+        if ranks is not None:
+            cells.append(_tex_rank(ranks.get((dataset, remedy))))
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{caption}}}", rf"\label{{{label}}}",
               r"\end{table}"]
