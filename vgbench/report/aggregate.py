@@ -216,7 +216,7 @@ def ranking(front: pd.DataFrame) -> pd.DataFrame:
         best, worst = rank_ranges(part)
         parts.append(part.assign(rank_best=best, rank_worst=worst,
                                  rank_range=[rank_text(b, w) for b, w in zip(best, worst)],
-                                 rank_level_sensitive=level_sensitive(part)))
+                                 rank_level_sensitive=level_sensitive(part, best, worst)))
     ordered = (pd.concat(parts) if parts else
                ordered.assign(rank_best=[], rank_worst=[], rank_range=[], rank_level_sensitive=[]))
     return ordered.drop(columns="_goodness").reset_index(drop=True)

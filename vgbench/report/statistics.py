@@ -70,11 +70,11 @@ def rank_text(best: int, worst: int) -> str:
     return str(best) if best == worst else f"{best}–{worst}"
 
 
-def level_sensitive(front: pd.DataFrame) -> list[bool]:
-    """For each row of one (family, data set)'s frontier: would its rank range differ with the interval
-    at one of ``OTHER_LEVELS`` instead of ``LEVEL``? (The frontier carries each remedy's mean, std and n
-    at its deepest depth.)"""
-    ranges = list(zip(*rank_ranges(front)))
+def level_sensitive(front: pd.DataFrame, best: list[int], worst: list[int]) -> list[bool]:
+    """For each row of one (family, data set)'s frontier, ranked ``best``–``worst`` at ``LEVEL``: would its
+    rank range differ with the interval at one of ``OTHER_LEVELS``? (The frontier carries each remedy's
+    mean, std and n at its deepest depth.)"""
+    ranges = list(zip(best, worst))
     sensitive = [False] * len(front)
     for level in OTHER_LEVELS:
         half = [t_half_width(std, int(n), level) for std, n in
