@@ -36,10 +36,13 @@ from vgbench.report.readme import ReadmeError
 from vgbench.report.wandb_report import ReportError
 
 
+DEFAULT_PARAMS, DEFAULT_DATA_ROOT = Path("params.yaml"), Path("data")
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    parser.add_argument("--params", type=Path, default=DEFAULT_PARAMS, help="params file (default: %(default)s)")
     parser.add_argument("--profile", help="profile to use instead of params.yaml's `profile` key")
-    parser.add_argument("--data-root", type=Path, default=Path("data"), help="default: %(default)s")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT, help="default: %(default)s")
     parser.add_argument("--results-root", type=Path, default=Path("results"), help="default: %(default)s")
 
 
@@ -88,8 +91,8 @@ def _check_writable(results_root: Path) -> None:
 def _fetch_command(args, names: list[str]) -> str:
     """The ``vgbench fetch`` that stores ``names`` where this command reads them: with its --params,
     --profile and --data-root where they are not the defaults."""
-    options = [("--params", args.params, Path("params.yaml")), ("--profile", args.profile, None),
-               ("--data-root", args.data_root, Path("data"))]
+    options = [("--params", args.params, DEFAULT_PARAMS), ("--profile", args.profile, None),
+               ("--data-root", args.data_root, DEFAULT_DATA_ROOT)]
     return shlex.join(["vgbench", "fetch", *names,
                        *(part for flag, value, default in options if value != default for part in (flag, str(value)))])
 
