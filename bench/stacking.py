@@ -97,9 +97,10 @@ from vgbench.training.stacked_optim import StackedAdam, StackedSGD  # noqa: E402
 for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
-CASES = (  # (family, remedy, depth) of the default profile
+CASES = (  # (family, remedy, depth) of the default profile, and a label's suffix for model settings changed
     ("mlp", "he_relu", 20), ("rnn", "lstm", 50), ("rnn", "small_init", 50), ("rnn", "layernorm", 50),
-    ("resnet", "residual_bn", 20), ("highway", "highway", 50))
+    ("resnet", "residual_bn", 20), ("resnet", "residual_bn", 20, "+grouped"), ("highway", "highway", 50))
+MODEL_CHANGES = {"+grouped": {"grouped_kernels": True}}  # the resnet family's grouped convolutions (README)
 RATE_FACTORS = (1.0, 0.5, 0.25)
 
 
@@ -354,12 +355,18 @@ def lightning_group(cells: list[CellSpec], data, epochs: int) -> dict:
 
 
 # -- main ----------------------------------------------------------------------------------------
-def group_of(cells: list[CellSpec], family: str, remedy: str, depth: int, threads: int, seeds: int,
-             device: str) -> list[CellSpec]:
+def group_of(cells: list[CellSpec], case: tuple, threads: int, seeds: int, device: str) -> list[CellSpec]:
+    family, remedy, depth, *suffix = case
     row = next(c for c in cells if (c.family, c.remedy, c.depth) == (family, remedy, depth))
     trainer = {**row.trainer, "threads": threads, "accelerator": "gpu" if device == "cuda" else "cpu", "devices": 1}
-    return [dataclasses.replace(row, seed=seed, learning_rate=row.learning_rate * factor, trainer=trainer)
+    model = {**row.model, **(MODEL_CHANGES[suffix[0]] if suffix else {})}
+    return [dataclasses.replace(row, seed=seed, learning_rate=row.learning_rate * factor, trainer=trainer, model=model)
             for seed in range(seeds) for factor in RATE_FACTORS]
+
+
+def label_of(case: tuple) -> str:
+    family, remedy, _, *suffix = case
+    return f"{family}/{remedy}{''.join(suffix)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,10 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     profile = load_params(args.params, "default").active
     ensure(profile, args.data_root)
     all_cells, cache = expand(profile), {}
-    chosen = [(family, remedy, depth) for wanted in args.only.split(",") for family, remedy, depth in CASES
-              if wanted in f"{family}/{remedy}"]
-    cases = {f"{family}/{remedy}": group_of(all_cells, family, remedy, depth, args.threads, args.seeds, args.device)
-             for family, remedy, depth in dict.fromkeys(chosen)}
+    chosen = [case for wanted in args.only.split(",") for case in CASES if wanted in label_of(case)]
+    cases = {label_of(case): group_of(all_cells, case, args.threads, args.seeds, args.device)
+             for case in dict.fromkeys(chosen)}
     stored = {label: data_for(cells[0], args.data_root, cache) for label, cells in cases.items()}
     data = {label: on_device(d, args.device) for label, d in stored.items()}  # the raw loops' copy
     k = args.seeds * len(RATE_FACTORS)
@@ -428,18 +434,18 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     print(f"\n(a) raw loops, ms/step, {args.steps} steps (aim: group >= 3x for mlp/highway, >= 2x for rnn/resnet)")
-    print(f"{'family/remedy':22}{'K=1':>8}{f'K={k}':>8}{f'K{k}/K1':>7}{f'{k} sep':>9}{f'group vs {k} sep':>16}"
+    print(f"{'family/remedy':28}{'K=1':>8}{f'K={k}':>8}{f'K{k}/K1':>7}{f'{k} sep':>9}{f'group vs {k} sep':>16}"
           f"{'kernels':>9}{'bound':>8}{'marginal':>10}{'bound':>8}")
     for label in cases:
         k1, k9, sep = ms(label, "K=1"), ms(label, "K"), ms(label, "sep")
         kernels = k9 * kernel_share(cases[label], data[label], args.steps) if args.device == "cpu" else math.nan
         marginal = (k9 - k1) / (k - 1)  # what one more model adds to a group's step
-        print(f"{label:22}{k1:8.2f}{k9:8.2f}{k9 / k1:7.2f}{sep:9.2f}{sep / k9:15.2f}x{kernels:9.2f}"
+        print(f"{label:28}{k1:8.2f}{k9:8.2f}{k9 / k1:7.2f}{sep:9.2f}{sep / k9:15.2f}x{kernels:9.2f}"
               f"{sep / kernels:7.2f}x{marginal:10.2f}{sep / (k * marginal):7.2f}x")
 
     print(f"\n(b) fit ms/step over {args.epochs} epoch(s) with validation, K={k} (aim vg/raw <= 1.05); "
           f"(c) probes / fit (aim <= 3%)")
-    print(f"{'family/remedy':22}{'steps':>6}{'vgbench':>9}{'raw fit':>9}{'vg/raw':>8}{'w/o probes':>11}"
+    print(f"{'family/remedy':28}{'steps':>6}{'vgbench':>9}{'raw fit':>9}{'vg/raw':>8}{'w/o probes':>11}"
           f"{'Lightning':>10}{'probes':>8}{'full cell*':>11}{'A/B':>7}{'W&B':>7}   per-repeat vg/raw")
     for label, cells in cases.items():
         vg, raw, rows = ms(label, "vgbench"), ms(label, "raw fit"), runs[label]["vgbench"]
@@ -452,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         init_ms = statistics.median(1000 * r["probe_seconds"] / r["steps"] for r in unprobed)
         ab = (vg - ms(label, "unprobed") + init_ms) / vg
         paired = " ".join(f"{v['seconds'] / r['seconds']:.2f}" for v, r in zip(rows, runs[label]["raw fit"]))
-        print(f"{label:22}{steps:6d}{vg:9.2f}{raw:9.2f}{vg / raw:8.3f}{(vg - probe_ms) / raw:11.3f}"
+        print(f"{label:28}{steps:6d}{vg:9.2f}{raw:9.2f}{vg / raw:8.3f}{(vg - probe_ms) / raw:11.3f}"
               f"{ms(label, 'Lightning') / raw:10.3f}{100 * probe_ms / vg:7.1f}%{100 * full_share:10.1f}%"
               f"{100 * ab:6.1f}%{ms(label, 'W&B') / vg if 'W&B' in variants else math.nan:7.2f}   {paired}")
         if steps != runs[label]["raw fit"][0]["steps"]:

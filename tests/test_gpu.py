@@ -12,8 +12,11 @@ from vgbench.config import WandbSettings
 from vgbench.matrix import expand
 from vgbench.plan import data_shape
 from vgbench.training.run_group import data_for, run_cell, run_group
-from tests.test_stacking import (FAMILIES_TO_STACK, NO_WANDB, RATES, SEEDS, _comparable, _deepest_default_cells,
-                                 _first_cell_of, _profile, _same, assert_same_model_in_stacks, model_four_in_stack)
+from tests.test_stacking import (FAMILIES_TO_STACK, NO_WANDB, RATES, RESNETS, SEEDS, _comparable,
+                                 _deepest_default_cells, _first_cell_of, _profile, _same,
+                                 assert_a_grouped_kernel_group_trains_the_same_twice,
+                                 assert_grouped_kernels_compute_what_per_model_calls_do, assert_same_model_in_stacks,
+                                 model_four_in_stack)
 from tests.test_training import (assert_a_frozen_model_stays_and_the_others_step_as_if_alone,
                                  assert_windows_of_the_padded_images)
 
@@ -87,6 +90,22 @@ def test_default_profile_shapes_stack_on_a_gpu(cell):
     try:
         assert_same_model_in_stacks(cell, "cuda", reference=20)
         assert_same_model_in_stacks(cell, "cuda", reference=1, relative=1e-2)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def test_a_grouped_kernel_group_trained_twice_on_a_gpu_is_bit_identical(tiny_params, tiny_data_root, tmp_path):
+    """The resnet family's grouped_kernels (one grouped cuDNN convolution and batch norm for the K models)."""
+    assert_a_grouped_kernel_group_trains_the_same_twice(tiny_params, tiny_data_root, tmp_path, "gpu")
+
+
+@pytest.mark.parametrize("cell", RESNETS, ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
+def test_grouped_kernels_on_a_gpu_agree_with_one_call_per_model(cell):
+    """The same bound as a model alone against the same model in a stack (1% of a tensor's largest value)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert_grouped_kernels_compute_what_per_model_calls_do(cell, "cuda", 1e-2)
     finally:
         torch.use_deterministic_algorithms(deterministic)
 

@@ -209,7 +209,7 @@ def _deepest_default_cells():
 
 def model_four_in_stack(cell, size: int, x: torch.Tensor, armed: bool) -> list[tuple[str, torch.Tensor]]:
     """Model 4 (seed 4) of a stack of ``size`` models (seeds 0..size-1; alone when ``size`` is 1) on
-    ``x[4]``: its output and parameter gradients, named."""
+    ``x[4]``, in training mode: its output, parameter gradients and batch-norm running statistics, named."""
     from vgbench.plan import build_model, data_shape
 
     seeds, index = ([4], 0) if size == 1 else (list(range(size)), 4)
@@ -220,33 +220,93 @@ def model_four_in_stack(cell, size: int, x: torch.Tensor, armed: bool) -> list[t
     out = model(inputs)
     out.pow(2).flatten(1).mean(dim=1).sum().backward()
     model.taps.disarm()
-    return [("output", out.detach()[index])] + [(name, p.grad[index]) for name, p in model.named_parameters()]
+    return ([("output", out.detach()[index])] + [(name, p.grad[index]) for name, p in model.named_parameters()]
+            + [(name, b[index]) for name, b in model.named_buffers() if "running" in name])
 
 
-def assert_same_model_in_stacks(cell, device: str = "cpu", reference: int = 1, relative: float = 0.0):
-    """Model 4 computes the same output and gradients in a stack of 9 as in a stack of ``reference`` (1:
-    alone), on the probed and the unprobed path: bit for bit, or, with ``relative``, within that fraction
-    of each tensor's largest value, or of 1e-4 of the largest value of any of its tensors where that is
+def assert_same_tensors(first: list[tuple[str, torch.Tensor]], second: list[tuple[str, torch.Tensor]],
+                        relative: float, context: str) -> None:
+    """The same named tensors, equal bit for bit, or, with ``relative``, within that fraction of each of
+    ``second``'s tensors' largest value, or of 1e-4 of the largest value of any of its tensors where that is
     larger (a bias before batch norm has no gradient in exact arithmetic: its float gradient is rounding
     residue, ~1e-8 on an H200, that no relative bound holds). The message names the first tensor off and by
     how much."""
+    assert [name for name, _ in first] == [name for name, _ in second]
+    scale = max(tensor.abs().max().item() for _, tensor in second)
+    for (name, one), (_, other) in zip(first, second):
+        largest = other.abs().max().item()
+        difference = (one - other).abs().max().item()
+        same = torch.equal(one, other) if relative == 0.0 else difference <= relative * max(largest, 1e-4 * scale)
+        assert same, f"{name} differs ({context}): max |diff| {difference:.3g}, max |value| {largest:.3g}"
+
+
+def assert_same_model_in_stacks(cell, device: str = "cpu", reference: int = 1, relative: float = 0.0):
+    """Model 4 computes the same numbers in a stack of 9 as in a stack of ``reference`` (1: alone), on the
+    probed and the unprobed path (``assert_same_tensors``)."""
     from vgbench.plan import data_shape
 
     torch.manual_seed(0)
     x = torch.randn(max(9, reference), 16, *data_shape(cell).input_shape).to(device)
     for armed in (False, True):
-        stacked, other = model_four_in_stack(cell, 9, x, armed), model_four_in_stack(cell, reference, x, armed)
-        scale = max(tensor.abs().max().item() for _, tensor in other)
-        for (name, in_nine), (_, in_other) in zip(stacked, other):
-            largest = in_other.abs().max().item()
-            difference = (in_nine - in_other).abs().max().item()
-            same = (torch.equal(in_nine, in_other) if relative == 0.0
-                    else difference <= relative * max(largest, 1e-4 * scale))
-            assert same, (f"{name} differs (armed={armed}, stack of 9 vs {reference}): max |diff| "
-                          f"{difference:.3g}, max |value| {largest:.3g}")
+        assert_same_tensors(model_four_in_stack(cell, 9, x, armed), model_four_in_stack(cell, reference, x, armed),
+                            relative, f"armed={armed}, stack of 9 vs {reference}")
 
 
 @pytest.mark.parametrize("cell", _deepest_default_cells(), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
 def test_default_profile_shapes_stack_bit_identically(cell):
     """Every default-profile network at its deepest depth, stacked or alone (tests/test_gpu.py: on a GPU)."""
     assert_same_model_in_stacks(cell)
+
+
+def with_grouped_kernels(cell):
+    return dataclasses.replace(cell, model={**cell.model, "grouped_kernels": True})
+
+
+RESNETS = [cell for cell in _deepest_default_cells() if cell.family == "resnet"]
+
+
+def assert_grouped_kernels_compute_what_per_model_calls_do(cell, device: str, relative: float) -> None:
+    from vgbench.plan import data_shape
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 16, *data_shape(cell).input_shape).to(device)
+    for armed in (False, True):
+        assert_same_tensors(model_four_in_stack(with_grouped_kernels(cell), 9, x, armed),
+                            model_four_in_stack(cell, 9, x, armed), relative,
+                            f"armed={armed}, grouped kernels vs one call per model")
+
+
+@pytest.mark.parametrize("cell", RESNETS, ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
+def test_grouped_kernels_compute_what_one_call_per_model_computes_up_to_rounding(cell):
+    """The resnet family's ``grouped_kernels`` (one grouped convolution and one batch norm over K*C
+    channels for a group, HFTA's layout) is the same network: model 4's output, gradients and running
+    statistics agree with the per-model calls' to float rounding (measured here: <= 2.4e-6 of a tensor's
+    largest value), with and without the probes' taps."""
+    from vgbench.models.stacked import StackedConv, StackedNorm
+    from vgbench.plan import build_model, data_shape
+
+    layers = [m for m in build_model(with_grouped_kernels(cell), data_shape(cell), seeds=[0, 1]).modules()
+              if isinstance(m, (StackedConv, StackedNorm))]
+    assert layers and all(layer.grouped for layer in layers)  # the setting reaches every layer
+    assert_grouped_kernels_compute_what_per_model_calls_do(cell, "cpu", 1e-4)
+
+
+def test_a_grouped_kernel_group_trains_the_same_twice_and_records_its_layout(tiny_params, tiny_data_root, tmp_path):
+    """What grouped kernels guarantee: the same group gives the same numbers; the choice is part of each
+    cell's config (and so of its id), so it never shares a result with the per-model cell."""
+    assert_a_grouped_kernel_group_trains_the_same_twice(tiny_params, tiny_data_root, tmp_path, "cpu")
+
+
+def assert_a_grouped_kernel_group_trains_the_same_twice(tiny_params, tiny_data_root, tmp_path, accelerator: str):
+    base = with_grouped_kernels(_first_cell_of(tiny_params, "resnet"))
+    base = dataclasses.replace(base, trainer={**base.trainer, "accelerator": accelerator, "devices": 1})
+    cells = [dataclasses.replace(base, seed=seed, learning_rate=rate) for seed in SEEDS for rate in RATES]
+    data = data_for(base, tiny_data_root, {})
+    first = run_group(cells, data, tmp_path / "first", NO_WANDB)
+    second = run_group(cells, data, tmp_path / "second", NO_WANDB)
+    for one, two in zip(first, second):
+        assert _same(_comparable(one), _comparable(two))
+        assert _same(_profile(tmp_path / "first", one.cell_id), _profile(tmp_path / "second", two.cell_id))
+        assert one.cell["model"]["grouped_kernels"] is True
+    assert len({r.final_train_loss for r in first}) == 9
+    assert base.cell_id != _first_cell_of(tiny_params, "resnet").cell_id

@@ -15,7 +15,8 @@ setting); with no norm the convolutions get a bias instead.
 One class serves images (C, H, W) with 2-D convolutions and vector data
 (features,) as one channel of length ``features`` with 1-D convolutions, so
 MNIST-1D runs the same architecture as CIFAR-10. K models stack
-(vgbench/models/stacked.py; its convolutions run one call per model).
+(vgbench/models/stacked.py; its convolutions run one call per model, or one
+grouped call for all K with ``grouped_kernels``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ class ResNetHParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # 16 in the paper; smaller widths keep the tests and the tiny profile cheap.
     width: int = Field(16, gt=0, description="filters of the first stage (stages: width, 2*width, 4*width)")
+    grouped_kernels: bool = Field(
+        False, description="a cell group's convolutions and batch norms as one grouped call for all its models "
+                           "(HFTA's channel-stacked layout; fewer kernel launches, for GPUs) instead of one call "
+                           "per model: a cell's numbers then depend on its group, not on its config alone")
 
 
 def blocks_per_stage(depth: int) -> int:
@@ -46,16 +51,17 @@ def blocks_per_stage(depth: int) -> int:
     return (depth - 2) // 6
 
 
-def conv3(models: int, in_channels: int, out_channels: int, stride: int, dims: int, recipe: Recipe) -> StackedConv:
+def conv3(models: int, in_channels: int, out_channels: int, stride: int, dims: int, recipe: Recipe,
+          grouped: bool) -> StackedConv:
     """K 3x3 (or length-3) convolutions, their weights initialised by the recipe."""
     return StackedConv(models, dims, in_channels, out_channels, 3, stride=stride, padding=1,
                        bias=recipe.norm != "batchnorm",  # batchnorm's shift makes a bias redundant
-                       init=recipe.init_weight)
+                       init=recipe.init_weight, grouped=grouped)
 
 
-def conv_norm(models: int, channels: int, recipe: Recipe) -> nn.Module:
+def conv_norm(models: int, channels: int, recipe: Recipe, grouped: bool) -> nn.Module:
     if recipe.norm == "batchnorm":
-        return StackedNorm(models, channels, "batchnorm")
+        return StackedNorm(models, channels, "batchnorm", grouped=grouped)
     if recipe.norm == "layernorm":
         # Refused rather than silently dropped: a "layernorm" cell would otherwise
         # be the no-norm network under another name.
@@ -86,13 +92,14 @@ class ZeroPadShortcut(nn.Module):
 class BasicBlock(nn.Module):
     """conv-norm-act-conv-norm (+ shortcut) then act; ``shortcut`` is None in the plain network."""
 
-    def __init__(self, models: int, in_channels: int, out_channels: int, stride: int, dims: int, recipe: Recipe):
+    def __init__(self, models: int, in_channels: int, out_channels: int, stride: int, dims: int, recipe: Recipe,
+                 grouped: bool):
         super().__init__()
-        self.conv1 = conv3(models, in_channels, out_channels, stride, dims, recipe)
-        self.norm1 = conv_norm(models, out_channels, recipe)
+        self.conv1 = conv3(models, in_channels, out_channels, stride, dims, recipe, grouped)
+        self.norm1 = conv_norm(models, out_channels, recipe, grouped)
         self.activation1 = recipe.make_activation()
-        self.conv2 = conv3(models, out_channels, out_channels, 1, dims, recipe)
-        self.norm2 = conv_norm(models, out_channels, recipe)
+        self.conv2 = conv3(models, out_channels, out_channels, 1, dims, recipe, grouped)
+        self.norm2 = conv_norm(models, out_channels, recipe, grouped)
         self.activation2 = recipe.make_activation()
         self.shortcut = ZeroPadShortcut(out_channels, stride) if recipe.skip == "residual" else None
 
@@ -109,20 +116,20 @@ class CifarResNet(ProbedModel):
     """
 
     def __init__(self, models: int, in_channels: int, num_outputs: int, depth: int, recipe: Recipe, width: int,
-                 dims: int):
+                 dims: int, grouped: bool = False):
         super().__init__(recipe.activation, models)
         if recipe.skip not in ("none", "residual"):
             raise ValueError(f"the resnet family supports skip 'residual' or 'none', not {recipe.skip!r}")
         n = blocks_per_stage(depth)
         self.dims = dims
-        self.stem = nn.Sequential(conv3(models, in_channels, width, 1, dims, recipe),
-                                  conv_norm(models, width, recipe), recipe.make_activation())
+        self.stem = nn.Sequential(conv3(models, in_channels, width, 1, dims, recipe, grouped),
+                                  conv_norm(models, width, recipe, grouped), recipe.make_activation())
         blocks, channels = [], width
         for stage in range(3):
             out_channels = width * 2 ** stage
             for index in range(n):
                 stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(BasicBlock(models, channels, out_channels, stride, dims, recipe))
+                blocks.append(BasicBlock(models, channels, out_channels, stride, dims, recipe, grouped))
                 channels = out_channels
         self.blocks = nn.ModuleList(blocks)
         self.head = StackedLinear(models, channels, num_outputs)  # PyTorch default init, as in the mlp family
@@ -147,7 +154,8 @@ def build_resnet(io: ModelIO, depth: int, recipe: Recipe, hparams: ResNetHParams
         in_channels, dims = io.input_shape[0], 2
     else:
         raise ValueError(f"the resnet family reads (features,) or (C, H, W) samples, not {io.input_shape}")
-    return CifarResNet(models, in_channels, io.num_outputs, depth, recipe, hparams.width, dims)
+    return CifarResNet(models, in_channels, io.num_outputs, depth, recipe, hparams.width, dims,
+                       hparams.grouped_kernels)
 
 
 FAMILIES.add("resnet", Family(
@@ -155,6 +163,7 @@ FAMILIES.add("resnet", Family(
     ResNetHParams, build_resnet, depth_meaning="layers (6n+2)", probed_state="residual block",
     check_depth=blocks_per_stage,
     stacking="convolutions and batch norm: one call per model (a grouped convolution was no faster on CPU "
-             "and rounds differently per K); the rest of the step is shared",
+             "and rounds differently per K), or one grouped call with model.grouped_kernels; the rest of the "
+             "step is shared",
     inputs=frozenset({"vector", "image"}),
     base_recipe=Recipe(activation="relu", init="he", norm="none", skip="none")))

@@ -15,6 +15,8 @@ Tensors are models first: feature layers read ``[K, N, C]``, convolutions
 bit-identical per model, or not faster (convolutions on CPU), a layer calls
 the kernel once per model instead: the stacking then still saves the
 per-step cost of everything around the kernels (Lightning, optimizer, data).
+A family may offer the grouped kernels as an option for GPUs (the resnet
+family's ``grouped_kernels``): its cells' numbers are then those of their group.
 
 Every layer keeps an ``init_model(k)`` that initializes its slice k with
 torch's global generator; ``initialize(model, seeds)`` seeds it per model, so a
@@ -103,11 +105,14 @@ class StackedNorm(StackedLayer):
     """Batch normalization of ``[K, N, C, *spatial]`` or layer normalization of ``[K, N, C]``, with
     statistics and affine parameters per model."""
 
-    def __init__(self, models: int, channels: int, kind: str, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, models: int, channels: int, kind: str, eps: float = 1e-5, momentum: float = 0.1,
+                 grouped: bool = False):
         super().__init__(models)
         if kind not in ("batchnorm", "layernorm"):
             raise ValueError(f"norm kind must be 'batchnorm' or 'layernorm', not {kind!r}")
-        self.kind, self.channels, self.eps, self.momentum = kind, channels, eps, momentum
+        if grouped and kind != "batchnorm":
+            raise ValueError("grouped=True is a batch-norm layout (K*C channels); layer norm is one call already")
+        self.kind, self.channels, self.eps, self.momentum, self.grouped = kind, channels, eps, momentum, grouped
         self.weight = nn.Parameter(torch.ones(models, channels))
         self.bias = nn.Parameter(torch.zeros(models, channels))
         if kind == "batchnorm":
@@ -117,6 +122,10 @@ class StackedNorm(StackedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "layernorm":
             return F.layer_norm(x, (self.channels,), eps=self.eps) * self.weight.unsqueeze(1) + self.bias.unsqueeze(1)
+        if self.grouped:  # each of the K*C channels belongs to one model, so its statistics are that model's
+            return models_first(F.batch_norm(channel_stacked(x), self.running_mean.view(-1), self.running_var.view(-1),
+                                             self.weight.view(-1), self.bias.view(-1), self.training, self.momentum,
+                                             self.eps), self.models)
         # One call per model: over K*C channels at once the kernel's vector remainder (K*C mod
         # the SIMD width) moves with K, and with it the last bits of model k's gradients.
         # Slices come from ``unbind`` (one backward op for all K), not ``x[k]``: each indexing
@@ -130,21 +139,24 @@ class StackedNorm(StackedLayer):
 
 
 class StackedConv(WeightAndBias):
-    """K convolutions (1-D or 2-D) on ``[K, N, C, *spatial]``, one call per model.
+    """K convolutions (1-D or 2-D) on ``[K, N, C, *spatial]``: one call per model, or with ``grouped``
+    one grouped call for all K (HFTA's way).
 
-    Not one grouped convolution (HFTA's way): on this project's CPU a grouped
+    One call per model is the default: on this project's CPU a grouped
     convolution over 9 models was no faster than 9 calls (265 vs 256 ms for a
     20-layer 1-D ResNet step, bench/README.md), and oneDNN picks another kernel
     for groups > 1 (depthwise when each group has one input channel), so model
     k's numbers would depend on K. One call per model keeps them bit-identical.
-    (A whole 1-D residual block in HFTA's channel-stacked layout, batch norm over K*C channels
-    included, was 1.37x faster on that CPU, bench/gpu_paths.py; it rounds with K just the same.)
+    ``grouped`` (a family's ``grouped_kernels``, with batch norm over K*C channels, StackedNorm) is for
+    GPUs, where K calls of a small convolution leave the device idle between launches: model k then
+    rounds as a member of its group, not as a model alone.
     """
 
     def __init__(self, models: int, dims: int, in_channels: int, out_channels: int, kernel_size: int,
-                 stride: int = 1, padding: int = 0, bias: bool = True, init: WeightInit | None = None):
+                 stride: int = 1, padding: int = 0, bias: bool = True, init: WeightInit | None = None,
+                 grouped: bool = False):
         super().__init__(models)
-        self.dims, self.stride, self.padding = dims, stride, padding
+        self.dims, self.stride, self.padding, self.grouped = dims, stride, padding, grouped
         self.in_channels, self.out_channels = in_channels, out_channels
         self.weight = nn.Parameter(torch.empty(models, out_channels, in_channels, *(kernel_size,) * dims))
         self.bias = nn.Parameter(torch.empty(models, out_channels)) if bias else None
@@ -152,9 +164,28 @@ class StackedConv(WeightAndBias):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = F.conv1d if self.dims == 1 else F.conv2d
+        if self.grouped:  # group k of the K*C input channels is model k's input, weight rows k*O.. its filters
+            bias = self.bias.view(-1) if self.bias is not None else None
+            return models_first(conv(channel_stacked(x), self.weight.flatten(0, 1), bias, self.stride, self.padding,
+                                     1, self.models), self.models)
         biases = self.bias.unbind(0) if self.bias is not None else [None] * self.models
         return torch.stack([conv(x_k, w_k, b_k, self.stride, self.padding)
                             for x_k, w_k, b_k in zip(x.unbind(0), self.weight.unbind(0), biases)])
+
+
+def channel_stacked(x: torch.Tensor) -> torch.Tensor:
+    """``[K, N, C, *spatial]`` as ``[N, K*C, *spatial]``: HFTA's layout, model k's channels the k-th group.
+
+    A view, without a copy, where x came from ``models_first`` (directly, or through elementwise operations,
+    which keep their input's memory order), so a network of grouped layers copies only where its layout
+    changes (its input, a shortcut's padding).
+    """
+    return x.transpose(0, 1).reshape(x.shape[1], -1, *x.shape[3:])
+
+
+def models_first(y: torch.Tensor, models: int) -> torch.Tensor:
+    """``[N, K*C, *spatial]`` back to ``[K, N, C, *spatial]``, as a view (memory stays channel-stacked)."""
+    return y.view(y.shape[0], models, -1, *y.shape[2:]).transpose(0, 1)
 
 
 def broadcast_per_model(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
