@@ -11,12 +11,11 @@ import torch
 from vgbench.config import WandbSettings
 from vgbench.matrix import expand
 from vgbench.plan import data_shape
-from vgbench.training.run_group import data_for, run_cell, run_group
-from tests.test_stacking import (FAMILIES_TO_STACK, NO_WANDB, RATES, RESNETS, SEEDS, _comparable,
-                                 _deepest_default_cells, _first_cell_of, _profile, _same,
-                                 assert_a_grouped_kernel_group_trains_the_same_twice,
+from vgbench.training.run_group import data_for, run_cell
+from tests.test_stacking import (FAMILIES_TO_STACK, RESNETS, _deepest_default_cells, _first_cell_of,
+                                 assert_a_group_trains_the_same_twice,
                                  assert_grouped_kernels_compute_what_per_model_calls_do, assert_same_model_in_stacks,
-                                 model_four_in_stack)
+                                 model_four_in_stack, with_grouped_kernels)
 from tests.test_training import (assert_a_frozen_model_stays_and_the_others_step_as_if_alone,
                                  assert_windows_of_the_padded_images)
 
@@ -64,19 +63,13 @@ def test_pad_crop_flip_runs_on_the_gpu():
     assert torch.equal(first, pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0)))
 
 
-@pytest.mark.parametrize("family", FAMILIES_TO_STACK)
+@pytest.mark.parametrize("family", [*FAMILIES_TO_STACK, "resnet+grouped"])
 def test_a_group_trained_twice_on_a_gpu_is_bit_identical(family, tiny_params, tiny_data_root, tmp_path):
-    """What a GPU does guarantee: the same group (recorded in each result) gives the same numbers."""
-    base = _first_cell_of(tiny_params, family)
-    base = dataclasses.replace(base, trainer={**base.trainer, "accelerator": "gpu", "devices": 1})
-    cells = [dataclasses.replace(base, seed=seed, learning_rate=rate) for seed in SEEDS for rate in RATES]
-    data = data_for(base, tiny_data_root, {})
-    first = run_group(cells, data, tmp_path / "first", NO_WANDB)
-    second = run_group(cells, data, tmp_path / "second", NO_WANDB)
-    for one, two in zip(first, second):
-        assert _same(_comparable(one), _comparable(two))
-        assert _same(_profile(tmp_path / "first", one.cell_id), _profile(tmp_path / "second", two.cell_id))
-    assert len({r.final_train_loss for r in first}) == 9
+    """What a GPU does guarantee: the same group (recorded in each result) gives the same numbers; also for the
+    resnet family's grouped_kernels (one grouped cuDNN convolution and batch norm for the K models)."""
+    base = _first_cell_of(tiny_params, family.removesuffix("+grouped"))
+    assert_a_group_trains_the_same_twice(with_grouped_kernels(base) if family.endswith("+grouped") else base, "gpu",
+                                         tiny_data_root, tmp_path)
 
 
 @pytest.mark.parametrize("cell", _deepest_default_cells(), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
@@ -92,11 +85,6 @@ def test_default_profile_shapes_stack_on_a_gpu(cell):
         assert_same_model_in_stacks(cell, "cuda", reference=1, relative=1e-2)
     finally:
         torch.use_deterministic_algorithms(deterministic)
-
-
-def test_a_grouped_kernel_group_trained_twice_on_a_gpu_is_bit_identical(tiny_params, tiny_data_root, tmp_path):
-    """The resnet family's grouped_kernels (one grouped cuDNN convolution and batch norm for the K models)."""
-    assert_a_grouped_kernel_group_trains_the_same_twice(tiny_params, tiny_data_root, tmp_path, "gpu")
 
 
 @pytest.mark.parametrize("cell", RESNETS, ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")

@@ -160,14 +160,13 @@ def test_two_local_workers_match_serial_and_train_each_cell_once(serial_mlp, tin
 
 def test_local_workers_are_pinned_to_their_gpu(tiny_data_root, tmp_path):
     """CUDA_VISIBLE_DEVICES reaches each worker's environment (recorded in its results); no CUDA needed."""
-    params = write_params(tmp_path, {"name": "local", "gpus": [3, 5], "threads": 1})
-    done = vgbench(params, tiny_data_root, tmp_path / "results", "train", "--only", "mlp-he_relu")
+    # The slice and epochs of the two-worker test above, so that both workers train.
+    params = write_params(tmp_path, {"name": "local", "gpus": [3, 5], "threads": 1}, LONGER)
+    done = vgbench(params, tiny_data_root, tmp_path / "results", "train", "--only", "mlp-")
     assert done.returncode == 0, done.stdout + done.stderr
-    launches = {m["launch"]["worker"]: m["launch"]["cuda_visible_devices"]
-                for m in metrics_of(tmp_path / "results").values()}
-    assert launches and all(device == str([3, 5][worker]) for worker, device in launches.items())
-    env = {m["environment"]["cuda_visible_devices"] for m in metrics_of(tmp_path / "results").values()}
-    assert env <= {"3", "5"}
+    results = metrics_of(tmp_path / "results").values()
+    assert {(m["launch"]["worker"], m["launch"]["cuda_visible_devices"]) for m in results} == {(0, "3"), (1, "5")}
+    assert {(m["launch"]["worker"], m["environment"]["cuda_visible_devices"]) for m in results} == {(0, "3"), (1, "5")}
 
 
 def test_a_result_records_the_threads_its_cells_pinned_not_the_worker_s_default(tiny_data_root, tmp_path):
@@ -411,3 +410,25 @@ def test_an_unwritable_results_folder_is_refused_before_training(tiny_data_root,
     done = vgbench(params, tiny_data_root, results_file, "train", "--only", "mlp-he_relu-mnist1d-d2")
     assert done.returncode == 1
     assert f"cannot write results under {results_file}" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_ddp_profile_asks_slurm_for_srun_tasks_one_cell_at_a_time(tiny_params, tmp_path):
+    """devices x num_nodes SLURM tasks per cell, under srun (submitit's command), one cell per task: the sbatch
+    script the slurm launcher would submit (needs no cluster; tests/test_slurm.py submits real jobs)."""
+    from vgbench.config import parse_params
+    from vgbench.launch.request import LaunchRequest
+    from vgbench.launch.slurm import executor_for, plan_units
+    from vgbench.matrix import expand
+
+    raw = tiny_params.model_dump()
+    raw["profiles"]["tiny"]["trainer"] = {"accelerator": "gpu", "devices": 4, "num_nodes": 2, "strategy": "ddp"}
+    params = parse_params(raw)
+    cells = expand(params.active)[:3]
+    request = LaunchRequest(params=params, params_path=tmp_path / "params.yaml", profile="tiny", cells=cells,
+                            data_root=tmp_path, results_root=tmp_path, folder=tmp_path,
+                            settings=params.active.launcher.model_copy(update={"name": "slurm"}))
+    assert [unit.cell_ids for unit in plan_units(request)] == [(c.cell_id,) for c in cells]
+    script = executor_for(request)._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=4" in script
+    assert "#SBATCH --gpus-per-node=4" in script
+    assert "\nsrun " in script  # Lightning reads the ranks of srun's tasks

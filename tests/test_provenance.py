@@ -18,14 +18,20 @@ def _git(repo, *args):
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
 
 
+def _committed_checkout(repo, files: dict[str, str]) -> str:
+    """A real git checkout at ``repo`` with ``files`` committed; returns its HEAD."""
+    repo.mkdir(exist_ok=True)
+    _git(repo, "init", "-q")
+    for name, text in files.items():
+        (repo / name).write_text(text)
+        _git(repo, "add", name)
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 def test_git_commit_and_dirty_flag_come_from_a_real_checkout(tmp_path):
     repo = tmp_path / "repo"
-    repo.mkdir()
-    _git(repo, "init", "-q")
-    (repo / "params.yaml").write_text("profile: default\n")
-    _git(repo, "add", "params.yaml")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
-    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    head = _committed_checkout(repo, {"params.yaml": "profile: default\n"})
     assert provenance._git(repo) == {"commit": head, "dirty": False, "changed": []}
     (repo / "dvc.lock").write_text("schema: '2.0'\n")
     _git(repo, "add", "dvc.lock")
@@ -40,7 +46,11 @@ def test_git_commit_and_dirty_flag_come_from_a_real_checkout(tmp_path):
     assert outside["commit"] is None and outside["why"]
 
 
-def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_path, params, cells):
+def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_path, params, cells, monkeypatch):
+    # The build reads git and dvc.lock from the working directory, as `dvc repro` runs it: a checkout here.
+    lock_text = "schema: '2.0'\nstages: {}\n"
+    head = _committed_checkout(tmp_path, {"dvc.lock": lock_text})
+    monkeypatch.chdir(tmp_path)
     results, data = tmp_path / "results", tmp_path / "data"
     write_results(results, cells)
     (data / "mnist1d").mkdir(parents=True)
@@ -57,7 +67,8 @@ def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_p
     walls = [json.loads(p.read_text())["wall_seconds"] for p in results.glob("cells/*/metrics.json")]
     assert block["device_seconds"] == round(sum(walls), 1) and block["device_seconds_by_family"] == {"mlp": block["device_seconds"]}
     assert len(block["environments"]) == 1 and block["environments"][0]["torch"] == "x"
-    assert block["git"]["commit"] is None or len(block["git"]["commit"]) == 40
+    assert block["git"] == {"commit": head, "dirty": False, "changed": []}  # results/, data/: untracked
+    assert block["dvc_lock_sha256"] == hashlib.sha256(lock_text.encode()).hexdigest()
     line = provenance.one_line(block)
     assert f"params.yaml sha256 {digest[:12]}" in line and "36 cells" in line
     assert (results / "leaderboard.md").read_text().rstrip().endswith("one page: CARD.md).")

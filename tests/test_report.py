@@ -491,9 +491,10 @@ def golden_ranked() -> pd.DataFrame:
 
 def check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
-    if UPDATE_GOLDEN:
+    if UPDATE_GOLDEN:  # never a pass: the new file is to be read (git diff) before it is committed
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
+        pytest.skip(f"{path} written; review it with `git diff` before committing")
     assert path.exists(), (f"{path} is missing: run `VGBENCH_UPDATE_GOLDEN=1 python -m pytest "
                            f"tests/test_report.py` to create it")
     assert text == path.read_text(), (f"output differs from {path}; if the change is intended, run "

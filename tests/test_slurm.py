@@ -185,24 +185,3 @@ def test_a_claim_inside_a_slurm_job_lives_as_long_as_the_job(tmp_path):
     wait_for(lambda: job_id not in claims.queued_slurm_jobs(), 60, "the job to leave the queue")
     assert claims.live_claims(tmp_path) == {}
     assert claims.try_claim(tmp_path, "cell-s", "test") is not None
-
-
-def test_a_ddp_profile_runs_each_cell_alone_as_srun_tasks(tiny_params, tmp_path):
-    """devices x num_nodes SLURM tasks per cell, under srun (submitit's command), one cell per task."""
-    from vgbench.config import parse_params
-    from vgbench.launch.request import LaunchRequest
-    from vgbench.launch.slurm import executor_for, plan_units
-    from vgbench.matrix import expand
-
-    raw = tiny_params.model_dump()
-    raw["profiles"]["tiny"]["trainer"] = {"accelerator": "gpu", "devices": 4, "num_nodes": 2, "strategy": "ddp"}
-    params = parse_params(raw)
-    cells = expand(params.active)[:3]
-    request = LaunchRequest(params=params, params_path=tmp_path / "params.yaml", profile="tiny", cells=cells,
-                            data_root=tmp_path, results_root=tmp_path, folder=tmp_path,
-                            settings=params.active.launcher.model_copy(update={"name": "slurm"}))
-    assert [unit.cell_ids for unit in plan_units(request)] == [(c.cell_id,) for c in cells]
-    script = executor_for(request)._make_submission_file_text("python -m submitit.core._submit x", "uid")
-    assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=4" in script
-    assert "#SBATCH --gpus-per-node=4" in script
-    assert "\nsrun " in script  # Lightning reads the ranks of srun's tasks

@@ -294,19 +294,22 @@ def test_grouped_kernels_compute_what_one_call_per_model_computes_up_to_rounding
 def test_a_grouped_kernel_group_trains_the_same_twice_and_records_its_layout(tiny_params, tiny_data_root, tmp_path):
     """What grouped kernels guarantee: the same group gives the same numbers; the choice is part of each
     cell's config (and so of its id), so it never shares a result with the per-model cell."""
-    assert_a_grouped_kernel_group_trains_the_same_twice(tiny_params, tiny_data_root, tmp_path, "cpu")
-
-
-def assert_a_grouped_kernel_group_trains_the_same_twice(tiny_params, tiny_data_root, tmp_path, accelerator: str):
     base = with_grouped_kernels(_first_cell_of(tiny_params, "resnet"))
+    results = assert_a_group_trains_the_same_twice(base, "cpu", tiny_data_root, tmp_path)
+    assert all(result.cell["model"]["grouped_kernels"] is True for result in results)
+    assert base.cell_id != _first_cell_of(tiny_params, "resnet").cell_id
+
+
+def assert_a_group_trains_the_same_twice(base, accelerator: str, data_root, tmp_path) -> list:
+    """The group of ``base``'s row (3 seeds x 3 rates) trained twice on ``accelerator``: the same metrics and
+    probe records, bit for bit, and nine different models. Returns the first run's results."""
     base = dataclasses.replace(base, trainer={**base.trainer, "accelerator": accelerator, "devices": 1})
     cells = [dataclasses.replace(base, seed=seed, learning_rate=rate) for seed in SEEDS for rate in RATES]
-    data = data_for(base, tiny_data_root, {})
+    data = data_for(base, data_root, {})
     first = run_group(cells, data, tmp_path / "first", NO_WANDB)
     second = run_group(cells, data, tmp_path / "second", NO_WANDB)
     for one, two in zip(first, second):
         assert _same(_comparable(one), _comparable(two))
         assert _same(_profile(tmp_path / "first", one.cell_id), _profile(tmp_path / "second", two.cell_id))
-        assert one.cell["model"]["grouped_kernels"] is True
     assert len({r.final_train_loss for r in first}) == 9
-    assert base.cell_id != _first_cell_of(tiny_params, "resnet").cell_id
+    return first

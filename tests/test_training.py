@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -95,8 +96,8 @@ def test_a_diverging_cell_is_a_result_not_a_crash(tiny_params, tiny_data, tmp_pa
     cell = _cell(tiny_params, "he_relu", 6, learning_rate=1e6)
     metrics = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
     assert metrics.status == "diverged" and metrics.failure == "diverged"
-    assert metrics.diverged_at_step is not None and metrics.steps <= metrics.diverged_at_step + 1
-    assert metrics.trainable is False
+    assert metrics.diverged_at_step is not None and metrics.steps == metrics.diverged_at_step + 1
+    assert metrics.trainable is False and math.isnan(metrics.test_metric)
     text = (tmp_path / "cells" / cell.cell_id / "metrics.json").read_text()
     assert json.loads(text)["failure"] == "diverged"
 
@@ -211,6 +212,8 @@ def test_trainer_threads_pins_torch_threads_and_is_recorded(tiny_params, tiny_da
     cell = _cell(tiny_params, "he_relu", 2)
     cell = dataclasses.replace(cell, trainer={**cell.trainer, "threads": 1})
     try:
+        torch.set_num_threads(2)  # so that the pin is seen, whatever this process started with
+        assert torch.get_num_threads() == 2
         metrics = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
         assert torch.get_num_threads() == 1
         assert metrics.environment["torch_threads"] == 1 and metrics.cell["trainer"]["threads"] == 1

@@ -25,6 +25,7 @@ from vgbench.config import WandbSettings
 from vgbench.matrix import expand
 from vgbench.probes.theory import SOURCE as THEORY_SOURCE
 from vgbench.report.build import build_leaderboard
+from vgbench.results import cell_state
 from vgbench.training.run_group import run_cell
 
 OFFLINE = WandbSettings(mode="offline")
@@ -184,8 +185,11 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
     # The published claims with their verdicts (vgbench/findings.py), one row each, as claims.md has them.
     claims = run.table_rows(names.CLAIMS)
     assert len(claims) == len(CLAIMS.names()) and {r["claim"] for r in claims} == set(CLAIMS.names())
+    written = json.loads((trained_results / "leaderboard.json").read_text())["claims"]
+    assert {r["claim"]: (r["verdict"], r["evidence"]) for r in claims} == {
+        name: (claim["verdict"], claim["evidence"]) for name, claim in written.items()}
     he_relu = next(r for r in claims if r["claim"] == "he2015_relu_he_init")
-    assert he_relu["verdict"] in ("holds", "fails") and "he_relu d6" in he_relu["evidence"]
+    assert "he_relu d6" in he_relu["evidence"]
     assert "| `he2015_relu_he_init` |" in (trained_results / "claims.md").read_text()
     assert {r["theory"] for r in rows} == {THEORY_SOURCE}  # both remedies are MLPs the mean field predicts
     figures = sorted(key for key in run.summary if key.startswith("figures/"))
@@ -203,10 +207,15 @@ def test_disabled_mode_writes_no_run(tiny_params, trained_results, tmp_path):
     assert offline_runs(wandb_dir) == []
 
 
-def test_cells_are_not_tied_to_a_wandb_mode(tiny_params):
+def test_cells_are_not_tied_to_a_wandb_mode(tiny_params, trained_results):
     """The W&B mode is not part of a cell's config: switching it never reruns a cell."""
-    cell = _cell(tiny_params, "small_init", 2)
+    ids = {mode: [cell.cell_id for cell in expand(tiny_params.model_copy(
+        update={"wandb": WandbSettings(mode=mode)}).active)] for mode in ("offline", "disabled", "online")}
+    assert ids["offline"] == ids["disabled"] == ids["online"]
+    cell = _cell(tiny_params.model_copy(update={"wandb": OFFLINE}), "small_init", 2)
     assert "wandb" not in json.dumps(dataclasses.asdict(cell))
+    # trained_results trained it with W&B disabled; under offline W&B it is done, not to train again.
+    assert cell_state(trained_results, cell.cell_id).state == "done"
 
 
 def test_a_cell_run_without_its_profile_is_refused_before_training(tiny_params, tiny_data, tmp_path):

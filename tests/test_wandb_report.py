@@ -4,6 +4,7 @@ match the names vgbench logs its runs with, and wandb-workspaces accepts it."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -117,14 +118,19 @@ def test_publish_refuses_a_non_online_mode_after_writing_the_report_files(built,
 
     from tests.test_report import small_params
 
-    _, _, results, _ = built
+    spec, _, built_results, _ = built
+    results = tmp_path / "results"
+    shutil.copytree(built_results, results)
+    shutil.rmtree(results / "report")  # so that what the command writes is seen to be written
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({**small_params(), "wandb": {"project": "vgbench", "mode": "offline"}}))
     code = main(["report", "--params", str(params), "--results-root", str(results), "--publish"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "set wandb.mode: online" in err and "'offline'" in err and "wandb sync" in err
-    assert (results / "report" / "report.json").is_file()  # the local files are still written
+    # The local files are still written, and are the report of these results.
+    assert json.loads((results / "report" / "report.json").read_text()) == spec
+    assert (results / "report" / "report.md").read_text() == (built_results / "report" / "report.md").read_text()
 
 
 def test_an_unset_entity_is_filled_everywhere_before_saving(built):
