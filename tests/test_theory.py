@@ -15,10 +15,13 @@ from vgbench.probes.gradient_flow import GradientFlowProbe
 from vgbench.probes.theory import SOURCE, gaussian_moments, predict
 from vgbench.tasks import TASKS
 
-# Finite width (32-64 units) and one batch of 256 move a measured ratio by a few percent per layer around
-# the infinite-width value; for an RNN the tied recurrent weights make each step's rate a property of the
-# one drawn matrix, of which the spectral radius is only the asymptote. Hence: 0.25 plus 15% of the prediction.
-ABSOLUTE, RELATIVE = 0.25, 0.15
+# Finite width (32-64 units) and one batch of 256 move a measured ratio around the infinite-width value: by
+# at most 0.19 decades, or 0.6% of a -32 prediction, in the cases below (2026-11-30). For an RNN the tied
+# recurrent weights make each step's rate a property of the one drawn matrix, of which the spectral radius is
+# only the asymptote: the standard-init tanh RNN measured 8-9% below its prediction. Hence: 0.25 decades plus
+# 3% of the prediction for the feed-forward stacks, 15% for the RNNs.
+ABSOLUTE = 0.25
+RELATIVE = {"mlp": 0.03, "highway": 0.03, "rnn": 0.15}
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "elu", "selu"])
@@ -81,7 +84,7 @@ def test_prediction_holds_to_the_measurement_where_the_theory_applies(case):
     prediction = predict(model.mean_field(), x, model.models)
     assert prediction.notes == [SOURCE] * 2
     for predicted, measured in zip(prediction.log10_first_last, _measured(model, x, y, task)):
-        assert abs(predicted - measured) <= ABSOLUTE + RELATIVE * abs(predicted), (case, predicted, measured)
+        assert abs(predicted - measured) <= ABSOLUTE + RELATIVE[family] * abs(predicted), (case, predicted, measured)
 
 
 def test_the_worked_example_small_init_sigmoid_width_64_depth_20():
