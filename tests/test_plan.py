@@ -275,6 +275,8 @@ def test_device_description_names_the_cpu_and_threads():
 def test_plan_main_reports_the_profile(tiny_params):
     text = plan_main(tiny_params, steps=1, task_minutes=30)
     assert text.startswith("# vgbench plan: profile `tiny`, 13 cells")
+    *_, total = _table_rows(text)
+    assert float(total[6]) < 0.5  # device-hours: what it measured fits one 30-minute task, so it packs one
     assert "SLURM: 1 array task of at most 30 min" in text
     assert "Measured on cpu: " in text
 
