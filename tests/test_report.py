@@ -585,7 +585,7 @@ def test_build_leaderboard(tmp_path, params, cells):
     write_results(tmp_path, cells)
     written = build.build_leaderboard(params, tmp_path, log_to_wandb=False)
 
-    for name in ("leaderboard.json", "leaderboard.csv", "leaderboard.md", "leaderboard.tex"):
+    for name in ("leaderboard.json", "metrics.json", "leaderboard.csv", "leaderboard.md", "leaderboard.tex"):
         assert tmp_path / name in written and (tmp_path / name).stat().st_size > 0
     figures = sorted((tmp_path / "figures").glob("*.png"))
     assert [f.name for f in figures] == ["depth_mlp_mnist1d.png", "grad_profile_mlp_mnist1d_d6.png"]
@@ -631,13 +631,23 @@ def test_build_leaderboard(tmp_path, params, cells):
             r"$0.600 \pm 0.000$ {\scriptsize $[0.600, 0.600]$} & $-0.6$ & 1--2 \\") in tex  # ranked as in the .md
     assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex and "rank: tie-aware" in tex
     assert r"mlp on mnist1d~\cite{greydanus2020scaling}: " in tex  # the data set's source, in the caption
-    # Published claims checked against these rows: he_relu trains at depth 6 (2 of 3 seeds) with a flat
+    # Published claims checked against these rows: he_relu trains at depth 6 (all 3 seeds) with a flat
     # init ratio (-0.6); clipping leaves the small-init ratio (-0.3 vs -inf) alone: that one fails here.
     claims = (tmp_path / "claims.md").read_text()
     assert claims.startswith("## Published claims (profile synthetic): ")
     assert "| `he2015_relu_he_init` |" in claims and summary["claims"]["he2015_relu_he_init"]["verdict"] == "holds"
     assert summary["claims"]["srivastava2015_highway_trains_deep"]["verdict"] == "not in this profile"
     assert summary["claims"]["pascanu2013_clipping_not_vanishing"]["verdict"] == "fails"
+    # DVC's metrics file: the headline of the same tables, one short row (vgbench/report/headline.py).
+    verdicts = [claim["verdict"] for claim in summary["claims"].values()]
+    assert _strict_json((tmp_path / "metrics.json").read_text()) == {
+        "profile": "synthetic", "cells": 36, "cells_missing": 0,
+        "claims": {"holds": verdicts.count("holds"), "fails": verdicts.count("fails"),
+                   "not_in_profile": verdicts.count("not in this profile")},
+        # At depth 6: he_relu and grad_clip train (3/3 and 2/3 seeds), small_init vanished (3/3); he_relu leads.
+        "mlp/mnist1d": {"deepest": 6, "remedies": 3, "trainable_at_deepest": 2, "vanished_at_deepest": 1,
+                        "leader": "he_relu", "leader_test_accuracy": 0.6}}
+    assert verdicts.count("holds") and verdicts.count("fails") and verdicts.count("not in this profile")
     assert r"\label{tab:vgbench-claims}" in (tmp_path / "claims.tex").read_text()
     assert tmp_path / "references.bib" in written  # every key the tables cite, beside them
     cited = {key for group in re.findall(r"\\cite\{([^}]*)\}", tex) for key in group.split(",")}

@@ -195,6 +195,9 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
     figures = sorted(key for key in run.summary if key.startswith("figures/"))
     assert figures == ["figures/depth_mlp_mnist1d", "figures/grad_profile_mlp_mnist1d_d6"]
     assert all((run.files / run.summary[figure]["path"]).is_file() for figure in figures)
+    # The headline numbers, as DVC's metrics file has them, in the run's summary (W&B's runs table).
+    assert run.summary[names.HEADLINE] == json.loads((trained_results / "metrics.json").read_text())
+    assert run.summary[names.HEADLINE]["mlp/mnist1d"]["leader"] == "he_relu"
 
 
 def test_disabled_mode_writes_no_run(tiny_params, trained_results, tmp_path):

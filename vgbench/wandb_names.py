@@ -40,6 +40,7 @@ LEADERBOARD = "leaderboard"
 RANKING = "ranking"
 CLAIMS = "claims"
 FIGURES = "figures/"
+HEADLINE = "headline"  # the leaderboard run's summary: results/metrics.json (vgbench/report/headline.py)
 
 
 def cell_run_id(cell_id: str) -> str:

@@ -2,7 +2,8 @@
 
 Reads only ``results/cells/*/metrics.json`` and ``grad_profile.json`` of the
 active profile's cells, so everything here can be rebuilt without retraining.
-Writes ``results/leaderboard.{json,csv,md,tex}``, the published claims checked against them
+Writes ``results/leaderboard.{json,csv,md,tex}``, the headline numbers DVC shows (``results/metrics.json``,
+vgbench/report/headline.py), the published claims checked against them
 (``results/claims.{md,tex}``, vgbench/findings.py), ``references.bib`` (what the LaTeX cites), the figures (gradient
 profile at the deepest depth, and metric / training loss / gradient ratio
 against depth) and the profile's data under ``results/plots/``.
@@ -24,6 +25,7 @@ from vgbench.models import FAMILIES
 from vgbench.probes import theory
 from vgbench.references import BIB_PATH, latex_cite
 from vgbench.report import aggregate, figures, formats, provenance
+from vgbench.report.headline import headline
 from vgbench.tuning import matrix_cells
 
 
@@ -100,13 +102,15 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         "claims": {r["claim"]: r for r in _records(claims)},
         "provenance": source,
     }
+    head = headline(params.profile, len(cells), len(missing), rows, ranked, claims)
     pairs = list(rows[["family", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
 
     def part(frame: pd.DataFrame, family: str, dataset: str) -> pd.DataFrame:
         return frame[(frame.family == family) & (frame.dataset == dataset)]
 
     outputs = {
-        "leaderboard.json": None,
+        "leaderboard.json": summary,
+        "metrics.json": head,  # what `dvc metrics show` prints
         # A plain table: its provenance travels as four columns, the same in every row.
         "leaderboard.csv": rows.assign(**provenance.columns(source)).to_csv(index=False),
         "leaderboard.md": "\n".join(
@@ -138,11 +142,11 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
     # Everything is written to a staging folder first and moved into place only when all of it was made
     # (a damaged probe file or a plotting error leaves the previous tables, figures and plots whole).
     with atomic.staged(results_root, whole_folders=("figures",)) as out:
-        for name, text in outputs.items():
-            if name == "leaderboard.json":
-                atomic.write_json(out / name, summary)
+        for name, content in outputs.items():
+            if isinstance(content, dict):
+                atomic.write_json(out / name, content)
             else:
-                atomic.write_text(out / name, text)
+                atomic.write_text(out / name, content)
             written.append(results_root / name)
 
         # Gradient profile at the deepest depth of each (family, data set): one line per remedy. The
@@ -171,5 +175,5 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
     if log_to_wandb and params.wandb.mode != "disabled":
         from vgbench.report.wandb_tables import log_leaderboard
 
-        log_leaderboard(params, rows, ranked, claims, [p for p in written if p.suffix == ".png"])
+        log_leaderboard(params, rows, ranked, claims, head, [p for p in written if p.suffix == ".png"])
     return written

@@ -17,10 +17,11 @@ def _table(frame: pd.DataFrame):
     return wandb.Table(dataframe=frame.astype(object).where(frame.notna(), None))
 
 
-def log_leaderboard(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, claims: pd.DataFrame,
+def log_leaderboard(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, claims: pd.DataFrame, headline: dict,
                     figures: list[Path]) -> None:
     """One run holding the leaderboard, ranking and claims tables and the figures (offline by default:
-    ``wandb sync`` uploads it later)."""
+    ``wandb sync`` uploads it later), with the headline numbers (results/metrics.json) in its summary, so
+    that W&B's runs table compares leaderboard runs as ``dvc metrics diff`` compares commits."""
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
@@ -30,4 +31,5 @@ def log_leaderboard(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, cl
                      settings=wandb.Settings(console="off", x_disable_stats=True, silent=True))
     run.log({names.LEADERBOARD: _table(rows), names.RANKING: _table(ranked), names.CLAIMS: _table(claims),
              **{f"{names.FIGURES}{p.stem}": wandb.Image(str(p)) for p in figures}})
+    run.summary[names.HEADLINE] = headline
     run.finish()

@@ -1,0 +1,46 @@
+"""The headline numbers: a small ``results/metrics.json`` that ``dvc metrics show`` and ``dvc metrics diff``
+(and ``dvc exp show``) can print as a readable row.
+
+``leaderboard.json`` holds every row, interval and claim (about 300 KB); declared as DVC's metrics file it
+made ``dvc metrics show`` one table row thousands of columns wide. This file keeps what a comparison between
+two runs or commits turns on, per (family, data set) block at its deepest depth: how many remedies train,
+how many vanish, and which remedy leads with what test metric; and over the profile: cells, missing cells
+and the published claims' verdicts. Every number is read from the same tables as the leaderboard.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from vgbench.findings import ABSENT, FAILS, HOLDS
+from vgbench.report import MAJORITY
+
+
+def block_headline(rows: pd.DataFrame, ranked: pd.DataFrame) -> dict:
+    """One (family, data set) block: its deepest depth, the remedies trainable there (by at least half their
+    seeds), those whose gradient vanished there, and the rank-1 remedy with its test metric."""
+    deepest = int(rows["depth"].max())
+    at_deepest = rows[rows["depth"] == deepest]
+    leader = ranked.sort_values("rank").iloc[0]
+    return {
+        "deepest": deepest,
+        "remedies": int(at_deepest["remedy"].nunique()),
+        "trainable_at_deepest": int((at_deepest["trainable_rate"] >= MAJORITY).sum()),
+        "vanished_at_deepest": int((at_deepest["rate_vanished"] >= MAJORITY).sum()),
+        "leader": str(leader["remedy"]),
+        f"leader_test_{leader['metric']}": float(f"{leader['test_metric_at_deepest']:.4g}"),  # 4 significant digits
+    }
+
+
+def headline(profile: str, cells: int, missing: int, rows: pd.DataFrame, ranked: pd.DataFrame,
+             claims: pd.DataFrame) -> dict:
+    verdicts = claims["verdict"].value_counts() if len(claims) else pd.Series(dtype=int)
+    summary = {
+        "profile": profile, "cells": cells, "cells_missing": missing,
+        "claims": {"holds": int(verdicts.get(HOLDS, 0)), "fails": int(verdicts.get(FAILS, 0)),
+                   "not_in_profile": int(verdicts.get(ABSENT, 0))},
+    }
+    for (family, dataset), block in rows.groupby(["family", "dataset"], sort=False):
+        block_ranked = ranked[(ranked["family"] == family) & (ranked["dataset"] == dataset)]
+        summary[f"{family}/{dataset}"] = block_headline(block, block_ranked)
+    return summary
