@@ -9,9 +9,10 @@
    as its weight buffer (``torch._cudnn_rnn``): nothing to copy.
 2. **A grouped convolution for the ResNet** (HFTA's way): one ``conv2d`` with ``groups=K`` over
    ``[N, K*C, H, W]`` instead of K calls, the layout copies included.
-3. **A whole residual block channel-stacked**: grouped convolutions *and* one batch norm over K*C
-   channels, activations kept as ``[N, K*C, ...]``, against today's ``StackedConv``/``StackedNorm``
-   (one call per model each): what the ResNet would gain from the layout, not from the convolution alone.
+3. **A whole residual block channel-stacked** (the resnet family's ``grouped_kernels``): grouped
+   convolutions *and* one batch norm over K*C channels, activations kept as ``[N, K*C, ...]``, against the
+   default ``StackedConv``/``StackedNorm`` (one call per model each): what the ResNet gains from the
+   layout, not from the convolution alone.
 
 Per path: ms per forward + backward (median of ``--repeats`` after warm-up, CUDA-synchronized) and the
 largest difference from today's path relative to the largest value (0: bit-identical). The LSTM part
@@ -153,54 +154,45 @@ def conv_paths(models: int, batch: int, device: str, repeats: int) -> None:
 
 
 def block_paths(models: int, batch: int, device: str, repeats: int) -> None:
-    """A whole residual block (conv, BN, ReLU, conv, BN, + x, ReLU) as the ResNet trains it today
-    (``StackedConv`` and ``StackedNorm``: one kernel call per model) against the same parameters in HFTA's
-    channel-stacked layout: activations ``[N, K*C, ...]``, grouped convolutions and one batch norm over K*C
-    channels (per-model statistics, since each channel belongs to one model). A grouped convolution
-    alone leaves the K batch-norm calls and the layout copies in place; this is the path's whole gain."""
+    """A whole residual block (conv, BN, ReLU, conv, BN, + x, ReLU) as the ResNet trains it by default
+    (``StackedConv`` and ``StackedNorm``: one kernel call per model) against the same parameters with
+    ``grouped=True``, the resnet family's ``grouped_kernels``: HFTA's channel-stacked layout, activations
+    ``[N, K*C, ...]`` in memory, grouped convolutions and one batch norm over K*C channels (per-model
+    statistics, since each channel belongs to one model). A grouped convolution alone leaves the K
+    batch-norm calls and the layout copies in place; this is the layout's whole gain."""
+    import copy
+
     from vgbench.models.stacked import StackedConv, StackedNorm
 
-    print(f"residual block, K={models}, batch {batch}: forward+backward ms (today's per-model calls | "
-          "channel-stacked: grouped conv + one batch norm)")
+    print(f"residual block, K={models}, batch {batch}: forward+backward ms (one call per model | "
+          "grouped_kernels: grouped conv + one batch norm)")
     for dims, channels, size in ((1, 16, 40), (2, 16, 32), (2, 64, 8)):  # MNIST-1D's ResNet; CIFAR's stages
         torch.manual_seed(0)
         spatial = (size,) * dims
-        convs = [StackedConv(models, dims, channels, channels, 3, padding=1, bias=False).to(device) for _ in range(2)]
-        norms = [StackedNorm(models, channels, "batchnorm").to(device) for _ in range(2)]
-        for layer in (*convs, *norms):
+        per_model = torch.nn.ModuleList(
+            [StackedConv(models, dims, channels, channels, 3, padding=1, bias=False) for _ in range(2)]
+            + [StackedNorm(models, channels, "batchnorm") for _ in range(2)]).to(device)
+        for layer in per_model:
             for k in range(models):
                 layer.init_model(k)
+        grouped = copy.deepcopy(per_model)
+        for layer in grouped:
+            layer.grouped = True
         x = torch.randn(models, batch, channels, *spatial, device=device)
-        conv = F.conv1d if dims == 1 else F.conv2d
 
-        def today():
-            h = torch.relu(norms[0](convs[0](x)))
-            return torch.relu(norms[1](convs[1](h)) + x)
+        def block(layers):
+            conv1, conv2, norm1, norm2 = layers
+            return torch.relu(norm2(conv2(torch.relu(norm1(conv1(x))))) + x)
 
-        def stacked_norm(h, norm):  # the K models' [K, C] statistics and affine parameters as K*C channels
-            return F.batch_norm(h, norm.running_mean.view(-1), norm.running_var.view(-1), norm.weight.view(-1),
-                                norm.bias.view(-1), True, norm.momentum, norm.eps)
-
-        def channel_stacked():
-            flat_x = x.transpose(0, 1).reshape(batch, models * channels, *spatial)
-            h = flat_x
-            for i, (c, n) in enumerate(zip(convs, norms)):
-                h = conv(h, c.weight.reshape(models * channels, channels, *c.weight.shape[3:]), padding=1,
-                         groups=models)
-                h = stacked_norm(h, n)
-                h = torch.relu(h + flat_x) if i == 1 else torch.relu(h)
-            return h.view(batch, models, channels, *spatial).transpose(0, 1)
-
-        params = [p for layer in (*convs, *norms) for p in layer.parameters()]
         values, times = [], []
-        for forward in (today, channel_stacked):
-            def step(forward=forward):
-                for p in params:
+        for layers in (per_model, grouped):
+            def step(layers=layers):
+                for p in layers.parameters():
                     p.grad = None
-                forward().pow(2).mean().backward()
+                block(layers).pow(2).mean().backward()
             times.append(timed(step, repeats, device))
             step()
-            values.append([forward().detach(), *(p.grad.clone() for p in params)])
+            values.append([block(layers).detach(), *(p.grad.clone() for p in layers.parameters())])
         print(f"  {dims}-D {channels:3d} channels, size {size:2d} {times[0]:8.2f} | {times[1]:8.2f}   "
               f"({times[0] / times[1]:.2f}x) max rel. difference {relative_difference(values[1], values[0]):.2g}")
 
