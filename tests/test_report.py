@@ -535,19 +535,23 @@ def test_leaderboard_latex_golden():
     check_golden("leaderboard.tex", text)
     lines = text.splitlines()
     assert lines[0] == r"\begin{table}[t]" and lines[-1] == r"\end{table}"
-    assert r"\begin{tabular}{llrrrr}" in lines
+    assert r"\begin{tabular}{lrrrr}" in lines  # one data set: named in the caption, not in a column
     for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
         assert lines.count(rule) == 1
     assert lines.index(r"\toprule") < lines.index(r"\midrule") < lines.index(r"\bottomrule")
-    assert r"\cmidrule(lr){3-4}\cmidrule(lr){5-6}" in lines
+    assert r"\cmidrule(lr){2-3}\cmidrule(lr){4-5}" in lines
+
+    def over(main: str, under: str) -> str:  # the interval (or prediction) small, under the number
+        return rf"\begin{{tabular}}[t]{{@{{}}r@{{}}}}{main}\\{{\scriptsize {under}}}\end{{tabular}}"
+
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
     assert body == [
-        r"mnist1d & small\_init~\cite{hochreiter1991untersuchungen,bengio1994learning,hinton2010practical} & "
-        r"$0.420 \pm 0.020$ {\scriptsize $[0.370, 0.470]$} & $-1.2$ ($-1.2$) & "
-        r"$0.100 \pm 0.000$ {\scriptsize $[0.100, 0.100]$} & $-\infty$ ($-32.3$) \\",
-        r"mnist1d & he\_relu~\cite{glorot2011deep,he2015delving} & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & "
-        r"$0.0$ & $0.500 \pm 0.408$ {\scriptsize $[-0.514, 1.514]$} & -- \\",
-        r"mnist1d & grad\_clip~\cite{pascanu2013difficulty} & $0.568 \pm 0.012$ & $-1.0$ & -- & -- \\",
+        r"small\_init~\cite{hochreiter1991untersuchungen,bengio1994learning,hinton2010practical} & "
+        + over(r"$0.420 \pm 0.020$", "$[0.370, 0.470]$") + " & " + over("$-1.2$", "($-1.2$)") + " & "
+        + over(r"$0.100 \pm 0.000$", "$[0.100, 0.100]$") + " & " + over(r"$-\infty$", "($-32.3$)") + r" \\",
+        r"he\_relu~\cite{glorot2011deep,he2015delving} & " + over(r"$0.700 \pm 0.050$", "$[0.576, 0.824]$")
+        + " & $0.0$ & " + over(r"$0.500 \pm 0.408$", "$[-0.514, 1.514]$") + r" & -- \\",
+        r"grad\_clip~\cite{pascanu2013difficulty} & $0.568 \pm 0.012$ & $-1.0$ & -- & -- \\",
     ]
     assert "he_relu" not in text and "grad_clip" not in text  # underscores escaped
     assert "±" not in text and "–" not in text  # ASCII LaTeX only
@@ -557,7 +561,7 @@ def test_leaderboard_latex_golden():
 def test_the_latex_table_carries_the_tie_aware_rank_with_its_level_sensitive_mark():
     ranked = golden_ranked().assign(rank_level_sensitive=[True, False, False])
     lines = formats.leaderboard_latex(golden_rows(), caption="c", ranked=ranked).splitlines()
-    assert r"\begin{tabular}{llrrrrc}" in lines
+    assert r"\begin{tabular}{lrrrrc}" in lines
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
     assert [row.removesuffix(r" \\").rsplit(" & ", 1)[1] for row in body] == ["2--3", r"1$^\sim$", "2--3"]
     header = lines[lines.index(r"\midrule") - 1]
@@ -568,9 +572,13 @@ def test_the_latex_table_carries_the_tie_aware_rank_with_its_level_sensitive_mar
 
 
 def test_latex_escapes_names():
-    rows = golden_rows().iloc[:1].assign(dataset="a&b", remedy=r"50%_x\y")
-    text = formats.leaderboard_latex(rows, caption="c")
-    assert r"a\&b & 50\%\_x\textbackslash{}y & " in text
+    """Names from the data are escaped, the data set's too where a table spans several (then in a column)."""
+    row = golden_rows().iloc[:1]
+    rows = pd.concat([row.assign(dataset="a&b", remedy=r"50%_x\y"), row.assign(dataset="c", remedy="d")])
+    lines = formats.leaderboard_latex(rows, caption="c").splitlines()
+    assert r"\begin{tabular}{llrr}" in lines and r"data & remedy & test acc. & $\log_{10}\frac{g_1}{g_L}$ \\" in lines
+    assert any(line.startswith(r"a\&b & 50\%\_x\textbackslash{}y & ") for line in lines)
+    assert any(line.startswith("c & d & ") for line in lines)
 
 
 # 6. the whole stage ---------------------------------------------------------------------------------------------
@@ -627,8 +635,9 @@ def test_build_leaderboard(tmp_path, params, cells):
     assert "| 1–2 | he_relu | 6 | 0.600 ± 0.000 | [0.600, 0.600] |" in md
     assert "| 1–2 | grad_clip | 6 | 0.500 ± 0.436 | [-0.583, 1.583] |" in md and "| 3 | small_init | 2 |" in md
     tex = (tmp_path / "leaderboard.tex").read_text()
-    assert (r"mnist1d & he\_relu~\cite{glorot2011deep,he2015delving} & $0.700 \pm 0.050$ {\scriptsize $[0.576, 0.824]$} & $0.2$ & "
-            r"$0.600 \pm 0.000$ {\scriptsize $[0.600, 0.600]$} & $-0.6$ & 1--2 \\") in tex  # ranked as in the .md
+    assert (r"he\_relu~\cite{glorot2011deep,he2015delving} & \begin{tabular}[t]{@{}r@{}}$0.700 \pm 0.050$\\"
+            r"{\scriptsize $[0.576, 0.824]$}\end{tabular} & $0.2$ & \begin{tabular}[t]{@{}r@{}}$0.600 \pm 0.000$\\"
+            r"{\scriptsize $[0.600, 0.600]$}\end{tabular} & $-0.6$ & 1--2 \\") in tex  # ranked as in the .md
     assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex and "rank: tie-aware" in tex
     assert r"mlp on mnist1d~\cite{greydanus2020scaling}: " in tex  # the data set's source, in the caption
     # Published claims checked against these rows: he_relu trains at depth 6 (all 3 seeds) with a flat

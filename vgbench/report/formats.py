@@ -139,11 +139,18 @@ def _tex_math(value: float, digits: int) -> str:
     return "--" if text == "–" else {"-inf": r"$-\infty$", "inf": r"$\infty$"}.get(text, f"${text}$")
 
 
-def _tex_interval(low: float, high: float) -> str:
-    """The 95% interval under the mean, small; nothing where it is undefined."""
+def _tex_over(main: str, under: str) -> str:
+    """``main`` with ``under`` small beneath it, top-aligned with the row: a one-column tabular (no package
+    needed), so a cell is as wide as the wider of the two, not as both side by side."""
+    return rf"\begin{{tabular}}[t]{{@{{}}r@{{}}}}{main}\\{{\scriptsize {under}}}\end{{tabular}}"
+
+
+def _tex_mean_and_interval(mean: float, std: float, low: float, high: float) -> str:
+    """mean +- std, the 95% interval under it; the mean alone where the interval is undefined."""
+    text = rf"${_num(mean, 3)} \pm {_num(std, 3)}$"
     if math.isnan(low) or math.isnan(high):
-        return ""
-    return rf" {{\scriptsize $[{_num(low, 3)}, {_num(high, 3)}]$}}"
+        return text
+    return _tex_over(text, f"$[{_num(low, 3)}, {_num(high, 3)}]$")
 
 
 def _tex_rank(remedy: pd.Series | None) -> str:
@@ -164,28 +171,34 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
     metric = METRIC_NAMES.get(rows.iloc[0]["metric"], ("", tex_escape(rows.iloc[0]["metric"])))[1]
     depths = sorted(rows["depth"].unique())
     ranks = ({(r["dataset"], r["remedy"]): r for _, r in ranked.iterrows()} if ranked is not None else None)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small",
-             r"\begin{tabular}{ll" + "rr" * len(depths) + ("c" if ranks is not None else "") + "}", r"\toprule"]
-    lines.append(r"& & " + " & ".join(rf"\multicolumn{{2}}{{c}}{{depth {d}}}" for d in depths)
+    # One data set (the leaderboard's tables: one per family and data set) is named in the caption, not in
+    # a column that would repeat it on every row.
+    several = rows["dataset"].nunique() > 1
+    first = 3 if several else 2  # the first depth's column
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{3pt}",
+             r"\begin{tabular}{" + "l" * (first - 1) + "rr" * len(depths) + ("c" if ranks is not None else "") + "}",
+             r"\toprule"]
+    lines.append("& " * (first - 1) + " & ".join(rf"\multicolumn{{2}}{{c}}{{depth {d}}}" for d in depths)
                  + (" &" if ranks is not None else "") + r" \\")
-    lines.append("".join(rf"\cmidrule(lr){{{3 + 2 * i}-{4 + 2 * i}}}" for i in range(len(depths))))
-    lines.append(r"data & remedy & " + " & ".join(rf"test {metric} & $\log_{{10}}\frac{{g_1}}{{g_L}}$" for _ in depths)
+    lines.append("".join(rf"\cmidrule(lr){{{first + 2 * i}-{first + 1 + 2 * i}}}" for i in range(len(depths))))
+    lines.append(("data & " if several else "") + "remedy & "
+                 + " & ".join(rf"test {metric} & $\log_{{10}}\frac{{g_1}}{{g_L}}$" for _ in depths)
                  + (" & rank" if ranks is not None else "") + r" \\")
     lines.append(r"\midrule")
     for (dataset, remedy), group in rows.groupby(["dataset", "remedy"], sort=False):
         cites = REMEDIES.get(remedy).cites if remedy in REMEDIES else ()  # a hand-made row may name any remedy
-        cells = [tex_escape(dataset), tex_escape(remedy) + latex_cite(cites)]
+        cells = ([tex_escape(dataset)] if several else []) + [tex_escape(remedy) + latex_cite(cites)]
         by_depth = {int(r["depth"]): r for _, r in group.iterrows()}
         for depth in depths:
             row = by_depth.get(int(depth))
             if row is None:
                 cells += ["--", "--"]
                 continue
-            cells.append(rf"${_num(row['test_metric_mean'], 3)} \pm {_num(row['test_metric_std'], 3)}$"
-                         + _tex_interval(row["test_metric_ci_low"], row["test_metric_ci_high"]))
+            cells.append(_tex_mean_and_interval(row["test_metric_mean"], row["test_metric_std"],
+                                                row["test_metric_ci_low"], row["test_metric_ci_high"]))
             predicted = row["theory_log10_dL_dh_first_last"]
-            cells.append(_tex_math(row["init_log10_dL_dh_first_last"], 1)
-                         + ("" if math.isnan(predicted) else f" ({_tex_math(predicted, 1)})"))
+            measured = _tex_math(row["init_log10_dL_dh_first_last"], 1)
+            cells.append(measured if math.isnan(predicted) else _tex_over(measured, f"({_tex_math(predicted, 1)})"))
         if ranks is not None:
             cells.append(_tex_rank(ranks.get((dataset, remedy))))
         lines.append(" & ".join(cells) + r" \\")
