@@ -163,8 +163,10 @@ def _tex_rank(remedy: pd.Series | None) -> str:
 def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbench",
                       ranked: pd.DataFrame | None = None) -> str:
     """A booktabs table of one (family, data set): remedies as rows, each citing its sources (keys of
-    vgbench/references.bib, copied to results/references.bib), depths as column pairs (test metric,
-    log10 ratio), and with ``ranked`` (the same pair's ranking) a last column: the remedy's tie-aware rank.
+    vgbench/references.bib, copied to results/references.bib), depths as column pairs (test metric with
+    its interval under it, log10 ratio with the mean-field prediction under it), and with ``ranked`` (the
+    same pair's ranking) a last column: the remedy's tie-aware rank. A data-set column only where the rows
+    span several. Sized to fit a plain article's text width at two depths (tests/test_latex.py compiles it).
 
     ``caption`` is LaTeX and goes in as it is; names from the data are escaped.
     """
