@@ -241,7 +241,8 @@ def test_dvc_metrics_show_returns_the_headline_numbers_of_the_leaderboard(pipeli
         at_deepest = [r for r in rows if r["depth"] == deepest]
         assert data[block]["deepest"] == deepest
         assert data[block]["trainable_at_deepest"] == sum(r["trainable_rate"] >= 0.5 for r in at_deepest)
-        [leader] = [r for r in board["frontier"].values() if f"{r['family']}/{r['dataset']}" == block and r["rank"] == 1]
+        [leader] = [r for r in board["frontier"].values()
+                    if f"{r['family']}/{r['dataset']}" == block and r["rank"] == 1]
         assert data[block][f"leader_test_{leader['metric']}"] == pytest.approx(leader["test_metric_at_deepest"],
                                                                                rel=1e-3)
     # Readable as a table: the whole leaderboard as metrics printed a row of about 280,000 characters.
