@@ -250,6 +250,24 @@ def test_dvc_metrics_show_returns_the_headline_numbers_of_the_leaderboard(pipeli
     assert plain.returncode == 0 and "mlp/mnist1d.trainable_at_deepest" in plain.stdout and len(plain.stdout) < 5000
 
 
+def test_dvc_metrics_diff_reads_a_past_commit_s_headline_from_the_cache(pipeline):
+    """results/ is not in git, so a commit's metrics come from the DVC cache (dvc.yaml caches
+    metrics.json): `dvc metrics diff REV` (and `dvc exp show`) can compare runs. With `cache: false` the
+    committed revision had no metrics to read."""
+    assert pipeline.first.returncode == 0, _report(pipeline.first)
+    for command in (("git", "add", "-A"), ("git", "commit", "-qm", "a run")):
+        done = pipeline.run(*command)
+        assert done.returncode == 0, _report(done)
+    assert not pipeline.run("git", "ls-files", "results").stdout  # the results stay out of git
+    diff = pipeline.dvc("metrics", "diff", "HEAD", "--all", "--json", timeout=120)
+    assert diff.returncode == 0, _report(diff)
+    compared = json.loads(diff.stdout)["results/metrics.json"]
+    written = _numbers(json.loads((pipeline.root / "results" / "metrics.json").read_text()))
+    numeric = {key: value for key, value in compared.items() if "diff" in value}
+    assert len(numeric) == len(written)
+    assert all(value["old"] is not None and value["old"] == value["new"] for value in numeric.values()), numeric
+
+
 def test_dvc_plots_show_renders_the_gradient_profile(pipeline, tmp_path):
     assert pipeline.first.returncode == 0, _report(pipeline.first)
     shown = pipeline.dvc("plots", "show", "--json", timeout=120)
