@@ -250,10 +250,10 @@ def test_dvc_metrics_show_returns_the_headline_numbers_of_the_leaderboard(pipeli
     assert plain.returncode == 0 and "mlp/mnist1d.trainable_at_deepest" in plain.stdout and len(plain.stdout) < 5000
 
 
-def test_dvc_metrics_diff_reads_a_past_commit_s_headline_from_the_cache(pipeline):
-    """results/ is not in git, so a commit's metrics come from the DVC cache (dvc.yaml caches
-    metrics.json): `dvc metrics diff REV` (and `dvc exp show`) can compare runs. With `cache: false` the
-    committed revision had no metrics to read."""
+def test_dvc_diffs_read_a_past_commit_s_metrics_and_plots_from_the_cache(pipeline):
+    """results/ is not in git, so a commit's metrics and plots come from the DVC cache (dvc.yaml caches
+    them): `dvc metrics diff REV`, `dvc plots diff REV` (and `dvc exp show`) can compare runs. With
+    `cache: false` the committed revision had nothing to read."""
     assert pipeline.first.returncode == 0, _report(pipeline.first)
     for command in (("git", "add", "-A"), ("git", "commit", "-qm", "a run")):
         done = pipeline.run(*command)
@@ -266,6 +266,14 @@ def test_dvc_metrics_diff_reads_a_past_commit_s_headline_from_the_cache(pipeline
     numeric = {key: value for key, value in compared.items() if "diff" in value}
     assert len(numeric) == len(written)
     assert all(value["old"] is not None and value["old"] == value["new"] for value in numeric.values()), numeric
+    # The gradient profile likewise: `dvc plots diff HEAD` draws the committed run beside the workspace's.
+    plots = pipeline.dvc("plots", "diff", "HEAD", "--json", timeout=120)
+    assert plots.returncode == 0, _report(plots)
+    drawn = json.loads(plots.stdout)
+    assert not drawn.get("errors"), drawn.get("errors")
+    [plot] = drawn["data"]["results/plots/grad_profile.csv"]
+    revisions = [value["rev"] for value in plot["content"]["data"]["values"]]
+    assert revisions.count("HEAD") == revisions.count("workspace") > 0
 
 
 def test_dvc_plots_show_renders_the_gradient_profile(pipeline, tmp_path):
