@@ -3,3 +3,12 @@
 # A row's verdict is the verdict of at least half of its seeds: the trainability frontier, the claims
 # (vgbench/findings.py) and the W&B Report's summaries all read "trainable" (or "vanished") this way.
 MAJORITY = 0.5
+
+
+def at_deepest(rows) -> tuple[int, list[str], list[str]]:
+    """One (family, data set)'s leaderboard rows at their deepest depth: (that depth, the remedies trainable
+    there, the remedies whose gradient vanished there), each by the verdict of at least half its seeds."""
+    deepest = rows[rows["depth"] == rows["depth"].max()]
+    trained = deepest[deepest["trainable_rate"] >= MAJORITY]["remedy"].tolist()
+    vanished = deepest[deepest.get("rate_vanished", 0) >= MAJORITY]["remedy"].tolist()
+    return int(deepest["depth"].max()), trained, vanished

@@ -13,20 +13,19 @@ from __future__ import annotations
 import pandas as pd
 
 from vgbench.findings import ABSENT, FAILS, HOLDS
-from vgbench.report import MAJORITY
+from vgbench.report import at_deepest
 
 
 def block_headline(rows: pd.DataFrame, ranked: pd.DataFrame) -> dict:
     """One (family, data set) block: its deepest depth, the remedies trainable there (by at least half their
     seeds), those whose gradient vanished there, and the rank-1 remedy with its test metric."""
-    deepest = int(rows["depth"].max())
-    at_deepest = rows[rows["depth"] == deepest]
+    deepest, trained, vanished = at_deepest(rows)
     leader = ranked.sort_values("rank").iloc[0]
     return {
         "deepest": deepest,
-        "remedies": int(at_deepest["remedy"].nunique()),
-        "trainable_at_deepest": int((at_deepest["trainable_rate"] >= MAJORITY).sum()),
-        "vanished_at_deepest": int((at_deepest["rate_vanished"] >= MAJORITY).sum()),
+        "remedies": int(rows[rows["depth"] == deepest]["remedy"].nunique()),
+        "trainable_at_deepest": len(trained),
+        "vanished_at_deepest": len(vanished),
         "leader": str(leader["remedy"]),
         f"leader_test_{leader['metric']}": float(f"{leader['test_metric_at_deepest']:.4g}"),  # 4 significant digits
     }

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from vgbench import atomic
 from vgbench import wandb_names as names
-from vgbench.report import MAJORITY
+from vgbench.report import at_deepest
 
 if TYPE_CHECKING:  # the CLI imports this module for its error class: keep that import light
     import pandas as pd
@@ -36,15 +36,12 @@ def family_summary(rows: pd.DataFrame, ranked: pd.DataFrame, family: str, datase
     from vgbench.models import FAMILIES
 
     part = rows[(rows["family"] == family) & (rows["dataset"] == dataset)]
-    deepest = part[part["depth"] == part["depth"].max()]
-    depth = int(deepest["depth"].max())
-    vanished = deepest[deepest.get("rate_vanished", 0) >= MAJORITY]["remedy"].tolist()
-    trained = deepest[deepest["trainable_rate"] >= MAJORITY]["remedy"].tolist()
+    depth, trained, vanished = at_deepest(part)
     entry = FAMILIES.get(family)
     where = "the longest sequence" if entry.depth_is_length else "the deepest depth"
     top = ranked[(ranked["family"] == family) & (ranked["dataset"] == dataset)]
     leaders = top[top["rank_range"].str.split("–").str[0] == "1"]["remedy"].tolist()
-    metric = deepest["metric"].iloc[0]
+    metric = part["metric"].iloc[0]
     return (f"{family} on {dataset}, at {where}, {depth} ({entry.depth_meaning}): "
             f"{'vanished: ' + ', '.join(vanished) if vanished else 'none vanished'}; "
             f"{'trained: ' + ', '.join(trained) if trained else 'none trained'} "
