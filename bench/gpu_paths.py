@@ -9,14 +9,17 @@
    as its weight buffer (``torch._cudnn_rnn``): nothing to copy.
 2. **A grouped convolution for the ResNet** (HFTA's way): one ``conv2d`` with ``groups=K`` over
    ``[N, K*C, H, W]`` instead of K calls, the layout copies included.
-3. **A whole residual block channel-stacked** (the resnet family's ``grouped_kernels``): grouped
+3. **Several LSTMs in one fused call** (the rnn family's ``models_per_kernel_call``): P models as one net of
+   P*H units with block-diagonal weights, K/P calls for P times the arithmetic, for P from 1 (today) to K,
+   at the default profile's shape (H = 32) and the paper profile's (H = 128, batch 64, K = 15).
+4. **A whole residual block channel-stacked** (the resnet family's ``grouped_kernels``): grouped
    convolutions *and* one batch norm over K*C channels, activations kept as ``[N, K*C, ...]``, against the
    default ``StackedConv``/``StackedNorm`` (one call per model each): what the ResNet gains from the
    layout, not from the convolution alone.
 
 Per path: ms per forward + backward (median of ``--repeats`` after warm-up, CUDA-synchronized) and the
-largest difference from today's path relative to the largest value (0: bit-identical). The LSTM part
-needs CUDA; the convolution and block parts also run on CPU.
+largest difference from today's path relative to the largest value (0: bit-identical). The LSTM buffer part
+needs CUDA; the others also run on CPU (the shared calls there at the default profile's shape only).
 
     python bench/gpu_paths.py                      # on a GPU (bench/gpu_session.sh stage gpu_paths)
     python bench/gpu_paths.py --device cpu --repeats 3
@@ -35,6 +38,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuB
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from vgbench.models import FAMILIES, ModelIO  # noqa: E402
+from vgbench.models.recipe import Recipe  # noqa: E402
 from vgbench.models.streams import per_model  # noqa: E402
 
 LSTM_MODE = 2  # cuDNN's mode number for an LSTM (torch.backends.cudnn.rnn.get_cudnn_mode("LSTM"))
@@ -126,6 +131,33 @@ def lstm_paths(models: int, batch: int, steps: int, features: int, hidden: int, 
         print(f"  {name:34}{ms:8.2f}")
 
 
+def shared_rnn_calls(models: int, batch: int, steps: int, hidden: int, calls_of: list[int], device: str,
+                     repeats: int) -> None:
+    """The production LSTM (``RecurrentNet.fused_calls``, unprobed) with calls of P models, P in ``calls_of``:
+    forward + backward ms, and the largest difference from one call per model."""
+    entry = FAMILIES.get("rnn")
+    x = torch.randn(models, batch, steps, 2, device=device)  # the adding task's two features
+    print(f"LSTM K={models}, batch {batch}, T={steps}, hidden {hidden} on {device}: forward+backward ms per "
+          f"call size P (calls of P models as one block-diagonal net)")
+    reference = None
+    for size in calls_of:
+        torch.manual_seed(0)
+        model = entry.build(ModelIO((steps, 2), 1, False), steps, Recipe(cell="lstm"),
+                            entry.hparams(hidden_size=hidden, models_per_kernel_call=size), list(range(models)))
+        model = model.to(device)
+
+        def step(model=model):
+            model.zero_grad(set_to_none=True)
+            model.fused_calls(x).pow(2).mean().backward()
+            return [p.grad for p in model.rnn.parameters()]
+
+        ms = timed(step, repeats, device)
+        values = [model.fused_calls(x).detach(), *step()]
+        reference = reference or (ms, values)
+        print(f"  P = {size:2d}, {-(-models // size):2d} call(s): {ms:8.2f}   ({reference[0] / ms:.2f}x)   "
+              f"max rel. difference {relative_difference(values, reference[1]):.2g}")
+
+
 def conv_paths(models: int, batch: int, device: str, repeats: int) -> None:
     print(f"3x3 convolution, K={models}, batch {batch}: forward+backward ms (per-model calls | one grouped call)")
     for channels, size in ((16, 32), (32, 16), (64, 8)):
@@ -208,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN {torch.backends.cudnn.version()}")
         for steps in (50, 200):  # the default profile's T = 50; the paper's adding task starts at 100
             lstm_paths(args.models, 128, steps, 2, 128, args.repeats)
+        shared_rnn_calls(15, 64, 100, 128, [1, 2, 3, 5, 15], "cuda", args.repeats)  # the paper profile's adding row
+    shared_rnn_calls(args.models, 50, 50, 32, [1, 3, args.models], args.device, args.repeats)  # the default's
     conv_paths(args.models, 128, args.device, args.repeats)
     block_paths(args.models, 128, args.device, args.repeats)
     return 0

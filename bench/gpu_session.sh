@@ -95,16 +95,16 @@ EOF
 export -f environment paper_slice
 export WORK DEVICE SLICE_EPOCHS OUT SLICE_THREADS SLICE_TRAIN_ARGS SLICE_TRAIN_SECONDS
 # STAGES picks and orders the stages (a second, shorter lease can rerun some). The default is the next
-# lease's plan: the gpu tier, the candidate kernel paths (gpu_paths), where a group's step goes on the host
-# (profile_*), stacking for the cases in CASES, and the paper slice; stack_identity and stacking_k21 ran on
-# the first lease (bench/README.md).
-for name in ${STAGES:-environment gpu_tests gpu_paths profile_mlp profile_lstm stacking_k9 paper_slice}; do
+# lease's plan: the gpu tier, the candidate kernel paths (gpu_paths), where an LSTM group's step goes on the
+# host (profile_lstm), stacking for the cases in CASES, and the paper slice; stack_identity and stacking_k21
+# ran on the first lease, profile_mlp on the second (bench/README.md).
+for name in ${STAGES:-environment gpu_tests gpu_paths profile_lstm stacking_k9 paper_slice}; do
   case $name in
     environment) stage environment 60 environment ;;
-    gpu_tests) [ "$DEVICE" = cuda ] && TAIL=40 stage gpu_tests 150 python3 -m pytest -m gpu -q -rfE -p no:cacheprovider \
+    gpu_tests) [ "$DEVICE" = cuda ] && TAIL=40 stage gpu_tests 170 python3 -m pytest -m gpu -q -rfE -p no:cacheprovider \
                  tests/test_gpu.py ;;
     stack_identity) stage stack_identity 60 python3 bench/stack_identity.py --device "$DEVICE" ;;
-    gpu_paths) TAIL=24 stage gpu_paths 75 python3 bench/gpu_paths.py --device "$DEVICE" ;;
+    gpu_paths) TAIL=36 stage gpu_paths 90 python3 bench/gpu_paths.py --device "$DEVICE" ;;
     profile_mlp) TAIL=45 stage profile_mlp 50 python3 bench/profile_group.py --profile paper --device "$DEVICE" \
                    --row mlp-he_relu-mnist1d-d20 --epochs "${PROFILE_EPOCHS:-3}" --threads 4 --data-root "$WORK/data" ;;
     profile_lstm) TAIL=45 stage profile_lstm 40 python3 bench/profile_group.py --device "$DEVICE" \

@@ -98,9 +98,13 @@ for _name in ("lightning.pytorch", "lightning.fabric", "lightning"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 
 CASES = (  # (family, remedy, depth) of the default profile, and a label's suffix for model settings changed
-    ("mlp", "he_relu", 20), ("rnn", "lstm", 50), ("rnn", "small_init", 50), ("rnn", "layernorm", 50),
-    ("resnet", "residual_bn", 20), ("resnet", "residual_bn", 20, "+grouped"), ("highway", "highway", 50))
-MODEL_CHANGES = {"+grouped": {"grouped_kernels": True}}  # the resnet family's grouped convolutions (README)
+    ("mlp", "he_relu", 20), ("rnn", "lstm", 50), ("rnn", "lstm", 50, "+shared9"), ("rnn", "small_init", 50),
+    ("rnn", "layernorm", 50), ("resnet", "residual_bn", 20), ("resnet", "residual_bn", 20, "+grouped"),
+    ("highway", "highway", 50))
+MODEL_CHANGES = {  # the opt-in model settings (README, "Cell groups")
+    "+grouped": {"grouped_kernels": True},  # the resnet family's grouped convolutions
+    "+shared9": {"models_per_kernel_call": 9},  # the rnn family's fused calls for up to 9 models at once
+}
 RATE_FACTORS = (1.0, 0.5, 0.25)
 
 

@@ -15,7 +15,8 @@ from vgbench.training.run_group import data_for, run_cell
 from tests.test_stacking import (FAMILIES_TO_STACK, RESNETS, _deepest_default_cells, _first_cell_of,
                                  assert_a_group_trains_the_same_twice,
                                  assert_grouped_kernels_compute_what_per_model_calls_do, assert_same_model_in_stacks,
-                                 model_four_in_stack, with_grouped_kernels)
+                                 assert_shared_kernel_calls_compute_what_per_model_calls_do, fused_rnn_cells,
+                                 model_four_in_stack, with_grouped_kernels, with_shared_kernel_calls)
 from tests.test_training import (assert_a_frozen_model_stays_and_the_others_step_as_if_alone,
                                  assert_windows_of_the_padded_images)
 
@@ -63,12 +64,17 @@ def test_pad_crop_flip_runs_on_the_gpu():
     assert torch.equal(first, pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0)))
 
 
-@pytest.mark.parametrize("family", [*FAMILIES_TO_STACK, "resnet+grouped"])
+OPT_INS = {"+grouped": with_grouped_kernels, "+shared": with_shared_kernel_calls}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES_TO_STACK, "resnet+grouped", "rnn+shared"])
 def test_a_group_trained_twice_on_a_gpu_is_bit_identical(family, tiny_params, tiny_data_root, tmp_path):
     """What a GPU does guarantee: the same group (recorded in each result) gives the same numbers; also for the
-    resnet family's grouped_kernels (one grouped cuDNN convolution and batch norm for the K models)."""
-    base = _first_cell_of(tiny_params, family.removesuffix("+grouped"))
-    assert_a_group_trains_the_same_twice(with_grouped_kernels(base) if family.endswith("+grouped") else base, "gpu",
+    resnet family's grouped_kernels (one grouped cuDNN convolution and batch norm for the K models) and the
+    rnn family's models_per_kernel_call (one cuDNN call for several models)."""
+    name, plus, opt_in = family.partition("+")
+    base = _first_cell_of(tiny_params, name)
+    assert_a_group_trains_the_same_twice(OPT_INS[plus + opt_in](base) if plus else base, "gpu",
                                          tiny_data_root, tmp_path)
 
 
@@ -94,6 +100,18 @@ def test_grouped_kernels_on_a_gpu_agree_with_one_call_per_model(cell):
     torch.use_deterministic_algorithms(True)
     try:
         assert_grouped_kernels_compute_what_per_model_calls_do(cell, "cuda", 1e-2)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.mark.parametrize("cell", fused_rnn_cells("cuda"), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
+def test_shared_kernel_calls_on_a_gpu_agree_with_one_call_per_model(cell):
+    """cuDNN's call for 4 models (a net of 4*H units with block-diagonal weights) against one call per model:
+    the bound of a model alone against the same model in a stack (1% of a tensor's largest value)."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert_shared_kernel_calls_compute_what_per_model_calls_do(cell, "cuda", 1e-2)
     finally:
         torch.use_deterministic_algorithms(deterministic)
 

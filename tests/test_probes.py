@@ -296,7 +296,7 @@ def test_rnn_fused_and_unrolled_paths_agree():
         model = rnn(recipe, per_step=True, seeds=(0, 1))
         x = torch.randn(2, 4, 9, 3)
         assert model.fused is not None
-        fused, unrolled = model.fused_per_model(x), model.unrolled(x)
+        fused, unrolled = model.fused_calls(x), model.unrolled(x)
         assert fused.shape == unrolled.shape == (2, 4, 9, model.hidden_size)
         assert torch.allclose(fused, unrolled, atol=1e-6)
         logits = model(x)  # unprobed: the fused path

@@ -258,8 +258,12 @@ def test_default_profile_shapes_stack_bit_identically(cell):
     assert_same_model_in_stacks(cell)
 
 
+def with_model(cell, **settings):
+    return dataclasses.replace(cell, model={**cell.model, **settings})
+
+
 def with_grouped_kernels(cell):
-    return dataclasses.replace(cell, model={**cell.model, "grouped_kernels": True})
+    return with_model(cell, grouped_kernels=True)
 
 
 RESNETS = [cell for cell in _deepest_default_cells() if cell.family == "resnet"]
@@ -313,3 +317,127 @@ def assert_a_group_trains_the_same_twice(base, accelerator: str, data_root, tmp_
         assert _same(_profile(tmp_path / "first", one.cell_id), _profile(tmp_path / "second", two.cell_id))
     assert len({r.final_train_loss for r in first}) == 9
     return first
+
+
+# -- the rnn family's models_per_kernel_call: P models in one fused call, as one block-diagonal net ---------
+
+def with_shared_kernel_calls(cell):
+    """Calls of 4 models: a group of 9 makes calls of 4, 4 and 1 (model 4 opens the second)."""
+    return with_model(cell, models_per_kernel_call=4)
+
+
+def fused_rnn_cells(device: str) -> list:
+    """The default profile's RNNs (deepest depth) that take a fused kernel on ``device``: LSTM and GRU
+    everywhere, vanilla tanh/ReLU RNNs on GPUs only (vgbench/models/rnn.py)."""
+    from vgbench.plan import build_model, data_shape
+
+    # uses_fused reads only the device's type: "meta" stands for a GPU where none is (test collection).
+    like = torch.empty(0, device="cpu" if device == "cpu" else "meta")
+    return [cell for cell in _deepest_default_cells()
+            if cell.family == "rnn" and build_model(cell, data_shape(cell), seeds=[0]).uses_fused(like)]
+
+
+def assert_shared_kernel_calls_compute_what_per_model_calls_do(cell, device: str, relative: float) -> None:
+    from vgbench.plan import data_shape
+
+    torch.manual_seed(0)
+    x = torch.randn(9, 16, *data_shape(cell).input_shape).to(device)
+    for armed in (False, True):
+        assert_same_tensors(model_four_in_stack(with_shared_kernel_calls(cell), 9, x, armed),
+                            model_four_in_stack(cell, 9, x, armed), relative,
+                            f"armed={armed}, calls of 4 models vs one call per model")
+
+
+@pytest.mark.parametrize("cell", fused_rnn_cells("cpu"), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
+def test_shared_kernel_calls_compute_what_one_call_per_model_computes_up_to_rounding(cell):
+    """The rnn family's ``models_per_kernel_call`` (P models' fused steps as one net of P*H units with
+    block-diagonal weights) is the same network: model 4's output and gradients agree with the per-model
+    calls' to float rounding, with and without the probes' taps."""
+    from vgbench.plan import build_model, data_shape
+
+    model = build_model(with_shared_kernel_calls(cell), data_shape(cell), seeds=list(range(9)))
+    assert model.models_per_kernel_call == 4 and model.uses_fused(torch.zeros(9, 1, 1, 1))
+    assert_shared_kernel_calls_compute_what_per_model_calls_do(cell, "cpu", 1e-5)
+
+
+def test_block_diagonal_weights_keep_each_model_to_its_own_units():
+    from vgbench.models.rnn import block_diagonal, gate_major
+
+    weights = torch.arange(3 * 8 * 2, dtype=torch.float32).view(3, 8, 2) + 1  # 3 models, 4 gates of 2 units
+    dense = block_diagonal(weights, gates=4)
+    assert dense.shape == (4 * 3 * 2, 3 * 2)
+    for gate in range(4):
+        for p in range(3):
+            rows = slice((gate * 3 + p) * 2, (gate * 3 + p + 1) * 2)
+            assert torch.equal(dense[rows, 2 * p:2 * p + 2], weights[p, 2 * gate:2 * gate + 2])
+            assert dense[rows].count_nonzero() == 4  # nothing outside its own columns
+    assert torch.equal(gate_major(weights[:, :, 0], gates=4),
+                       torch.cat([weights[p, 2 * g:2 * g + 2, 0] for g in range(4) for p in range(3)]))
+
+
+def _lstm_whose_model_two_blows_up(models_per_kernel_call: int):
+    entry = FAMILIES.get("rnn")
+    torch.manual_seed(0)
+    model = entry.build(ModelIO((9, 3), 1, False), 9, Recipe(cell="lstm"),
+                        entry.hparams(hidden_size=6, models_per_kernel_call=models_per_kernel_call), list(range(5)))
+    with torch.no_grad():  # overflowed weights: inf * 0 = nan from the first step
+        model.rnn.weight_hh[2, :, 0] = float("inf")
+    return model
+
+
+def test_a_model_that_blows_up_in_a_shared_kernel_call_leaves_the_others_as_they_were_alone():
+    """Its nan states would reach every model of its call through the zeros of the block-diagonal
+    weights (0 * nan = nan); the call is made again one model at a time, so the others keep their own
+    numbers and the culprit its nan, as when each model has its call."""
+    from vgbench.models.rnn import block_diagonal, gate_major
+
+    shared, alone = _lstm_whose_model_two_blows_up(5), _lstm_whose_model_two_blows_up(1)
+    x = torch.randn(5, 4, 9, 3)
+    # The hazard: in one call for all five, as the shared path makes it, every model's state is nan
+    # after a step or two.
+    rnn = shared.rnn
+    raw = shared.fused(x.permute(1, 2, 0, 3).flatten(2), (torch.zeros(1, 4, 30), torch.zeros(1, 4, 30)),
+                       [block_diagonal(rnn.weight_ih, 4), block_diagonal(rnn.weight_hh, 4),
+                        gate_major(rnn.bias_ih, 4), gate_major(rnn.bias_hh, 4)], True, 1, 0.0, True, False, True)[0]
+    assert raw[:, -1].isnan().all()  # [N, T, 5*H]
+    states = {name: model.fused_calls(x) for name, model in (("shared", shared), ("alone", alone))}
+    assert states["shared"][2].isnan().all() and states["alone"][2].isnan().all()
+    others = [0, 1, 3, 4]
+    assert states["shared"][others].isfinite().all()
+    assert torch.allclose(states["shared"][others], states["alone"][others], rtol=1e-5, atol=1e-6)
+    for model in (shared, alone):
+        model.fused_calls(x)[others].pow(2).sum().backward()
+    for name, param in shared.rnn.named_parameters():
+        assert torch.allclose(param.grad[others], getattr(alone.rnn, name).grad[others], rtol=1e-5, atol=1e-6), name
+
+
+def test_a_diverging_model_in_a_shared_kernel_call_stops_alone_and_the_others_go_on(tiny_params, tiny_data_root,
+                                                                                     tmp_path):
+    """A group of three LSTMs in one kernel call, the middle one at a rate that blows up its recurrence:
+    it diverges at the step it does with a call of its own, and its neighbours train as with calls of
+    their own (to float rounding: the setting changes only how the calls are cut)."""
+    base = next(cell for cell in expand(tiny_params.active) if cell.remedy == "lstm")
+    data = data_for(base, tiny_data_root, {})
+    runs = {}
+    for name, cell in (("own calls", base), ("one call", with_model(base, models_per_kernel_call=3))):
+        cells = [dataclasses.replace(cell, learning_rate=rate) for rate in (0.01, 1e38, 0.03)]
+        runs[name] = run_group(cells, data, tmp_path / name.replace(" ", "_"), NO_WANDB)
+        assert [r.status for r in runs[name]] == ["completed", "diverged", "completed"], name
+    own, shared = runs["own calls"], runs["one call"]
+    assert shared[1].diverged_at_step == own[1].diverged_at_step
+    assert all(result.cell["model"]["models_per_kernel_call"] == 3 for result in shared)
+    for k in (0, 2):
+        assert math.isfinite(shared[k].test_metric)
+        assert shared[k].test_metric == pytest.approx(own[k].test_metric, rel=1e-4)
+        assert [row["train_loss"] for row in shared[k].history] == pytest.approx(
+            [row["train_loss"] for row in own[k].history], rel=1e-4)
+
+
+def test_a_shared_kernel_call_group_trains_the_same_twice(tiny_params, tiny_data_root, tmp_path):
+    """What shared calls guarantee, as grouped kernels do: the same group gives the same numbers, and the
+    setting is part of each cell's config and id."""
+    lstm = next(cell for cell in expand(tiny_params.active) if cell.remedy == "lstm")
+    base = with_model(lstm, models_per_kernel_call=3)
+    results = assert_a_group_trains_the_same_twice(base, "cpu", tiny_data_root, tmp_path)
+    assert all(result.cell["model"]["models_per_kernel_call"] == 3 for result in results)
+    assert base.cell_id != lstm.cell_id

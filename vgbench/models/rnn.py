@@ -17,13 +17,19 @@ all nine stacked models took 65-75 ms (a step is too small for batching the
 models to pay for the loop's per-op cost); a vanilla RNN's CPU "fused" kernel
 is itself a loop over time, and there the batched loop wins (README.md, Cell groups;
 bench/README.md).
+With the opt-in ``models_per_kernel_call`` P > 1, one call runs P models as a
+single net of P*H units whose weights are block-diagonal (``block_diagonal``):
+model p's units read only model p's inputs and units, so it is the same
+function in a K/P-th of the calls, at P times the arithmetic (for GPUs, where a
+small model's call leaves the device idle; slower on this CPU).
 On probe steps, and for what the fused kernels cannot do (sigmoid units, layer
 normalization), the same equations run as one Python loop over time for all K
 models with batched matrix products: the probes need ||dL/dh_t|| for every t,
 which only a tensor per step can give (a fused output sequence only carries
 each step's direct gradient). Both paths compute the same function; a test
-holds them to float tolerance. Either way model k's arithmetic does not depend
-on K (tests/test_stacking.py).
+holds them to float tolerance. With a call per model, model k's arithmetic does
+not depend on K (tests/test_stacking.py); with shared calls it agrees with it
+to float rounding.
 """
 
 from __future__ import annotations
@@ -45,12 +51,36 @@ LSTM_FORGET_BIAS = 1.0  # Gers, Schmidhuber & Cummins 2000; Jozefowicz et al. 20
 class RNNHParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     hidden_size: int = Field(64, gt=0, description="units in the recurrent state")
+    models_per_kernel_call: int = Field(
+        1, ge=1, description="unprobed fused steps: models of a cell group that share one fused-kernel call, "
+                             "as one recurrent net with block-diagonal weights (1: a call per model). Fewer, "
+                             "larger calls, for GPUs where a small model's call leaves the device idle, at that "
+                             "many times the arithmetic; a cell's numbers then depend on its group, not on its "
+                             "config alone. No effect where the unrolled loop runs (probed steps, sigmoid units, "
+                             "layer norm, vanilla RNNs on CPU)")
 
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # blocks stacked in the weights, in PyTorch's order
-# The fused kernels, called with one model's flat weights as nn.RNN / nn.LSTM / nn.GRU call them.
+# The fused kernels, called with one net's flat weights as nn.RNN / nn.LSTM / nn.GRU call them.
 FUSED = {("rnn", "tanh"): torch._VF.rnn_tanh, ("rnn", "relu"): torch._VF.rnn_relu,
          ("lstm", "tanh"): torch._VF.lstm, ("gru", "tanh"): torch._VF.gru}
+
+
+def block_diagonal(weights: torch.Tensor, gates: int) -> torch.Tensor:
+    """P models' ``[gates*H, C]`` matrices as one ``[gates*P*H, P*C]`` matrix in PyTorch's gate order: gate g of
+    model p is rows ``(g*P + p)*H ...`` and reads columns ``p*C ...`` only. The zeros are selected, not
+    multiplied in, so a non-finite weight stays in its own model's block; the gradient of each model's
+    block is the dense gradient's block, exactly."""
+    models, rows, columns = weights.shape
+    per_gate = weights.view(models, gates, rows // gates, columns).transpose(0, 1)  # [G, P, H, C]
+    own = torch.eye(models, dtype=torch.bool, device=weights.device).view(1, models, 1, models, 1)
+    return torch.where(own, per_gate.unsqueeze(3), 0.0).reshape(models * rows, models * columns)
+
+
+def gate_major(biases: torch.Tensor, gates: int) -> torch.Tensor:
+    """P models' ``[gates*H]`` vectors as one ``[gates*P*H]`` vector, in ``block_diagonal``'s row order."""
+    models, rows = biases.shape
+    return biases.view(models, gates, rows // gates).transpose(0, 1).reshape(models * rows)
 
 
 class RecurrentWeights(StackedLayer):
@@ -78,7 +108,7 @@ class RecurrentWeights(StackedLayer):
 
 
 class RecurrentNet(ProbedModel):
-    def __init__(self, models: int, io: ModelIO, recipe: Recipe, hidden_size: int):
+    def __init__(self, models: int, io: ModelIO, recipe: Recipe, hidden_size: int, models_per_kernel_call: int = 1):
         if len(io.input_shape) != 2:
             raise ValueError(f"the rnn family reads (time, features) sequences, got input shape {io.input_shape}")
         if recipe.norm == "batchnorm":
@@ -87,6 +117,7 @@ class RecurrentNet(ProbedModel):
         activation = recipe.activation if recipe.cell == "rnn" else "tanh"
         super().__init__(activation, models)
         self.cell, self.hidden_size, self.per_step = recipe.cell, hidden_size, io.per_step
+        self.models_per_kernel_call = min(models_per_kernel_call, models)
         self.rnn = RecurrentWeights(models, io.input_shape[1], hidden_size, recipe)
         self.fused = FUSED.get((recipe.cell, activation)) if recipe.norm == "none" else None
         self.activation = recipe.make_activation() if recipe.cell == "rnn" else nn.Tanh()
@@ -126,18 +157,44 @@ class RecurrentNet(ProbedModel):
             states.append(self.taps.hidden(t, h))
         return torch.stack(states, dim=2)
 
-    def fused_per_model(self, x: torch.Tensor) -> torch.Tensor:
-        """The hidden states ``[K, N, T, H]`` from PyTorch's fused kernel, called once per model."""
-        weights = zip(*(w.unbind(0) for w in (self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih,
-                                               self.rnn.bias_hh)))
-        h0 = x.new_zeros(1, x.shape[1], self.hidden_size)
+    def fused_calls(self, x: torch.Tensor) -> torch.Tensor:
+        """The hidden states ``[K, N, T, H]`` from PyTorch's fused kernel: one call per model, or per
+        ``models_per_kernel_call`` models (on a GPU the calls overlap, each on a CUDA stream of its own,
+        vgbench/models/streams.py).
+
+        A shared call is trusted only where all its outputs are finite: a model whose numbers blow up
+        (an IRNN's unbounded state, say) would reach its call's other models through products with the
+        zeros of the block-diagonal weights (0 * inf = nan). Such a call is made again one model at a
+        time, so every model's outputs are as if alone; the check costs one wait for the device per
+        forward pass, and only where calls are shared."""
+        size = self.models_per_kernel_call
+        chunks = [(start, min(start + size, self.models)) for start in range(0, self.models, size)]
+        weights = (self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih, self.rnn.bias_hh)
+        # Each model's own slices, as nn.LSTM would call the kernel with them (unbound once: their
+        # backward stacks the K gradients in one go).
+        alone = list(zip(x.unbind(0), zip(*(w.unbind(0) for w in weights))))
+
+        def call(start: int, stop: int) -> torch.Tensor:
+            if stop - start == 1:
+                return self._fused_call(*alone[start], 1)
+            # One net of P*H units: inputs [N, T, P*F], block-diagonal weights.
+            return self._fused_call(x[start:stop].permute(1, 2, 0, 3).flatten(2),
+                                    [*(block_diagonal(w[start:stop], self.rnn.blocks) for w in weights[:2]),
+                                     *(gate_major(b[start:stop], self.rnn.blocks) for b in weights[2:])], stop - start)
+
+        outputs = per_model(call, chunks, x.device)
+        if size > 1:
+            finite = torch.stack([output.isfinite().all() for output in outputs]).tolist()
+            outputs = [output if ok else torch.cat([call(k, k + 1) for k in range(start, stop)])
+                       for output, ok, (start, stop) in zip(outputs, finite, chunks)]
+        return torch.cat(outputs)
+
+    def _fused_call(self, inputs: torch.Tensor, weights, models: int) -> torch.Tensor:
+        """One fused call over ``inputs`` ``[N, T, models*F]``: the states ``[models, N, T, H]``."""
+        h0 = inputs.new_zeros(1, inputs.shape[0], models * self.hidden_size)
         hx = (h0, h0) if self.cell == "lstm" else h0
-
-        def one_model(x_k: torch.Tensor, flat: tuple[torch.Tensor, ...]) -> torch.Tensor:
-            return self.fused(x_k, hx, list(flat), True, 1, 0.0, self.training, False, True)[0]
-
-        # On a GPU the K calls overlap, each on a stream of its own (vgbench/models/streams.py).
-        return torch.stack(per_model(one_model, list(zip(x.unbind(0), weights)), x.device))
+        states = self.fused(inputs, hx, list(weights), True, 1, 0.0, self.training, False, True)[0]
+        return states.unflatten(2, (models, self.hidden_size)).permute(2, 0, 1, 3)
 
     def uses_fused(self, x: torch.Tensor) -> bool:
         """The fused kernel on unprobed steps where it exists and pays: always on GPUs (cuDNN); on CPU
@@ -147,7 +204,7 @@ class RecurrentNet(ProbedModel):
                 and (x.device.type != "cpu" or self.cell != "rnn"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        states = self.fused_per_model(x) if self.uses_fused(x) else self.unrolled(x)
+        states = self.fused_calls(x) if self.uses_fused(x) else self.unrolled(x)
         if self.per_step:
             return self.head(states.flatten(1, 2)).unflatten(1, states.shape[1:3])
         return self.head(states[:, :, -1])
@@ -169,7 +226,7 @@ class RecurrentNet(ProbedModel):
 
 
 def build_rnn(io: ModelIO, depth: int, recipe: Recipe, hparams: RNNHParams, models: int) -> RecurrentNet:
-    return RecurrentNet(models, io, recipe, hparams.hidden_size)
+    return RecurrentNet(models, io, recipe, hparams.hidden_size, hparams.models_per_kernel_call)
 
 
 FAMILIES.add("rnn", Family(
@@ -178,5 +235,6 @@ FAMILIES.add("rnn", Family(
     inputs=frozenset({"sequence"}), base_recipe=Recipe(activation="tanh"), probed_state="time step",
     per_step_outputs=True,
     stacking="unprobed LSTM/GRU steps (and vanilla RNN steps on GPUs): PyTorch's fused kernel once per "
-             "model, the K calls overlapping on K CUDA streams on a GPU; otherwise one loop over time with "
-             "batched matrix products for all K"))
+             "model (or per model.models_per_kernel_call models, as one block-diagonal net), the calls "
+             "overlapping on CUDA streams on a GPU; otherwise one loop over time with batched matrix "
+             "products for all K"))
