@@ -83,6 +83,8 @@ class ZeroPadShortcut(nn.Module):
         self.stride = stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1 and x.shape[2] == self.out_channels:
+            return x  # nothing to subsample or pad: no copy (most blocks of a stage)
         spatial = (slice(None, None, self.stride),) * (x.dim() - 3)
         x = x[(slice(None), slice(None), slice(None), *spatial)]
         # F.pad lists (before, after) pairs from the last dimension backwards; channels come last.
