@@ -14,9 +14,8 @@ from vgbench.plan import data_shape
 from vgbench.training.run_group import data_for, run_cell
 from tests.test_stacking import (FAMILIES_TO_STACK, RESNETS, _deepest_default_cells, _first_cell_of,
                                  assert_a_group_trains_the_same_twice,
-                                 assert_grouped_kernels_compute_what_per_model_calls_do, assert_same_model_in_stacks,
-                                 assert_shared_kernel_calls_compute_what_per_model_calls_do, fused_rnn_cells,
-                                 model_four_in_stack, with_grouped_kernels, with_shared_kernel_calls)
+                                 assert_opt_in_computes_what_per_model_calls_do, assert_same_model_in_stacks,
+                                 fused_rnn_cells, model_four_in_stack, with_grouped_kernels, with_shared_kernel_calls)
 from tests.test_training import (assert_a_frozen_model_stays_and_the_others_step_as_if_alone,
                                  assert_windows_of_the_padded_images)
 
@@ -78,42 +77,36 @@ def test_a_group_trained_twice_on_a_gpu_is_bit_identical(family, tiny_params, ti
                                          tiny_data_root, tmp_path)
 
 
+@pytest.fixture
+def deterministic():
+    """Deterministic algorithms, as the cells train (these tests call the models directly)."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
 @pytest.mark.parametrize("cell", _deepest_default_cells(), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
-def test_default_profile_shapes_stack_on_a_gpu(cell):
+def test_default_profile_shapes_stack_on_a_gpu(cell, deterministic):
     """On a GPU, cuBLAS's batched product rounds a stack of one differently from a stack of several
     (bench/stack_identity.py measured relative differences of 1e-7 to 6e-4 of a tensor's largest value on
     an H200, and identical numbers for stacks of 5, 9 and 20): a model computes the same numbers in a
     stack of 9 as in one of 20, and the same as alone to float rounding only."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert_same_model_in_stacks(cell, "cuda", reference=20)
-        assert_same_model_in_stacks(cell, "cuda", reference=1, relative=1e-2)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
+    assert_same_model_in_stacks(cell, "cuda", reference=20)
+    assert_same_model_in_stacks(cell, "cuda", reference=1, relative=1e-2)
 
 
 @pytest.mark.parametrize("cell", RESNETS, ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
-def test_grouped_kernels_on_a_gpu_agree_with_one_call_per_model(cell):
+def test_grouped_kernels_on_a_gpu_agree_with_one_call_per_model(cell, deterministic):
     """The same bound as a model alone against the same model in a stack (1% of a tensor's largest value)."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert_grouped_kernels_compute_what_per_model_calls_do(cell, "cuda", 1e-2)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
+    assert_opt_in_computes_what_per_model_calls_do(cell, with_grouped_kernels, "cuda", 1e-2)
 
 
 @pytest.mark.parametrize("cell", fused_rnn_cells("cuda"), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
-def test_shared_kernel_calls_on_a_gpu_agree_with_one_call_per_model(cell):
+def test_shared_kernel_calls_on_a_gpu_agree_with_one_call_per_model(cell, deterministic):
     """cuDNN's call for 4 models (a net of 4*H units with block-diagonal weights) against one call per model:
     the bound of a model alone against the same model in a stack (1% of a tensor's largest value)."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        assert_shared_kernel_calls_compute_what_per_model_calls_do(cell, "cuda", 1e-2)
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
+    assert_opt_in_computes_what_per_model_calls_do(cell, with_shared_kernel_calls, "cuda", 1e-2)
 
 
 @pytest.mark.parametrize("cell", [c for c in _deepest_default_cells() if c.family == "rnn"],

@@ -269,15 +269,17 @@ def with_grouped_kernels(cell):
 RESNETS = [cell for cell in _deepest_default_cells() if cell.family == "resnet"]
 
 
-def assert_grouped_kernels_compute_what_per_model_calls_do(cell, device: str, relative: float) -> None:
+def assert_opt_in_computes_what_per_model_calls_do(cell, opt_in, device: str, relative: float) -> None:
+    """Model 4 of 9 with a model setting that changes how the group's kernels are called (``opt_in``:
+    cell -> cell) against one call per model: outputs, gradients and running statistics within
+    ``relative`` (``assert_same_tensors``), with and without the probes' taps."""
     from vgbench.plan import data_shape
 
     torch.manual_seed(0)
     x = torch.randn(9, 16, *data_shape(cell).input_shape).to(device)
     for armed in (False, True):
-        assert_same_tensors(model_four_in_stack(with_grouped_kernels(cell), 9, x, armed),
-                            model_four_in_stack(cell, 9, x, armed), relative,
-                            f"armed={armed}, grouped kernels vs one call per model")
+        assert_same_tensors(model_four_in_stack(opt_in(cell), 9, x, armed), model_four_in_stack(cell, 9, x, armed),
+                            relative, f"armed={armed}, {opt_in.__name__} vs one call per model")
 
 
 @pytest.mark.parametrize("cell", RESNETS, ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
@@ -292,7 +294,7 @@ def test_grouped_kernels_compute_what_one_call_per_model_computes_up_to_rounding
     layers = [m for m in build_model(with_grouped_kernels(cell), data_shape(cell), seeds=[0, 1]).modules()
               if isinstance(m, (StackedConv, StackedNorm))]
     assert layers and all(layer.grouped for layer in layers)  # the setting reaches every layer
-    assert_grouped_kernels_compute_what_per_model_calls_do(cell, "cpu", 1e-4)
+    assert_opt_in_computes_what_per_model_calls_do(cell, with_grouped_kernels, "cpu", 1e-4)
 
 
 def test_a_grouped_kernel_group_trains_the_same_twice_and_records_its_layout(tiny_params, tiny_data_root, tmp_path):
@@ -337,17 +339,6 @@ def fused_rnn_cells(device: str) -> list:
             if cell.family == "rnn" and build_model(cell, data_shape(cell), seeds=[0]).uses_fused(like)]
 
 
-def assert_shared_kernel_calls_compute_what_per_model_calls_do(cell, device: str, relative: float) -> None:
-    from vgbench.plan import data_shape
-
-    torch.manual_seed(0)
-    x = torch.randn(9, 16, *data_shape(cell).input_shape).to(device)
-    for armed in (False, True):
-        assert_same_tensors(model_four_in_stack(with_shared_kernel_calls(cell), 9, x, armed),
-                            model_four_in_stack(cell, 9, x, armed), relative,
-                            f"armed={armed}, calls of 4 models vs one call per model")
-
-
 @pytest.mark.parametrize("cell", fused_rnn_cells("cpu"), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
 def test_shared_kernel_calls_compute_what_one_call_per_model_computes_up_to_rounding(cell):
     """The rnn family's ``models_per_kernel_call`` (P models' fused steps as one net of P*H units with
@@ -357,7 +348,7 @@ def test_shared_kernel_calls_compute_what_one_call_per_model_computes_up_to_roun
 
     model = build_model(with_shared_kernel_calls(cell), data_shape(cell), seeds=list(range(9)))
     assert model.models_per_kernel_call == 4 and model.uses_fused(torch.zeros(9, 1, 1, 1))
-    assert_shared_kernel_calls_compute_what_per_model_calls_do(cell, "cpu", 1e-5)
+    assert_opt_in_computes_what_per_model_calls_do(cell, with_shared_kernel_calls, "cpu", 1e-5)
 
 
 def test_block_diagonal_weights_keep_each_model_to_its_own_units():
