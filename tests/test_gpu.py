@@ -104,7 +104,7 @@ def test_grouped_kernels_on_a_gpu_agree_with_one_call_per_model(cell, determinis
 
 @pytest.mark.parametrize("cell", fused_rnn_cells("cuda"), ids=lambda c: f"{c.family}-{c.remedy}-d{c.depth}")
 def test_shared_kernel_calls_on_a_gpu_agree_with_one_call_per_model(cell, deterministic):
-    """cuDNN's call for 4 models (a net of 4*H units with block-diagonal weights) against one call per model:
+    """cuDNN's calls of 3 models (nets of 3*H units with block-diagonal weights) against one call per model:
     the bound of a model alone against the same model in a stack (1% of a tensor's largest value)."""
     assert_opt_in_computes_what_per_model_calls_do(cell, with_shared_kernel_calls, "cuda", 1e-2)
 

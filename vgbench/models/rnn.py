@@ -18,10 +18,10 @@ models to pay for the loop's per-op cost); a vanilla RNN's CPU "fused" kernel
 is itself a loop over time, and there the batched loop wins (README.md, Cell groups;
 bench/README.md).
 With the opt-in ``models_per_kernel_call`` P > 1, one call runs P models as a
-single net of P*H units whose weights are block-diagonal (``block_diagonal``):
-model p's units read only model p's inputs and units, so it is the same
-function in a K/P-th of the calls, at P times the arithmetic (for GPUs, where a
-small model's call leaves the device idle; slower on this CPU).
+single net of P*H units whose weights are block-diagonal, checked so that the
+models never mix (vgbench/models/shared_calls.py): the same function in a
+K/P-th of the calls, at P times the arithmetic (for GPUs, where a small
+model's call leaves the device idle; slower on this CPU).
 On probe steps, and for what the fused kernels cannot do (sigmoid units, layer
 normalization), the same equations run as one Python loop over time for all K
 models with batched matrix products: the probes need ||dL/dh_t|| for every t,
@@ -34,12 +34,15 @@ to float rounding.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from vgbench.models import FAMILIES, Family, ModelIO
 from vgbench.models.recipe import ACTIVATIONS, Recipe
+from vgbench.models.shared_calls import shared_fused_calls
 from vgbench.models.stacked import StackedLayer, StackedLinear
 from vgbench.models.streams import per_model
 from vgbench.probes.taps import ProbedModel
@@ -64,23 +67,6 @@ GATES = {"rnn": 1, "lstm": 4, "gru": 3}  # blocks stacked in the weights, in PyT
 # The fused kernels, called with one net's flat weights as nn.RNN / nn.LSTM / nn.GRU call them.
 FUSED = {("rnn", "tanh"): torch._VF.rnn_tanh, ("rnn", "relu"): torch._VF.rnn_relu,
          ("lstm", "tanh"): torch._VF.lstm, ("gru", "tanh"): torch._VF.gru}
-
-
-def block_diagonal(weights: torch.Tensor, gates: int) -> torch.Tensor:
-    """P models' ``[gates*H, C]`` matrices as one ``[gates*P*H, P*C]`` matrix in PyTorch's gate order: gate g of
-    model p is rows ``(g*P + p)*H ...`` and reads columns ``p*C ...`` only. The zeros are selected, not
-    multiplied in, so a non-finite weight stays in its own model's block; the gradient of each model's
-    block is the dense gradient's block, exactly."""
-    models, rows, columns = weights.shape
-    per_gate = weights.view(models, gates, rows // gates, columns).transpose(0, 1)  # [G, P, H, C]
-    own = torch.eye(models, dtype=torch.bool, device=weights.device).view(1, models, 1, models, 1)
-    return torch.where(own, per_gate.unsqueeze(3), 0.0).reshape(models * rows, models * columns)
-
-
-def gate_major(biases: torch.Tensor, gates: int) -> torch.Tensor:
-    """P models' ``[gates*H]`` vectors as one ``[gates*P*H]`` vector, in ``block_diagonal``'s row order."""
-    models, rows = biases.shape
-    return biases.view(models, gates, rows // gates).transpose(0, 1).reshape(models * rows)
 
 
 class RecurrentWeights(StackedLayer):
@@ -158,39 +144,20 @@ class RecurrentNet(ProbedModel):
         return torch.stack(states, dim=2)
 
     def fused_calls(self, x: torch.Tensor) -> torch.Tensor:
-        """The hidden states ``[K, N, T, H]`` from PyTorch's fused kernel: one call per model, or per
-        ``models_per_kernel_call`` models (on a GPU the calls overlap, each on a CUDA stream of its own,
-        vgbench/models/streams.py).
-
-        A shared call is trusted only where all its outputs are finite: a model whose numbers blow up
-        (an IRNN's unbounded state, say) would reach its call's other models through products with the
-        zeros of the block-diagonal weights (0 * inf = nan). Such a call is made again one model at a
-        time, so every model's outputs are as if alone; the check costs one wait for the device per
-        forward pass, and only where calls are shared."""
-        size = self.models_per_kernel_call
-        chunks = [(start, min(start + size, self.models)) for start in range(0, self.models, size)]
+        """The hidden states ``[K, N, T, H]`` from PyTorch's fused kernel: one call per model (on a GPU the
+        calls overlap, each on a CUDA stream of its own, vgbench/models/streams.py), or per
+        ``models_per_kernel_call`` models as one block-diagonal net (vgbench/models/shared_calls.py)."""
         weights = (self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih, self.rnn.bias_hh)
+        if self.models_per_kernel_call > 1:
+            return shared_fused_calls(self._fused_call, self.rnn.blocks, self.models_per_kernel_call, x, weights)
         # Each model's own slices, as nn.LSTM would call the kernel with them (unbound once: their
         # backward stacks the K gradients in one go).
         alone = list(zip(x.unbind(0), zip(*(w.unbind(0) for w in weights))))
+        return torch.cat(per_model(lambda x_k, w_k: self._fused_call(x_k, w_k, 1), alone, x.device))
 
-        def call(start: int, stop: int) -> torch.Tensor:
-            if stop - start == 1:
-                return self._fused_call(*alone[start], 1)
-            # One net of P*H units: inputs [N, T, P*F], block-diagonal weights.
-            return self._fused_call(x[start:stop].permute(1, 2, 0, 3).flatten(2),
-                                    [*(block_diagonal(w[start:stop], self.rnn.blocks) for w in weights[:2]),
-                                     *(gate_major(b[start:stop], self.rnn.blocks) for b in weights[2:])], stop - start)
-
-        outputs = per_model(call, chunks, x.device)
-        if size > 1:
-            finite = torch.stack([output.isfinite().all() for output in outputs]).tolist()
-            outputs = [output if ok else torch.cat([call(k, k + 1) for k in range(start, stop)])
-                       for output, ok, (start, stop) in zip(outputs, finite, chunks)]
-        return torch.cat(outputs)
-
-    def _fused_call(self, inputs: torch.Tensor, weights, models: int) -> torch.Tensor:
-        """One fused call over ``inputs`` ``[N, T, models*F]``: the states ``[models, N, T, H]``."""
+    def _fused_call(self, inputs: torch.Tensor, weights: Sequence[torch.Tensor], models: int) -> torch.Tensor:
+        """One fused call of one net (one model, or ``models`` as one block-diagonal net) over ``inputs``
+        ``[N, T, models*F]``: the states ``[models, N, T, H]``."""
         h0 = inputs.new_zeros(1, inputs.shape[0], models * self.hidden_size)
         hx = (h0, h0) if self.cell == "lstm" else h0
         states = self.fused(inputs, hx, list(weights), True, 1, 0.0, self.training, False, True)[0]

@@ -1,13 +1,14 @@
-"""Per-model kernel calls that overlap on a GPU: one CUDA stream per model.
+"""Kernel calls that overlap on a GPU: one CUDA stream per call.
 
-Where a stacked layer calls a kernel once per model (cuDNN's fused RNNs), a
-GPU would run the K calls one after another although none reads another's
-output, and a fused RNN over a short batch leaves most of the GPU idle (its
-time steps are sequential). Issuing model k's call on stream k lets the K
-calls run side by side. Each call is the same kernel on the same numbers as
-without streams, so the results are bit-identical (the ``gpu`` test tier
-checks it); autograd runs each call's backward on the stream of its forward.
-On CPU, or for one model, the calls run inline.
+Where a stacked layer calls a kernel once per model (cuDNN's fused RNNs), or
+once per few models (the rnn family's shared calls), a GPU would run the calls
+one after another although none reads another's output, and a fused RNN over a
+short batch leaves most of the GPU idle (its time steps are sequential).
+Issuing call k on stream k lets the calls run side by side. Each call is the
+same kernel on the same numbers as without streams, so the results are
+bit-identical (the ``gpu`` test tier checks it); autograd runs each call's
+backward on the stream of its forward. On CPU, or for one call, the calls run
+inline.
 """
 
 from __future__ import annotations
