@@ -22,6 +22,7 @@ Each check costs one wait for the device per pass, and only shared calls pay it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Sequence
 
 import torch
@@ -88,6 +89,9 @@ class SharedFusedCalls(torch.autograd.Function):
     @staticmethod
     def forward(ctx, call: FusedCall, gates: int, size: int, x: torch.Tensor, *weights: torch.Tensor):
         ctx.call, ctx.size, ctx.x = call, size, x
+        # Mixed precision: the backward's calls must run as the forward's did (autocast is off in backward).
+        ctx.autocast = [(device, torch.get_autocast_dtype(device)) for device in ("cpu", "cuda")
+                        if torch.is_autocast_enabled(device)]
         ctx.leaves = [w.detach().requires_grad_() for w in weights]
         with torch.enable_grad():
             ctx.outputs, ctx.shared = checked(call, gates, size, x, ctx.leaves)
@@ -103,7 +107,9 @@ class SharedFusedCalls(torch.autograd.Function):
             if was_shared and not ok:
                 for k in range(start, stop):
                     own = [leaf[k].detach().requires_grad_() for leaf in leaves]
-                    with torch.enable_grad():
+                    with torch.enable_grad(), contextlib.ExitStack() as autocast:
+                        for device, dtype in ctx.autocast:
+                            autocast.enter_context(torch.autocast(device, dtype=dtype))
                         states = call(x[k], own, 1)
                     for g, own_grad in zip(grads, torch.autograd.grad(states, own, grad[k:k + 1])):
                         g[k] = own_grad
