@@ -281,6 +281,39 @@ def test_a_failing_cell_is_recorded_and_the_others_go_on(tiny_params, tiny_data_
     assert not (results.cell_dir(tmp_path / "results", failed[0]) / "error.json").exists()
 
 
+def test_status_names_the_cell_folders_no_profile_holds_and_prune_removes_only_those(tiny_data_root, tmp_path):
+    """Results under an older cell id (a setting added to a family changes all its ids) are never read again;
+    `vgbench status` names them and `--prune` removes them, never a current cell of any profile (the
+    default profile's too, though tiny is active) nor a folder a live claim holds."""
+    import shutil
+
+    params = write_params(tmp_path)
+    root = tmp_path / "results"
+    assert vgbench(params, tiny_data_root, root, "train", "--only", "he_relu-mnist1d-d2").returncode == 0
+    [current] = (root / "cells").iterdir()
+    default_cell = expand(load_params(params, profile="default").active)[0].cell_id
+    old = [f"{current.name[:-10]}0123456789", "rnn-lstm-adding-d6-lr0.01-s0-abcdefabcd"]  # ids no profile has
+    for name in [*old, default_cell, "held-by-a-live-claim"]:
+        shutil.copytree(current, root / "cells" / name)
+    claim = claims.try_claim(root, "held-by-a-live-claim", "serial")  # this process: alive
+    assert claim is not None
+
+    status = vgbench(params, tiny_data_root, root, "status")
+    assert status.returncode == 0, status.stderr
+    assert "2 folder(s) under" in status.stdout and all(name in status.stdout for name in old)
+    assert default_cell not in status.stdout and "held-by-a-live-claim" not in status.stdout
+    assert sorted(p.name for p in (root / "cells").iterdir()) == sorted(
+        [current.name, *old, default_cell, "held-by-a-live-claim"])  # naming removes nothing
+
+    pruned = vgbench(params, tiny_data_root, root, "status", "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "removed 2 folder(s)" in pruned.stdout
+    assert sorted(p.name for p in (root / "cells").iterdir()) == sorted(
+        [current.name, default_cell, "held-by-a-live-claim"])
+    assert "folder(s) under" not in vgbench(params, tiny_data_root, root, "status").stdout
+    claims.release(root, claim)
+
+
 # -- resuming a killed cell -------------------------------------------------------------------------------------
 
 def _wait_for(path: Path, process: subprocess.Popen, seconds: float) -> None:

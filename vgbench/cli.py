@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -235,7 +236,44 @@ def _status(params: Params, args) -> int:
             print(f"\n{state}:")
             for cell_id, detail in listed:
                 print(f"  {cell_id}: {detail}")
+    _report_unlisted(params, args)
     return 0
+
+
+def _unlisted_cell_folders(params: Params, results_root: Path, only: str | None) -> list[Path]:
+    """Folders of ``results/cells`` that hold no cell of any profile of these params, and that no live claim
+    holds: results under an older cell id (a model setting added to a family changes every id of it, as
+    ``models_per_kernel_call`` did the rnn cells'), or of another params file. They are never read, but DVC
+    caches ``results/cells`` whole, so they cost space there and in every ``dvc push``."""
+    from vgbench import claims
+    from vgbench.tuning import matrix_cells
+    from vgbench.twins import stored_as
+
+    known = {stored_as(cell).cell_id for profile in params.profiles.values()
+             for cell in matrix_cells(profile, results_root)}
+    known |= set(claims.live_claims(results_root))
+    folder = results_root / "cells"
+    return sorted(path for path in (folder.iterdir() if folder.is_dir() else ())
+                  if path.is_dir() and path.name not in known and (not only or only in path.name))
+
+
+def _report_unlisted(params: Params, args) -> None:
+    """``vgbench status`` names the unlisted cell folders; with ``--prune`` it removes them."""
+    unlisted = _unlisted_cell_folders(params, args.results_root, args.only)
+    if not unlisted:
+        return
+    where = f"{args.results_root / 'cells'} (no cell of any profile in {args.params})"
+    if not args.prune:
+        print(f"\n{len(unlisted)} folder(s) under {where}; `vgbench status --prune` removes them:")
+        for path in unlisted[:10]:
+            print(f"  {path.name}")
+        if len(unlisted) > 10:
+            print(f"  ... and {len(unlisted) - 10} more")
+        return
+    for path in unlisted:
+        shutil.rmtree(path)
+    print(f"\nremoved {len(unlisted)} folder(s) under {where}; `dvc commit results/cells` (or the next "
+          f"`dvc repro`) records it")
 
 
 def _plan(params: Params, args) -> int:
@@ -277,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("cells", help="list the active profile's cells and the state of each")
     status = commands.add_parser("status", help="cells done, running (where), failed (why) and pending, per family")
     status.add_argument("--only", help="only cells whose id contains this text")
+    status.add_argument("--prune", action="store_true",
+                        help="remove the folders under results/cells that hold no cell of any profile (older ids)")
     plan = commands.add_parser("plan", help="cells, steps and estimated device-hours, from one timed step per "
                                             "model shape on this machine")
     plan.add_argument("--device", default="cpu", help="device to time the steps on (default: %(default)s)")
