@@ -105,14 +105,13 @@ class SharedFusedCalls(torch.autograd.Function):
                               for start, stop in calls]).tolist()
         for (start, stop), was_shared, ok in zip(calls, ctx.shared, finite):
             if was_shared and not ok:
-                for k in range(start, stop):
-                    own = [leaf[k].detach().requires_grad_() for leaf in leaves]
-                    with torch.enable_grad(), contextlib.ExitStack() as autocast:
-                        for device, dtype in ctx.autocast:
-                            autocast.enter_context(torch.autocast(device, dtype=dtype))
-                        states = call(x[k], own, 1)
-                    for g, own_grad in zip(grads, torch.autograd.grad(states, own, grad[k:k + 1])):
-                        g[k] = own_grad
+                again = [leaf.detach().requires_grad_() for leaf in leaves]
+                with torch.enable_grad(), contextlib.ExitStack() as autocast:
+                    for device, dtype in ctx.autocast:
+                        autocast.enter_context(torch.autocast(device, dtype=dtype))
+                    states = one_by_one(call, x, again, start, stop)
+                for g, own in zip(grads, torch.autograd.grad(states, again, grad[start:stop])):
+                    g[start:stop] = own[start:stop]
         del ctx.outputs, ctx.leaves
         return (None, None, None, None, *grads)
 
