@@ -366,11 +366,16 @@ def test_block_diagonal_weights_keep_each_model_to_its_own_units():
                        torch.cat([weights[p, 2 * g:2 * g + 2, 0] for g in range(4) for p in range(3)]))
 
 
-def _lstm_whose_model_two_blows_up(models_per_kernel_call: int):
+def _small_rnns(recipe: Recipe, models: int, models_per_kernel_call: int):
+    """``models`` recurrent nets of 6 units over 9 steps of 3 features (seeds 0..models-1), one output each."""
     entry = FAMILIES.get("rnn")
     torch.manual_seed(0)
-    model = entry.build(ModelIO((9, 3), 1, False), 9, Recipe(cell="lstm"),
-                        entry.hparams(hidden_size=6, models_per_kernel_call=models_per_kernel_call), list(range(5)))
+    return entry.build(ModelIO((9, 3), 1, False), 9, recipe,
+                       entry.hparams(hidden_size=6, models_per_kernel_call=models_per_kernel_call), list(range(models)))
+
+
+def _lstm_whose_model_two_blows_up(models_per_kernel_call: int):
+    model = _small_rnns(Recipe(cell="lstm"), 5, models_per_kernel_call)
     with torch.no_grad():  # overflowed weights: inf * 0 = nan from the first step
         model.rnn.weight_hh[2, :, 0] = float("inf")
     return model
@@ -411,12 +416,7 @@ def test_a_gradient_that_blows_up_in_a_shared_kernel_call_leaves_the_others_as_t
     (through the zeros of W_hh's transpose); the call's gradients are made again one model at a time.
     Nine models in calls of 4, 4 and 1: every model agrees with a call of its own, and those of model 1's
     call are its very numbers, under mixed precision too (the backward's calls run as the forward's did)."""
-    entry = FAMILIES.get("rnn")
-    models = {}
-    for size in (1, 4):
-        torch.manual_seed(0)
-        models[size] = entry.build(ModelIO((9, 3), 1, False), 9, recipe,
-                                   entry.hparams(hidden_size=6, models_per_kernel_call=size), list(range(9)))
+    models = {size: _small_rnns(recipe, 9, size) for size in (1, 4)}
     x = torch.randn(9, 4, 9, 3)
     upstream = torch.randn(9, 4, 9, 6)
     upstream[1, 0, -1, 0] = float("inf")
