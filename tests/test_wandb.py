@@ -113,6 +113,29 @@ def test_offline_run_history_has_the_probe_norms_of_grad_profile_json(offline_ce
         logged = [row[names.probe_layer(i)] for i in range(layers)]
         assert logged == pytest.approx(record["dL_dh_norm"], rel=1e-9)
         assert names.probe_layer(layers) not in row
+        assert row[names.PROBE_LOG10_RATIO] == pytest.approx(math.log10(record["dL_dh_first_last_ratio"]), rel=1e-9)
+
+
+def test_a_gradient_that_vanished_to_zero_reaches_wandb_as_minus_infinity_as_in_metrics_json(
+        tiny_params, tiny_data, tmp_path):
+    """The most vanished cell of all: weights of std 1e-50, which float32 stores as exact zeros, pass no
+    gradient at all to the first layer, so its first/last ratio is exactly 0 on any machine. metrics.json
+    records log10 of it as -inf; the W&B run must say the same in its history (the probe chart) and summary,
+    not NaN (a missing point) or None."""
+    cell = _cell(tiny_params, "small_init", 6)
+    cell = dataclasses.replace(cell, recipe={**cell.recipe, "init_std": 1e-50})
+    with wandb_dir_env(tmp_path / "wandb-root") as wandb_dir:
+        metrics = run_cell(cell, tiny_data, tmp_path / "results", OFFLINE, profile="tiny")
+    assert metrics.init_log10_dL_dh_first_last == metrics.final_log10_dL_dh_first_last == -math.inf
+    assert metrics.failure == "vanished"
+    run = _single_run(wandb_dir, names.CELL_JOB)
+    probed = [row[names.PROBE_LOG10_RATIO] for row in run.history if names.PROBE_LOG10_RATIO in row]
+    records = json.loads((tmp_path / "results" / "cells" / cell.cell_id / "grad_profile.json").read_text())["records"]
+    assert probed == [-math.inf] * len(records) and len(records) > 2
+    assert run.summary["init_log10_dL_dh_first_last"] == run.summary["final_log10_dL_dh_first_last"] == -math.inf
+    # The first layer's weight gradient is 0 too (x^T times a zero dL/dh): -inf in both records.
+    assert run.summary["init_log10_weight_grad_first_last"] == metrics.init_log10_weight_grad_first_last == -math.inf
+    assert run.summary["failure"] == "vanished"
 
 
 def test_offline_run_summary_has_the_cell_metrics(offline_cell):

@@ -49,6 +49,7 @@ import lightning as L
 import torch
 
 from vgbench.models.stacked import per_model_grad_squares, total_norm
+from vgbench.probes.failure import log10_ratio
 from vgbench.probes.taps import ProbedModel, TapRecord
 from vgbench.probes.theory import predict
 from vgbench import wandb_names as names
@@ -170,8 +171,9 @@ class GradientFlowProbe(L.Callback):
     def _log(pl_module, k: int, record: dict) -> None:
         if pl_module.runs_per_model[k] is None:  # no W&B run for this cell
             return
-        ratio = record["dL_dh_first_last_ratio"]
-        metrics = {names.PROBE_LOG10_RATIO: math.log10(ratio) if ratio > 0 else float("nan"),
+        # log10_ratio, as metrics.json has it: -inf where the first state's gradient is exactly 0 (the
+        # most vanished cells; W&B keeps -inf), not NaN, which W&B charts draw as a missing point.
+        metrics = {names.PROBE_LOG10_RATIO: log10_ratio(record["dL_dh_first_last_ratio"]),
                    names.PROBE_TOTAL_NORM: record["grad_total_norm"]}
         for i, value in enumerate(record["dL_dh_norm"]):
             metrics[names.probe_layer(i)] = value

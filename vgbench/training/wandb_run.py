@@ -17,7 +17,6 @@ cells' runs are opened here and the Trainer gets no logger.
 
 from __future__ import annotations
 
-import math
 import os
 
 from vgbench.config import ConfigError, WandbSettings
@@ -97,8 +96,9 @@ def pretraining_table(pretraining: dict):
 def finish_run(run, metrics: dict, init_record: dict, pretraining: dict | None = None) -> None:
     scalars = {key: value for key, value in metrics.items()
                if isinstance(value, (int, float, str, bool)) or value is None}
-    run.summary.update({key: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                        for key, v in scalars.items()})
+    # As metrics.json has them, NaN and -inf included (a gradient ratio of exactly 0 is -inf there):
+    # W&B stores non-finite numbers, and its summary copies the last history row's anyway.
+    run.summary.update(scalars)
     tables = {names.GRAD_PROFILE_INIT: profile_table(init_record)}
     if pretraining is not None:
         tables[names.PRETRAINING] = pretraining_table(pretraining)
