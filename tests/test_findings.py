@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
-from vgbench.findings import ABSENT, CLAIMS, FAILS, HOLDS, check_all
+from vgbench.findings import ABSENT, CLAIMS, FAILS, HOLDS, UNDETERMINED, VERDICTS, check_all
 from vgbench.references import references
 
 
@@ -59,7 +61,7 @@ def test_a_claim_without_its_rows_is_not_in_this_profile():
     assert by_name.loc["he2015_relu_he_init", "verdict"] == HOLDS
     assert by_name.loc["srivastava2015_highway_trains_deep", "verdict"] == ABSENT
     assert "needs highway, plain in a highway block" in by_name.loc["srivastava2015_highway_trains_deep", "evidence"]
-    assert set(result["verdict"]) <= {HOLDS, FAILS, ABSENT} and len(result) == len(CLAIMS.names())
+    assert set(result["verdict"]) <= set(VERDICTS) and len(result) == len(CLAIMS.names())
 
 
 def test_batch_norm_is_checked_in_every_block_that_has_it_and_fails_if_one_fails():
@@ -98,6 +100,8 @@ def test_pretraining_needs_non_overlapping_intervals():
                 + both_depths("dbn", "small_init", {}, dict(test=0.1, ci=0.01), (3, 20)))
     assert verdicts(rows(0.2, 0.05))["hinton2006_pretraining_helps"] == HOLDS
     assert verdicts(rows(0.2, 0.095))["hinton2006_pretraining_helps"] == FAILS  # 0.105 < 0.110: they overlap
+    # One seed has no interval: the claim can be neither held nor failed (a NaN comparison reads False).
+    assert verdicts(rows(0.2, math.nan))["hinton2006_pretraining_helps"] == UNDETERMINED
 
 
 def test_long_lag_claims_read_the_longest_sequence():
@@ -114,3 +118,28 @@ def test_clipping_changes_nothing_for_vanishing():
     assert verdicts(rows)["pascanu2013_clipping_not_vanishing"] == HOLDS
     rows[1]["trainable_rate"] = 1.0  # clipping rescued a net that does not train without it: the claim fails
     assert verdicts(rows)["pascanu2013_clipping_not_vanishing"] == FAILS
+
+
+def test_clipping_compares_two_gradients_that_both_underflowed_to_zero_as_the_same():
+    """At T = 400 or 784 (the paper profile's RNNs) a small-init net's first/last ratio is below float64's
+    range even in the float64 probe: log10 -inf, with and without clipping. -inf - -inf is NaN; the two are
+    still the same ratio, and the claim must not fail on it."""
+    rows = (both_depths("rnn", "grad_clip", {}, dict(ratio=-math.inf, trainable=0.0), (50, 400))
+            + both_depths("rnn", "small_init", {}, dict(ratio=-math.inf, trainable=0.0), (50, 400)))
+    assert verdicts(rows)["pascanu2013_clipping_not_vanishing"] == HOLDS
+    rows[1]["init_log10_dL_dh_first_last"] = -60.0  # one underflowed, the other did not: not the same weights
+    assert verdicts(rows)["pascanu2013_clipping_not_vanishing"] == FAILS
+    rows[1]["init_log10_dL_dh_first_last"] = math.nan  # not measured: nothing to compare
+    assert verdicts(rows)["pascanu2013_clipping_not_vanishing"] == UNDETERMINED
+
+
+def test_an_undefined_number_makes_a_claim_undetermined_unless_another_block_fails_it():
+    vanishing = both_depths("mlp", "sigmoid_standard", {}, dict(ratio=math.nan, trainable=0.0, test=0.1))
+    table = check_all(pd.DataFrame(vanishing), pd.DataFrame(
+        columns=["family", "dataset", "depth", "remedy", "layer", "log10_dL_dh_norm", "activation_variance"]))
+    claim = table.set_index("claim").loc["glorot2010_sigmoid_vanishes"]
+    assert claim["verdict"] == UNDETERMINED and "mlp on mnist1d (undetermined)" in claim["evidence"]
+    failing = both_depths("mlp", "sigmoid_standard", {}, dict(ratio=-0.5, trainable=0.0), (2, 20))
+    for part in failing:
+        part["dataset"] = "other"
+    assert verdicts(vanishing + failing)["glorot2010_sigmoid_vanishes"] == FAILS  # fails somewhere: fails

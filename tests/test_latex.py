@@ -4,6 +4,7 @@ elsewhere the test is skipped where pdflatex is missing)."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -11,8 +12,10 @@ import subprocess
 
 import pytest
 
-from tests.test_report import cells, params, write_results  # noqa: F401 (fixtures)
-from vgbench.report import build
+import pandas as pd
+
+from tests.test_report import cells, golden_rows, params, write_results  # noqa: F401 (fixtures)
+from vgbench.report import build, formats
 
 DOCUMENT = r"""\documentclass{article}
 \usepackage{booktabs}
@@ -65,3 +68,32 @@ def test_the_leaderboard_and_claims_tables_compile_with_every_citation_resolved(
     resolved = set(re.findall(r"\\bibcite\{([^}]*)\}", (paper / "paper.aux").read_text()))
     assert cited and cited <= resolved
     assert (paper / "paper.pdf").stat().st_size > 10_000
+
+
+def test_a_loss_table_with_a_diverged_row_and_a_row_short_of_seeds_compiles_and_says_so(tmp_path, params):
+    """The copy-memory task's metric is cross_entropy (an underscore, in the caption); a row whose seed
+    diverged has mean +inf and no std or interval; a row with a cell missing has 2 seeds of 3. All of it
+    must compile cleanly, and the short row must be marked and the caption say what the mark means."""
+    _tools()
+    rows = golden_rows().assign(metric="cross_entropy", higher_is_better=False, baseline_metric=2.2,
+                                family="rnn", dataset="copy_memory")
+    rows.loc[1, ["test_metric_mean", "test_metric_std", "test_metric_ci_low", "test_metric_ci_high"]] = [
+        math.inf, math.nan, math.nan, math.nan]
+    rows.loc[2, "n"] = 2
+    caption = build._latex_caption(params, "rnn", "copy_memory", rows, n_seeds=3)
+    table = formats.leaderboard_latex(rows, caption=caption, seeds=3)
+    assert r"test cross\_entropy, lower is better" in caption
+    assert rf"$\infty \pm \mbox{{--}}$" in table  # not the plain-text "inf ± –" in math mode
+    assert table.count(formats.FEWER_SEEDS_MARK) == 1 + 1  # the short row, and the caption's legend
+    assert rf"{formats.FEWER_SEEDS_MARK}: over fewer" in caption and "(1 of 5 entries" in caption
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "leaderboard.tex").write_text(table)
+    shutil.copy(build.BIB_PATH, paper / "references.bib")
+    (paper / "paper.tex").write_text(DOCUMENT.replace(r"\input{claims.tex}" + "\n", ""))
+    latex = ("pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex")
+    for command in (latex, ("bibtex", "paper"), latex):
+        done = _run(paper, *command)
+        assert done.returncode == 0, done.stdout[-3000:]
+    log = (paper / "paper.log").read_text(errors="replace")
+    assert "invalid in math mode" not in log and "Missing $" not in log and "Overfull \\hbox" not in log

@@ -296,7 +296,9 @@ def test_diverged_seed_counts_as_zero_test_accuracy(rows):
     assert row["rate_diverged"] == pytest.approx(1 / 3)
     assert row["failures"] == "diverged 1/3"
     assert row["init_log10_dL_dh_first_last"] == pytest.approx(-0.3)  # NaN of the diverged seed left out
-    assert row["final_train_loss_mean"] == pytest.approx(1.5)
+    # The diverged seed's training loss counts as +inf, as its test accuracy counts as 0: a mean over the
+    # two that trained (1.5) would let a row whose seeds diverge pass for trained (findings.py reads it).
+    assert row["final_train_loss_mean"] == math.inf
 
 
 def test_failure_rates_and_summary(rows):
@@ -328,12 +330,14 @@ def test_epochs_to_target_is_the_median_over_seeds_that_reached_it(rows):
 
 def test_log10_ratio_with_infinities(rows):
     assert rows.loc[("small_init", 2)]["init_log10_dL_dh_first_last"] == pytest.approx(-1.2)
-    # one seed at -inf: mean over the finite ones
-    assert rows.loc[("he_relu", 6)]["init_log10_dL_dh_first_last"] == pytest.approx(-0.6)
+    # one seed at -inf (its first-layer gradient underflowed to 0, the most vanished seed): the mean of
+    # the logs is -inf; leaving that seed out would call the row healthier than any of its seeds shows
+    assert rows.loc[("he_relu", 6)]["init_log10_dL_dh_first_last"] == NEG_INF
     # every seed at -inf: -inf
     assert rows.loc[("small_init", 6)]["init_log10_dL_dh_first_last"] == NEG_INF
     assert rows.loc[("small_init", 6)]["init_log10_weight_grad_first_last"] == NEG_INF
-    assert math.isnan(aggregate._finite_mean(pd.Series([NAN, NAN])))
+    assert math.isnan(aggregate._mean_of_measured(pd.Series([NAN, NAN])))  # never measured: not a number
+    assert aggregate._mean_of_measured(pd.Series([NAN, -1.0, -2.0])) == pytest.approx(-1.5)
 
 
 # 3. frontier and ranking ----------------------------------------------------------------------------------------
@@ -579,6 +583,8 @@ def test_latex_escapes_names():
     assert r"\begin{tabular}{llrr}" in lines and r"data & remedy & test acc. & $\log_{10}\frac{g_1}{g_L}$ \\" in lines
     assert any(line.startswith(r"a\&b & 50\%\_x\textbackslash{}y & ") for line in lines)
     assert any(line.startswith("c & d & ") for line in lines)
+    # Every character LaTeX reads as a command, in one pass (the braces of \textbackslash{} stay braces).
+    assert formats.tex_escape(r"#$~^{}\ ") == r"\#\$\textasciitilde{}\textasciicircum{}\{\}\textbackslash{} "
 
 
 # 6. the whole stage ---------------------------------------------------------------------------------------------
@@ -629,7 +635,7 @@ def test_build_leaderboard(tmp_path, params, cells):
 
     md = (tmp_path / "leaderboard.md").read_text()
     assert md.startswith("## mlp on mnist1d (profile synthetic)\n")
-    assert ("| grad_clip | 6 | 0.1 ↑ | 0.500 ± 0.436 | [-0.583, 1.583] | 3 | 67% | 67% | -0.3 | – | 1.500 | 2.0 "
+    assert ("| grad_clip | 6 | 0.1 ↑ | 0.500 ± 0.436 | [-0.583, 1.583] | 3 | 67% | 67% | -0.3 | – | inf | 2.0 "
             "| diverged 1/3 |" in md)
     # he_relu (0.6 at every seed) and grad_clip (0.5 ± 0.44) both train at depth 6: their intervals overlap.
     assert "| 1–2 | he_relu | 6 | 0.600 ± 0.000 | [0.600, 0.600] |" in md
@@ -637,14 +643,18 @@ def test_build_leaderboard(tmp_path, params, cells):
     tex = (tmp_path / "leaderboard.tex").read_text()
     assert (r"he\_relu~\cite{glorot2011deep,he2015delving} & \begin{tabular}[t]{@{}r@{}}$0.700 \pm 0.050$\\"
             r"{\scriptsize $[0.576, 0.824]$}\end{tabular} & $0.2$ & \begin{tabular}[t]{@{}r@{}}$0.600 \pm 0.000$\\"
-            r"{\scriptsize $[0.600, 0.600]$}\end{tabular} & $-0.6$ & 1--2 \\") in tex  # ranked as in the .md
+            r"{\scriptsize $[0.600, 0.600]$}\end{tabular} & $-\infty$ & 1--2 \\") in tex  # ranked as in the .md
     assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex and "rank: tie-aware" in tex
     assert r"mlp on mnist1d~\cite{greydanus2020scaling}: " in tex  # the data set's source, in the caption
-    # Published claims checked against these rows: he_relu trains at depth 6 (all 3 seeds) with a flat
-    # init ratio (-0.6); clipping leaves the small-init ratio (-0.3 vs -inf) alone: that one fails here.
+    # Published claims checked against these rows: he_relu trains at depth 6 (all 3 seeds), but one seed's
+    # first-layer gradient is exactly 0 at init, so the row's mean log10 ratio is -inf, not flat: fails (the
+    # finite seeds alone, -0.6, would have let it hold). Clipping changes the small-init ratio (-0.3 vs -inf):
+    # that one fails too.
     claims = (tmp_path / "claims.md").read_text()
-    assert claims.startswith("## Published claims (profile synthetic): ")
-    assert "| `he2015_relu_he_init` |" in claims and summary["claims"]["he2015_relu_he_init"]["verdict"] == "holds"
+    assert claims.startswith("## Published claims (profile synthetic): 2 fails, 8 not in this profile\n")
+    he_relu = summary["claims"]["he2015_relu_he_init"]
+    assert "| `he2015_relu_he_init` |" in claims and he_relu["verdict"] == "fails"
+    assert "he_relu d6: log10 dL/dh first/last -inf" in he_relu["evidence"]
     assert summary["claims"]["srivastava2015_highway_trains_deep"]["verdict"] == "not in this profile"
     assert summary["claims"]["pascanu2013_clipping_not_vanishing"]["verdict"] == "fails"
     # DVC's metrics file: the headline of the same tables, one short row (vgbench/report/headline.py).
@@ -652,11 +662,11 @@ def test_build_leaderboard(tmp_path, params, cells):
     assert _strict_json((tmp_path / "metrics.json").read_text()) == {
         "profile": "synthetic", "cells": 36, "cells_missing": 0,
         "claims": {"holds": verdicts.count("holds"), "fails": verdicts.count("fails"),
-                   "not_in_profile": verdicts.count("not in this profile")},
+                   "undetermined": verdicts.count("undetermined"), "not_in_profile": verdicts.count("not in this profile")},
         # At depth 6: he_relu and grad_clip train (3/3 and 2/3 seeds), small_init vanished (3/3); he_relu leads.
         "mlp/mnist1d": {"deepest": 6, "remedies": 3, "trainable_at_deepest": 2, "vanished_at_deepest": 1,
                         "leader": "he_relu", "leader_test_accuracy": 0.6}}
-    assert verdicts.count("holds") and verdicts.count("fails") and verdicts.count("not in this profile")
+    assert verdicts.count("fails") == 2 and verdicts.count("not in this profile") == len(verdicts) - 2
     assert r"\label{tab:vgbench-claims}" in (tmp_path / "claims.tex").read_text()
     assert tmp_path / "references.bib" in written  # every key the tables cite, beside them
     cited = {key for group in re.findall(r"\\cite\{([^}]*)\}", tex) for key in group.split(",")}

@@ -308,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     board = commands.add_parser("leaderboard", help="aggregate results into leaderboard tables and figures")
     board.add_argument("--no-wandb", action="store_true", help="do not log the tables to W&B")
     commands.add_parser("claims", help="published claims checked against the active profile's results "
-                                       "(holds / fails / not in this profile, with the numbers)")
+                                       "(holds / fails / undetermined / not in this profile, with the numbers)")
     report = commands.add_parser("report", help="a W&B Report of the results: its specification and a Markdown "
                                                 "rendering in results/report/; --publish saves it to W&B")
     report.add_argument("--publish", action="store_true", help="save the report (wandb.mode: online, runs synced)")

@@ -8,6 +8,8 @@ seeds), and returns a verdict with the numbers it used:
 
 - ``holds``: every condition is met, in every block of the profile where the claim can be checked;
 - ``fails``: some condition is not met in some block (the evidence says which);
+- ``undetermined``: no block fails, but in some block a number the check needs is undefined (one seed has
+  no interval; a gradient ratio that was not measured), so it can neither hold nor fail there;
 - ``not in this profile``: no block has the rows the check needs (another profile has them).
 
 The thresholds are the papers' where they give one; otherwise they are stated with the reason. A
@@ -28,7 +30,8 @@ from vgbench.references import check_keys
 from vgbench.report import MAJORITY
 from vgbench.registry import Registry
 
-HOLDS, FAILS, ABSENT = "holds", "fails", "not in this profile"
+HOLDS, FAILS, UNDETERMINED, ABSENT = "holds", "fails", "undetermined", "not in this profile"
+VERDICTS = (HOLDS, FAILS, UNDETERMINED, ABSENT)
 
 # Shared thresholds (the reason is in each claim's text):
 VANISHED_LOG10 = -1.0  # the first layer's gradient at least 10x below the last one's
@@ -37,7 +40,7 @@ FLAT_LOG10 = 1.0  # within a factor of 10 either way: no vanishing, no explosion
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str  # HOLDS, FAILS or ABSENT
+    status: str  # one of VERDICTS
     evidence: str
 
 
@@ -67,7 +70,8 @@ class Claim:
     families: tuple[str, ...]
     datasets: tuple[str, ...] | None  # None: any data set of those families
     needs: tuple[str, ...]  # remedies the check reads
-    check: Callable[[Block], tuple[bool, str]] = field(repr=False)  # (holds, evidence) for one block
+    # (holds, evidence) for one block; holds is None where a number it needs is undefined (``_decided``)
+    check: Callable[[Block], tuple[bool | None, str]] = field(repr=False)
 
 
 CLAIMS: Registry[Claim] = Registry("published claim")
@@ -75,7 +79,7 @@ CLAIMS: Registry[Claim] = Registry("published claim")
 
 def _claim(name: str, cites: tuple[str, ...], statement: str, thresholds: str, families: tuple[str, ...],
            needs: tuple[str, ...], datasets: tuple[str, ...] | None = None):
-    def register(check: Callable[[Block], tuple[bool, str]]) -> Callable[[Block], tuple[bool, str]]:
+    def register(check: Callable[[Block], tuple[bool | None, str]]) -> Callable[[Block], tuple[bool | None, str]]:
         CLAIMS.add(name, Claim(name, check_keys(cites, f"claim {name!r}"), statement, thresholds, families,
                                datasets, needs, check))
         return check
@@ -108,6 +112,17 @@ def _ratio(row: pd.Series) -> str:
     return f"log10 dL/dh first/last {_num(row['init_log10_dL_dh_first_last'])}"
 
 
+def _decided(holds: bool, *needed: float) -> bool | None:
+    """``holds``, or None where a number it was computed from is NaN (a comparison with NaN is False, which
+    would read as a failure): the claim is undetermined there, not failed."""
+    return None if any(value is None or math.isnan(value) for value in needed) else bool(holds)
+
+
+def _same_log10(a: float, b: float, tolerance: float) -> bool:
+    """Within ``tolerance`` in log10, equal infinities included (two gradients that both underflowed to 0)."""
+    return a == b or abs(a - b) <= tolerance
+
+
 def _trains(row: pd.Series) -> bool:
     return row["trainable_rate"] >= MAJORITY  # the frontier's rule
 
@@ -123,7 +138,7 @@ def _trains(row: pd.Series) -> bool:
 def _sigmoid_vanishes(block: Block) -> tuple[bool, str]:
     row = block.row("sigmoid_standard")
     ratio = row["init_log10_dL_dh_first_last"]
-    return (ratio <= VANISHED_LOG10 and not _trains(row),
+    return (_decided(ratio <= VANISHED_LOG10 and not _trains(row), ratio),
             _describe(row, _ratio(row), _metric(row), _trained(row)))
 
 
@@ -136,7 +151,8 @@ def _sigmoid_vanishes(block: Block) -> tuple[bool, str]:
 def _relu_he(block: Block) -> tuple[bool, str]:
     row = block.row("he_relu")
     ratio = row["init_log10_dL_dh_first_last"]
-    return (abs(ratio) <= FLAT_LOG10 and _trains(row), _describe(row, _ratio(row), _metric(row), _trained(row)))
+    return (_decided(abs(ratio) <= FLAT_LOG10 and _trains(row), ratio),
+            _describe(row, _ratio(row), _metric(row), _trained(row)))
 
 
 @_claim("ioffe2015_batchnorm_trains_sigmoid", ("ioffe2015batch",),
@@ -202,7 +218,7 @@ def _degradation(block: Block) -> tuple[bool, str]:
         return (f"{deep['remedy']} train loss d{int(shallow['depth'])} {shallow['final_train_loss_mean']:.3f} -> "
                 f"d{int(deep['depth'])} {deep['final_train_loss_mean']:.3f}")
 
-    return (degrades and healthy and holds_up,
+    return (_decided(degrades and healthy and holds_up, plain_deep["init_log10_dL_dh_first_last"]),
             f"{loss(plain_deep, plain_shallow)}, {_ratio(plain_deep)}; {loss(res_deep, res_shallow)}")
 
 
@@ -237,7 +253,9 @@ def _pretraining(block: Block) -> tuple[bool, str]:
     pretrained, random = block.row("pretrain"), block.row("small_init")
     better = (pretrained["test_metric_ci_low"] > random["test_metric_ci_high"] if pretrained["higher_is_better"]
               else pretrained["test_metric_ci_high"] < random["test_metric_ci_low"])
-    return (bool(better), "; ".join(_describe(r, _metric(r), _trained(r)) for r in (pretrained, random)))
+    # One seed has no interval: undetermined, not failed.
+    bounds = [r[key] for r in (pretrained, random) for key in ("test_metric_ci_low", "test_metric_ci_high")]
+    return (_decided(better, *bounds), "; ".join(_describe(r, _metric(r), _trained(r)) for r in (pretrained, random)))
 
 
 @_claim("pascanu2013_clipping_not_vanishing", ("pascanu2013difficulty",),
@@ -247,9 +265,10 @@ def _pretraining(block: Block) -> tuple[bool, str]:
         families=("mlp", "rnn"), needs=("grad_clip", "small_init"))
 def _clipping(block: Block) -> tuple[bool, str]:
     clipped, plain = block.row("grad_clip"), block.row("small_init")
-    same = abs(clipped["init_log10_dL_dh_first_last"] - plain["init_log10_dL_dh_first_last"]) <= 0.1
+    ratios = clipped["init_log10_dL_dh_first_last"], plain["init_log10_dL_dh_first_last"]
     no_rescue = _trains(plain) or not _trains(clipped)
-    return (same and no_rescue, "; ".join(_describe(r, _ratio(r), _metric(r), _trained(r)) for r in (clipped, plain)))
+    return (_decided(_same_log10(*ratios, 0.1) and no_rescue, *ratios),
+            "; ".join(_describe(r, _ratio(r), _metric(r), _trained(r)) for r in (clipped, plain)))
 
 
 # -- checking ----------------------------------------------------------------------------------------------------
@@ -276,10 +295,14 @@ def verdict(claim: Claim, all_blocks: list[Block]) -> Verdict:
     if not checked:
         where = "/".join(claim.families) + (f" on {'/'.join(claim.datasets)}" if claim.datasets else "")
         return Verdict(ABSENT, f"needs {', '.join(claim.needs)} in a {where} block")
-    status = HOLDS if all(holds for _, holds, _ in checked) else FAILS
-    evidence = " | ".join(f"{block.family} on {block.dataset} ({HOLDS if holds else FAILS}): {text}"
+    def status(holds: bool | None) -> str:
+        return UNDETERMINED if holds is None else HOLDS if holds else FAILS
+
+    outcomes = {status(holds) for _, holds, _ in checked}
+    overall = FAILS if FAILS in outcomes else UNDETERMINED if UNDETERMINED in outcomes else HOLDS
+    evidence = " | ".join(f"{block.family} on {block.dataset} ({status(holds)}): {text}"
                           for block, holds, text in checked)
-    return Verdict(status, evidence)
+    return Verdict(overall, evidence)
 
 
 def check_all(rows: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:

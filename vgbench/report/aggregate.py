@@ -99,16 +99,18 @@ def choose_learning_rates(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _std(values: pd.Series) -> float:
-    if len(values) < 2:
-        return 0.0
-    return float(values.std(ddof=1)) if all(map(math.isfinite, values)) else float("nan")
+    """The sample standard deviation; NaN (shown "–") where it is undefined: one seed, or a non-finite value."""
+    if len(values) < 2 or not all(map(math.isfinite, values)):
+        return float("nan")
+    return float(values.std(ddof=1))
 
 
-def _finite_mean(values: pd.Series) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if finite:
-        return sum(finite) / len(finite)
-    return float("-inf") if any(v == float("-inf") for v in values) else float("nan")
+def _mean_of_measured(values: pd.Series) -> float:
+    """The mean over the seeds where the value was measured (NaN, not measured, is left out). A log10 ratio
+    of -inf, a first-layer gradient that underflowed to exactly 0, is the most vanished seed of all and
+    counts: it makes the mean -inf (the geometric mean of ratios one of which is 0), never drops out."""
+    measured = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(measured) / len(measured) if measured else float("nan")
 
 
 def _gain(values: pd.Series, baseline: pd.Series, higher_is_better: pd.Series) -> pd.Series:
@@ -162,13 +164,15 @@ def leaderboard_rows(cells: pd.DataFrame, fraction_of_shallow: float = 0.5) -> p
             **dict(zip(("test_metric_ci_low", "test_metric_ci_high"), t_interval(test))),
             "trainable_rate": float(group["trainable"].mean()),
             "converged_rate": float((group["converged"] == True).mean()),  # noqa: E712 (None: not converged)
-            "init_log10_dL_dh_first_last": _finite_mean(group["init_log10_dL_dh_first_last"]),
-            "theory_log10_dL_dh_first_last": _finite_mean(group["theory_log10_dL_dh_first_last"]),
+            "init_log10_dL_dh_first_last": _mean_of_measured(group["init_log10_dL_dh_first_last"]),
+            "theory_log10_dL_dh_first_last": _mean_of_measured(group["theory_log10_dL_dh_first_last"]),
             "theory": "; ".join(sorted(set(group["theory"]))),
-            "init_log10_weight_grad_first_last": _finite_mean(group["init_log10_weight_grad_first_last"]),
+            "init_log10_weight_grad_first_last": _mean_of_measured(group["init_log10_weight_grad_first_last"]),
             "epochs_to_target": float(reached.median()) if len(reached) else float("nan"),
             "reached_target_rate": len(reached) / len(group),
-            "final_train_loss_mean": _finite_mean(group["final_train_loss"]),
+            # A diverged seed's loss (NaN) counts as +inf, the worst, as its test metric does: a row whose
+            # seeds diverged must not look trained by the mean of the others.
+            "final_train_loss_mean": float(group["final_train_loss"].fillna(math.inf).mean()),
             "wall_seconds_mean": float(group["wall_seconds"].mean()),
         })
         for label in (*FAILURE_LABELS, "weak"):

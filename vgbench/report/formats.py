@@ -10,6 +10,7 @@ import math
 
 import pandas as pd
 
+from vgbench.findings import VERDICTS
 from vgbench.references import latex_cite
 from vgbench.remedies import REMEDIES
 
@@ -129,14 +130,26 @@ def left_out_markdown(left_out: dict[str, list[str]], total: int) -> str:
     return "\n".join(lines)
 
 
+# Every character LaTeX reads as a command in running text, in one pass (so the braces of
+# \textbackslash{} are not escaped again).
+_TEX_SPECIALS = str.maketrans({"\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "_": r"\_", "&": r"\&",
+                               "%": r"\%", "#": r"\#", "$": r"\$", "~": r"\textasciitilde{}",
+                               "^": r"\textasciicircum{}"})
+
+
 def tex_escape(text: str) -> str:
-    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
+    return text.translate(_TEX_SPECIALS)
+
+
+def _tex_number(value: float, digits: int) -> str:
+    """A number for math mode: infinities as \\infty, NaN as a text dash (the Unicode one is text-only)."""
+    text = _num(value, digits)
+    return {"–": r"\mbox{--}", "-inf": r"-\infty", "inf": r"\infty"}.get(text, text)
 
 
 def _tex_math(value: float, digits: int) -> str:
-    """A number in math mode; NaN as '--' outside it (the Unicode dash is text-only)."""
-    text = _num(value, digits)
-    return "--" if text == "–" else {"-inf": r"$-\infty$", "inf": r"$\infty$"}.get(text, f"${text}$")
+    """A number in math mode; NaN as '--' outside it."""
+    return "--" if _num(value, digits) == "–" else f"${_tex_number(value, digits)}$"
 
 
 def _tex_over(main: str, under: str) -> str:
@@ -145,12 +158,15 @@ def _tex_over(main: str, under: str) -> str:
     return rf"\begin{{tabular}}[t]{{@{{}}r@{{}}}}{main}\\{{\scriptsize {under}}}\end{{tabular}}"
 
 
-def _tex_mean_and_interval(mean: float, std: float, low: float, high: float) -> str:
-    """mean +- std, the 95% interval under it; the mean alone where the interval is undefined."""
-    text = rf"${_num(mean, 3)} \pm {_num(std, 3)}$"
+def _tex_mean_and_interval(mean: float, std: float, low: float, high: float, mark: str = "") -> str:
+    """mean +- std (then ``mark``), the 95% interval under it; no interval where it is undefined."""
+    text = rf"${_tex_number(mean, 3)} \pm {_tex_number(std, 3)}${mark}"
     if math.isnan(low) or math.isnan(high):
         return text
-    return _tex_over(text, f"$[{_num(low, 3)}, {_num(high, 3)}]$")
+    return _tex_over(text, f"$[{_tex_number(low, 3)}, {_tex_number(high, 3)}]$")
+
+
+FEWER_SEEDS_MARK = r"$^\dagger$"
 
 
 def _tex_rank(remedy: pd.Series | None) -> str:
@@ -161,12 +177,13 @@ def _tex_rank(remedy: pd.Series | None) -> str:
 
 
 def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbench",
-                      ranked: pd.DataFrame | None = None) -> str:
+                      ranked: pd.DataFrame | None = None, seeds: int | None = None) -> str:
     """A booktabs table of one (family, data set): remedies as rows, each citing its sources (keys of
     vgbench/references.bib, copied to results/references.bib), depths as column pairs (test metric with
     its interval under it, log10 ratio with the mean-field prediction under it), and with ``ranked`` (the
-    same pair's ranking) a last column: the remedy's tie-aware rank. A data-set column only where the rows
-    span several. Sized to fit a plain article's text width at two depths (tests/test_latex.py compiles it).
+    same pair's ranking) a last column: the remedy's tie-aware rank. With ``seeds`` (the profile's count), a
+    row with fewer (cells missing or failed) is marked FEWER_SEEDS_MARK, for the caption to explain. A
+    data-set column only where the rows span several. Sized to fit a plain article's text width at two depths (tests/test_latex.py compiles it).
 
     ``caption`` is LaTeX and goes in as it is; names from the data are escaped.
     """
@@ -196,8 +213,10 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
             if row is None:
                 cells += ["--", "--"]
                 continue
+            fewer = seeds is not None and int(row["n"]) < seeds
             cells.append(_tex_mean_and_interval(row["test_metric_mean"], row["test_metric_std"],
-                                                row["test_metric_ci_low"], row["test_metric_ci_high"]))
+                                                row["test_metric_ci_low"], row["test_metric_ci_high"],
+                                                FEWER_SEEDS_MARK if fewer else ""))
             predicted = row["theory_log10_dL_dh_first_last"]
             measured = _tex_math(row["init_log10_dL_dh_first_last"], 1)
             cells.append(measured if math.isnan(predicted) else _tex_over(measured, f"({_tex_math(predicted, 1)})"))
@@ -210,7 +229,8 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
 
 
 CLAIMS_INTRO = ("Each published claim is checked against this profile's leaderboard (vgbench/findings.py): "
-                "holds, fails, or not in this profile, with the numbers it used. Thresholds are the papers' "
+                "holds, fails, undetermined (a number it needs is undefined, e.g. one seed has no interval), or "
+                "not in this profile, with the numbers it used. Thresholds are the papers' "
                 "where they give one; a failing claim is reported, never tuned away.")
 
 
@@ -219,7 +239,7 @@ def claims_markdown(claims: pd.DataFrame, profile: str) -> str:
     body = [[f"`{r['claim']}`", r["statement"], r["cites"].replace(",", ", "), f"**{r['verdict']}**",
              r["evidence"].replace("|", "/")] for _, r in claims.iterrows()]
     counts = claims["verdict"].value_counts()
-    tally = ", ".join(f"{counts[v]} {v}" for v in ("holds", "fails", "not in this profile") if v in counts)
+    tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)
     return "\n\n".join([f"## Published claims (profile {profile}): {tally}", CLAIMS_INTRO,
                         _markdown_table(["claim", "statement", "sources", "verdict", "evidence"], body)]) + "\n"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from vgbench.findings import ABSENT, FAILS, HOLDS
+from vgbench.findings import ABSENT, FAILS, HOLDS, UNDETERMINED
 from vgbench.report import at_deepest
 
 
@@ -37,7 +37,7 @@ def headline(profile: str, cells: int, missing: int, rows: pd.DataFrame, ranked:
     summary = {
         "profile": profile, "cells": cells, "cells_missing": missing,
         "claims": {"holds": int(verdicts.get(HOLDS, 0)), "fails": int(verdicts.get(FAILS, 0)),
-                   "not_in_profile": int(verdicts.get(ABSENT, 0))},
+                   "undetermined": int(verdicts.get(UNDETERMINED, 0)), "not_in_profile": int(verdicts.get(ABSENT, 0))},
     }
     for (family, dataset), block in rows.groupby(["family", "dataset"], sort=False):
         block_ranked = ranked[(ranked["family"] == family) & (ranked["dataset"] == dataset)]
