@@ -665,7 +665,7 @@ def test_build_leaderboard(tmp_path, params, cells):
                    "undetermined": verdicts.count("undetermined"), "not_in_profile": verdicts.count("not in this profile")},
         # At depth 6: he_relu and grad_clip train (3/3 and 2/3 seeds), small_init vanished (3/3); he_relu leads.
         "mlp/mnist1d": {"deepest": 6, "remedies": 3, "trainable_at_deepest": 2, "vanished_at_deepest": 1,
-                        "leader": "he_relu", "leader_test_accuracy": 0.6}}
+                        "leader": "he_relu", "leader_rank": "1–2", "leader_test_accuracy": 0.6}}
     assert verdicts.count("fails") == 2 and verdicts.count("not in this profile") == len(verdicts) - 2
     assert r"\label{tab:vgbench-claims}" in (tmp_path / "claims.tex").read_text()
     assert tmp_path / "references.bib" in written  # every key the tables cite, beside them

@@ -18,7 +18,8 @@ from vgbench.report import at_deepest
 
 def block_headline(rows: pd.DataFrame, ranked: pd.DataFrame) -> dict:
     """One (family, data set) block: its deepest depth, the remedies trainable there (by at least half their
-    seeds), those whose gradient vanished there, and the rank-1 remedy with its test metric."""
+    seeds), those whose gradient vanished there, and the rank-1 remedy with its test metric and its tie-aware
+    rank range: "1–2" says another remedy's interval overlaps it, so "leader" is not a win over that one."""
     deepest, trained, vanished = at_deepest(rows)
     leader = ranked.sort_values("rank").iloc[0]
     return {
@@ -27,6 +28,7 @@ def block_headline(rows: pd.DataFrame, ranked: pd.DataFrame) -> dict:
         "trainable_at_deepest": len(trained),
         "vanished_at_deepest": len(vanished),
         "leader": str(leader["remedy"]),
+        "leader_rank": str(leader["rank_range"]),
         f"leader_test_{leader['metric']}": float(f"{leader['test_metric_at_deepest']:.4g}"),  # 4 significant digits
     }
 
