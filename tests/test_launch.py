@@ -105,6 +105,42 @@ def test_a_reused_pid_does_not_keep_a_claim_alive(tmp_path):
     assert claims.try_claim(tmp_path, "cell-c", "test") not in (None, mine)
 
 
+def _claim_from_another_process(root: Path, cell_id: str, environment: dict[str, str]) -> bool:
+    code = (f"from pathlib import Path; from vgbench import claims; "
+            f"print(claims.try_claim(Path({str(root)!r}), {cell_id!r}, 'test') is not None)")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLURM_")}
+    done = subprocess.run([sys.executable, "-c", code], env={**env, **environment}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip() == "True"
+
+
+def test_processes_of_one_slurm_job_respect_each_others_claims_and_a_requeued_run_takes_its_own_over(
+        tmp_path, monkeypatch):
+    """Several local workers under one sbatch/salloc share a job id. A live sibling's claim must hold (it
+    was taken as "requeued" and the cells trained twice); a claim of the job's earlier run (before SLURM
+    requeued it: a lower SLURM_RESTART_COUNT) is taken over."""
+    for key in ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    held = claims.try_claim(tmp_path, "cell-j", "local")
+    assert held is not None and held.slurm_job_id == "777" and held.slurm_restart == 0
+    sibling = {"SLURM_JOB_ID": "777", "SLURM_RESTART_COUNT": "0"}
+    assert not _claim_from_another_process(tmp_path, "cell-j", sibling)  # this process lives: refused
+    assert claims.read_claim(tmp_path, "cell-j").token == held.token
+    # The same job after a requeue: this run's processes are gone to it, whatever pid they had.
+    assert _claim_from_another_process(tmp_path, "cell-j", {**sibling, "SLURM_RESTART_COUNT": "1"})
+    assert claims.read_claim(tmp_path, "cell-j").slurm_restart == 1
+    # A claim from another node of this same run of the job: alive (the job runs: it is us).
+    path = claims.claim_path(tmp_path, "cell-k")
+    path.write_text(json.dumps({"cell_id": "cell-k", "token": "t", "host": "elsewhere", "pid": 1, "pid_start": None,
+                                "slurm_job_id": "777", "launcher": "local", "claimed_at": 0.0}))  # an older claim
+    assert claims.is_alive(claims.read_claim(tmp_path, "cell-k"))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert not claims.is_alive(claims.read_claim(tmp_path, "cell-k"))
+
+
 def _race(args) -> bool:
     root, barrier_file = args
     while not Path(barrier_file).exists():

@@ -8,6 +8,7 @@ dead cluster is an error, not a skip).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ from tests.test_launch import comparable, metrics_of, vgbench, write_params
 from vgbench import claims, results
 from vgbench.config import load_params
 from vgbench.groups import group_id
-from vgbench.launch.slurm import cluster_max_array_size
+from vgbench.launch.slurm import cluster_max_array_size, squeue_states
 from vgbench.matrix import expand
 
 pytestmark = pytest.mark.skipif(shutil.which("sbatch") is None,
@@ -185,3 +186,15 @@ def test_a_claim_inside_a_slurm_job_lives_as_long_as_the_job(tmp_path):
     wait_for(lambda: job_id not in claims.queued_slurm_jobs(), 60, "the job to leave the queue")
     assert claims.live_claims(tmp_path) == {}
     assert claims.try_claim(tmp_path, "cell-s", "test") is not None
+
+
+def test_a_controller_that_does_not_answer_is_no_proof_that_the_jobs_ended(tmp_path, monkeypatch):
+    """The launcher waits on squeue. An id the controller does not know is a job that ended long ago (done
+    waiting); a controller that does not answer (busy, restarting) proves nothing, and the launcher used to
+    stop waiting on it, exiting 1 with the arrays still running. Here a real squeue is pointed at a port no
+    controller listens on."""
+    assert squeue_states(["99999999"]) == {}
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text() + "\nSlurmctldPort=6999\n")
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    assert squeue_states(["99999999"]) is None

@@ -7,8 +7,11 @@ file is hard-linked into place, which fails if one is there; the same works on
 NFS), so two workers, two launches, or a launch and a hand-run ``vgbench
 train`` never train the same cell. A claim whose owner is gone is taken over:
 
-- a claim made inside a SLURM job is alive while ``squeue`` lists the job
-  (a requeued task taking over its own job's claim is the same job, restarted);
+- a claim made inside a SLURM job is alive while ``squeue`` lists the job. Within
+  one job, a claim from an earlier run of it (a lower ``SLURM_RESTART_COUNT``: the
+  task was requeued, its processes are gone) is taken over; one from this same run
+  (several local workers in one allocation share the job id) lives while its pid
+  does, as outside SLURM;
 - otherwise, on the same host, while the pid lives and started when the claim
   says (pids are reused);
 - a claim from another host outside SLURM cannot be checked from here and is
@@ -63,6 +66,11 @@ def current_slurm_job() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def current_slurm_restart() -> int:
+    """How many times SLURM has requeued this job (0 for its first run, and outside SLURM)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+
+
 def is_rank_zero() -> bool:
     """False in the extra processes of a DDP cell (Lightning's, torchrun's or SLURM's ranks > 0).
 
@@ -84,6 +92,7 @@ class Claim:
     slurm_job_id: str | None
     launcher: str
     claimed_at: float
+    slurm_restart: int = 0  # the job's SLURM_RESTART_COUNT when claimed (absent in claims of older versions)
 
     @property
     def where(self) -> str:
@@ -115,15 +124,24 @@ def queued_slurm_jobs() -> set[str] | None:
 def is_alive(claim: Claim, queued: set[str] | None = None) -> bool:
     """``queued``: ``queued_slurm_jobs()`` when checking many claims (asked here when not given)."""
     if claim.slurm_job_id:
-        if claim.slurm_job_id == current_slurm_job() and not claim.is_mine():
-            return False  # this job was requeued: the claim is its own earlier run's
+        if claim.slurm_job_id == current_slurm_job():
+            if claim.slurm_restart < current_slurm_restart():
+                return False  # this job was requeued since: the claim is its own earlier run's
+            if claim.host != socket.gethostname():
+                return True  # another node of this same run of the job, which is running: us
+            return _pid_lives(claim)  # a sibling process of this run (local workers in one allocation)
         queued = queued if queued is not None else queued_slurm_jobs()
         if queued is not None:
             return claim.slurm_job_id in queued
     if claim.host == socket.gethostname():
-        start = _process_start(claim.pid)
-        return start is not None and (claim.pid_start is None or start == claim.pid_start)
+        return _pid_lives(claim)
     return True  # another host, outside SLURM: nothing here can tell
+
+
+def _pid_lives(claim: Claim) -> bool:
+    """The claim's process still runs: its pid is there and started when the claim says (pids are reused)."""
+    start = _process_start(claim.pid)
+    return start is not None and (claim.pid_start is None or start == claim.pid_start)
 
 
 def read_claim(results_root: Path, cell_id: str) -> Claim | None:
@@ -165,7 +183,7 @@ def try_claim(results_root: Path, cell_id: str, launcher: str) -> Claim | None:
     pid = os.getpid()
     claim = Claim(cell_id=cell_id, token=uuid.uuid4().hex, host=socket.gethostname(), pid=pid,
                   pid_start=_process_start(pid), slurm_job_id=current_slurm_job(), launcher=launcher,
-                  claimed_at=time.time())
+                  claimed_at=time.time(), slurm_restart=current_slurm_restart())
     path = claim_path(results_root, cell_id)
     with _locked(results_root):
         if _create(path, claim):

@@ -136,14 +136,19 @@ def plan_units(request: LaunchRequest) -> list[WorkUnit]:
     return [request.unit([cell.cell_id for key in task for cell in cell_groups[int(key)]]) for task in tasks]
 
 
-def squeue_states(job_ids: list[str]) -> dict[str, int]:
-    """How many tasks of these jobs (or arrays) are in each state; empty when none is left."""
+def squeue_states(job_ids: list[str]) -> dict[str, int] | None:
+    """How many tasks of these jobs (or arrays) are in each state; empty when none is left; None when the
+    controller did not answer (busy or restarting: no proof that the jobs ended, as claims.py holds too)."""
     if not job_ids:
         return {}
-    out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%T"], capture_output=True,
-                         text=True, timeout=60)
-    if out.returncode != 0:  # every id unknown to the controller: all finished long ago
-        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%T"], capture_output=True,
+                             text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode != 0:
+        # squeue fails this way only when it knows none of the ids: every job finished long ago.
+        return {} if "Invalid job id" in out.stderr else None
     return dict(Counter(out.stdout.split()))
 
 
@@ -165,12 +170,13 @@ def wait(request: LaunchRequest, array_ids: list[str]) -> None:
     while True:
         queue = squeue_states(array_ids)
         progress = file_progress(request)
-        line = (f"slurm: {progress['done']}/{total} cells done, {progress['failed']} failed; tasks "
-                + (", ".join(f"{n} {state.lower()}" for state, n in sorted(queue.items())) or "none queued"))
+        tasks = ("unknown (squeue did not answer; asking again)" if queue is None else
+                 ", ".join(f"{n} {state.lower()}" for state, n in sorted(queue.items())) or "none queued")
+        line = f"slurm: {progress['done']}/{total} cells done, {progress['failed']} failed; tasks {tasks}"
         if line != last:
             print(line, flush=True)
             last = line
-        if not queue:
+        if queue == {}:
             return
         time.sleep(request.settings.slurm.poll_seconds)
 
