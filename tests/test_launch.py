@@ -316,6 +316,16 @@ def test_a_failing_cell_is_recorded_and_the_others_go_on(tiny_params, tiny_data_
     assert result.launch.attempt == 2
     assert not (results.cell_dir(tmp_path / "results", failed[0]) / "error.json").exists()
 
+    # --force retrains done cells; where that fails, the older result stays (still "done" to status), but
+    # the command did not do what it was asked: exit 1, naming them (it said "all cells done", exit 0).
+    torch.save({"x": object.__new__(NotTensors)}, damaged)
+    manifest["sha256"]["train.pt"] = sha256(damaged)
+    manifest_path.write_text(json.dumps(manifest))
+    older = (results.cell_dir(tmp_path / "results", failed[0]) / "metrics.json").read_bytes()
+    forced = vgbench(params, data, tmp_path / "results", "train", "--only=adding-d6", "--force")
+    assert forced.returncode == 1 and "2 of 2 cells are not done (2 failed" in forced.stderr, forced.stderr
+    assert (results.cell_dir(tmp_path / "results", failed[0]) / "metrics.json").read_bytes() == older
+
 
 def test_status_names_the_cell_folders_no_profile_holds_and_prune_removes_only_those(tiny_data_root, tmp_path):
     """Results under an older cell id (a setting added to a family changes all its ids) are never read again;

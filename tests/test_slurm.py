@@ -188,13 +188,29 @@ def test_a_claim_inside_a_slurm_job_lives_as_long_as_the_job(tmp_path):
     assert claims.try_claim(tmp_path, "cell-s", "test") is not None
 
 
+def _no_controller(folder: Path) -> Path:
+    """A copy of this cluster's slurm.conf whose controller port nobody listens on: SLURM's own commands,
+    pointed at it with SLURM_CONF, fail as they do when the controller is down or restarting."""
+    conf = folder / "slurm.conf"
+    conf.write_text(Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text() + "\nSlurmctldPort=6999\n")
+    return conf
+
+
 def test_a_controller_that_does_not_answer_is_no_proof_that_the_jobs_ended(tmp_path, monkeypatch):
     """The launcher waits on squeue. An id the controller does not know is a job that ended long ago (done
     waiting); a controller that does not answer (busy, restarting) proves nothing, and the launcher used to
-    stop waiting on it, exiting 1 with the arrays still running. Here a real squeue is pointed at a port no
-    controller listens on."""
+    stop waiting on it, exiting 1 with the arrays still running."""
     assert squeue_states(["99999999"]) == {}
-    conf = tmp_path / "slurm.conf"
-    conf.write_text(Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).read_text() + "\nSlurmctldPort=6999\n")
-    monkeypatch.setenv("SLURM_CONF", str(conf))
+    monkeypatch.setenv("SLURM_CONF", str(_no_controller(tmp_path)))
     assert squeue_states(["99999999"]) is None
+
+
+def test_a_launch_without_a_controller_stops_with_a_message_and_leaves_nothing(tiny_data_root, tmp_path):
+    params = write_params(tmp_path, launcher=SLURM)
+    root = tmp_path / "results"
+    done = vgbench(params, tiny_data_root, root, "train", "--only", "mlp-he_relu-mnist1d-d2",
+                   env={"SLURM_CONF": str(_no_controller(tmp_path))})
+    assert done.returncode == 1 and "error: `scontrol show config` failed" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "Nothing was submitted" in done.stderr
+    launches = root / "launch"
+    assert not launches.exists() or not any(launches.iterdir())  # no snapshot, no step costs

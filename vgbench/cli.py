@@ -128,6 +128,7 @@ def _train(params: Params, args) -> int:
     _check_writable(args.results_root)
     check_online_login(params.wandb)
     launched: set[str] = set()
+    forced_since = time.time() if args.force else None
     # One launch, then one more per round of learning-rate grid extension that adds cells (tuning.py).
     for round_ in range(1 + profile.tuning.extend_edge_rates):
         cells, states = _states(params, args.results_root, args.only)
@@ -149,12 +150,19 @@ def _train(params: Params, args) -> int:
             request = LaunchRequest(params=params, params_path=snapshot, profile=params.profile, cells=todo,
                                     data_root=args.data_root, results_root=args.results_root, folder=folder,
                                     settings=settings, retry_failed=args.retry_failed or args.force,
-                                    not_before=time.time() if args.force else None, detach=args.detach)
-            finished = launch(request)
+                                    not_before=forced_since, detach=args.detach)
+            try:
+                finished = launch(request)
+            except LaunchError:
+                if [path.name for path in folder.iterdir()] == [snapshot.name]:  # nothing launched: no trace
+                    shutil.rmtree(folder)
+                raise
             if not finished or not claims.is_rank_zero():
                 return 0  # detached, or a DDP rank > 0 (rank 0 writes the results and reports)
     cells, states = _states(params, args.results_root, args.only)
     not_done = {cell_id: s for cell_id, s in states.items() if s.state != "done"}
+    if forced_since is not None:
+        not_done |= _forced_but_not_retrained(cells, states, launched, args.results_root, forced_since)
     if not_done:
         by_state: dict[str, list[str]] = {}
         for cell_id, state in not_done.items():
@@ -166,6 +174,19 @@ def _train(params: Params, args) -> int:
         return 1
     print(f"profile {params.profile}: all {len(cells)} cells done", flush=True)
     return 0
+
+
+def _forced_but_not_retrained(cells: list, states: dict, launched: set[str], results_root: Path,
+                              since: float) -> dict:
+    """``train --force``: the launched cells whose result is older than the launch. Their retraining failed
+    and the older result stays: "done" to ``status``, but not what this command was asked to do."""
+    from vgbench.results import CellState, cell_dir
+    from vgbench.twins import stored_as
+
+    return {cell.cell_id: CellState(cell.cell_id, "failed", "retrained with --force, which failed; the "
+                                                            "older result stays")
+            for cell in cells if cell.cell_id in launched and states[cell.cell_id].state == "done"
+            and (cell_dir(results_root, stored_as(cell).cell_id) / "metrics.json").stat().st_mtime < since}
 
 
 def _leaderboard(params: Params, args) -> int:

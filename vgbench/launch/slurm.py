@@ -55,8 +55,16 @@ class CellTask(submitit.helpers.Checkpointable):
 
 
 def cluster_max_array_size() -> int:
-    """MaxArraySize from ``scontrol show config`` (array indices run from 0 to MaxArraySize - 1)."""
-    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60, check=True)
+    """MaxArraySize from ``scontrol show config`` (array indices run from 0 to MaxArraySize - 1). The launcher's
+    first question to the controller: one that does not answer stops the launch before anything is written."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise LaunchError("the SLURM controller did not answer `scontrol show config` within 60 s; nothing was "
+                          "submitted") from None
+    if out.returncode != 0:
+        raise LaunchError(f"`scontrol show config` failed ({out.stderr.strip() or out.returncode}): is the SLURM "
+                          f"controller up (`sinfo`)? Nothing was submitted") from None
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
     if not match:
         raise RuntimeError("`scontrol show config` names no MaxArraySize")
@@ -187,8 +195,8 @@ def launch_slurm(request: LaunchRequest) -> bool:
     if missing:
         raise LaunchError(f"the slurm launcher needs SLURM's commands on PATH; missing: {', '.join(missing)} "
                           f"(run on a cluster's login node, or `.ci/slurm-up` for a one-node test cluster)")
-    units = plan_units(request)
     limit = cluster_max_array_size()
+    units = plan_units(request)
     if request.settings.slurm.max_array_size:
         limit = min(limit, request.settings.slurm.max_array_size)
     executor = executor_for(request)
