@@ -85,6 +85,21 @@ def test_default_profile_shows_the_phenomenon_by_design():
      ["launcher.threads = 1 but trainer.threads pins 2"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"group_size": 0}),
      ["launcher.group_size = 0", "greater than 0"]),
+    # The same rate twice (1 and 1.0 too) would list the same cells twice.
+    (lambda d: d["profiles"]["tiny"].update(learning_rates=[0.1, 0.1]), ["learning_rates", "listed twice"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][1].update(learning_rates=[1, 1.0]),
+     ["profiles.tiny.matrix.1.learning_rates", "listed twice"]),
+    # Every data set's problems, each under its data set's name, with the keys allowed there.
+    (lambda d: d["profiles"]["tiny"]["datasets"].update(mnist1d={"num_sample": 5000},
+                                                        adding={"validation_fraction": 2}),
+     ["(2 problem(s))", "profiles.tiny.datasets.mnist1d.num_sample = 5000: unknown key (allowed: ", "num_samples",
+      "profiles.tiny.datasets.adding.validation_fraction = 2: Input should be less than 1"]),
+    # A milestone must fall on its own epoch between the first and the last (0 would divide the rate from the
+    # start, max_epochs never acts).
+    (lambda d: d["profiles"]["tiny"]["training"].update(max_epochs=4, lr_milestones=[0.1, 0.5]),
+     ["lr_milestones = [0.1, 0.5] of max_epochs = 4 fall at epochs [0, 2]", "from 1 to 3"]),
+    (lambda d: d["profiles"]["tiny"]["matrix"][0].update(training={"max_epochs": 2, "lr_milestones": [0.5, 0.9]}),
+     ["matrix.0.training: lr_milestones = [0.5, 0.9] of max_epochs = 2 fall at epochs [1, 2]"]),
 ])
 def test_bad_values_are_named(edit, expected):
     with pytest.raises(ConfigError) as error:

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import REPO
-from vgbench.config import load_params
+from vgbench.config import load_params, parse_params
+from vgbench.groups import group
 from vgbench.data import DATASETS, offline_names
 from vgbench.data.store import prepare
 from vgbench.matrix import expand
@@ -262,6 +264,24 @@ def test_format_plan_counts_cell_groups_of_seeds_and_rates():
     assert capped[("mlp", "mnist1d")][3] == f"{3 * len(mlp) // 9} (4)"  # each row of 9 splits into 4 + 4 + 1
     ones = _table_rows(format_plan("default", cells, estimates, "cpu", None, group_size=1))
     assert all(row[3] == f"{row[2]} (1)" for row in ones)
+
+
+def test_float16_mixed_precision_cells_train_one_per_group_and_the_plan_says_why():
+    """16-mixed's loss scaler skips the optimizer step when any gradient overflowed: over a stack it would skip
+    every model's step for one model's overflow or divergence. Such cells are never stacked; bf16 cells are."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profiles"]["tiny"].update(trainer={"precision": "16-mixed"}, seeds=[0, 1, 2])
+    cells = expand(parse_params(raw, profile="tiny").active)
+    mlp_row = [cell for cell in cells if cell.family == "mlp" and cell.remedy == "he_relu" and cell.depth == 2]
+    assert len(mlp_row) > 1 and [len(g) for g in group(mlp_row)] == [1] * len(mlp_row)
+    estimates = {cell.cell_id: CellEstimate(shape_key(cell), training_steps(cell), 60.0) for cell in cells}
+    text = format_plan("tiny", cells, estimates, "cpu", None)
+    assert f"- {len(cells)} cells train one per group: trainer.precision 16-mixed" in text
+    assert all(row[3] == f"{row[2]} (1)" for row in _table_rows(text))
+    raw["profiles"]["tiny"]["trainer"] = {"precision": "bf16-mixed"}
+    bf16 = [cell for cell in expand(parse_params(raw, profile="tiny").active) if cell.family == "mlp"
+            and cell.remedy == "he_relu" and cell.depth == 2]
+    assert [len(g) for g in group(bf16)] == [len(bf16)]
 
 
 def test_device_description_names_the_cpu_and_threads():

@@ -36,7 +36,14 @@ def _positive_rates(value: list[float]) -> list[float]:
     bad = [lr for lr in value if not (lr > 0 and math.isfinite(lr))]
     if bad:
         raise ValueError(f"learning rates must be finite and > 0, got {bad}")
+    if len(set(value)) != len(value):  # 1 and 1.0 too: the same cells, twice
+        raise ValueError(f"learning rates are listed twice: {value}")
     return value
+
+
+def milestone_epochs(fractions: list[float], max_epochs: int) -> tuple[int, ...]:
+    """The epochs at which the learning rate is divided by 10: ``lr_milestones`` (fractions) of ``max_epochs``."""
+    return tuple(round(f * max_epochs) for f in fractions)
 
 
 def _known(registry, name: str) -> str:
@@ -69,6 +76,18 @@ class TrainingSettings(_Strict):
         if any(not 0 < m < 1 for m in value) or value != sorted(set(value)):
             raise ValueError(f"lr_milestones must be increasing fractions strictly between 0 and 1, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _milestones_land_on_epochs(self) -> "TrainingSettings":
+        """Each milestone must fall on its own epoch after the first and before the end: one that rounds to
+        epoch 0 would divide the rate from the start, one at max_epochs would never act, two on one epoch
+        would divide by 100 there."""
+        epochs = milestone_epochs(self.lr_milestones, self.max_epochs)
+        if any(not 0 < e < self.max_epochs for e in epochs) or len(set(epochs)) != len(epochs):
+            raise ValueError(f"lr_milestones = {self.lr_milestones} of max_epochs = {self.max_epochs} fall at epochs "
+                             f"{list(epochs)}; each must land on its own epoch from 1 to {self.max_epochs - 1} "
+                             f"(more epochs, or fractions further apart)")
+        return self
 
 
 MAX_DEPTH = 2000  # layers (He et al. 2016 trained a 1202-layer ResNet)
@@ -293,9 +312,19 @@ class Profile(_Strict):
     @field_validator("datasets")
     @classmethod
     def _datasets(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Every data set's settings, every problem named under its data set (pydantic would report the first
+        one, relative to ``datasets``, without the data set's name)."""
+        problems = []
         for name, settings in value.items():
             _known(DATASETS, name)
-            DATASETS.get(name).settings.model_validate(settings)
+            model = DATASETS.get(name).settings
+            try:
+                model.model_validate(settings)
+            except ValidationError as error:
+                problems += [f"{name}.{'.'.join(map(str, item['loc']))} = {item.get('input')!r}: "
+                             f"{_message(item, model)}" for item in error.errors()]
+        if problems:
+            raise ValueError("; ".join(problems))
         return value
 
     @field_validator("learning_rates")
@@ -331,7 +360,9 @@ class Profile(_Strict):
             except ValidationError as error:
                 raise ValueError("; ".join(
                     f"matrix.{index}.training.{'.'.join(map(str, item['loc']))} = {item.get('input')!r}: "
-                    f"{_message(item, TrainingSettings)}" for item in error.errors())) from None
+                    f"{_message(item, TrainingSettings)}" if item["loc"] else
+                    f"matrix.{index}.training: {_message(item, TrainingSettings)}"  # a rule over several keys
+                    for item in error.errors())) from None
             kind = DATASETS.get(block.dataset).kind
             if training.augment != "none" and kind != "image":
                 raise ValueError(f"matrix.{index}.training.augment = {training.augment!r} needs an image data set; "
@@ -425,7 +456,7 @@ _RELATIVE_KEY = re.compile(r"^\w+(\.\w+)* = ")
 
 
 def _format(error: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
-    lines = [f"{source} is not valid ({error.error_count()} problem(s)):"]
+    lines = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = _message(item, model)
@@ -438,7 +469,7 @@ def _format(error: ValidationError, source: str, model: type[BaseModel] | None =
             lines.append(f"  - {key} = {value}: {message}")
         else:
             lines.append(f"  - {key}: {message}")
-    return "\n".join(lines)
+    return "\n".join([f"{source} is not valid ({len(lines)} problem(s)):", *lines])
 
 
 def updated(settings: BaseModel, changes: dict[str, Any], source: str) -> BaseModel:

@@ -29,13 +29,25 @@ def row_key(cell: CellSpec) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+# Float16 mixed precision scales the loss, and its scaler skips the optimizer step when any gradient
+# overflowed: in a stacked group, one model's overflow (or a diverged model's NaN) would skip every model's
+# step. So such cells train one per group (bf16-mixed has no scaler and stacks).
+ONE_PER_GROUP_PRECISIONS = ("16-mixed",)
+
+
+def trains_alone(cell: CellSpec) -> bool:
+    return cell.trainer.get("precision") in ONE_PER_GROUP_PRECISIONS
+
+
 def group(cells: list[CellSpec], max_size: int | None = None) -> list[list[CellSpec]]:
-    """Cells of one row together (first-met order), split into groups of at most ``max_size``."""
+    """Cells of one row together (first-met order), split into groups of at most ``max_size`` (one for a cell
+    that ``trains_alone``)."""
     rows: dict[str, list[CellSpec]] = {}
     for cell in cells:
         rows.setdefault(row_key(cell), []).append(cell)
     size = max_size or max((len(row) for row in rows.values()), default=1)
-    return [row[start:start + size] for row in rows.values() for start in range(0, len(row), size)]
+    return [row[start:start + step] for row in rows.values()
+            for step in [1 if trains_alone(row[0]) else size] for start in range(0, len(row), step)]
 
 
 def group_id(cells: list[CellSpec]) -> str:

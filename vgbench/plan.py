@@ -36,7 +36,7 @@ from typing import Callable, Iterator
 import torch
 
 from vgbench.data import DATASETS, DataShape
-from vgbench.groups import group
+from vgbench.groups import group, trains_alone
 from vgbench.matrix import CellSpec, expand
 from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
@@ -449,6 +449,11 @@ def format_plan(profile_name: str, cells: list[CellSpec], estimates: dict[str, C
     lines += ["", "Cell groups: the seeds and learning rates of a row train as one stacked network; how each "
                   "family stacks them:"]
     lines += [f"- {name}: {FAMILIES.get(name).stacking}" for name in dict.fromkeys(c.family for c in cells)]
+    alone = [cell for cell in cells if trains_alone(cell)]
+    if alone:
+        lines.append(f"- {len(alone)} cells train one per group: trainer.precision "
+                     f"{alone[0].trainer['precision']} scales the loss, and its scaler would skip every model's "
+                     f"step where one model's gradient overflowed (bf16-mixed stacks).")
     pretraining = sum(estimates[cell.cell_id].pretraining_seconds for cell in cells)
     lines += ["", f"Measured on {device_text}: a few timed steps per model shape on random inputs of each data "
                   f"set's shape, one model at a time (a group of one): an upper bound for cells trained in groups, "

@@ -27,7 +27,7 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from vgbench import atomic, results
 from vgbench.cell_result import CellResult, GroupInfo, LaunchInfo
-from vgbench.config import WandbSettings
+from vgbench.config import WandbSettings, milestone_epochs
 from vgbench.data import DATASETS
 from vgbench.data.store import StoredDataset, load, settings_hash
 from vgbench.groups import group_id
@@ -182,7 +182,7 @@ def build(cells: list[CellSpec], data: StoredDataset, results_root: Path, wandb:
         pretraining = [pretrain_into(model, settings, data, cell.seed, cell.dataset_settings,
                                      results_root / "pretrained", k) for k, cell in enumerate(cells)]
     training = first.training
-    milestones = tuple(round(f * training["max_epochs"]) for f in training["lr_milestones"])
+    milestones = milestone_epochs(training["lr_milestones"], training["max_epochs"])
     module = TaskModule(model, task, [cell.learning_rate for cell in cells], training["optimizer"],
                         training["momentum"], training["weight_decay"], milestones, training["augment"],
                         recipe.grad_clip, recipe.grad_clip_value, augment_seeds=seeds)
