@@ -17,7 +17,7 @@ from tests.test_stacking import (FAMILIES_TO_STACK, RESNETS, _deepest_default_ce
                                  assert_opt_in_computes_what_per_model_calls_do, assert_same_model_in_stacks,
                                  fused_rnn_cells, model_four_in_stack, with_grouped_kernels, with_shared_kernel_calls)
 from tests.test_training import (assert_a_frozen_model_stays_and_the_others_step_as_if_alone,
-                                 assert_windows_of_the_padded_images)
+                                 assert_augmentation_resumes_where_it_stopped, assert_windows_of_the_padded_images)
 
 # cuBLAS is deterministic only with this workspace setting (Lightning sets it for deterministic trainers; the
 # stacking tests below call the models directly), read when the first cuBLAS handle is made.
@@ -61,6 +61,12 @@ def test_pad_crop_flip_runs_on_the_gpu():
     # With a CUDA generator of its own, as the training module keeps one per model.
     first = pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0))
     assert torch.equal(first, pad_crop_flip(x, torch.Generator(device="cuda").manual_seed(0)))
+
+
+def test_augmentation_resumes_on_the_gpu_where_it_stopped():
+    """A checkpoint of CUDA generators, restored into a module still on the CPU (it raised: a CPU generator
+    takes no CUDA state), draws on the GPU what the saving module would have drawn next."""
+    assert_augmentation_resumes_where_it_stopped("cuda")
 
 
 OPT_INS = {"+grouped": with_grouped_kernels, "+shared": with_shared_kernel_calls}

@@ -154,6 +154,23 @@ def test_stacked_optimizers_follow_pytorch_per_model_and_freeze_stopped_models(o
     assert torch.equal(stacked.detach()[1], frozen)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_in_float64_the_stacked_optimizers_use_each_rate_exactly(optimizer):
+    """precision: 64-true. A rate kept in float32 (0.1 as 0.10000000149) moved float64 weights by another
+    amount than torch.optim's 0.1; they now agree to float64 rounding."""
+    stacked, plain, ours, theirs = _stacked_and_plain(optimizer)
+    stacked.data, plain = stacked.data.double(), [torch.nn.Parameter(p.detach().double()) for p in plain]
+    theirs = [type(opt)([p], **{k: v for k, v in opt.defaults.items() if k in ("lr", "momentum", "weight_decay")})
+              for p, opt in zip(plain, theirs)]
+    grads = torch.randn(3, 4, 5, dtype=torch.float64)
+    stacked.grad = grads.clone()
+    ours.step()
+    for k, (p, opt) in enumerate(zip(plain, theirs)):
+        p.grad = grads[k].clone()
+        opt.step()
+        torch.testing.assert_close(stacked.detach()[k], p.detach(), rtol=1e-14, atol=1e-15)
+
+
 def test_clipping_is_per_model(tiny_params, tiny_data):
     from vgbench.training.module import TaskModule
 

@@ -183,6 +183,44 @@ def test_pad_crop_flip_takes_a_shifted_maybe_flipped_window_of_the_padded_image(
         pad_crop_flip(torch.randn(4, 40))
 
 
+def assert_augmentation_resumes_where_it_stopped(device: str) -> None:
+    """A module restored from a checkpoint (as Lightning restores it: on the CPU, before moving it to the
+    device) draws the same augmentation on its next batch as the module that saved it. Its generators are made
+    on the batch's device at that batch: on a GPU the saved states are CUDA generators' and fit no CPU one."""
+    from vgbench.models import FAMILIES, ModelIO
+    from vgbench.models.recipe import Recipe
+    from vgbench.training.module import TaskModule
+
+    family = FAMILIES.get("resnet")
+
+    def module() -> TaskModule:
+        model = family.build(ModelIO((3, 8, 8), 10), 8, Recipe(activation="relu", init="he"),
+                             family.hparams(width=4), [0, 1])
+        return TaskModule(model, "classification", [0.1, 0.1], augment="pad_crop_flip", augment_seeds=[3, 4])
+
+    x = torch.randn(2, 16, 3, 8, 8, device=device)
+    saving = module().to(device)
+    for _ in range(3):  # some batches drawn before the checkpoint
+        saving._augmented(x)
+    checkpoint: dict = {}
+    saving.on_save_checkpoint(checkpoint)
+    restored = module()
+    restored.on_load_checkpoint(checkpoint)  # on the CPU, as Lightning calls it
+    restored.to(device)
+    resumed = restored._augmented(x)
+    assert torch.equal(resumed, saving._augmented(x))
+    assert all(g.device == x.device for g in restored._augment_generators)
+    assert not torch.equal(module().to(device)._augmented(x), resumed)  # a fresh module draws otherwise
+    again: dict = {}
+    restored.on_save_checkpoint(again)  # and it saves where it now stands
+    assert all(torch.equal(a, b) for a, b in zip(again["vgbench"]["augment_generators"],
+                                                 [g.get_state() for g in saving._augment_generators]))
+
+
+def test_augmentation_resumes_where_it_stopped():
+    assert_augmentation_resumes_where_it_stopped("cpu")
+
+
 def test_lr_milestones_divide_the_rate_by_ten():
     from vgbench.models import FAMILIES, ModelIO
     from vgbench.models.recipe import Recipe

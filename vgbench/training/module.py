@@ -57,6 +57,7 @@ class TaskModule(L.LightningModule):
         # One generator per model, so a model's augmentation does not depend on its group.
         self.augment_seeds = list(augment_seeds or range(self.models))
         self._augment_generators: list[torch.Generator] | None = None
+        self._augment_states: list[torch.Tensor] | None = None  # from a checkpoint, until the first batch
         self.after_clipping: list[Callable[[], None]] = []
         self.runs_per_model: list = [None] * self.models  # a W&B run per cell, or None
         self.diverged_at_step: list[int | None] = [None] * self.models
@@ -118,9 +119,13 @@ class TaskModule(L.LightningModule):
         self._loss_steps = 0
 
     def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        # Made on the batch's device at the first batch: a resumed module is restored before Lightning moves
+        # it to the GPU, and a CUDA generator's saved state fits only a CUDA generator.
         if self._augment_generators is None:
             self._augment_generators = [torch.Generator(device=x.device).manual_seed(seed)
                                         for seed in self.augment_seeds]
+            for generator, state in zip(self._augment_generators, self._augment_states or []):
+                generator.set_state(state)
         return torch.stack([self.augment(x_k, generator)
                             for x_k, generator in zip(x.unbind(0), self._augment_generators)])
 
@@ -201,7 +206,7 @@ class TaskModule(L.LightningModule):
         checkpoint["vgbench"] = {
             "epochs": self._epochs, "diverged_at_step": self.diverged_at_step, "tap_seconds": self.model.taps.seconds,
             "augment_generators": ([g.get_state() for g in self._augment_generators]
-                                   if self._augment_generators is not None else None),
+                                   if self._augment_generators is not None else self._augment_states),
             # Kept although nothing in training draws from the global generators any more.
             # As plain tensors, tuples and lists, so the checkpoint loads with torch.load(weights_only=True).
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -214,12 +219,7 @@ class TaskModule(L.LightningModule):
         self._epochs = [{int(epoch): row for epoch, row in model.items()} for model in state["epochs"]]
         self.diverged_at_step = list(state["diverged_at_step"])
         self.model.taps.seconds = state["tap_seconds"]
-        if state["augment_generators"] is not None:
-            self._augment_generators = []
-            for generator_state in state["augment_generators"]:
-                generator = torch.Generator(device=self.device)
-                generator.set_state(generator_state)
-                self._augment_generators.append(generator)
+        self._augment_generators, self._augment_states = None, state["augment_generators"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
         name, keys, *rest = state["rng"]["numpy"]

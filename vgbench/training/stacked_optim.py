@@ -30,7 +30,7 @@ class StackedOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params, rates: list[float], defaults: dict):
         super().__init__(params, {"lr": 1.0, **defaults})
-        self.rates = torch.tensor(rates, dtype=torch.float32)
+        self.rates = torch.tensor(rates, dtype=torch.float64)  # each parameter gets them in its own dtype
         self.active = torch.ones(len(rates), dtype=torch.bool)
         self._per_device: dict = {}
         self._masks: dict = {}
