@@ -388,6 +388,7 @@ def test_a_killed_cell_resumes_from_its_checkpoint_with_identical_metrics(tiny_d
                               stderr=subprocess.PIPE)
     checkpoint = root / "checkpoints" / group_id([cell]) / "last.ckpt"  # the cell trains as a group of one
     _wait_for(checkpoint, killed, 300)
+    assert (checkpoint.parent / "code_fingerprint").read_text().strip() == results.code_fingerprint()
     time.sleep(0.3)  # a few more epochs
     killed.send_signal(signal.SIGKILL)
     killed.wait()
@@ -414,6 +415,20 @@ def test_a_killed_cell_resumes_from_its_checkpoint_with_identical_metrics(tiny_d
     restarted = read_run(runs[-1])
     assert restarted.run.run_id == cell_run_id(cell.cell_id) == result["wandb"]["run_id"]
     assert restarted.summary["test_metric"] == pytest.approx(result["test_metric"])
+
+
+def test_a_checkpoint_written_by_other_training_code_is_not_resumed(tmp_path):
+    """An interrupted group resumes only under the code that began it: finishing under another code's
+    fingerprint what other code trained would stamp the result with the wrong code."""
+    from vgbench.training import checkpoints
+
+    folder = checkpoints.checkpoint_dir(tmp_path, "group-a")
+    folder.mkdir(parents=True)
+    (folder / checkpoints.LAST).write_bytes(b"a checkpoint")
+    (folder / checkpoints.WRITTEN_BY).write_text(results.code_fingerprint() + "\n")
+    assert checkpoints.latest(tmp_path, "group-a") == folder / checkpoints.LAST
+    (folder / checkpoints.WRITTEN_BY).write_text("0123456789ab\n")  # another version of the training code
+    assert checkpoints.latest(tmp_path, "group-a") is None and not folder.exists()  # removed: training starts over
 
 
 # -- stopping -------------------------------------------------------------------------------------------------

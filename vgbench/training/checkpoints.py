@@ -8,7 +8,9 @@ temporary file renamed into place, so a kill at any moment leaves the previous c
 new one. A restarted group passes it to ``trainer.fit(ckpt_path=...)`` and continues after the
 last saved epoch; the batch order is a function of (seed, epoch) alone, so on CPU the finished
 cells are identical to ones that were never interrupted (tested). The folder is removed once the
-group's results are written.
+group's results are written. Beside the checkpoint, ``code_fingerprint`` names the training code that
+wrote it: a group interrupted under other code starts over rather than finish, under this code's
+fingerprint, what other code began.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint
 
+from vgbench import atomic
+from vgbench.results import code_fingerprint
+
 LAST = "last.ckpt"
+WRITTEN_BY = "code_fingerprint"
 
 
 def checkpoint_dir(results_root: Path, group_id: str) -> Path:
@@ -29,8 +35,16 @@ def checkpoint_dir(results_root: Path, group_id: str) -> Path:
 
 
 def latest(results_root: Path, group_id: str) -> Path | None:
-    path = checkpoint_dir(results_root, group_id) / LAST
-    return path if path.exists() else None
+    """The group's checkpoint to resume from: None where there is none, or where other training code wrote
+    it (then it is removed)."""
+    folder = checkpoint_dir(results_root, group_id)
+    if not (folder / LAST).exists():
+        return None
+    written_by = folder / WRITTEN_BY
+    if not written_by.exists() or written_by.read_text().strip() != code_fingerprint():
+        remove(results_root, group_id)
+        return None
+    return folder / LAST
 
 
 def remove(results_root: Path, group_id: str) -> None:
@@ -72,6 +86,7 @@ class EpochCheckpoint(Checkpoint):
         tmp = self.folder / f".{LAST}.tmp"
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
+            atomic.write_text(self.folder / WRITTEN_BY, code_fingerprint() + "\n")
             os.replace(tmp, self.folder / LAST)
 
     def state_dict(self) -> dict:
