@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
 import signal
 from dataclasses import dataclass
@@ -307,3 +308,26 @@ def test_the_readme_catalogue_names_only_tests_that_exist():
     for module, test in named:
         source = (REPO / "tests" / module).read_text()
         assert f"def {test}(" in source, f"README names {module}::{test}, which does not exist"
+
+
+def test_a_folder_replacement_that_fails_at_the_last_rename_leaves_the_old_folder(tmp_path, monkeypatch):
+    """atomic.replace_dir moves the old folder aside, then the new one in: an error (or Ctrl-C) at that
+    second rename deleted the new folder and left the old one aside, so the data set or RBM stack was gone."""
+    from vgbench import atomic
+
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    (folder / "train.pt").write_text("old")
+    real_replace = os.replace
+
+    def interrupted_at_the_second_rename(source, target):
+        if Path(source).name.startswith(".dataset.") and not Path(source).name.endswith(".old"):
+            raise KeyboardInterrupt
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", interrupted_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.replace_dir(folder) as tmp:
+            (tmp / "train.pt").write_text("new")
+    monkeypatch.undo()
+    assert (folder / "train.pt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
