@@ -206,6 +206,35 @@ def test_command_line_overrides_are_checked_as_params_yaml_is(workspace, flags, 
     assert not workspace.results.exists()
 
 
+def _no_copy_memory_block(raw: dict) -> None:
+    tiny = raw["profiles"]["tiny"]
+    tiny["matrix"] = [block for block in tiny["matrix"] if block["dataset"] != "copy_memory"]
+
+
+@pytest.mark.parametrize("args, edit, message", [
+    (["train", "--only", "mlp-he_reluu"], None, "--only 'mlp-he_reluu' matches no cell id of profile 'tiny'"),
+    (["status", "--only", "mlp-he_reluu"], None, "--only 'mlp-he_reluu' matches no cell id of profile 'tiny'"),
+    (["fetch", "copy_memory"], _no_copy_memory_block,
+     "data set 'copy_memory' is stored per sequence length, and no matrix block of profile 'tiny' uses it"),
+], ids=["train --only typo", "status --only typo", "fetch of a data set no block uses"])
+def test_commands_that_would_do_nothing_say_why_and_exit_2(workspace, args, edit, message):
+    """A misspelt --only trained nothing and said "all 0 cells done", exit 0; fetching a sequence data set
+    no block uses wrote nothing, silently."""
+    if edit is not None:
+        workspace.edit_params(edit)
+    completed = workspace.run(*args)
+    assert completed.returncode == 2 and message in completed.stderr, completed.stdout + completed.stderr
+    _no_traceback(completed)
+
+
+def test_a_plan_of_zero_timed_steps_is_refused_by_the_parser(workspace, capsys):
+    from vgbench.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", "--steps", "0", "--params", str(workspace.params)])
+    assert exit_.value.code == 2 and "argument --steps: 0 is not >= 1" in capsys.readouterr().err
+
+
 def test_online_wandb_without_a_key_says_how_to_log_in(workspace, tmp_path):
     workspace.edit_params(lambda raw: raw["wandb"].update(mode="online"))
     env = {"HOME": str(tmp_path / "home"), "WANDB_MODE": None, "WANDB_API_KEY": None,

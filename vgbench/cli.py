@@ -47,6 +47,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-root", type=Path, default=Path("results"), help="default: %(default)s")
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (argparse names the flag and exits 2 otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
+    return value
+
+
 def _fetch(params: Params, args) -> int:
     from vgbench.data import DATASETS
     from vgbench.data.store import ensure
@@ -58,6 +69,10 @@ def _fetch(params: Params, args) -> int:
             DATASETS.get(name)  # unknown names get the registry's error
             raise ConfigError(f"data set {name!r} is not configured in profile {params.profile!r} "
                               f"(configured: {sorted(profile.datasets)})")
+        if not profile.stored_datasets([name]):  # a sequence task is stored per length, and no block gives one
+            raise ConfigError(f"data set {name!r} is stored per sequence length, and no matrix block of profile "
+                              f"{params.profile!r} uses it: nothing to fetch (its lengths are the depths of the "
+                              f"blocks that use it)")
     try:
         ensure(profile, args.data_root, args.names or None, force=args.force, say=print)
     except DatasetUnavailableError as error:
@@ -72,7 +87,11 @@ def _states(params: Params, results_root: Path, only: str | None = None):
     from vgbench.tuning import matrix_cells
     from vgbench.twins import stored_as
 
-    cells = [c for c in matrix_cells(params.active, results_root) if not only or only in c.cell_id]
+    every = matrix_cells(params.active, results_root)
+    cells = [c for c in every if not only or only in c.cell_id]
+    if not cells:  # a misspelt filter would train nothing and report "all 0 cells done"
+        raise ConfigError(f"--only {only!r} matches no cell id of profile {params.profile!r} ({len(every)} cells, "
+                          f"such as {every[0].cell_id}); it is a substring of the ids `vgbench cells` lists")
     held = claims.live_claims(results_root) if claims.is_rank_zero() else {}
     stored = {c.cell_id: stored_as(c).cell_id for c in cells}  # a DBN twin's state is its MLP cell's
     return cells, {c.cell_id: results.cell_state(results_root, stored[c.cell_id], held.get(stored[c.cell_id]))
@@ -341,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="cells, steps and estimated device-hours, from one timed step per "
                                             "model shape on this machine")
     plan.add_argument("--device", default="cpu", help="device to time the steps on (default: %(default)s)")
-    plan.add_argument("--steps", type=int, default=3, help="timed steps per model shape (default: %(default)s)")
+    plan.add_argument("--steps", type=_positive_int, default=3,
+                      help="timed steps per model shape (default: %(default)s)")
     readme = commands.add_parser("readme", help="rewrite README.md's marked leaderboard blocks from "
                                                 "results/leaderboard.md")
     readme.add_argument("--readme", type=Path, default=Path("README.md"), help="default: %(default)s")
