@@ -85,6 +85,9 @@ def test_default_profile_shows_the_phenomenon_by_design():
      ["launcher.threads = 1 but trainer.threads pins 2"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"group_size": 0}),
      ["launcher.group_size = 0", "greater than 0"]),
+    # YAML's true is not an integer (lax validation read it as 1: seed 1, depth 1, one device).
+    (lambda d: d["profiles"]["tiny"].update(seeds=[True, 0]), ["profiles.tiny.seeds.0 = True", "valid integer"]),
+    (lambda d: d["profiles"]["tiny"].update(trainer={"devices": True}), ["profiles.tiny.trainer.devices", "True"]),
     # The same rate twice (1 and 1.0 too) would list the same cells twice.
     (lambda d: d["profiles"]["tiny"].update(learning_rates=[0.1, 0.1]), ["learning_rates", "listed twice"]),
     (lambda d: d["profiles"]["tiny"]["matrix"][1].update(learning_rates=[1, 1.0]),

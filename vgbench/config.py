@@ -29,7 +29,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: YAML's `true` is no seed, depth or device count (lax pydantic reads it as 1)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _positive_rates(value: list[float]) -> list[float]:
