@@ -227,6 +227,19 @@ def test_commands_that_would_do_nothing_say_why_and_exit_2(workspace, args, edit
     _no_traceback(completed)
 
 
+def test_a_cell_on_several_devices_under_workers_pinned_to_one_gpu_each_is_refused(workspace):
+    """The local launcher gives each worker one GPU of launcher.gpus: a DDP cell (trainer.devices 2) could
+    never start there; it is refused before anything is written."""
+    workspace.edit_params(lambda raw: raw["profiles"]["tiny"].update(
+        launcher={"name": "local", "gpus": [0, 1]}, trainer={"devices": 2, "strategy": "ddp"}))
+    completed = workspace.run("train")
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert "trainer.devices = 2, but the local launcher pins each worker to one GPU" in completed.stderr
+    _no_traceback(completed)
+    launches = workspace.results / "launch"
+    assert not launches.exists() or not any(launches.iterdir())
+
+
 def test_a_plan_of_zero_timed_steps_is_refused_by_the_parser(workspace, capsys):
     from vgbench.cli import main
 

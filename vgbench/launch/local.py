@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vgbench import atomic
 from vgbench.launch import LAUNCHERS
-from vgbench.launch.request import LaunchRequest
+from vgbench.launch.request import LaunchError, LaunchRequest
 
 
 def worker_count(request: LaunchRequest) -> int:
@@ -62,8 +62,18 @@ def _relay(stream, prefix: str, log: Path) -> None:
             print(f"{prefix} {line}", end="", flush=True)
 
 
+def check_devices(request: LaunchRequest) -> None:
+    """Each worker sees one GPU of ``launcher.gpus``: a cell that asks for several (DDP) could never start."""
+    devices = request.params.active.trainer.devices
+    if request.settings.gpus and devices != 1:
+        raise LaunchError(f"trainer.devices = {devices!r}, but the local launcher pins each worker to one GPU of "
+                          f"launcher.gpus {request.settings.gpus}: for a cell on several GPUs set launcher.gpus: [] "
+                          f"and jobs: 1 (the worker sees every GPU), or use the slurm launcher")
+
+
 @LAUNCHERS.register("local")
 def launch_local(request: LaunchRequest) -> bool:
+    check_devices(request)
     ids = [cell.cell_id for cell in request.cells]
     count = min(worker_count(request), max(1, len(ids)))
     print(f"local: {count} worker processes" + (f" on GPUs {request.settings.gpus}" if request.settings.gpus else ""),
