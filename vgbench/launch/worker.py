@@ -97,12 +97,13 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
                     holder = claims.read_claim(root, cell.cell_id)  # None if released meanwhile: done or failed
                     where = holder.where if holder else "another worker"
                     report["skipped"].append(f"{cell.cell_id} (claimed by {where})")
-                elif _is_done(root, cell.cell_id, unit):  # finished by another worker between our look and our claim
+                    continue
+                held.append((cell, claim))  # released in `finally` whatever happens from here on
+                if _is_done(root, cell.cell_id, unit):  # finished by another worker between our look and our claim
                     report["skipped"].append(f"{cell.cell_id} (done)")
+                    held.pop()
                     if claim is not None:
                         claims.release(root, claim)
-                else:
-                    held.append((cell, claim))
             if not held:
                 continue
             mine = [cell for cell, _ in held]
