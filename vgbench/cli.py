@@ -144,6 +144,10 @@ def _train(params: Params, args) -> int:
     settings = updated(profile.launcher, {key: value for key, value in (("name", args.launcher), ("jobs", args.jobs))
                                           if value is not None}, "vgbench train's --launcher/--jobs")
     launch = LAUNCHERS.get(settings.name)
+    for flag, given, launcher in (("--jobs", args.jobs is not None, "local"), ("--detach", args.detach, "slurm")):
+        if given and settings.name != launcher:
+            raise ConfigError(f"{flag} is for the {launcher} launcher; this launch uses {settings.name!r} "
+                              f"(--launcher {launcher}, or drop {flag})")
     _check_writable(args.results_root)
     check_online_login(params.wandb)
     launched: set[str] = set()
