@@ -92,6 +92,11 @@ def test_degradation_needs_a_rising_plain_loss_with_healthy_gradients_and_a_flat
     assert verdicts(rows(0.16, -3.0, 0.04))["he2016_degradation_not_vanishing"] == FAILS  # that is vanishing
     assert verdicts(rows(0.04, 0.3, 0.04))["he2016_degradation_not_vanishing"] == FAILS  # no degradation
     assert verdicts(rows(0.16, 0.3, 0.2))["he2016_degradation_not_vanishing"] == FAILS  # the ResNet degrades too
+    assert verdicts(rows(0.16, 0.3, math.inf))["he2016_degradation_not_vanishing"] == FAILS  # a seed diverged deep
+    # Diverged seeds at both depths of the plain net: +inf and +inf have no order; nothing to decide.
+    both = rows(math.inf, 0.3, 0.04)
+    both[0]["final_train_loss_mean"] = math.inf
+    assert verdicts(both)["he2016_degradation_not_vanishing"] == UNDETERMINED
 
 
 def test_pretraining_needs_non_overlapping_intervals():

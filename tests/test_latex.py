@@ -12,8 +12,6 @@ import subprocess
 
 import pytest
 
-import pandas as pd
-
 from tests.test_report import cells, golden_rows, params, write_results  # noqa: F401 (fixtures)
 from vgbench.report import build, formats
 
@@ -83,7 +81,7 @@ def test_a_loss_table_with_a_diverged_row_and_a_row_short_of_seeds_compiles_and_
     caption = build._latex_caption(params, "rnn", "copy_memory", rows, n_seeds=3)
     table = formats.leaderboard_latex(rows, caption=caption, seeds=3)
     assert r"test cross\_entropy, lower is better" in caption
-    assert rf"$\infty \pm \mbox{{--}}$" in table  # not the plain-text "inf ± –" in math mode
+    assert r"$\infty \pm \mbox{--}$" in table  # not the plain-text "inf ± –" in math mode
     assert table.count(formats.FEWER_SEEDS_MARK) == 1 + 1  # the short row, and the caption's legend
     assert rf"{formats.FEWER_SEEDS_MARK}: over fewer" in caption and "(1 of 5 entries" in caption
     paper = tmp_path / "paper"

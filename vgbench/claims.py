@@ -28,8 +28,10 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from contextlib import contextmanager
@@ -142,6 +144,21 @@ def _pid_lives(claim: Claim) -> bool:
     """The claim's process still runs: its pid is there and started when the claim says (pids are reused)."""
     start = _process_start(claim.pid)
     return start is not None and (claim.pid_start is None or start == claim.pid_start)
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT held back until the block ends (then delivered): a stop signal arriving between the
+    creation of a claim file and its caller's note of it (or among the releases) would leave a claim that no
+    one releases until its process is found dead. Main thread only (where Python runs signal handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def read_claim(results_root: Path, cell_id: str) -> Claim | None:

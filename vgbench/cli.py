@@ -193,7 +193,9 @@ def _train(params: Params, args) -> int:
         print(f"error: {len(not_done)} of {len(cells)} cells are not done ("
               + "; ".join(f"{len(ids)} {state}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
                           for state, ids in sorted(by_state.items()))
-              + "); `vgbench status` says why", file=sys.stderr)
+              + ("); `vgbench status` says why" if forced_since is None else
+                 "); `vgbench status` says why, and for a failed --force retrain the cell's error.json"),
+              file=sys.stderr)
         return 1
     print(f"profile {params.profile}: all {len(cells)} cells done", flush=True)
     return 0
@@ -201,15 +203,21 @@ def _train(params: Params, args) -> int:
 
 def _forced_but_not_retrained(cells: list, states: dict, launched: set[str], results_root: Path,
                               since: float) -> dict:
-    """``train --force``: the launched cells whose result is older than the launch. Their retraining failed
-    and the older result stays: "done" to ``status``, but not what this command was asked to do."""
-    from vgbench.results import CellState, cell_dir
+    """``train --force``: the launched cells whose result is older than the launch: "running" where another
+    process holds the cell now, else "failed" (the retraining failed, its error.json says why, and the older
+    result stays: "done" to ``status``, but not what this command was asked to do)."""
+    from vgbench import claims
+    from vgbench.results import CellState, written_since
     from vgbench.twins import stored_as
 
-    return {cell.cell_id: CellState(cell.cell_id, "failed", "retrained with --force, which failed; the "
-                                                            "older result stays")
-            for cell in cells if cell.cell_id in launched and states[cell.cell_id].state == "done"
-            and (cell_dir(results_root, stored_as(cell).cell_id) / "metrics.json").stat().st_mtime < since}
+    held = claims.live_claims(results_root)
+    not_replaced = [cell for cell in cells if cell.cell_id in launched and states[cell.cell_id].state == "done"
+                    and not written_since(results_root, stored_as(cell).cell_id, since)]
+    return {cell.cell_id: (CellState(cell.cell_id, "running", held[stored_as(cell).cell_id].where)
+                           if stored_as(cell).cell_id in held else
+                           CellState(cell.cell_id, "failed", "retrained with --force, which failed (its error.json "
+                                                             "says why); the older result stays"))
+            for cell in not_replaced}
 
 
 def _leaderboard(params: Params, args) -> int:

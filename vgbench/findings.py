@@ -135,7 +135,7 @@ def _trains(row: pd.Series) -> bool:
         "At the deepest depth: log10 of the first/last gradient ratio at init <= -1 (a tenfold drop, the least "
         "called vanishing here), and trainable for fewer than half of the seeds.",
         families=("mlp",), needs=("sigmoid_standard",))
-def _sigmoid_vanishes(block: Block) -> tuple[bool, str]:
+def _sigmoid_vanishes(block: Block) -> tuple[bool | None, str]:
     row = block.row("sigmoid_standard")
     ratio = row["init_log10_dL_dh_first_last"]
     return (_decided(ratio <= VANISHED_LOG10 and not _trains(row), ratio),
@@ -148,7 +148,7 @@ def _sigmoid_vanishes(block: Block) -> tuple[bool, str]:
         "At the deepest depth: |log10 first/last ratio| <= 1 (within a factor of 10) and trainable for at least "
         "half of the seeds.",
         families=("mlp",), needs=("he_relu",))
-def _relu_he(block: Block) -> tuple[bool, str]:
+def _relu_he(block: Block) -> tuple[bool | None, str]:
     row = block.row("he_relu")
     ratio = row["init_log10_dL_dh_first_last"]
     return (_decided(abs(ratio) <= FLAT_LOG10 and _trains(row), ratio),
@@ -161,7 +161,7 @@ def _relu_he(block: Block) -> tuple[bool, str]:
         "At the deepest depth: sigmoid + batch norm trainable for at least half of the seeds, the same small-init "
         "sigmoid stack without it for fewer than half.",
         families=("mlp", "dbn"), needs=("batchnorm", "small_init"))
-def _batchnorm(block: Block) -> tuple[bool, str]:
+def _batchnorm(block: Block) -> tuple[bool | None, str]:
     with_bn, without = block.row("batchnorm"), block.row("small_init")
     return (_trains(with_bn) and not _trains(without),
             "; ".join(_describe(r, _metric(r), _trained(r)) for r in (with_bn, without)))
@@ -177,7 +177,7 @@ SELU_VARIANCE = (0.8, 1.5)
         "At the deepest depth, at initialization: every hidden layer's activation variance in [0.8, 1.5], the "
         "variance interval of the paper's Theorem 1 (mapped into itself, around the fixed point 1).",
         families=("mlp",), needs=("selu_lecun",))
-def _selu(block: Block) -> tuple[bool, str]:
+def _selu(block: Block) -> tuple[bool | None, str]:
     depth = int(block.rows["depth"].max())
     layers = block.profiles[(block.profiles["remedy"] == "selu_lecun") & (block.profiles["depth"] == depth)]
     variances = layers["activation_variance"]
@@ -193,7 +193,7 @@ def _selu(block: Block) -> tuple[bool, str]:
         "At the deepest depth: the highway net trainable for at least half of the seeds, the plain net for fewer "
         "than half.",
         families=("highway",), needs=("highway", "plain"))
-def _highway(block: Block) -> tuple[bool, str]:
+def _highway(block: Block) -> tuple[bool | None, str]:
     highway, plain = block.row("highway"), block.row("plain")
     return (_trains(highway) and not _trains(plain),
             "; ".join(_describe(r, _metric(r), _trained(r)) for r in (highway, plain)))
@@ -207,18 +207,21 @@ def _highway(block: Block) -> tuple[bool, str]:
         "not growth), and the residual BN net's final training loss is not higher (the paper's training curves, "
         "by direction).",
         families=("resnet",), needs=("plain_bn", "residual_bn"))
-def _degradation(block: Block) -> tuple[bool, str]:
+def _degradation(block: Block) -> tuple[bool | None, str]:
     plain_deep, plain_shallow = block.row("plain_bn"), block.row("plain_bn", "shallowest")
     res_deep, res_shallow = block.row("residual_bn"), block.row("residual_bn", "shallowest")
     degrades = plain_deep["final_train_loss_mean"] > plain_shallow["final_train_loss_mean"]
     healthy = plain_deep["init_log10_dL_dh_first_last"] > VANISHED_LOG10
     holds_up = res_deep["final_train_loss_mean"] <= res_shallow["final_train_loss_mean"]
+    # A diverged seed makes a row's loss +inf: two such rows have no order (inf > inf and inf <= inf).
+    unordered = [math.nan for deep, shallow in ((plain_deep, plain_shallow), (res_deep, res_shallow))
+                 if math.isinf(deep["final_train_loss_mean"]) and math.isinf(shallow["final_train_loss_mean"])]
 
     def loss(deep: pd.Series, shallow: pd.Series) -> str:
         return (f"{deep['remedy']} train loss d{int(shallow['depth'])} {shallow['final_train_loss_mean']:.3f} -> "
                 f"d{int(deep['depth'])} {deep['final_train_loss_mean']:.3f}")
 
-    return (_decided(degrades and healthy and holds_up, plain_deep["init_log10_dL_dh_first_last"]),
+    return (_decided(degrades and healthy and holds_up, plain_deep["init_log10_dL_dh_first_last"], *unordered),
             f"{loss(plain_deep, plain_shallow)}, {_ratio(plain_deep)}; {loss(res_deep, res_shallow)}")
 
 
@@ -227,7 +230,7 @@ def _degradation(block: Block) -> tuple[bool, str]:
         "At the longest sequence: the standard-init tanh RNN trainable for fewer than half of the seeds "
         "(trainable: MSE at most half the constant predictor's), the LSTM for at least half.",
         families=("rnn",), datasets=("adding",), needs=("tanh_standard", "lstm"))
-def _lstm(block: Block) -> tuple[bool, str]:
+def _lstm(block: Block) -> tuple[bool | None, str]:
     tanh, lstm = block.row("tanh_standard"), block.row("lstm")
     return (not _trains(tanh) and _trains(lstm), "; ".join(_describe(r, _metric(r), _trained(r)) for r in (tanh, lstm)))
 
@@ -238,7 +241,7 @@ def _lstm(block: Block) -> tuple[bool, str]:
         "At the longest sequence: the IRNN trainable for at least half of the seeds, the standard-init tanh RNN "
         "for fewer than half.",
         families=("rnn",), datasets=("adding",), needs=("irnn", "tanh_standard"))
-def _irnn(block: Block) -> tuple[bool, str]:
+def _irnn(block: Block) -> tuple[bool | None, str]:
     irnn, tanh = block.row("irnn"), block.row("tanh_standard")
     return (_trains(irnn) and not _trains(tanh), "; ".join(_describe(r, _metric(r), _trained(r)) for r in (irnn, tanh)))
 
@@ -249,7 +252,7 @@ def _irnn(block: Block) -> tuple[bool, str]:
         "At the deepest depth: the pretrained stack's 95% interval of the test metric lies entirely on the better "
         "side of the randomly initialized stack's (non-overlapping intervals, as the rank groups use).",
         families=("dbn",), needs=("pretrain", "small_init"))
-def _pretraining(block: Block) -> tuple[bool, str]:
+def _pretraining(block: Block) -> tuple[bool | None, str]:
     pretrained, random = block.row("pretrain"), block.row("small_init")
     better = (pretrained["test_metric_ci_low"] > random["test_metric_ci_high"] if pretrained["higher_is_better"]
               else pretrained["test_metric_ci_high"] < random["test_metric_ci_low"])
@@ -263,7 +266,7 @@ def _pretraining(block: Block) -> tuple[bool, str]:
         "At the deepest depth: with clipping, the same init ratio as without (within 0.1 in log10: the same "
         "weights) and, where the unclipped net does not train, neither does the clipped one.",
         families=("mlp", "rnn"), needs=("grad_clip", "small_init"))
-def _clipping(block: Block) -> tuple[bool, str]:
+def _clipping(block: Block) -> tuple[bool | None, str]:
     clipped, plain = block.row("grad_clip"), block.row("small_init")
     ratios = clipped["init_log10_dL_dh_first_last"], plain["init_log10_dL_dh_first_last"]
     no_rescue = _trains(plain) or not _trains(clipped)

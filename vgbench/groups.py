@@ -5,7 +5,8 @@ learning rate (same family, remedy, data set, depth, model, training, trainer
 and probe settings): exactly what a stacked network can hold, since every
 model reads the same shapes and runs the same code (vgbench/models/stacked.py,
 vgbench/training/stacked_optim.py). ``group`` splits the cells it is given
-into such groups, in the order it meets them, at most ``max_size`` cells each.
+into such groups, in the order it meets them, at most ``max_size`` cells each
+(one for cells whose precision's loss scaler would tie the models' steps together).
 
 Which cells share a group changes nothing in any cell's result (the models
 never touch each other's slices; tests/test_stacking.py checks it bit for

@@ -65,7 +65,7 @@ def _relay(stream, prefix: str, log: Path) -> None:
 def check_devices(request: LaunchRequest) -> None:
     """Each worker sees one GPU of ``launcher.gpus``: a cell that asks for several (DDP) could never start."""
     devices = request.params.active.trainer.devices
-    if request.settings.gpus and devices != 1:
+    if request.settings.gpus and isinstance(devices, int) and devices > 1:  # "auto" finds the one it sees
         raise LaunchError(f"trainer.devices = {devices!r}, but the local launcher pins each worker to one GPU of "
                           f"launcher.gpus {request.settings.gpus}: for a cell on several GPUs set launcher.gpus: [] "
                           f"and jobs: 1 (the worker sees every GPU), or use the slurm launcher")

@@ -67,7 +67,7 @@ def cluster_max_array_size() -> int:
                           f"controller up (`sinfo`)? Nothing was submitted") from None
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
     if not match:
-        raise RuntimeError("`scontrol show config` names no MaxArraySize")
+        raise LaunchError("`scontrol show config` names no MaxArraySize; nothing was submitted")
     return int(match.group(1))
 
 
@@ -165,8 +165,7 @@ def file_progress(request: LaunchRequest) -> dict[str, int]:
     done = failed = 0
     for cell in request.cells:
         folder = results.cell_dir(request.results_root, cell.cell_id)
-        metrics = folder / "metrics.json"
-        if metrics.exists() and metrics.stat().st_mtime >= (request.not_before or 0):
+        if results.written_since(request.results_root, cell.cell_id, request.not_before):
             done += 1
         elif (folder / "error.json").exists() and (folder / "error.json").stat().st_mtime >= request.started:
             failed += 1

@@ -44,11 +44,8 @@ def _launch_info(unit: WorkUnit, attempt: int, pinned_threads: int | None):
 
 def _is_done(results_root: Path, cell_id: str, unit: WorkUnit, state: results.CellState | None = None) -> bool:
     """Done, and (under --force) written by this launch."""
-    if (state or results.cell_state(results_root, cell_id)).state != "done":
-        return False
-    if unit.not_before is None:
-        return True
-    return (results.cell_dir(results_root, cell_id) / "metrics.json").stat().st_mtime >= unit.not_before
+    return ((state or results.cell_state(results_root, cell_id)).state == "done"
+            and results.written_since(results_root, cell_id, unit.not_before))
 
 
 def _summary_line(done: int, total: int, result) -> str:
@@ -92,27 +89,31 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
         held = []
         try:
             for cell in cells:
-                claim = claims.try_claim(root, cell.cell_id, unit.launcher) if rank_zero else None
+                with claims.signals_deferred():  # taken and in `held` (released below), or not taken
+                    claim = claims.try_claim(root, cell.cell_id, unit.launcher) if rank_zero else None
+                    if claim is not None or not rank_zero:
+                        held.append((cell, claim))
                 if rank_zero and claim is None:
                     holder = claims.read_claim(root, cell.cell_id)  # None if released meanwhile: done or failed
                     where = holder.where if holder else "another worker"
                     report["skipped"].append(f"{cell.cell_id} (claimed by {where})")
                     continue
-                held.append((cell, claim))  # released in `finally` whatever happens from here on
                 if _is_done(root, cell.cell_id, unit):  # finished by another worker between our look and our claim
                     report["skipped"].append(f"{cell.cell_id} (done)")
-                    held.pop()
-                    if claim is not None:
-                        claims.release(root, claim)
+                    with claims.signals_deferred():
+                        held.pop()
+                        if claim is not None:
+                            claims.release(root, claim)
             if not held:
                 continue
             mine = [cell for cell, _ in held]
             _train_group(unit, root, mine, lambda: data_for(mine[0], data_root, data_cache), params, report, total,
                          rank_zero)
         finally:
-            for _, claim in held:
-                if claim is not None:
-                    claims.release(root, claim)
+            with claims.signals_deferred():  # a stop signal here must not cut the releases short
+                for _, claim in held:
+                    if claim is not None:
+                        claims.release(root, claim)
     if unit.report_path:
         atomic.write_json(unit.report_path, report)
     return report

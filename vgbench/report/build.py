@@ -46,7 +46,7 @@ def _tex(text: str) -> str:
 def _latex_caption(params: Params, family: str, dataset: str, rows: pd.DataFrame, n_seeds: int) -> str:
     """The caption of one (family, data set)'s LaTeX table: what each number is, over how many seeds (rows
     with fewer are marked: a 2-seed interval is far wider than a 3-seed one), and how the rank is made."""
-    fewer = int((rows["n"] < n_seeds).sum())
+    fewer = int(formats.short_of_seeds(rows, n_seeds).sum())
     seeds = f"over {n_seeds} seeds" + (
         f"; {formats.FEWER_SEEDS_MARK}: over fewer, as cells are missing or failed ({fewer} of {len(rows)} "
         f"entries; the cells and n per row are in leaderboard.md)" if fewer else "")
@@ -57,7 +57,7 @@ def _latex_caption(params: Params, family: str, dataset: str, rows: pd.DataFrame
             f"and log10 of the first/last hidden-state gradient norm ratio at initialization "
             f"(in parentheses: the mean-field prediction{latex_cite(theory.CITES)} where it applies); "
             f"rank: tie-aware, by the deepest depth trained by at least half the seeds, then the test metric at "
-            f"the block's deepest depth (remedies whose 95\\% intervals overlap share a range; $^\\sim$: a 90\\% "
+            f"the deepest depth (remedies whose 95\\% intervals overlap share a range; $^\\sim$: a 90\\% "
             f"or 99\\% interval would change it). vgbench profile {_tex(params.profile)}.")
 
 
@@ -142,11 +142,10 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         "references.bib": f"% {source_line}\n" + BIB_PATH.read_text(),  # what leaderboard.tex and claims.tex cite
         "leaderboard.tex": f"% {source_line}\n" + "\n".join(
             formats.leaderboard_latex(
-                part(rows, family, dataset), caption=_latex_caption(params, family, dataset,
-                                                                    part(rows, family, dataset), n_seeds),
+                block, caption=_latex_caption(params, family, dataset, block, n_seeds),
                 label=f"tab:vgbench-{family}-{dataset}".replace("_", "-"), ranked=part(ranked, family, dataset),
                 seeds=n_seeds)
-            for family, dataset in pairs),
+            for family, dataset in pairs for block in [part(rows, family, dataset)]),
     }
     # Everything is written to a staging folder first and moved into place only when all of it was made
     # (a damaged probe file or a plotting error leaves the previous tables, figures and plots whole).

@@ -72,7 +72,9 @@ def plot_against_depth(rows: pd.DataFrame, path: Path, title: str, depth_meaning
         axes[0].errorbar(group["depth"], group["test_metric_mean"], yerr=group["test_metric_std"].fillna(0.0),
                          capsize=3, **style)
         for axis, (column, _) in zip(axes[1:], panels[1:]):
-            values = group[column].where(group[column].abs() < float("inf"))  # -inf: underflow, left out
+            # Left out: -inf (a ratio that underflowed) and +inf (a loss row with a diverged seed; the table
+            # says which)
+            values = group[column].where(group[column].abs() < float("inf"))
             axis.plot(group["depth"], values, **style)
     axes[0].axhline(rows["baseline_metric"].iloc[0], color="grey", linewidth=0.8, linestyle=":",
                     label="chance" if rows["higher_is_better"].iloc[0] else "baseline")

@@ -169,6 +169,11 @@ def _tex_mean_and_interval(mean: float, std: float, low: float, high: float, mar
 FEWER_SEEDS_MARK = r"$^\dagger$"
 
 
+def short_of_seeds(rows: pd.DataFrame, seeds: int | None) -> pd.Series:
+    """Per row: it has fewer seeds than the profile's ``seeds`` (cells missing or failed); all False without."""
+    return rows["n"] < seeds if seeds is not None else pd.Series(False, index=rows.index)
+
+
 def _tex_rank(remedy: pd.Series | None) -> str:
     """A tie-aware rank range for LaTeX ("2--4"), a superscript tilde where it is level-sensitive; -- for none."""
     if remedy is None:
@@ -204,7 +209,8 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
                  + " & ".join(rf"test {metric} & $\log_{{10}}\frac{{g_1}}{{g_L}}$" for _ in depths)
                  + (" & rank" if ranks is not None else "") + r" \\")
     lines.append(r"\midrule")
-    for (dataset, remedy), group in rows.groupby(["dataset", "remedy"], sort=False):
+    marked = rows.assign(_short=short_of_seeds(rows, seeds))
+    for (dataset, remedy), group in marked.groupby(["dataset", "remedy"], sort=False):
         cites = REMEDIES.get(remedy).cites if remedy in REMEDIES else ()  # a hand-made row may name any remedy
         cells = ([tex_escape(dataset)] if several else []) + [tex_escape(remedy) + latex_cite(cites)]
         by_depth = {int(r["depth"]): r for _, r in group.iterrows()}
@@ -213,10 +219,9 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
             if row is None:
                 cells += ["--", "--"]
                 continue
-            fewer = seeds is not None and int(row["n"]) < seeds
             cells.append(_tex_mean_and_interval(row["test_metric_mean"], row["test_metric_std"],
                                                 row["test_metric_ci_low"], row["test_metric_ci_high"],
-                                                FEWER_SEEDS_MARK if fewer else ""))
+                                                FEWER_SEEDS_MARK if row["_short"] else ""))
             predicted = row["theory_log10_dL_dh_first_last"]
             measured = _tex_math(row["init_log10_dL_dh_first_last"], 1)
             cells.append(measured if math.isnan(predicted) else _tex_over(measured, f"({_tex_math(predicted, 1)})"))
