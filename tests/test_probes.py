@@ -449,3 +449,23 @@ def test_init_probe_runs_in_float32_and_in_float64_only_when_a_norm_underflows()
     assert resolved_in_float32(*fine)
     for bad in (0.0, 1e-31, math.inf, math.nan):
         assert not resolved_in_float32({"dL_dh_norm": [bad, 1.0]}, fine[1])
+
+
+def test_an_rnn_of_two_steps_has_no_weight_gradient_depth_profile():
+    """An RNN's two probed matrices (input, recurrent) serve every step. At T = 2 there are as many of them as
+    probed states, and the record took |dW_ih| / |dW_hh| for a first/last weight-gradient ratio."""
+    from types import SimpleNamespace
+
+    from vgbench.tasks import TASKS
+
+    entry = FAMILIES.get("rnn")
+    model = entry.build(ModelIO((2, 2), 1, False), 2, Recipe(activation="tanh"), entry.hparams(hidden_size=8), [0])
+    x, y = torch.randn(16, 2, 2, generator=torch.Generator().manual_seed(1)), torch.randn(16, 1)
+    module = SimpleNamespace(model=model, device=torch.device("cpu"), task=TASKS.get("regression"),
+                             after_clipping=[], runs_per_model=[None])
+    probe = GradientFlowProbe((x, y), interval_steps=1, models=1)
+    probe.on_train_start(None, module)
+    [init] = [records[0] for records in probe.records]
+    assert len(init["weight_grad_norm"]) == len(init["dL_dh_norm"]) == 2
+    assert math.isnan(init["weight_grad_first_last_ratio"])
+    assert init["dL_dh_first_last_ratio"] > 0  # the states' profile is there

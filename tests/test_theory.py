@@ -117,6 +117,18 @@ def test_where_the_theory_does_not_apply_it_says_why(case):
     assert all(note.startswith("not predicted: ") and why in note for note in prediction.notes), prediction.notes
 
 
+def test_a_loss_at_every_step_is_not_predicted_and_says_why():
+    """Copy memory scores every step, so the first state's gradient has a direct term from its own step's loss:
+    its ratio to the last state's stays near 10^0 (a review measured -0.007 at T = 120, 128 units), where the
+    last-step formula gave -110 and sent the init probe to float64 for nothing."""
+    entry = FAMILIES.get("rnn")
+    model = entry.build(ModelIO((30, 10), 9, True), 30, Recipe(activation="tanh"), entry.hparams(hidden_size=16),
+                        [0, 1])
+    prediction = predict(model.mean_field(), torch.randn(8, 30, 10), model.models)
+    assert all(math.isnan(value) for value in prediction.log10_first_last)
+    assert all(note.startswith("not predicted: a loss at every step") for note in prediction.notes)
+
+
 def test_pretrained_weights_are_not_predicted():
     model = _net("mlp", Recipe(), 3, 8, (40,), 10)
     prediction = predict(model.mean_field(), torch.randn(8, 40), model.models, pretrained=True)

@@ -176,12 +176,17 @@ class RecurrentNet(ProbedModel):
             return self.head(states.flatten(1, 2)).unflatten(1, states.shape[1:3])
         return self.head(states[:, :, -1])
 
+    weights_per_state = False  # (at T = 2 the two lists are as long, and their ratio would be ih over hh)
+
     def probe_weights(self) -> list[tuple[str, nn.Parameter]]:
         # Two matrices shared by all steps: their gradients sum over time, so the
         # per-step picture comes from dL/dh_t, not from these.
         return [("rnn.weight_ih", self.rnn.weight_ih), ("rnn.weight_hh", self.rnn.weight_hh)]
 
     def mean_field(self) -> Recurrent | str:
+        if self.per_step:  # the recurrent formula reads the loss at the last step only
+            return ("a loss at every step (copy memory): each state's gradient has a direct term from its own "
+                    "step's loss, not only what comes back through time")
         if self.cell != "rnn":
             return f"{self.cell.upper()} gates"
         if not isinstance(self.norm, nn.Identity):

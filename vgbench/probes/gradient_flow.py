@@ -158,11 +158,11 @@ class GradientFlowProbe(L.Callback):
         return [{"weight_grad_norm": layers, "weight_grad_norm_clipped": None,
                  "grad_total_norm": norm, "grad_total_norm_clipped": None} for layers, norm in zip(per_layer, total)]
 
-    def _finish(self, k: int, record: dict) -> None:
+    def _finish(self, k: int, record: dict, weights_per_state: bool) -> None:
         record["dL_dh_first_last_ratio"] = first_last_ratio(record["dL_dh_norm"])
-        # Only meaningful with one weight per probed state: an RNN's two matrices (input,
-        # recurrent) are shared by every time step, and their ratio is not a depth profile.
-        per_state = len(record["weight_grad_norm"]) == len(record["dL_dh_norm"])
+        # Only meaningful with one weight per probed state (ProbedModel.weights_per_state): an RNN's two
+        # matrices (input, recurrent) are shared by every time step, and their ratio is not a depth profile.
+        per_state = weights_per_state and len(record["weight_grad_norm"]) == len(record["dL_dh_norm"])
         record["weight_grad_first_last_ratio"] = (first_last_ratio(record["weight_grad_norm"]) if per_state
                                                   else float("nan"))
         self.records[k].append(record)
@@ -205,7 +205,7 @@ class GradientFlowProbe(L.Callback):
             record = {"phase": "init", "step": 0, "epoch": 0, "loss": loss, "dtype": dtype, **stats[k],
                       **gradients[k], "theory_log10_dL_dh_first_last": theory.log10_first_last[k],
                       "theory": theory.notes[k]}
-            self._finish(k, record)
+            self._finish(k, record, model.weights_per_state)
             self._log(pl_module, k, record)
         self.seconds += time.perf_counter() - start
 
@@ -261,7 +261,7 @@ class GradientFlowProbe(L.Callback):
             pending, self._pending = self._pending, None
             for k, record in enumerate(pending):
                 if record is not None:
-                    self._finish(k, record)
+                    self._finish(k, record, self._model(pl_module).weights_per_state)
                     self._log(pl_module, k, record)
             self.seconds += time.perf_counter() - start
         self._probing_step = False

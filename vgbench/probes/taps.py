@@ -138,6 +138,10 @@ class ProbedModel(nn.Module):
     (one per probed layer, used for the weight-gradient profile).
     """
 
+    # One probe weight per probed state, input side first: their gradient norms form a depth profile too.
+    # Not so for an RNN, whose two matrices are shared by every time step.
+    weights_per_state = True
+
     def __init__(self, activation: str, models: int):
         super().__init__()
         self.taps = Taps(activation)
