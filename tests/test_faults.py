@@ -108,11 +108,20 @@ def _drop_settings_hash(folder: Path) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
+def _made_by_other_code(folder: Path) -> None:
+    """What a stored copy looks like to code whose data modules (or mnist1d version) changed since it was made."""
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["builder"] = "0123456789ab"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
 DAMAGE = {
     "a split deleted": (_delete_test_split, "test.pt is missing"),
     "a split cut short": (_truncate_train_split, "train.pt does not match its sha256"),
     "the manifest cut short": (_truncate_manifest, "manifest.json is not valid JSON"),
     "a manifest without settings_hash": (_drop_settings_hash, "lacks ['settings_hash']"),
+    "made by other data-building code": (_made_by_other_code, "was made by other data-building code (builder "
+                                                              "0123456789ab"),
 }
 
 

@@ -3,13 +3,15 @@
 Files: ``{train,validation,test}.pt`` (dicts with ``x`` float32 and ``y``: int64
 labels, or float32 targets for regression), ``stats.pt`` (train-only
 standardization mean/std), ``manifest.json`` (the settings that made them,
-task, shapes, class count, baseline metric and sha256 of every file).
-Validation is carved from train with ``split_seed``; test is left untouched.
+task, shapes, class count, baseline metric, the data-building code's fingerprint and sha256 of every
+file). Validation is carved from train with ``split_seed``; test is left untouched.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.metadata
 import json
 import pickle
 from collections.abc import Callable
@@ -35,6 +37,25 @@ class DataNotReadyError(RuntimeError):
 def settings_hash(settings: DatasetSettings) -> str:
     text = json.dumps(settings.model_dump(), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# Third-party packages whose code generates data (MNIST-1D's templates and transforms); torchvision only
+# reads files, so its version changes no byte.
+GENERATOR_PACKAGES = ("mnist1d",)
+
+
+@functools.lru_cache(maxsize=1)
+def builder_fingerprint() -> str:
+    """The code that turns settings into stored bytes: every module of vgbench/data (a data set's build may
+    call another's, as the sequential tasks do) and the generator packages' versions. Stored data made by
+    other code is stale like data of other settings (``vgbench fetch`` rebuilds it), so a cell's result
+    never comes from data the current code would not make."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for package in GENERATOR_PACKAGES:
+        digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
+    return digest.hexdigest()[:12]
 
 
 def sha256(path: Path) -> str:
@@ -91,6 +112,7 @@ def prepare(name: str, settings: DatasetSettings, data_root: Path, length: int |
             "name": name,
             "settings": settings.model_dump(),
             "settings_hash": settings_hash(settings),
+            "builder": builder_fingerprint(),
             "length": length,
             "task": spec.task,
             "kind": spec.kind,
@@ -136,6 +158,9 @@ def _inspect(name: str, settings: DatasetSettings, data_root: Path, length: int 
     if manifest["settings_hash"] != settings_hash(settings):
         return manifest, (f"{folder} was made with settings {manifest['settings']}, "
                           f"the profile asks for {settings.model_dump()}")
+    if manifest.get("builder") != builder_fingerprint():
+        return manifest, (f"{folder} was made by other data-building code (builder {manifest.get('builder')}, "
+                          f"now {builder_fingerprint()}: vgbench/data or {', '.join(GENERATOR_PACKAGES)} changed)")
     for file, digest in manifest["sha256"].items() if check_files else ():
         if not (folder / file).is_file():
             return manifest, f"{folder / file} is missing (listed in the manifest)"
