@@ -359,12 +359,14 @@ def test_late_improvement_and_convergence():
 
 def test_weight_gradient_ratio_only_with_one_weight_per_probed_state():
     probe = GradientFlowProbe((torch.zeros(1, 40), torch.zeros(1, dtype=torch.long)), 1, models=2)
-    probe._finish(1, {"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0, 12.0]})
-    probe._finish(1, {"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0]})  # an RNN: input, recurrent
+    probe._finish(1, {"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0, 12.0]}, True)
+    probe._finish(1, {"dL_dh_norm": [1.0, 2.0, 4.0], "weight_grad_norm": [3.0, 6.0]}, True)  # 2 weights, 3 states
+    probe._finish(1, {"dL_dh_norm": [1.0, 4.0], "weight_grad_norm": [3.0, 6.0]}, False)  # an RNN at T = 2
     assert probe.records[0] == []  # records are kept per model
     assert probe.records[1][0]["weight_grad_first_last_ratio"] == 0.25
     assert math.isnan(probe.records[1][1]["weight_grad_first_last_ratio"])
     assert probe.records[1][1]["dL_dh_first_last_ratio"] == 0.25
+    assert math.isnan(probe.records[1][2]["weight_grad_first_last_ratio"])  # the lengths agree, the model says no
 
 
 def test_init_ratio_is_finite_where_float32_underflows(tiny_params, tmp_path):
