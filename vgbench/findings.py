@@ -214,14 +214,15 @@ def _degradation(block: Block) -> tuple[bool | None, str]:
     healthy = plain_deep["init_log10_dL_dh_first_last"] > VANISHED_LOG10
     holds_up = res_deep["final_train_loss_mean"] <= res_shallow["final_train_loss_mean"]
     # A diverged seed makes a row's loss +inf: two such rows have no order (inf > inf and inf <= inf).
-    unordered = [math.nan for deep, shallow in ((plain_deep, plain_shallow), (res_deep, res_shallow))
-                 if math.isinf(deep["final_train_loss_mean"]) and math.isinf(shallow["final_train_loss_mean"])]
+    unordered = any(math.isinf(deep["final_train_loss_mean"]) and math.isinf(shallow["final_train_loss_mean"])
+                    for deep, shallow in ((plain_deep, plain_shallow), (res_deep, res_shallow)))
 
     def loss(deep: pd.Series, shallow: pd.Series) -> str:
         return (f"{deep['remedy']} train loss d{int(shallow['depth'])} {shallow['final_train_loss_mean']:.3f} -> "
                 f"d{int(deep['depth'])} {deep['final_train_loss_mean']:.3f}")
 
-    return (_decided(degrades and healthy and holds_up, plain_deep["init_log10_dL_dh_first_last"], *unordered),
+    decided = _decided(degrades and healthy and holds_up, plain_deep["init_log10_dL_dh_first_last"])
+    return (None if unordered else decided,
             f"{loss(plain_deep, plain_shallow)}, {_ratio(plain_deep)}; {loss(res_deep, res_shallow)}")
 
 

@@ -64,7 +64,7 @@ def cluster_max_array_size() -> int:
                           "submitted") from None
     if out.returncode != 0:
         raise LaunchError(f"`scontrol show config` failed ({out.stderr.strip() or out.returncode}): is the SLURM "
-                          f"controller up (`sinfo`)? Nothing was submitted") from None
+                          f"controller up (`sinfo`)? Nothing was submitted")
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
     if not match:
         raise LaunchError("`scontrol show config` names no MaxArraySize; nothing was submitted")
