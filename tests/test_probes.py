@@ -471,3 +471,96 @@ def test_an_rnn_of_two_steps_has_no_weight_gradient_depth_profile():
     assert len(init["weight_grad_norm"]) == len(init["dL_dh_norm"]) == 2
     assert math.isnan(init["weight_grad_first_last_ratio"])
     assert init["dL_dh_first_last_ratio"] > 0  # the states' profile is there
+
+
+def _recall_by_hand(model, x, y) -> list[list[float]]:
+    """Per model: ||dL_recall/dh_t|| for every t, where L_recall is the cross-entropy of the last RECALL_LENGTH
+    outputs only, through torch's own cells (rnn_by_hand)."""
+    from vgbench.tasks import RECALL_LENGTH
+
+    norms = []
+    for k in range(model.models):
+        states = rnn_by_hand(model, x, k)
+        logits = F.linear(torch.stack(states, dim=1), model.head.weight[k], model.head.bias[k])
+        F.cross_entropy(logits[:, -RECALL_LENGTH:].flatten(0, 1), y[k, :, -RECALL_LENGTH:].flatten()).backward()
+        norms.append([h.grad.double().norm().item() for h in states])
+    return norms
+
+
+@pytest.mark.parametrize("cell_type", ["rnn", "gru"])
+def test_copy_memory_is_probed_by_the_gradient_of_its_recall(cell_type):
+    """Copy memory scores every step, so the training loss gives each state a direct term of its own and its
+    first/last ratio stays near 1. The probe follows back the recall's loss instead (the last 10 steps), which
+    must travel T + 10 steps to reach the states that saw the symbols. At initialization (init pass) and on a
+    probe step (a pass of its own before the training step, leaving .grad alone), both for two stacked models."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import Precision
+
+    from vgbench.data.copy_memory import generate
+    from vgbench.tasks import TASKS
+
+    delay, task = 15, TASKS.get("copy_memory")
+    model = rnn(Recipe(activation="tanh", cell=cell_type), per_step=True, hidden=8, steps=delay + 20, features=10,
+                seeds=(0, 1))
+    model.head = type(model.head)(2, 8, 10)  # ten symbols out
+    model.head.init_model(0), model.head.init_model(1)
+    x, y = generate(32, delay, torch.Generator().manual_seed(2))
+    hand = _recall_by_hand(model, x.expand(2, *x.shape), y.expand(2, *y.shape))
+    model.zero_grad(set_to_none=True)
+    module = SimpleNamespace(model=model, device=torch.device("cpu"), task=task, after_clipping=[],
+                             runs_per_model=[None, None])
+    probe = GradientFlowProbe((x, y), interval_steps=1, models=2)
+    probe.on_train_start(None, module)
+    live = SimpleNamespace(global_step=0, precision_plugin=Precision())
+    probe.on_train_batch_start(live, module, (x.expand(2, *x.shape), y.expand(2, *y.shape)), 0)
+    assert not model.taps.armed and all(p.grad is None for p in model.parameters())
+    trained = GradientFlowProbe._statistics(probe._probe_loss_taps, 2)
+    for k in range(2):
+        init = probe.records[k][0]
+        assert init["dL_dh_norm"] == pytest.approx(hand[k], rel=1e-4)
+        assert trained[k]["dL_dh_norm"] == pytest.approx(hand[k], rel=1e-4)
+        recall_ratio = log10_ratio(init["dL_dh_first_last_ratio"])
+        # The training loss's own gradient, for contrast: it does not vanish through time.
+        every_step = _every_step_norms(model, x, y, k)
+        assert abs(math.log10(every_step[0] / every_step[-1])) < 1.5
+        assert recall_ratio < math.log10(every_step[0] / every_step[-1]) - 3
+        if cell_type == "rnn":  # N(0, 0.01^2) weights: ~10^-1.4 per step over 25 steps, as predicted
+            assert recall_ratio < -25
+            assert init["theory_log10_dL_dh_first_last"] == pytest.approx(recall_ratio, rel=0.15, abs=0.25)
+    assert hand[0] != pytest.approx(hand[1], rel=1e-3)
+
+
+def _every_step_norms(model, x, y, k: int) -> list[float]:
+    states = rnn_by_hand(model, x.expand(model.models, *x.shape), k)
+    logits = F.linear(torch.stack(states, dim=1), model.head.weight[k], model.head.bias[k])
+    F.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
+    return [h.grad.double().norm().item() for h in states]
+
+
+def test_a_copy_memory_cell_records_its_recall_gradient_and_trains_as_if_unprobed(tiny_params, tiny_data_root,
+                                                                                 tmp_path):
+    """The recall's gradient gets a pass of its own on probe steps, so the training step keeps the path it takes
+    unprobed (the GRU's fused kernel): the same cell probed at every step and at none but the first trains to the
+    very same numbers. Its records say what they follow back, and every one shows the vanishing."""
+    from vgbench.remedies import REMEDIES
+    from vgbench.training.run_group import data_for
+
+    base = next(c for c in expand(tiny_params.active) if c.dataset == "copy_memory")
+    small_init = dataclasses.replace(base, remedy="small_init", recipe=REMEDIES.get("small_init").recipe("rnn").as_dict())
+    data = data_for(base, tiny_data_root, {})
+    for cell in (base, small_init):
+        outcomes = {}
+        for interval in (1, 10 ** 6):
+            probed = dataclasses.replace(cell, probes={**cell.probes, "interval_steps": interval})
+            metrics = run_cell(probed, data, tmp_path / str(interval), WandbSettings(mode="disabled"))
+            profile = json.loads((tmp_path / str(interval) / "cells" / probed.cell_id / "grad_profile.json").read_text())
+            outcomes[interval] = metrics, profile
+        (every, profile), (once, _) = outcomes[1], outcomes[10 ** 6]
+        assert every.test == once.test and every.history == once.history and every.steps > 2
+        assert profile["dL_dh_of"] == "the recall: the cross-entropy of the last 10 steps"
+        trained = [r for r in profile["records"] if r["phase"] == "train"]
+        assert [r["step"] for r in trained] == list(range(every.steps))
+        if cell is small_init:  # 0.01-std weights: some 10^-1.4 per step, 13 steps from the nearest recall step
+            ratios = [log10_ratio(r["dL_dh_first_last_ratio"]) for r in profile["records"]]
+            assert all(ratio < -10 for ratio in ratios), ratios

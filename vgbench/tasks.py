@@ -35,6 +35,23 @@ class Task:
     sums: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]  # (outputs, y) -> additive [K] sums
     finish: Callable[[list[float]], dict[str, float]]                 # summed sums -> metrics incl. "loss"
     scalar_output: bool = False  # one real output instead of one logit per class
+    # Per-step tasks: the gradient-flow probes follow back the loss of the last ``probed_steps`` steps only
+    # (``probe_loss``). A loss at every step gives each state a direct term from its own step, which hides
+    # what comes back through time: the first/last ratio of that gradient stays near 1 whatever the net.
+    probed_steps: int | None = None
+    probed_loss: str = "the training loss"  # what ``probe_loss`` is, in words (grad_profile.json says it)
+
+    def __post_init__(self):
+        if self.per_step and self.probed_steps is None:
+            raise ValueError(f"task {self.name!r} scores every step: it must name the steps its probes read "
+                             "(probed_steps)")
+
+    def probe_loss(self, outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """[K] mean losses whose gradient the probes follow back to every state: the training loss, or a
+        per-step task's loss over its last ``probed_steps`` steps."""
+        if self.probed_steps is None:
+            return self.loss(outputs, y)
+        return self.loss(outputs[:, :, -self.probed_steps:], y[:, :, -self.probed_steps:])
 
     def num_outputs(self, num_classes: int) -> int:
         return 1 if self.scalar_output else num_classes
@@ -111,4 +128,7 @@ def _copy_sums(logits, y):
 TASKS.add("copy_memory", Task(
     "copy_memory", "one symbol per time step; cross-entropy against the memoryless 10 ln 8 / (T + 20), "
     "and accuracy on the recall positions", "cross_entropy", False, True, loss=_copy_loss, sums=_copy_sums,
-    finish=lambda s: {"loss": s[0] / s[1], "cross_entropy": s[0] / s[1], "recall_accuracy": s[2] / s[3]}))
+    finish=lambda s: {"loss": s[0] / s[1], "cross_entropy": s[0] / s[1], "recall_accuracy": s[2] / s[3]},
+    # What must travel back T + 10 steps is the recall's gradient to the steps that showed the symbols.
+    probed_steps=RECALL_LENGTH,
+    probed_loss=f"the recall: the cross-entropy of the last {RECALL_LENGTH} steps"))

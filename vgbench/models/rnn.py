@@ -184,9 +184,6 @@ class RecurrentNet(ProbedModel):
         return [("rnn.weight_ih", self.rnn.weight_ih), ("rnn.weight_hh", self.rnn.weight_hh)]
 
     def mean_field(self) -> Recurrent | str:
-        if self.per_step:  # the recurrent formula reads the loss at the last step only
-            return ("a loss at every step (copy memory): each state's gradient has a direct term from its own "
-                    "step's loss, not only what comes back through time")
         if self.cell != "rnn":
             return f"{self.cell.upper()} gates"
         if not isinstance(self.norm, nn.Identity):

@@ -6,7 +6,12 @@ What it records, per probed layer l (input side first):
   mean batch loss with respect to the hidden state h_l. This is the signal that
   vanishes on its way back (Glorot & Bengio 2010: weight gradients can stay
   flat while it shrinks toward the input); its first/last ratio is the
-  headline vanishing metric.
+  headline vanishing metric. L is the task's ``probe_loss``: the training loss,
+  or, for a task that scores every step (copy memory), the loss of its last
+  steps (the recall), whose gradient must come back through time to the steps
+  that showed the symbols. That one needs a pass of its own on probe steps
+  (``_probe_loss_pass``): a forward and backward of the probe loss on the live
+  batch before the training step, whose gradients reach the taps only.
 - ``weight_grad_norm``: ||dL/dW_l|| as back-propagated, *before* clipping.
   With clipping on, ``weight_grad_norm_clipped`` holds the same norms *after*
   the Trainer clipped them (what the optimizer actually used).
@@ -30,7 +35,8 @@ each record says which), and on the live training batch every
 ``interval_steps`` optimizer steps (phase "train", in the training precision:
 a zero there is what training saw). Under DDP the per-rank sums are all-reduced:
 the global loss is the mean over ranks, so ||dL/dh||^2 of the global batch is
-the sum over ranks divided by world_size^2.
+the sum over ranks divided by world_size^2. The weight-gradient norms are
+always the training loss's: what the optimizer uses.
 
 In a cell group (K stacked models) everything above is recorded per model,
 from per-model sums, so model k's records are those it would have had alone;
@@ -106,6 +112,7 @@ class GradientFlowProbe(L.Callback):
         self.seconds = 0.0
         self._pending: list[dict | None] | None = None
         self._probing_step = False
+        self._probe_loss_taps: TapRecord | None = None  # from _probe_loss_pass, until the step's gradients
 
     # -- helpers -------------------------------------------------------------------------------
     @staticmethod
@@ -193,7 +200,8 @@ class GradientFlowProbe(L.Callback):
             return
         start = time.perf_counter()
         model = self._model(pl_module)
-        theory = predict(model.mean_field(), self.init_batch[0], model.models, self.pretrained)
+        theory = predict(model.mean_field(), self.init_batch[0], model.models, self.pretrained,
+                         scored_steps=pl_module.task.probed_steps or 1)
         dtype = "float32"
         if any(value < PREDICTED_UNDERFLOW_LOG10 for value in theory.log10_first_last):  # NaN: not predicted
             dtype = "float64"
@@ -221,23 +229,47 @@ class GradientFlowProbe(L.Callback):
         y = y.to(dtype) if y.is_floating_point() else y
         model.taps.arm()
         # The bare model, not the DDP wrapper: same batch on every rank, no gradient all-reduce.
-        losses = pl_module.task.loss(model(x), y)
-        losses.sum().backward()
+        outputs = model(x)
+        pl_module.task.probe_loss(outputs, y).sum().backward()
         stats = self._statistics(model.taps.disarm(), model.models)  # same batch on every rank: no reduction
-        return losses.detach().tolist(), stats, self._gradient_fields(model)
+        return pl_module.task.loss(outputs, y).detach().tolist(), stats, self._gradient_fields(model)
 
     # -- during training ---------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._probing_step = trainer.global_step % self.interval_steps == 0
-        if self._probing_step:
-            self._model(pl_module).taps.arm()
+        if not self._probing_step:
+            return
+        if pl_module.task.probed_steps is None:
+            self._model(pl_module).taps.arm()  # the training step's own backward fills them
+        else:
+            self._probe_loss_taps = self._probe_loss_pass(trainer, pl_module, batch)
+
+    def _probe_loss_pass(self, trainer, pl_module, batch) -> TapRecord:
+        """The taps of a forward and backward pass of the task's probe loss on the live batch, in the
+        training precision, before the training step (whose backward follows the training loss, on the
+        path it takes unprobed). Nothing in the net changes: the gradients reach the taps, not ``.grad``
+        (and the families with per-step outputs, RNNs, keep no running statistics). The batch is the
+        step's own: augmentation, drawn inside the step, is for image data sets only (config.py)."""
+        start = time.perf_counter()
+        model = self._model(pl_module)
+        tap_seconds = model.taps.seconds  # counted apart by the taps
+        x, y = batch
+        model.taps.arm()
+        # The bare model, not the DDP wrapper: each rank's own batch, no gradient all-reduce.
+        with torch.enable_grad(), trainer.precision_plugin.train_step_context():
+            losses = pl_module.task.probe_loss(model(x), y)
+            params = [p for p in model.parameters() if p.requires_grad]
+            torch.autograd.grad(losses.sum(), params, allow_unused=True)
+        taps = model.taps.disarm()
+        self.seconds += time.perf_counter() - start - (model.taps.seconds - tap_seconds)
+        return taps
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         if not self._probing_step:
             return
         start = time.perf_counter()
         model = self._model(pl_module)
-        taps = model.taps.disarm()
+        taps, self._probe_loss_taps = self._probe_loss_taps or model.taps.disarm(), None
         stats = self._statistics(taps, model.models, self._rank_sum(trainer), trainer.world_size)
         gradients = self._gradient_fields(model)
         probed = pl_module.active_at_step_start.tolist()  # a model that diverged before is not probed

@@ -15,9 +15,12 @@ is not:
 - **Vanilla RNNs** (tanh or sigmoid units) whose drawn W_hh has a spectral radius below 1: a step
   back multiplies the gradient by ``diag(phi'(z)) W_hh^T``; its rate is that spectral radius times
   ``sqrt(E[phi'(z)^2])`` at the stationary pre-activation variance, so the ratio over T steps is
-  (T - 1) times the log10 of that rate. At a radius of 1 or more (orthogonal, identity or Xavier
-  recurrent weights) the tied weights and saturating states put the net outside this linear
-  regime: not predicted.
+  (T - 1) times the log10 of that rate. Where the probe's loss reads the last R steps (copy
+  memory's recall, ``Task.probed_steps``), the first state gathers R terms, from T - R to T - 1
+  steps back, each with a direct gradient as large as the last state's:
+  ``(T - R) log10 rate + 1/2 log10 sum_{i<R} rate^(2i)`` (R = 1 gives the formula above). At a
+  radius of 1 or more (orthogonal, identity or Xavier recurrent weights) the tied weights and
+  saturating states put the net outside this linear regime: not predicted.
 - **Not predicted** (a reason instead of a number): normalization, skips, gates and convolutions
   (the stacks the theory above does not describe), pretrained weights (not random), and ReLU
   units in an RNN (a unit's on/off pattern repeats from step to step, where the theory assumes
@@ -115,9 +118,10 @@ def chain_log10_ratio(chain: Chain, input_m2: float) -> list[float]:
     return (0.5 * torch.stack(between).sum(dim=0)).tolist() if between else [0.0] * models
 
 
-def recurrent_log10_ratio(net: Recurrent, input_m2: float, steps: int) -> Prediction:
-    """Per model: (T - 1) log10(spectral radius of W_hh * sqrt(E[phi'^2]) at the stationary variance),
-    where the radius is below 1."""
+def recurrent_log10_ratio(net: Recurrent, input_m2: float, steps: int, scored_steps: int = 1) -> Prediction:
+    """Per model, where the spectral radius of W_hh is below 1, with rate = that radius times
+    sqrt(E[phi'^2]) at the stationary variance: (T - 1) log10(rate) for a loss on the last step; for a loss
+    on the last R steps, the sum over the R paths back to the first state (module docstring)."""
     values, notes = [], []
     sigma2_hh, sigma2_ih = _sigma2(net.weight_hh), _sigma2(net.weight_ih)
     bias2 = _bias2(net.bias, net.weight_hh.shape[0])
@@ -134,15 +138,18 @@ def recurrent_log10_ratio(net: Recurrent, input_m2: float, steps: int) -> Predic
             if abs(q - previous) <= STATIONARY_TOLERANCE * max(q, 1e-30):
                 break
         rate = radius * math.sqrt(slope2)
-        values.append((steps - 1) * math.log10(rate) if rate > 0 else -math.inf)
+        paths = sum(rate ** (2 * i) for i in range(scored_steps))  # >= 1: the nearest scored step's path
+        values.append((steps - scored_steps) * math.log10(rate) + 0.5 * math.log10(paths) if rate > 0
+                      else -math.inf)
         notes.append(SOURCE)
     return Prediction(values, notes)
 
 
 def predict(structure: Chain | Recurrent | str, x: torch.Tensor, models: int,
-            pretrained: bool = False) -> Prediction:
+            pretrained: bool = False, scored_steps: int = 1) -> Prediction:
     """The prediction for a network's ``mean_field()`` structure (a reason string where the theory
-    does not apply) on the init batch ``x`` (``[N, ...]``; an RNN's ``[N, T, features]``)."""
+    does not apply) on the init batch ``x`` (``[N, ...]``; an RNN's ``[N, T, features]``, whose probe
+    loss reads its last ``scored_steps`` outputs)."""
     if pretrained:
         return not_predicted("pretrained weights are not random", models)
     if isinstance(structure, str):
@@ -150,4 +157,4 @@ def predict(structure: Chain | Recurrent | str, x: torch.Tensor, models: int,
     input_m2 = float(x.detach().double().pow(2).mean())
     if isinstance(structure, Chain):
         return Prediction(chain_log10_ratio(structure, input_m2), [SOURCE] * models)
-    return recurrent_log10_ratio(structure, input_m2, steps=x.shape[1])
+    return recurrent_log10_ratio(structure, input_m2, steps=x.shape[1], scored_steps=scored_steps)

@@ -309,7 +309,8 @@ def write(run: GroupRun, results_: list[CellResult], results_root: Path) -> None
     """Each cell's files (metrics.json last: its presence marks the cell done), then W&B, then no checkpoint."""
     for k, (cell, result) in enumerate(zip(run.cells, results_)):
         folder = results.cell_dir(results_root, cell.cell_id)
-        atomic.write_json(folder / "grad_profile.json", {"cell_id": cell.cell_id, "records": run.probe.records[k]})
+        profile = {"cell_id": cell.cell_id, "dL_dh_of": run.module.task.probed_loss, "records": run.probe.records[k]}
+        atomic.write_json(folder / "grad_profile.json", profile)
         if run.pretraining[k] is not None:
             atomic.write_json(folder / "pretraining.json", {"cell_id": cell.cell_id, **run.pretraining[k]})
         result.write(folder)
