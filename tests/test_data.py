@@ -316,16 +316,40 @@ def test_offline_download_failure_says_what_to_do(tmp_path, no_network):
     assert not (tmp_path / "mnist").exists()
 
 
-def test_unreadable_raw_file_is_named_not_a_bare_traceback(tmp_path, no_network):
-    write_mnist_raw(tmp_path / "raw", "MNIST")
-    (tmp_path / "raw" / "MNIST" / "raw" / "train-labels-idx1-ubyte").write_bytes(b"<html>404 Not Found</html>")
+def _html_page_as_labels(raw: Path) -> Path:
+    write_mnist_raw(raw, "MNIST")
+    (raw / "MNIST" / "raw" / "train-labels-idx1-ubyte").write_bytes(b"<html>404 Not Found</html>")
+    return raw / "MNIST" / "raw"
+
+
+def _one_file_missing(raw: Path) -> Path:
+    write_mnist_raw(raw, "MNIST")
+    (raw / "MNIST" / "raw" / "train-images-idx3-ubyte").unlink()
+    return raw / "MNIST" / "raw"
+
+
+def _corrupted_cifar_batch(raw: Path) -> Path:
+    write_cifar_raw(raw)
+    (raw / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"<html>404 Not Found</html>")
+    return raw / "cifar-10-batches-py"
+
+
+@pytest.mark.parametrize("damage, name", [(_html_page_as_labels, "mnist"), (_one_file_missing, "mnist"),
+                                          (_corrupted_cifar_batch, "cifar10")],
+                         ids=["html page", "one file missing", "corrupted cifar batch"])
+def test_unreadable_raw_files_are_named_and_no_download_is_tried_over_them(damage, name, tmp_path, no_network):
+    """torchvision reports a missing or corrupted file as "Dataset not found": such files once fell through to a
+    download attempt, and offline the message said "could not download" about files that were on disk."""
+    folder = damage(tmp_path / "raw")
     with pytest.raises(DatasetUnavailableError) as error:
-        prepare("mnist", DatasetSettings(), tmp_path)
+        prepare(name, DatasetSettings(), tmp_path)
     message = str(error.value)
-    assert "cannot be read" in message and str(tmp_path / "raw" / "MNIST" / "raw") in message
-    assert "vgbench fetch" in message
+    assert message.startswith(f"the raw {'CIFAR10' if name == 'cifar10' else 'MNIST'} files in {folder} cannot be "
+                              "read or are incomplete")
+    assert f"present: {', '.join(sorted(p.name for p in folder.iterdir()))}" in message
+    assert "vgbench fetch" in message and "could not download" not in message
     assert no_network == []  # the files exist, so no download was attempted
-    assert not (tmp_path / "mnist").exists()
+    assert not (tmp_path / name).exists()
 
 
 def test_cli_fetch_offline_returns_1_with_the_message(tmp_path, no_network, capsys):

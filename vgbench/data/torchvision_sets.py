@@ -20,31 +20,38 @@ class DatasetUnavailableError(RuntimeError):
     """A data set's raw files are neither on disk nor downloadable."""
 
 
-# Raw file names torchvision looks for, for the by-hand instructions.
+# Where torchvision keeps each data set's raw files under data/raw/, and their names, for the by-hand
+# instructions.
+_RAW_FOLDERS = {tv.MNIST: "MNIST/raw", tv.FashionMNIST: "FashionMNIST/raw", tv.CIFAR10: "cifar-10-batches-py"}
 _RAW_FILES = {
-    tv.MNIST: "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
-    tv.FashionMNIST: "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
-    tv.CIFAR10: "cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}",
+    tv.MNIST: "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    tv.FashionMNIST: "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    tv.CIFAR10: "{data_batch_1..5,test_batch,batches.meta}",
 }
 
 
 def _open(cls, raw_dir: Path, train: bool):
+    folder, by_hand = raw_dir / _RAW_FOLDERS[cls], raw_dir / _RAW_FOLDERS[cls] / _RAW_FILES[cls]
     try:
         return cls(root=str(raw_dir), train=train, download=False)
-    except RuntimeError:
-        pass  # not on disk yet: download below
-    except Exception as error:  # on disk but unreadable (e.g. an HTML page saved as a raw file)
-        raise DatasetUnavailableError(
-            f"the raw {cls.__name__} files under {raw_dir} cannot be read ({type(error).__name__}: {error}). "
-            f"Delete them and run `vgbench fetch` again, or replace them by hand as {raw_dir / _RAW_FILES[cls]}."
-        ) from error
+    except Exception as error:
+        # Files on disk that torchvision cannot use (a truncated copy, an HTML page saved as a raw file, one
+        # file missing; torchvision says "not found or corrupted" for most of these): name them rather than
+        # try a download over them.
+        present = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+        if present:
+            raise DatasetUnavailableError(
+                f"the raw {cls.__name__} files in {folder} cannot be read or are incomplete "
+                f"({type(error).__name__}: {error}; present: {', '.join(present)}). Delete them and run "
+                f"`vgbench fetch` again, or replace them by hand as {by_hand}."
+            ) from error
     try:
         return cls(root=str(raw_dir), train=train, download=True)
     except Exception as error:  # URLError, HTTPError, socket errors, corrupted files
         raise DatasetUnavailableError(
             f"could not download {cls.__name__} into {raw_dir} ({type(error).__name__}: {error}). "
             f"Without network, use an offline data set ({', '.join(offline_names())}), or place the "
-            f"raw files by hand as {raw_dir / _RAW_FILES[cls]} and run `vgbench fetch` again."
+            f"raw files by hand as {by_hand} and run `vgbench fetch` again."
         ) from error
 
 
