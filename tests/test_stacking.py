@@ -171,6 +171,29 @@ def test_in_float64_the_stacked_optimizers_use_each_rate_exactly(optimizer):
         torch.testing.assert_close(stacked.detach()[k], p.detach(), rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_closure_given_to_step_computes_its_gradients_as_with_torch_optimizers(optimizer):
+    """``step(closure)`` runs under no_grad; torch's optimizers re-enable gradients for the closure, and a caller
+    who hands it one that calls backward (as LBFGS-style code does) got "element 0 of tensors does not require
+    grad". Lightning's own closure re-enables them itself, which hid it."""
+    stacked, plain, ours, theirs = _stacked_and_plain(optimizer)
+    target = torch.randn(3, 4, 5)
+
+    def closure(param, optimizer_, goal):
+        def compute():
+            optimizer_.zero_grad()
+            loss = ((param - goal) ** 2).sum()
+            loss.backward()
+            return loss
+        return compute
+
+    loss = ours.step(closure(stacked, ours, target))
+    theirs_losses = [opt.step(closure(p, opt, target[k])) for k, (p, opt) in enumerate(zip(plain, theirs))]
+    assert loss.item() == pytest.approx(sum(theirs_losses).item(), rel=1e-6)
+    for k, p in enumerate(plain):
+        torch.testing.assert_close(stacked.detach()[k], p.detach(), rtol=1e-5, atol=1e-6)
+
+
 def test_clipping_is_per_model(tiny_params, tiny_data):
     from vgbench.training.module import TaskModule
 

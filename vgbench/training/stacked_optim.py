@@ -56,7 +56,11 @@ class StackedOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = closure() if closure is not None else None
+        if closure is not None:
+            with torch.enable_grad():  # as torch's optimizers: the closure runs a backward pass
+                loss = closure()
+        else:
+            loss = None
         active = tuple(self.active.tolist())
         for group in self.param_groups:
             for param in group["params"]:
