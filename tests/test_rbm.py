@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -406,6 +407,34 @@ def test_every_input_of_the_key_changes_it():
     assert len(set(keys)) == len(keys)
     assert keys[0].startswith("rbm-toy-2x4-seed0-")
     assert stack_key(tiny_key_fields()) == keys[0]  # and it is stable
+
+
+def test_a_stack_made_by_other_pretraining_code_or_another_torch_is_not_reused(tmp_path, monkeypatch, request):
+    """The key had the data, widths, seed and settings but not the code: after an edit of the RBM code, the
+    cells retrained (their own fingerprint covers it) on stacks the old code had made."""
+    import shutil
+
+    from vgbench.pretraining import cache
+
+    request.addfinalizer(cache.maker_fingerprint.cache_clear)
+    make, original = CountingMaker(), cache.maker_fingerprint()
+    load_or_pretrain(tmp_path / "stacks", tiny_key_fields(), make)
+    copy = tmp_path / "pretraining"
+    shutil.copytree(Path(cache.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(cache, "__file__", str(copy / "cache.py"))
+    cache.maker_fingerprint.cache_clear()
+    assert cache.maker_fingerprint() == original  # the same bytes elsewhere: the same maker
+    assert load_or_pretrain(tmp_path / "stacks", tiny_key_fields(), make)[1] and make.calls == 1
+    (copy / "rbm.py").write_text((copy / "rbm.py").read_text() + "\n# another CD step\n")
+    cache.maker_fingerprint.cache_clear()
+    edited = cache.maker_fingerprint()
+    monkeypatch.setattr(torch, "__version__", "0.0.1")
+    cache.maker_fingerprint.cache_clear()
+    assert len({original, edited, cache.maker_fingerprint()}) == 3
+    assert tiny_key_fields()["made_by"] == cache.maker_fingerprint()
+    assert stack_key(tiny_key_fields()) != stack_key({**tiny_key_fields(), "made_by": original})
+    _, was_cached = load_or_pretrain(tmp_path / "stacks", tiny_key_fields(), make)
+    assert (was_cached, make.calls) == (False, 2)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped_byte", "stats_missing", "stats_half"])

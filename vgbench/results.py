@@ -10,7 +10,6 @@ reruns its cells on the next ``dvc repro``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -24,6 +23,7 @@ from pathlib import Path
 import vgbench
 from vgbench import atomic, cell_result
 from vgbench.cell_result import CellResult, UnreadableResultError
+from vgbench.source_digest import source_digest
 
 PACKAGE_DIR = Path(vgbench.__file__).parent
 # Code that only reads results, or decides names, places and reports, cannot change a cell's numbers;
@@ -34,13 +34,10 @@ _NOT_TRAINING_CODE = ("report/", "cli.py", "launch/", "claims.py", "plan.py", "t
 
 @lru_cache(maxsize=1)
 def code_fingerprint() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        relative = path.relative_to(PACKAGE_DIR).as_posix()
-        if relative.startswith(_NOT_TRAINING_CODE):
-            continue
-        digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+    """The training code: every module of the package but those that cannot change a cell's numbers."""
+    training_code = [path for path in PACKAGE_DIR.rglob("*.py")
+                     if not path.relative_to(PACKAGE_DIR).as_posix().startswith(_NOT_TRAINING_CODE)]
+    return source_digest(PACKAGE_DIR, training_code)
 
 
 def cpu_model() -> str:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from vgbench import atomic
+from vgbench.source_digest import source_digest
 from vgbench.data import DATASETS, DatasetSettings, RawSplits, validation_count
 
 if TYPE_CHECKING:  # config imports this module (through pretraining)
@@ -50,12 +51,9 @@ def builder_fingerprint() -> str:
     call another's, as the sequential tasks do) and the generator packages' versions. Stored data made by
     other code is stale like data of other settings (``vgbench fetch`` rebuilds it), so a cell's result
     never comes from data the current code would not make."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    for package in GENERATOR_PACKAGES:
-        digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
-    return digest.hexdigest()[:12]
+    here = Path(__file__).parent
+    return source_digest(here, here.glob("*.py"),
+                         *(f"{package}=={importlib.metadata.version(package)}" for package in GENERATOR_PACKAGES))
 
 
 def sha256(path: Path) -> str:

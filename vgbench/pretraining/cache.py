@@ -2,7 +2,9 @@
 
 A stack depends only on the data, the widths, the seed, whether the first
 layer is Gaussian and the ``PretrainSettings``, not on what is fine-tuned
-afterwards. Those resolved inputs (``stack_key_fields``) are hashed into the
+afterwards, and on the code and torch that trained it (``maker_fingerprint``:
+a stack made by other RBM code, or by another torch's rounding, is another
+stack). Those resolved inputs (``stack_key_fields``) are hashed into the
 entry's folder name, DomainBed-style, so any change of them gives another
 entry and no stale stack can be picked up::
 
@@ -25,12 +27,14 @@ import logging
 import pickle
 import re
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
 from vgbench.atomic import replace_dir, write_json
+from vgbench.source_digest import source_digest
 from vgbench.pretraining.stack import PretrainedLayer, PretrainedStack, PretrainSettings
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,14 @@ _HASH_CHARS = 16
 _UNREADABLE = (OSError, EOFError, RuntimeError, ValueError, KeyError, TypeError, pickle.UnpicklingError)
 
 
+@lru_cache(maxsize=1)
+def maker_fingerprint() -> str:
+    """The code that trains a stack (every module of vgbench/pretraining) and the torch it runs on. The stacks
+    are made on the CPU (the data sets live there), so the device is not part of it."""
+    here = Path(__file__).parent
+    return source_digest(here, here.glob("*.py"), f"torch=={torch.__version__}")
+
+
 def stack_key_fields(data: Mapping[str, Any], widths: Sequence[int], seed: int,
                      settings: PretrainSettings, gaussian_first: bool) -> dict:
     """Everything a pretrained stack depends on, as plain JSON.
@@ -55,7 +67,8 @@ def stack_key_fields(data: Mapping[str, Any], widths: Sequence[int], seed: int,
     """
     return {"data": json.loads(json.dumps(dict(data), sort_keys=True)),
             "widths": [int(width) for width in widths], "seed": int(seed),
-            "gaussian_first": bool(gaussian_first), "pretrain": settings.model_dump(mode="json")}
+            "gaussian_first": bool(gaussian_first), "pretrain": settings.model_dump(mode="json"),
+            "made_by": maker_fingerprint()}
 
 
 def _slug(text: str) -> str:
