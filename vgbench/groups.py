@@ -47,8 +47,11 @@ def group(cells: list[CellSpec], max_size: int | None = None) -> list[list[CellS
     for cell in cells:
         rows.setdefault(row_key(cell), []).append(cell)
     size = max_size or max((len(row) for row in rows.values()), default=1)
-    return [row[start:start + step] for row in rows.values()
-            for step in [1 if trains_alone(row[0]) else size] for start in range(0, len(row), step)]
+    groups = []
+    for row in rows.values():
+        step = 1 if trains_alone(row[0]) else size
+        groups += [row[start:start + step] for start in range(0, len(row), step)]
+    return groups
 
 
 def group_id(cells: list[CellSpec]) -> str:
