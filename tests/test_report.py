@@ -232,7 +232,7 @@ def test_rate_choice_ignores_test_accuracy(table):
 
 def test_tie_breaks_to_smaller_rate_whatever_the_order():
     frame = pd.DataFrame({"family": "mlp", "dataset": "d", "remedy": "r", "depth": 3,
-                          "learning_rate": [0.3, 0.1, 0.03, 0.3, 0.1, 0.03, 1.0, 1.0],
+                          "learning_rate": [0.3, 0.1, 0.03, 0.3, 0.1, 0.03, 1.0, 1.0], "seed": [0, 0, 0, 1, 1, 1, 0, 1],
                           "val_metric": [0.25, 0.5, 0.375, 0.75, 0.5, 0.625, 0.1, 0.2], "higher_is_better": True})
     chosen = aggregate.choose_learning_rates(frame)
     assert chosen["learning_rate"].tolist() == [0.03]  # 0.03, 0.1 and 0.3 all average exactly 0.5
@@ -242,7 +242,7 @@ def test_tie_breaks_to_smaller_rate_whatever_the_order():
 def test_a_rate_inside_its_grid_is_not_marked_and_one_rate_is_marked_only():
     frame = pd.DataFrame({"family": "mlp", "dataset": "d", "remedy": ["a"] * 3 + ["b"], "depth": 3,
                           "learning_rate": [0.01, 0.03, 0.1, 0.1], "val_metric": [0.5, 0.7, 0.6, 0.2],
-                          "higher_is_better": True})
+                          "seed": 0, "higher_is_better": True})
     chosen = aggregate.choose_learning_rates(frame).set_index("remedy")
     assert chosen.loc["a", "learning_rate"] == 0.03 and chosen.loc["a", "lr_grid_edge"] == ""
     assert chosen.loc["b", "lr_grid_edge"] == "only"
@@ -253,7 +253,7 @@ def test_tie_despite_float_rounding_of_the_means():
     assert (0.4 + 0.8) / 2 != (0.6 + 0.6) / 2
     frame = pd.DataFrame({"family": "mlp", "dataset": "d", "remedy": "r", "depth": 3,
                           "learning_rate": [0.01, 0.01, 0.1, 0.1], "val_metric": [0.6, 0.6, 0.4, 0.8],
-                          "higher_is_better": True})
+                          "seed": [0, 1, 0, 1], "higher_is_better": True})
     chosen = aggregate.choose_learning_rates(frame)
     assert chosen["learning_rate"].tolist() == [0.01]
     assert chosen["selection_val_metric"].tolist() == pytest.approx([0.6])
@@ -261,11 +261,27 @@ def test_tie_despite_float_rounding_of_the_means():
 
 def test_loss_metrics_choose_the_lowest_and_count_divergence_as_worst():
     frame = pd.DataFrame({"family": "rnn", "dataset": "adding", "remedy": "r", "depth": 50,
-                          "learning_rate": [0.001, 0.001, 0.01, 0.01, 0.1, 0.1],
+                          "learning_rate": [0.001, 0.001, 0.01, 0.01, 0.1, 0.1], "seed": [0, 1] * 3,
                           "val_metric": [0.10, 0.12, 0.02, 0.04, 0.001, NAN], "higher_is_better": False})
     chosen = aggregate.choose_learning_rates(frame)
     assert chosen["learning_rate"].tolist() == [0.01]  # 0.1 has the lowest finite MSE, but one seed diverged
     assert chosen["selection_val_metric"].tolist() == pytest.approx([0.03])
+
+
+def test_rates_are_compared_on_the_seeds_every_rate_finished():
+    """Seed 2 of rate 0.1 crashed (no result). Over the seeds each rate has, 0.1 (seeds 0, 1: 0.7) beat 0.01
+    (seeds 0, 1, 2: 0.6, where seed 2 drew a poor 0.3); on the same seeds 0 and 1, 0.01 averages 0.75 and wins.
+    A row where no seed finished under every rate is compared on what it has."""
+    frame = pd.DataFrame({"family": "mlp", "dataset": "d", "remedy": "r", "depth": 3,
+                          "learning_rate": [0.01, 0.01, 0.01, 0.1, 0.1], "seed": [0, 1, 2, 0, 1],
+                          "val_metric": [0.7, 0.8, 0.3, 0.7, 0.7], "higher_is_better": True})
+    assert frame.groupby("learning_rate")["val_metric"].mean().idxmax() == 0.1
+    chosen = aggregate.choose_learning_rates(frame)
+    assert chosen["learning_rate"].tolist() == [0.01]
+    assert chosen["selection_val_metric"].tolist() == pytest.approx([0.75])
+    disjoint = frame.iloc[[0, 4]].assign(val_metric=[0.7, 0.9])  # 0.01 has seed 0 only, 0.1 seed 1 only
+    chosen = aggregate.choose_learning_rates(disjoint)
+    assert chosen["learning_rate"].tolist() == [0.1] and chosen["selection_val_metric"].tolist() == [0.9]
 
 
 # 2. leaderboard rows --------------------------------------------------------------------------------------------

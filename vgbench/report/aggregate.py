@@ -76,10 +76,23 @@ def _worst_if_missing(values: pd.Series, higher_is_better: pd.Series) -> pd.Seri
     return values.where(values.notna(), higher_is_better.map({True: 0.0, False: math.inf}))
 
 
+def seeds_every_rate_has(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells of the seeds that finished under every rate of their row, so that the rates are compared on
+    the same seeds (a crashed cell leaves one rate a seed short: its mean would come from other draws). A row
+    where no seed finished under every rate keeps all its cells; its crashed cells are listed under the
+    tables either way."""
+    rates_in_row = cells.groupby(GROUP)["learning_rate"].transform("nunique")
+    rates_of_seed = cells.groupby(GROUP + ["seed"])["learning_rate"].transform("nunique")
+    complete = rates_of_seed == rates_in_row
+    row_has_one = complete.groupby([cells[column] for column in GROUP]).transform("any")
+    return cells[complete | ~row_has_one]
+
+
 def choose_learning_rates(cells: pd.DataFrame) -> pd.DataFrame:
     """(group..., learning_rate, selection_val_metric, lr_grid_edge): the chosen rate per group, its mean
-    validation metric, and where it sits in the group's grid: "upper" or "lower" at an edge, "only" for a
-    grid of one rate, "" inside."""
+    validation metric over the seeds every rate of the group has (``seeds_every_rate_has``), and where it sits
+    in the group's grid: "upper" or "lower" at an edge, "only" for a grid of one rate, "" inside."""
+    cells = seeds_every_rate_has(cells)
     val = _worst_if_missing(cells["val_metric"], cells["higher_is_better"])
     # One score where higher is better for every task (a loss is negated).
     scored = cells.assign(selection_score=val.where(cells["higher_is_better"], -val))
