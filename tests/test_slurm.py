@@ -205,6 +205,26 @@ def test_a_controller_that_does_not_answer_is_no_proof_that_the_jobs_ended(tmp_p
     assert squeue_states(["99999999"]) is None
 
 
+def test_a_waiting_launch_gives_up_on_a_controller_that_stays_away(tiny_params, tmp_path, monkeypatch, capsys):
+    """It kept asking for ever (once per poll, silently after the first line). After
+    ``launcher.slurm.unanswered_minutes`` without an answer it stops, says what was submitted and how to
+    follow it, and leaves the jobs alone (LaunchError: `train` exits 1 with the message)."""
+    from vgbench.launch.request import LaunchError, LaunchRequest
+    from vgbench.launch.slurm import wait
+
+    launcher = tiny_params.active.launcher
+    settings = launcher.model_copy(update={"name": "slurm", "slurm": launcher.slurm.model_copy(
+        update={"unanswered_minutes": 0.001, "poll_seconds": 0.01})})
+    request = LaunchRequest(params=tiny_params, params_path=tmp_path / "params.yaml", profile="tiny", cells=[],
+                            data_root=tmp_path, results_root=tmp_path, folder=tmp_path, settings=settings)
+    monkeypatch.setenv("SLURM_CONF", str(_no_controller(tmp_path)))
+    with pytest.raises(LaunchError) as error:
+        wait(request, ["4242", "4243"])
+    assert str(error.value).startswith("squeue has not answered for 0.001 minutes (launcher.slurm.unanswered_minutes)")
+    assert "arrays 4242, 4243 were submitted" in str(error.value) and "`scancel 4242 4243`" in str(error.value)
+    assert "tasks unknown (squeue did not answer; asking again)" in capsys.readouterr().out
+
+
 def test_a_launch_without_a_controller_stops_with_a_message_and_leaves_nothing(tiny_data_root, tmp_path):
     params = write_params(tmp_path, launcher=SLURM)
     root = tmp_path / "results"

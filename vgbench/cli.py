@@ -81,13 +81,14 @@ def _fetch(params: Params, args) -> int:
     return 0
 
 
-def _states(params: Params, results_root: Path, only: str | None = None):
-    """(cells, {cell_id: CellState}) of the active profile, live claims included."""
+def _states(params: Params, results_root: Path, only: str | None = None, every: list | None = None):
+    """(cells, {cell_id: CellState}) of the active profile (``every``: its cells, if the caller has them),
+    live claims included."""
     from vgbench import claims, results
     from vgbench.tuning import matrix_cells
     from vgbench.twins import stored_as
 
-    every = matrix_cells(params.active, results_root)
+    every = every if every is not None else matrix_cells(params.active, results_root)
     cells = [c for c in every if not only or only in c.cell_id]
     if not cells:  # a misspelt filter would train nothing and report "all 0 cells done"
         raise ConfigError(f"--only {only!r} matches no cell id of profile {params.profile!r} ({len(every)} cells, "
@@ -270,8 +271,10 @@ def _cells(params: Params, args) -> int:
 
 def _status(params: Params, args) -> int:
     from vgbench.results import STATES
+    from vgbench.tuning import matrix_cells
 
-    cells, states = _states(params, args.results_root, args.only)
+    every = matrix_cells(params.active, args.results_root)  # once: the unlisted folders need it too
+    cells, states = _states(params, args.results_root, args.only, every)
     families = list(dict.fromkeys(c.family for c in cells))
     rows = [[family] + [sum(1 for c in cells if c.family == family and states[c.cell_id].state == state)
                         for state in STATES] for family in families]
@@ -288,11 +291,11 @@ def _status(params: Params, args) -> int:
             print(f"\n{state}:")
             for cell_id, detail in listed:
                 print(f"  {cell_id}: {detail}")
-    _report_unlisted(params, args)
+    _report_unlisted(params, args, every)
     return 0
 
 
-def _unlisted_cell_folders(params: Params, results_root: Path, only: str | None) -> list[Path]:
+def _unlisted_cell_folders(params: Params, results_root: Path, only: str | None, active_cells: list) -> list[Path]:
     """Folders of ``results/cells`` that hold no cell of any profile of these params, and that no live claim
     holds: results under an older cell id (a model setting added to a family changes every id of it, as
     ``models_per_kernel_call`` did the rnn cells'), or of another params file. They are never read, but DVC
@@ -301,17 +304,18 @@ def _unlisted_cell_folders(params: Params, results_root: Path, only: str | None)
     from vgbench.tuning import matrix_cells
     from vgbench.twins import stored_as
 
-    known = {stored_as(cell).cell_id for profile in params.profiles.values()
-             for cell in matrix_cells(profile, results_root)}
+    cells = [*active_cells, *(cell for name, profile in params.profiles.items() if name != params.profile
+                              for cell in matrix_cells(profile, results_root))]
+    known = {stored_as(cell).cell_id for cell in cells}
     known |= set(claims.live_claims(results_root))
     folder = results_root / "cells"
     return sorted(path for path in (folder.iterdir() if folder.is_dir() else ())
                   if path.is_dir() and path.name not in known and (not only or only in path.name))
 
 
-def _report_unlisted(params: Params, args) -> None:
+def _report_unlisted(params: Params, args, active_cells: list) -> None:
     """``vgbench status`` names the unlisted cell folders; with ``--prune`` it removes them."""
-    unlisted = _unlisted_cell_folders(params, args.results_root, args.only)
+    unlisted = _unlisted_cell_folders(params, args.results_root, args.only, active_cells)
     if not unlisted:
         return
     where = f"{args.results_root / 'cells'} (no cell of any profile in {args.params})"

@@ -245,6 +245,9 @@ class SlurmSettings(_Strict):
     max_requeues: int = Field(3, ge=0, description="how often a timed-out or preempted task is requeued")
     array_parallelism: int = Field(256, gt=0, description="array tasks running at once")
     poll_seconds: float = Field(10.0, gt=0, description="how often a waiting launch checks progress")
+    unanswered_minutes: float | None = Field(
+        30.0, gt=0, description="a waiting launch stops waiting (exit 1, the jobs left as they are) once squeue "
+                                "has not answered for this long; null: wait however long the controller is away")
 
 
 class LauncherSettings(_Strict):

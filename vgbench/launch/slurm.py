@@ -173,9 +173,17 @@ def file_progress(request: LaunchRequest) -> dict[str, int]:
 
 
 def wait(request: LaunchRequest, array_ids: list[str]) -> None:
-    total, last = len(request.cells), None
+    """Print progress until squeue knows none of the arrays. A controller that does not answer proves
+    nothing (a restart takes minutes): keep asking, up to ``slurm.unanswered_minutes`` in a row."""
+    total, last, unanswered_since = len(request.cells), None, None
+    patience = request.settings.slurm.unanswered_minutes
     while True:
+        asked = time.monotonic()
         queue = squeue_states(array_ids)
+        if queue is None and unanswered_since is None:
+            unanswered_since = asked
+        elif queue is not None:
+            unanswered_since = None
         progress = file_progress(request)
         tasks = ("unknown (squeue did not answer; asking again)" if queue is None else
                  ", ".join(f"{n} {state.lower()}" for state, n in sorted(queue.items())) or "none queued")
@@ -185,6 +193,12 @@ def wait(request: LaunchRequest, array_ids: list[str]) -> None:
             last = line
         if queue == {}:
             return
+        silent_minutes = (time.monotonic() - unanswered_since) / 60 if unanswered_since is not None else 0.0
+        if patience is not None and silent_minutes > patience:
+            raise LaunchError(
+                f"squeue has not answered for {patience:g} minutes (launcher.slurm.unanswered_minutes); stopped "
+                f"waiting. The arrays {', '.join(array_ids)} were submitted and may still be running: `vgbench "
+                f"status` counts the results as they land, `scancel {' '.join(array_ids)}` cancels them")
         time.sleep(request.settings.slurm.poll_seconds)
 
 
