@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = copy_memory_profile(args.params, args.delay, args.remedies.split(","), args.epochs, Path(tmp))
         ensure(profile, Path(tmp) / "data")
         cells = expand(profile)
-        print(f"copy memory T = {args.delay}, K = {len(profile.seeds) * 3} per group, {args.epochs} epochs, "
+        k = sum(cell.remedy == cells[0].remedy for cell in cells)
+        print(f"copy memory T = {args.delay}, K = {k} per group, {args.epochs} epochs, "
               f"probes every {cells[0].probes['interval_steps']} steps, 1 thread, repeats {args.repeats}")
         print(f"{'remedy':12}{'steps':>7}{'fit ms/step':>13}{'probes/fit':>12}{'A/B':>8}   per-repeat A/B")
         for remedy in args.remedies.split(","):

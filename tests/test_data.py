@@ -316,40 +316,96 @@ def test_offline_download_failure_says_what_to_do(tmp_path, no_network):
     assert not (tmp_path / "mnist").exists()
 
 
-def _html_page_as_labels(raw: Path) -> Path:
+def _html_page_as_labels(raw: Path) -> tuple[str, bool]:
     write_mnist_raw(raw, "MNIST")
     (raw / "MNIST" / "raw" / "train-labels-idx1-ubyte").write_bytes(b"<html>404 Not Found</html>")
-    return raw / "MNIST" / "raw"
+    return "MNIST", False  # all four files there: torchvision tries no download, and reading fails
 
 
-def _one_file_missing(raw: Path) -> Path:
+def _one_file_missing(raw: Path) -> tuple[str, bool]:
     write_mnist_raw(raw, "MNIST")
     (raw / "MNIST" / "raw" / "train-images-idx3-ubyte").unlink()
-    return raw / "MNIST" / "raw"
+    return "MNIST", True  # torchvision tries to fetch what is missing
 
 
-def _corrupted_cifar_batch(raw: Path) -> Path:
+def _corrupted_cifar_batch(raw: Path) -> tuple[str, bool]:
     write_cifar_raw(raw)
     (raw / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"<html>404 Not Found</html>")
-    return raw / "cifar-10-batches-py"
+    return "CIFAR10", True  # a checksum fails: torchvision fetches the archive again
 
 
-@pytest.mark.parametrize("damage, name", [(_html_page_as_labels, "mnist"), (_one_file_missing, "mnist"),
-                                          (_corrupted_cifar_batch, "cifar10")],
-                         ids=["html page", "one file missing", "corrupted cifar batch"])
-def test_unreadable_raw_files_are_named_and_no_download_is_tried_over_them(damage, name, tmp_path, no_network):
-    """torchvision reports a missing or corrupted file as "Dataset not found": such files once fell through to a
-    download attempt, and offline the message said "could not download" about files that were on disk."""
-    folder = damage(tmp_path / "raw")
+def _damaged_legacy_processed_mnist(raw: Path) -> tuple[str, bool]:
+    (raw / "MNIST" / "processed").mkdir(parents=True)
+    for name in ("training.pt", "test.pt"):  # what torchvision < 0.8 made, which today's still reads first
+        (raw / "MNIST" / "processed" / name).write_bytes(b"<html>404 Not Found</html>")
+    return "MNIST", False
+
+
+@pytest.mark.parametrize("damage", [_html_page_as_labels, _one_file_missing, _corrupted_cifar_batch,
+                                    _damaged_legacy_processed_mnist],
+                         ids=["html page", "one file missing", "corrupted cifar batch", "damaged legacy files"])
+def test_unusable_raw_files_are_named_as_such_not_as_a_failed_download(damage, tmp_path, no_network):
+    """Files on disk that torchvision cannot use are named, with what is there, even where torchvision tried to
+    complete them by download (offline here); the message once said "could not download" about them."""
+    name, downloads = damage(tmp_path / "raw")
+    dataset = {"MNIST": "mnist", "CIFAR10": "cifar10"}[name]
+    present = sorted(str(path.relative_to(tmp_path / "raw")) for path in (tmp_path / "raw").rglob("*")
+                     if path.is_file())
     with pytest.raises(DatasetUnavailableError) as error:
-        prepare(name, DatasetSettings(), tmp_path)
+        prepare(dataset, DatasetSettings(), tmp_path)
     message = str(error.value)
-    assert message.startswith(f"the raw {'CIFAR10' if name == 'cifar10' else 'MNIST'} files in {folder} cannot be "
-                              "read or are incomplete")
-    assert f"present: {', '.join(sorted(p.name for p in folder.iterdir()))}" in message
+    assert message.startswith(f"the {name} files under {tmp_path / 'raw'} cannot be read or are incomplete")
+    assert f"present: {', '.join(present)})" in message
     assert "vgbench fetch" in message and "could not download" not in message
-    assert no_network == []  # the files exist, so no download was attempted
-    assert not (tmp_path / name).exists()
+    assert bool(no_network) == downloads
+    assert not (tmp_path / dataset).exists()
+
+
+def _gzip(path: Path) -> str:
+    """``path`` gzipped beside itself (the original removed); the archive's md5."""
+    import gzip
+    import hashlib
+
+    archive = path.with_name(path.name + ".gz")
+    archive.write_bytes(gzip.compress(path.read_bytes()))
+    path.unlink()
+    return hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+def test_archives_placed_by_hand_are_unpacked_offline(tmp_path, no_network, monkeypatch):
+    """MNIST's four .gz files as the mirrors serve them, and CIFAR-10's tarball beside a half-unpacked folder
+    (an interrupted fetch): torchvision's download step unpacks them without the network, once their
+    checksums match the ones it knows (here, of these small stand-ins)."""
+    import hashlib
+    import tarfile
+
+    from torchvision import datasets as tv
+
+    raw = tmp_path / "raw"
+    mnist = write_mnist_raw(raw, "MNIST")
+    resources = [(f"{name}.gz", _gzip(raw / "MNIST" / "raw" / name))
+                 for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                              "t10k-labels-idx1-ubyte")]
+    monkeypatch.setattr(tv.MNIST, "resources", resources)
+    cifar = write_cifar_raw(raw)
+    with tarfile.open(raw / "cifar-10-python.tar.gz", "w:gz") as archive:
+        archive.add(raw / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    tarball_md5 = hashlib.md5((raw / "cifar-10-python.tar.gz").read_bytes()).hexdigest()
+    monkeypatch.setattr(tv.CIFAR10, "tgz_md5", tarball_md5)
+    checksums = {name: hashlib.md5((raw / "cifar-10-batches-py" / name).read_bytes()).hexdigest()
+                 for name in [f"data_batch_{b}" for b in range(1, 6)] + ["test_batch", "batches.meta"]}
+    monkeypatch.setattr(tv.CIFAR10, "train_list", [[f"data_batch_{b}", checksums[f"data_batch_{b}"]]
+                                                   for b in range(1, 6)])
+    monkeypatch.setattr(tv.CIFAR10, "test_list", [["test_batch", checksums["test_batch"]]])
+    monkeypatch.setattr(tv.CIFAR10, "meta", {**tv.CIFAR10.meta, "md5": checksums["batches.meta"]})
+    (raw / "cifar-10-batches-py" / "data_batch_3").unlink()  # the unpacking stopped before its end
+    assert sorted(p.name for p in (raw / "MNIST" / "raw").iterdir()) == [f"{name}.gz" for name in sorted(
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))]
+    for dataset, expected in (("mnist", mnist), ("cifar10", cifar)):
+        prepare(dataset, DatasetSettings(), tmp_path)
+        stored = torch.load(tmp_path / dataset / "test.pt", weights_only=True)
+        assert stored["y"].tolist() == list(map(int, expected["test_y"]))
+    assert no_network == []
 
 
 def test_cli_fetch_offline_returns_1_with_the_message(tmp_path, no_network, capsys):

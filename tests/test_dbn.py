@@ -61,6 +61,18 @@ def test_pretrained_stack_is_loaded_cached_and_recorded(tiny_params, tiny_data, 
     assert first.init_log10_dL_dh_first_last != pytest.approx(baseline.init_log10_dL_dh_first_last)
 
 
+def test_a_stack_pretrained_on_data_made_or_loaded_by_other_data_code_is_not_reused(tiny_data, tmp_path):
+    """The key held train.pt's sha256, which a rebuild by other data code can leave the same (torch.save is
+    deterministic) while the inputs the RBMs read changed: standardization runs on loading. A change of the data
+    code now changes the key (the manifest's ``builder``), so the retrained cells pretrain anew."""
+    settings = PretrainingSettings(epochs=1)
+    other = dataclasses.replace(tiny_data, manifest={**tiny_data.manifest, "builder": "0123456789ab"})
+    records = [pretrain_into(_model(), settings, data, seed=0, dataset_settings={}, cache_root=tmp_path)
+               for data in (tiny_data, tiny_data, other)]
+    assert [record["cached"] for record in records] == [False, True, False]
+    assert records[0]["key"] == records[1]["key"] != records[2]["key"]
+
+
 def _stack_for(model, data: StoredDataset, settings: PretrainingSettings, root, k: int = 0):
     pretrain_into(model, settings, data, seed=0, dataset_settings={}, cache_root=root, k=k)
     [entry] = sorted(root.glob("rbm-*"))

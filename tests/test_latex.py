@@ -81,6 +81,9 @@ def test_a_loss_table_with_a_diverged_row_and_a_row_short_of_seeds_compiles_and_
     caption = build._latex_caption(params, "rnn", "copy_memory", rows, n_seeds=3)
     table = formats.leaderboard_latex(rows, caption=caption, seeds=3)
     assert r"test cross\_entropy, lower is better" in caption
+    # Copy memory's probes follow the recall's loss, not the training loss: the caption says whose gradient it is.
+    assert "ratio at initialization (of the recall: the cross-entropy of the last 10 steps)" in caption
+    assert "(of the" not in build._latex_caption(params, "rnn", "adding", rows, n_seeds=3)
     assert r"$\infty \pm \mbox{--}$" in table  # not the plain-text "inf ± –" in math mode
     assert table.count(formats.FEWER_SEEDS_MARK) == 1 + 1  # the short row, and the caption's legend
     assert rf"{formats.FEWER_SEEDS_MARK}: over fewer" in caption and "(1 of 5 entries" in caption

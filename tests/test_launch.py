@@ -10,6 +10,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -272,8 +273,6 @@ class NotTensors:
 def test_a_failing_cell_is_recorded_and_the_others_go_on(tiny_params, tiny_data_root, tmp_path):
     """A data file torch refuses to load (a pickle of something else, its sha256 entered in the manifest so
     that the check before training passes) makes the adding cells raise; the rest train."""
-    import shutil
-
     from vgbench.data.store import sha256
 
     data = tmp_path / "data"
@@ -331,8 +330,6 @@ def test_status_names_the_cell_folders_no_profile_holds_and_prune_removes_only_t
     """Results under an older cell id (a setting added to a family changes all its ids) are never read again;
     `vgbench status` names them and `--prune` removes them, never a current cell of any profile (the
     default profile's too, though tiny is active) nor a folder a live claim holds."""
-    import shutil
-
     params = write_params(tmp_path)
     root = tmp_path / "results"
     assert vgbench(params, tiny_data_root, root, "train", "--only", "he_relu-mnist1d-d2").returncode == 0
@@ -358,6 +355,32 @@ def test_status_names_the_cell_folders_no_profile_holds_and_prune_removes_only_t
         [current.name, default_cell, "held-by-a-live-claim"])
     assert "folder(s) under" not in vgbench(params, tiny_data_root, root, "status").stdout
     claims.release(root, claim)
+
+
+def test_status_names_pretrained_stacks_no_finished_cell_read_and_prune_removes_them(tiny_data_root, tmp_path,
+                                                                                   capsys):
+    """A stack's key names the code and data that made it, so after such a change the old stacks stay behind in
+    results/pretrained (a DVC output) with nothing to read them. Not while a train runs (a live claim)."""
+    from vgbench.cli import main
+
+    params = write_params(tmp_path)
+    root = tmp_path / "results"
+    assert vgbench(params, tiny_data_root, root, "train", "--only", "dbn-pretrain-mnist1d-d3").returncode == 0
+    [read] = [path.name for path in (root / "pretrained").iterdir() if path.is_dir()]
+    shutil.copytree(root / "pretrained" / read, root / "pretrained" / "rbm-mnist1d-3x16-seed0-0123456789abcdef")
+    (root / "pretrained" / ".rbm-mnist1d-3x16-seed0-0123456789abcdef.lock").touch()
+    status = ["status", "--params", str(params), "--results-root", str(root)]
+
+    claim = claims.try_claim(root, "some-cell", "serial")  # a train is running: its cells may read any stack
+    assert main(status) == 0 and "pretrained stack(s)" not in capsys.readouterr().out
+    claims.release(root, claim)
+    assert main(status) == 0
+    out = capsys.readouterr().out
+    assert "1 pretrained stack(s) under" in out and "rbm-mnist1d-3x16-seed0-0123456789abcdef" in out
+    assert main([*status, "--only", "dbn"]) == 0 and "pretrained stack(s)" not in capsys.readouterr().out
+    assert main([*status, "--prune"]) == 0
+    assert "removed 1 pretrained stack(s)" in capsys.readouterr().out
+    assert sorted(path.name for path in (root / "pretrained").iterdir()) == sorted([read, f".{read}.lock"])
 
 
 def test_status_expands_each_profile_once(tmp_path, monkeypatch, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from pathlib import Path
 
 import pytest
@@ -175,6 +174,20 @@ def test_measure_times_one_cell_of_every_family(tiny_cells, monkeypatch):
     assert asked[:2] == [1, 2]  # the cell's threads while measuring, then torch's own again
     assert torch.get_num_threads() == 2
     assert torch.equal(torch.get_rng_state(), rng_before)
+
+
+def test_a_copy_memory_probe_step_is_timed_with_its_recall_pass(tiny_cells, monkeypatch):
+    """Copy memory's probes follow the recall's loss in a forward and backward of their own (GradientFlowProbe):
+    the planner times that pass, with the taps armed, not a training step with armed taps."""
+    from vgbench.tasks import Task
+
+    cell = next(c for c in tiny_cells if c.dataset == "copy_memory")
+    passes = []
+    real = Task.probe_loss
+    monkeypatch.setattr(Task, "probe_loss", lambda task, out, y: passes.append(out.requires_grad) or real(task, out, y))
+    cost = measure(dataclasses.replace(cell, trainer={**cell.trainer, "threads": 1}), steps=1)
+    assert passes == [True, True]  # the two timed probed steps, each with a graph to back-propagate
+    assert math.isfinite(cost.probe_extra_seconds) and cost.probe_extra_seconds >= 0
 
 
 def test_estimate_counts_steps_from_the_data_shape(tiny_cells):

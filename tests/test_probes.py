@@ -524,6 +524,11 @@ def test_copy_memory_is_probed_by_the_gradient_of_its_recall(cell_type):
         # The training loss's own gradient, for contrast: it does not vanish through time.
         every_step = _every_step_norms(model, x, y, k)
         assert abs(math.log10(every_step[0] / every_step[-1])) < 1.5
+        # The weight-gradient norms stay the training loss's (what the optimizer uses), as on a training step.
+        slices = [p.grad[k] for p in model.parameters()]
+        assert init["weight_grad_norm"] == pytest.approx(
+            [model.rnn.weight_ih.grad[k].norm().item(), model.rnn.weight_hh.grad[k].norm().item()], rel=1e-4)
+        assert init["grad_total_norm"] == pytest.approx(torch.stack([g.norm() for g in slices]).norm().item(), rel=1e-4)
         assert recall_ratio < math.log10(every_step[0] / every_step[-1]) - 3
         if cell_type == "rnn":  # N(0, 0.01^2) weights: ~10^-1.4 per step over 25 steps, as predicted
             assert recall_ratio < -25
@@ -564,3 +569,57 @@ def test_a_copy_memory_cell_records_its_recall_gradient_and_trains_as_if_unprobe
         if cell is small_init:  # 0.01-std weights: some 10^-1.4 per step, 13 steps from the nearest recall step
             ratios = [log10_ratio(r["dL_dh_first_last_ratio"]) for r in profile["records"]]
             assert all(ratio < -10 for ratio in ratios), ratios
+
+
+class _Float16Mixed:
+    """What Lightning's 16-mixed precision plugin gives the probe: float16 autocast for the training step and
+    a GradScaler whose scale multiplies the loss before backward (here on the CPU, which autocasts to float16
+    as a GPU does)."""
+
+    def __init__(self):
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16)
+
+    @staticmethod
+    def train_step_context():
+        return torch.autocast("cpu", dtype=torch.float16)
+
+
+@pytest.mark.parametrize("task_name", ["classification", "copy_memory"])
+def test_under_16_mixed_the_taps_take_the_loss_scale_out(task_name):
+    """Under 16-mixed the loss is multiplied by the GradScaler's scale (65536 at first) before backward, so
+    that float16 gradients do not underflow. The taps saw the scaled gradient (||dL/dh|| 65536 times too large),
+    and copy memory's own recall pass did not scale at all: its first states' gradients underflowed to 0
+    (log10 ratio -inf) where training's did not. Both now agree with float32 to float16's precision."""
+    from types import SimpleNamespace
+
+    from vgbench.data.copy_memory import generate
+    from vgbench.tasks import TASKS
+
+    task, plugin = TASKS.get(task_name), _Float16Mixed()
+    if task_name == "copy_memory":
+        model = rnn(Recipe(activation="tanh", init="pytorch_default"), per_step=True, hidden=32, steps=35,
+                    features=10, seeds=(0, 1))
+        model.head = type(model.head)(2, 32, 10)
+        model.head.init_model(0), model.head.init_model(1)
+        x, y = generate(64, 15, torch.Generator().manual_seed(2))
+    else:
+        model = mlp(Recipe(activation="tanh", init="xavier"), depth=6, seeds=(0, 1))
+        x, y = torch.randn(64, 40, generator=torch.Generator().manual_seed(2)), torch.arange(64) % 10
+    batch = (x.expand(2, *x.shape), y.expand(2, *y.shape))
+    model.taps.arm()  # float32, unscaled: the reference
+    task.probe_loss(model(batch[0]), batch[1]).sum().backward()
+    reference = GradientFlowProbe._statistics(model.taps.disarm(), 2)
+    model.zero_grad(set_to_none=True)
+
+    module = SimpleNamespace(model=model, task=task, active_at_step_start=torch.tensor([True, True]))
+    trainer = SimpleNamespace(global_step=0, current_epoch=0, world_size=1, precision_plugin=plugin,
+                              strategy=SimpleNamespace(reduce=lambda table, reduce_op: table, root_device="cpu"))
+    probe = GradientFlowProbe((x, y), interval_steps=1, models=2)
+    probe.on_train_batch_start(trainer, module, batch, 0)
+    with plugin.train_step_context():  # the training step, as Lightning runs it: scaled loss, backward
+        loss = task.loss(model(batch[0]), batch[1]).sum()
+    plugin.scaler.scale(loss).backward()
+    probe.on_before_optimizer_step(trainer, module, None)
+    for k, record in enumerate(probe._pending):
+        assert record["dL_dh_norm"] == pytest.approx(reference[k]["dL_dh_norm"], rel=0.02)
+        assert math.isfinite(log10_ratio(first_last_ratio(record["dL_dh_norm"])))

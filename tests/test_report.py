@@ -548,6 +548,15 @@ def test_loss_metric_tables_name_their_metric_and_baseline():
     assert "Test mse, lower is better; baseline 0.167." in text
     assert "| remedy | depth | lr | test MSE (mean ± std) |" in text
     assert r"test MSE & $\log_{10}\frac{g_1}{g_L}$" in formats.leaderboard_latex(rows, caption="c")
+    assert "dL/dh: the gradient of" not in text  # the adding task's probe follows its training loss
+
+
+def test_copy_memory_tables_say_whose_gradient_the_ratio_is():
+    rows = golden_rows().assign(metric="cross_entropy", higher_is_better=False, baseline_metric=2.2, family="rnn",
+                                dataset="copy_memory")
+    text = formats.leaderboard_markdown(rows, golden_ranked().iloc[:0], "rnn on copy_memory")
+    assert ("dL/dh: the gradient of the recall: the cross-entropy of the last 10 steps (the training loss scores "
+            "every step).") in text.splitlines()[2]
 
 
 def test_leaderboard_latex_golden():

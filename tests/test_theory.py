@@ -144,3 +144,16 @@ def test_pretrained_weights_are_not_predicted():
     model = _net("mlp", Recipe(), 3, 8, (40,), 10)
     prediction = predict(model.mean_field(), torch.randn(8, 40), model.models, pretrained=True)
     assert prediction.notes == ["not predicted: pretrained weights are not random"] * 2
+
+
+def test_a_loss_over_more_steps_than_the_sequence_has_counts_the_paths_that_exist():
+    """R >= T: the first state is scored itself; (T - R) went negative and counted paths that do not exist."""
+    model = _net("rnn", Recipe(activation="tanh", init="pytorch_default"), 5, 16, (5, 2), 1)
+    x = torch.randn(64, 5, 2, generator=torch.Generator().manual_seed(0))
+    whole = predict(model.mean_field(), x, model.models, scored_steps=5).log10_first_last
+    assert predict(model.mean_field(), x, model.models, scored_steps=10).log10_first_last == whole
+    last_step = predict(model.mean_field(), x, model.models).log10_first_last  # (T - 1) log10 rate
+    for value, one in zip(whole, last_step):
+        rate = 10 ** (one / 4)
+        assert value == pytest.approx(0.5 * math.log10(sum(rate ** (2 * i) for i in range(5))), rel=1e-9)
+        assert 0 < value < 0.5 * math.log10(5)  # between one path (the first state's own) and five equal ones

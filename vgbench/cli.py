@@ -18,6 +18,7 @@ value and what is allowed; nothing is written.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -295,41 +296,65 @@ def _status(params: Params, args) -> int:
     return 0
 
 
-def _unlisted_cell_folders(params: Params, results_root: Path, only: str | None, active_cells: list) -> list[Path]:
-    """Folders of ``results/cells`` that hold no cell of any profile of these params, and that no live claim
-    holds: results under an older cell id (a model setting added to a family changes every id of it, as
-    ``models_per_kernel_call`` did the rnn cells'), or of another params file. They are never read, but DVC
-    caches ``results/cells`` whole, so they cost space there and in every ``dvc push``."""
+def _known_cell_ids(params: Params, results_root: Path, active_cells: list) -> set[str]:
+    """The stored cell ids of every profile of these params (the active one's cells given), and those a live
+    claim holds."""
     from vgbench import claims
     from vgbench.tuning import matrix_cells
     from vgbench.twins import stored_as
 
     cells = [*active_cells, *(cell for name, profile in params.profiles.items() if name != params.profile
                               for cell in matrix_cells(profile, results_root))]
-    known = {stored_as(cell).cell_id for cell in cells}
-    known |= set(claims.live_claims(results_root))
+    return {stored_as(cell).cell_id for cell in cells} | set(claims.live_claims(results_root))
+
+
+def _unlisted_cell_folders(results_root: Path, known: set[str], only: str | None) -> list[Path]:
+    """Folders of ``results/cells`` that hold no known cell: results under an older cell id (a model setting
+    added to a family changes every id of it, as ``models_per_kernel_call`` did the rnn cells'), or of another
+    params file. They are never read, but DVC caches ``results/cells`` whole, so they cost space there and in
+    every ``dvc push``."""
     folder = results_root / "cells"
     return sorted(path for path in (folder.iterdir() if folder.is_dir() else ())
                   if path.is_dir() and path.name not in known and (not only or only in path.name))
 
 
+def _unread_stacks(results_root: Path, known: set[str]) -> list[Path]:
+    """Entries of ``results/pretrained`` that no finished known cell read (its pretraining.json names the
+    key): stacks of older pretraining or data code (the key names both), or of cells since removed. None
+    while a train runs (a live claim): its cells may be about to read theirs."""
+    from vgbench import claims
+
+    folder = results_root / "pretrained"
+    if not folder.is_dir() or claims.live_claims(results_root):
+        return []
+    read = {json.loads(record.read_text())["key"] for cell_id in known
+            for record in [results_root / "cells" / cell_id / "pretraining.json"] if record.is_file()}
+    return sorted(path for path in folder.iterdir() if path.is_dir() and path.name not in read)
+
+
 def _report_unlisted(params: Params, args, active_cells: list) -> None:
-    """``vgbench status`` names the unlisted cell folders; with ``--prune`` it removes them."""
-    unlisted = _unlisted_cell_folders(params, args.results_root, args.only, active_cells)
-    if not unlisted:
-        return
-    where = f"{args.results_root / 'cells'} (no cell of any profile in {args.params})"
-    if not args.prune:
-        print(f"\n{len(unlisted)} folder(s) under {where}; `vgbench status --prune` removes them:")
-        for path in unlisted[:10]:
-            print(f"  {path.name}")
-        if len(unlisted) > 10:
-            print(f"  ... and {len(unlisted) - 10} more")
-        return
-    for path in unlisted:
-        shutil.rmtree(path)
-    print(f"\nremoved {len(unlisted)} folder(s) under {where}; `dvc commit results/cells` (or the next "
-          f"`dvc repro`) records it")
+    """``vgbench status`` names the cell folders and pretrained stacks nothing reads; ``--prune`` removes them."""
+    known = _known_cell_ids(params, args.results_root, active_cells)
+    unread = [(_unlisted_cell_folders(args.results_root, known, args.only), "cells",
+               f"folder(s) under {args.results_root / 'cells'} (no cell of any profile in {args.params})")]
+    if not args.only:  # --only names cells; a stack is shared by several
+        unread.append((_unread_stacks(args.results_root, known), "pretrained",
+                       f"pretrained stack(s) under {args.results_root / 'pretrained'} (no finished cell of any "
+                       f"profile in {args.params} read them)"))
+    for paths, output, what in unread:
+        if not paths:
+            continue
+        if not args.prune:
+            print(f"\n{len(paths)} {what}; `vgbench status --prune` removes them:")
+            for path in paths[:10]:
+                print(f"  {path.name}")
+            if len(paths) > 10:
+                print(f"  ... and {len(paths) - 10} more")
+            continue
+        for path in paths:
+            shutil.rmtree(path)
+            path.with_name(f".{path.name}.lock").unlink(missing_ok=True)  # the cache's lock file beside it
+        print(f"\nremoved {len(paths)} {what}; `dvc commit results/{output}` (or the next `dvc repro`) records it")
 
 
 def _plan(params: Params, args) -> int:

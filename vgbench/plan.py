@@ -185,8 +185,10 @@ def measure(cell: CellSpec, device: str = "cpu", steps: int = 3) -> StepCost:
     warm-up step, ``steps`` training steps (augmentation, forward, task loss,
     backward, the recipe's gradient clipping, optimizer step) and ``steps``
     evaluation batches are timed, then two training steps with the probe taps
-    armed; each cost is the fastest of its calls. Runs with ``cell.trainer["threads"]`` torch threads when set and
-    leaves torch's thread count and global random state as they were.
+    armed (for a task whose probes follow another loss, its own probed forward and
+    backward, then an unprobed step); each cost is the fastest of its calls. Runs
+    with ``cell.trainer["threads"]`` torch threads when set and leaves torch's
+    thread count and global random state as they were.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -217,9 +219,16 @@ def _measure(cell: CellSpec, device: torch.device, steps: int) -> StepCost:
     def probed_step() -> None:
         model.taps.arm()
         try:
-            train_step()
+            if task.probed_steps is None:
+                train_step()  # the step's own backward fills the taps
+                return
+            # A loss that is not the training loss (copy memory's recall): a pass of its own, then the step
+            # unprobed, as GradientFlowProbe does it.
+            losses = task.probe_loss(model(x), y)
+            torch.autograd.grad(losses.sum(), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
         finally:
             model.taps.disarm()
+        train_step()
 
     def eval_batch() -> None:
         with torch.inference_mode():

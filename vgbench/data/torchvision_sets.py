@@ -20,9 +20,11 @@ class DatasetUnavailableError(RuntimeError):
     """A data set's raw files are neither on disk nor downloadable."""
 
 
-# Where torchvision keeps each data set's raw files under data/raw/, and their names, for the by-hand
-# instructions.
-_RAW_FOLDERS = {tv.MNIST: "MNIST/raw", tv.FashionMNIST: "FashionMNIST/raw", tv.CIFAR10: "cifar-10-batches-py"}
+# Where torchvision keeps each data set's files under data/raw/ (the raw files, and what older torchvision
+# versions made from them, or the downloaded archive), and the raw files' names, for the by-hand instructions.
+_FOLDERS = {tv.MNIST: ("MNIST/raw", "MNIST/processed"), tv.FashionMNIST: ("FashionMNIST/raw", "FashionMNIST/processed"),
+            tv.CIFAR10: ("cifar-10-batches-py",)}
+_ARCHIVES = {tv.CIFAR10: "cifar-10-python.tar.gz"}
 _RAW_FILES = {
     tv.MNIST: "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
     tv.FashionMNIST: "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
@@ -30,24 +32,33 @@ _RAW_FILES = {
 }
 
 
+def _files_on_disk(cls, raw_dir: Path) -> list[str]:
+    """What of this data set is already under ``raw_dir``, relative to it."""
+    found = [f"{name}/{path.name}" for name in _FOLDERS[cls] if (raw_dir / name).is_dir()
+             for path in sorted((raw_dir / name).iterdir())]
+    return found + [name for name in [_ARCHIVES.get(cls)] if name and (raw_dir / name).is_file()]
+
+
 def _open(cls, raw_dir: Path, train: bool):
-    folder, by_hand = raw_dir / _RAW_FOLDERS[cls], raw_dir / _RAW_FOLDERS[cls] / _RAW_FILES[cls]
+    """torchvision's data set from the files on disk, else through its download, which also completes what is
+    there: it unpacks archives placed by hand (MNIST's .gz files, CIFAR's tarball) without the network and
+    fetches only files whose checksum fails. When that fails too, the error says whether files were there
+    (then they cannot be used as they are) or nothing was (then the download is what failed)."""
+    by_hand = raw_dir / _FOLDERS[cls][0] / _RAW_FILES[cls]
     try:
         return cls(root=str(raw_dir), train=train, download=False)
-    except Exception as error:
-        # Files on disk that torchvision cannot use (a truncated copy, an HTML page saved as a raw file, one
-        # file missing; torchvision says "not found or corrupted" for most of these): name them rather than
-        # try a download over them.
-        present = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+    except Exception:  # not there, incomplete, or unreadable: torchvision's download sorts out which
+        pass
+    present = _files_on_disk(cls, raw_dir)
+    try:
+        return cls(root=str(raw_dir), train=train, download=True)
+    except Exception as error:  # URLError, HTTPError, socket errors, files it cannot read
         if present:
             raise DatasetUnavailableError(
-                f"the raw {cls.__name__} files in {folder} cannot be read or are incomplete "
+                f"the {cls.__name__} files under {raw_dir} cannot be read or are incomplete "
                 f"({type(error).__name__}: {error}; present: {', '.join(present)}). Delete them and run "
                 f"`vgbench fetch` again, or replace them by hand as {by_hand}."
             ) from error
-    try:
-        return cls(root=str(raw_dir), train=train, download=True)
-    except Exception as error:  # URLError, HTTPError, socket errors, corrupted files
         raise DatasetUnavailableError(
             f"could not download {cls.__name__} into {raw_dir} ({type(error).__name__}: {error}). "
             f"Without network, use an offline data set ({', '.join(offline_names())}), or place the "

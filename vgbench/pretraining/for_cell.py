@@ -1,7 +1,7 @@
 """Pretraining as part of a cell: the cell's stack from the cache (or trained once), loaded into its net.
 
 The stack is keyed by everything it depends on: the stored training data
-(its sha256 from the data manifest), the widths, the cell's seed, the
+(its sha256 from the data manifest, and the data code that made and loads it), the widths, the cell's seed, the
 visible-unit choice and the pretraining settings, and *not* by the learning
 rate or anything else of fine-tuning. So the cells of one (data, depth,
 width, seed) share one stack, and a change of the pretraining settings
@@ -63,8 +63,10 @@ def pretrain_into(model: DeepMLP, settings: PretrainingSettings, data: StoredDat
         low, span = unit_interval_scaling(train)  # before train is replaced by its scaled copy
         train, val = scale_to_unit_interval(train, val)
     widths = [layer.linear.out_features for layer in model.hidden]
+    # The stored bytes, and the code that made them and standardizes them on loading (``builder``: a stack
+    # pretrained on inputs another data code standardized is another stack, though train.pt is the same).
     identity = {"name": data.name, "settings": dataset_settings, "length": data.manifest.get("length"),
-                "train_sha256": data.manifest["sha256"]["train.pt"],
+                "train_sha256": data.manifest["sha256"]["train.pt"], "builder": data.manifest["builder"],
                 "inputs": "standardized" if gaussian else "unit_interval"}
     key_fields = stack_key_fields(identity, widths, seed, settings.rbm_settings(), gaussian_first=gaussian)
     stack, cached = load_or_pretrain(

@@ -35,8 +35,10 @@ each record says which), and on the live training batch every
 ``interval_steps`` optimizer steps (phase "train", in the training precision:
 a zero there is what training saw). Under DDP the per-rank sums are all-reduced:
 the global loss is the mean over ranks, so ||dL/dh||^2 of the global batch is
-the sum over ranks divided by world_size^2. The weight-gradient norms are
-always the training loss's: what the optimizer uses.
+the sum over ranks divided by world_size^2. Under 16-mixed the taps see the
+gradient of the loss times the GradScaler's scale (what keeps float16 from
+underflowing) and divide it out. The weight-gradient norms are always the
+training loss's: what the optimizer uses.
 
 In a cell group (K stacked models) everything above is recorded per model,
 from per-model sums, so model k's records are those it would have had alone;
@@ -98,6 +100,14 @@ def gradient_norms(model: ProbedModel) -> tuple[list[list[float]], list[float]]:
     return per_layer.cpu().tolist(), total.cpu().tolist()
 
 
+def _probe_loss_gradients(model: ProbedModel, losses: torch.Tensor, scale: float = 1.0,
+                          retain_graph: bool = False) -> None:
+    """Back-propagate the K probe losses (times ``scale``) into the armed taps only: the parameters' ``.grad``
+    is left as it was."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    torch.autograd.grad(losses.sum() * scale, params, allow_unused=True, retain_graph=retain_graph)
+
+
 TAP_KEYS = ("grad_sq_sum", "hidden_sum", "hidden_sq_sum", "hidden_count", "saturated_count", "elements",
             "dead_units", "units", "gate_sum", "gate_count")
 
@@ -113,6 +123,7 @@ class GradientFlowProbe(L.Callback):
         self._pending: list[dict | None] | None = None
         self._probing_step = False
         self._probe_loss_taps: TapRecord | None = None  # from _probe_loss_pass, until the step's gradients
+        self._loss_scale = 1.0  # of the step being probed (_scale_of)
 
     # -- helpers -------------------------------------------------------------------------------
     @staticmethod
@@ -120,8 +131,10 @@ class GradientFlowProbe(L.Callback):
         return pl_module.model
 
     @staticmethod
-    def _statistics(record: TapRecord, models: int, reduce_sum=None, world_size: int = 1) -> list[dict]:
-        """Turn tap sums into per-layer statistics of each model, first adding them up over ranks.
+    def _statistics(record: TapRecord, models: int, reduce_sum=None, world_size: int = 1,
+                    loss_scale: float = 1.0) -> list[dict]:
+        """Turn tap sums into per-layer statistics of each model, first adding them up over ranks (and
+        taking out the ``loss_scale`` the backward pass ran with).
 
         The number of layers is the number of tapped hidden states (layers of an
         MLP, time steps of an RNN), which need not match ``probe_weights``.
@@ -140,7 +153,7 @@ class GradientFlowProbe(L.Callback):
         row = dict(zip(TAP_KEYS, table))  # key -> [layers, K]
         mean = row["hidden_sum"] / row["hidden_count"].clamp_min(1)
         variance = (row["hidden_sq_sum"] / row["hidden_count"].clamp_min(1) - mean ** 2).clamp_min(0)
-        grad_norm = (row["grad_sq_sum"] / world_size ** 2).sqrt()
+        grad_norm = (row["grad_sq_sum"] / world_size ** 2).sqrt() / loss_scale
         saturated = row["saturated_count"] / row["elements"].clamp_min(1)
         # Under DDP this is the mean over ranks of each rank's dead share.
         dead = row["dead_units"] / row["units"].clamp_min(1)
@@ -227,29 +240,46 @@ class GradientFlowProbe(L.Callback):
                 for t in self.init_batch)
         x = x.to(dtype)
         y = y.to(dtype) if y.is_floating_point() else y
+        task = pl_module.task
         model.taps.arm()
         # The bare model, not the DDP wrapper: same batch on every rank, no gradient all-reduce.
         outputs = model(x)
-        pl_module.task.probe_loss(outputs, y).sum().backward()
-        stats = self._statistics(model.taps.disarm(), model.models)  # same batch on every rank: no reduction
-        return pl_module.task.loss(outputs, y).detach().tolist(), stats, self._gradient_fields(model)
+        losses = task.loss(outputs, y)
+        if task.probed_steps is None:
+            losses.sum().backward()  # the taps and the weight gradients at once
+            taps = model.taps.disarm()
+        else:
+            _probe_loss_gradients(model, task.probe_loss(outputs, y), retain_graph=True)
+            taps = model.taps.disarm()
+            # The weight gradients: the training loss's, as on a training step (the disarmed taps ignore them).
+            losses.sum().backward()
+        stats = self._statistics(taps, model.models)  # same batch on every rank: no reduction
+        return losses.detach().tolist(), stats, self._gradient_fields(model)
 
     # -- during training ---------------------------------------------------------------------------
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._probing_step = trainer.global_step % self.interval_steps == 0
         if not self._probing_step:
             return
+        self._loss_scale = self._scale_of(trainer)
         if pl_module.task.probed_steps is None:
             self._model(pl_module).taps.arm()  # the training step's own backward fills them
         else:
             self._probe_loss_taps = self._probe_loss_pass(trainer, pl_module, batch)
 
+    @staticmethod
+    def _scale_of(trainer) -> float:
+        """What the training loss is multiplied by before its backward pass: under 16-mixed the GradScaler's
+        scale (read before the step, which updates it only after the optimizer step), else 1."""
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
     def _probe_loss_pass(self, trainer, pl_module, batch) -> TapRecord:
         """The taps of a forward and backward pass of the task's probe loss on the live batch, in the
-        training precision, before the training step (whose backward follows the training loss, on the
-        path it takes unprobed). Nothing in the net changes: the gradients reach the taps, not ``.grad``
-        (and the families with per-step outputs, RNNs, keep no running statistics). The batch is the
-        step's own: augmentation, drawn inside the step, is for image data sets only (config.py)."""
+        training precision and at its loss scale, before the training step (whose backward follows the
+        training loss, on the path it takes unprobed). Nothing in the net changes: the gradients reach the
+        taps, not ``.grad`` (and the families with per-step outputs, RNNs, keep no running statistics). The
+        batch is the step's own: augmentation, drawn inside the step, is for image data sets only (config.py)."""
         start = time.perf_counter()
         model = self._model(pl_module)
         tap_seconds = model.taps.seconds  # counted apart by the taps
@@ -257,9 +287,7 @@ class GradientFlowProbe(L.Callback):
         model.taps.arm()
         # The bare model, not the DDP wrapper: each rank's own batch, no gradient all-reduce.
         with torch.enable_grad(), trainer.precision_plugin.train_step_context():
-            losses = pl_module.task.probe_loss(model(x), y)
-            params = [p for p in model.parameters() if p.requires_grad]
-            torch.autograd.grad(losses.sum(), params, allow_unused=True)
+            _probe_loss_gradients(model, pl_module.task.probe_loss(model(x), y), self._loss_scale)
         taps = model.taps.disarm()
         self.seconds += time.perf_counter() - start - (model.taps.seconds - tap_seconds)
         return taps
@@ -270,7 +298,8 @@ class GradientFlowProbe(L.Callback):
         start = time.perf_counter()
         model = self._model(pl_module)
         taps, self._probe_loss_taps = self._probe_loss_taps or model.taps.disarm(), None
-        stats = self._statistics(taps, model.models, self._rank_sum(trainer), trainer.world_size)
+        stats = self._statistics(taps, model.models, self._rank_sum(trainer), trainer.world_size,
+                                 self._loss_scale)
         gradients = self._gradient_fields(model)
         probed = pl_module.active_at_step_start.tolist()  # a model that diverged before is not probed
         self._pending = [{"phase": "train", "step": trainer.global_step, "epoch": trainer.current_epoch,

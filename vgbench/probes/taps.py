@@ -88,6 +88,8 @@ class Taps:
         return h
 
     def _store_grad(self, index: int, grad: torch.Tensor) -> None:
+        if not self.armed:  # a second backward through the same graph after disarm (the init probe's)
+            return
         start = time.perf_counter()
         self.record.grad_sq_sum[index] = grad.detach().double().flatten(1).pow(2).sum(dim=1)
         self.seconds += time.perf_counter() - start

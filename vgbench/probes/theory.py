@@ -138,9 +138,10 @@ def recurrent_log10_ratio(net: Recurrent, input_m2: float, steps: int, scored_st
             if abs(q - previous) <= STATIONARY_TOLERANCE * max(q, 1e-30):
                 break
         rate = radius * math.sqrt(slope2)
-        paths = sum(rate ** (2 * i) for i in range(scored_steps))  # >= 1: the nearest scored step's path
-        values.append((steps - scored_steps) * math.log10(rate) + 0.5 * math.log10(paths) if rate > 0
-                      else -math.inf)
+        scored = min(scored_steps, steps)
+        paths = sum(rate ** (2 * i) for i in range(scored))  # >= 1: the nearest scored step's path
+        values.append((steps - scored) * math.log10(rate) + 0.5 * math.log10(paths) if rate > 0
+                      else -math.inf if scored < steps else 0.0)
         notes.append(SOURCE)
     return Prediction(values, notes)
 

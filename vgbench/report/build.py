@@ -47,6 +47,8 @@ def _latex_caption(params: Params, family: str, dataset: str, rows: pd.DataFrame
     """The caption of one (family, data set)'s LaTeX table: what each number is, over how many seeds (rows
     with fewer are marked: a 2-seed interval is far wider than a 3-seed one), and how the rank is made."""
     fewer = int(formats.short_of_seeds(rows, n_seeds).sum())
+    probed = formats.probed_loss_of(dataset)
+    gradient_of = f" (of {probed})" if probed else ""
     seeds = f"over {n_seeds} seeds" + (
         f"; {formats.FEWER_SEEDS_MARK}: over fewer, as cells are missing or failed ({fewer} of {len(rows)} "
         f"entries; the cells and n per row are in leaderboard.md)" if fewer else "")
@@ -54,7 +56,7 @@ def _latex_caption(params: Params, family: str, dataset: str, rows: pd.DataFrame
             f"{_tex(formats.metric_title(rows))} "
             f"(mean $\\pm$ std {seeds}, in brackets Student's t 95\\% interval of the mean; "
             f"learning rate chosen on the validation metric) "
-            f"and log10 of the first/last hidden-state gradient norm ratio at initialization "
+            f"and log10 of the first/last hidden-state gradient norm ratio at initialization{_tex(gradient_of)} "
             f"(in parentheses: the mean-field prediction{latex_cite(theory.CITES)} where it applies); "
             f"rank: tie-aware, by the deepest depth trained by at least half the seeds, then the test metric at "
             f"the deepest depth (remedies whose 95\\% intervals overlap share a range; $^\\sim$: a 90\\% "
@@ -165,7 +167,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
             name = f"grad_profile_{family}_{dataset}_d{depth}.png"
             figures.plot_grad_profile(profile, out / "figures" / name,
                                       f"{family} on {dataset}, depth {depth}, at initialization",
-                                      FAMILIES.get(family).probed_state, source_line)
+                                      FAMILIES.get(family).probed_state, source_line, formats.probed_loss_of(dataset))
             written.append(results_root / "figures" / name)
         # Test metric, training loss and gradient ratio against depth (where there are two depths or more).
         for family, dataset in pairs:

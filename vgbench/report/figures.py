@@ -37,8 +37,9 @@ def init_profiles(cells: pd.DataFrame, results_root: Path) -> pd.DataFrame:
 
 
 def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str, probed_state: str = "hidden layer",
-                      provenance: str = "") -> None:
-    """log ||dL/dh_l|| against layer (or time step) l, one line per remedy (input side on the left)."""
+                      provenance: str = "", probed_loss: str | None = None) -> None:
+    """log ||dL/dh_l|| against layer (or time step) l, one line per remedy (input side on the left); L is the
+    training loss, or ``probed_loss`` where the probes follow another (copy memory's recall)."""
     figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
     styles = ["-", "--", ":", "-."]  # remedies with the same init overlap exactly; keep both visible
     for index, (remedy, group) in enumerate(profile.groupby("remedy", sort=False)):
@@ -48,6 +49,8 @@ def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str, probed_stat
     axes.set_yscale("log")
     axes.set_xlabel(f"{probed_state} l (1 = first from the input)")
     axes.set_ylabel(r"$\|\partial L / \partial h_l\|$ at initialization")
+    if probed_loss:
+        axes.text(0.01, 0.01, f"L: {probed_loss}", transform=axes.transAxes, fontsize=7, alpha=0.8)
     axes.set_title(title)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=7, ncol=2)

@@ -43,6 +43,16 @@ EDGE_LEGEND = ("lr: the rate chosen on validation; ↑/↓ it is the largest/sma
                "edges).")
 
 
+def probed_loss_of(dataset: str) -> str | None:
+    """What the gradient-flow probes follow back on this data set's task where that is not its training loss
+    (copy memory: the recall's loss; ``Task.probed_steps``), else None: the tables and figures then say so."""
+    from vgbench.data import DATASETS
+    from vgbench.tasks import TASKS
+
+    task = TASKS.get(DATASETS.get(dataset).task)
+    return task.probed_loss if task.probed_steps is not None else None
+
+
 # How each task metric is named in table headers (Markdown, LaTeX).
 METRIC_NAMES = {"accuracy": ("acc", "acc."), "mse": ("MSE", "MSE"), "cross_entropy": ("CE", "CE")}
 
@@ -98,6 +108,11 @@ def _markdown_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _probed_loss_legend(dataset: str) -> str:
+    probed = probed_loss_of(dataset)
+    return f" dL/dh: the gradient of {probed} (the training loss scores every step)." if probed else ""
+
+
 def leaderboard_markdown(rows: pd.DataFrame, ranked: pd.DataFrame, title: str) -> str:
     """One (family, data set): its rows by remedy and depth, then its remedies ranked."""
     metric = METRIC_NAMES.get(rows.iloc[0]["metric"], (rows.iloc[0]["metric"],))[0]
@@ -109,7 +124,7 @@ def leaderboard_markdown(rows: pd.DataFrame, ranked: pd.DataFrame, title: str) -
                  for _, r in ranked.iterrows()]
     return "\n\n".join([
         f"## {title}",
-        metric_title(rows).capitalize() + ". " + EDGE_LEGEND,
+        metric_title(rows).capitalize() + ". " + EDGE_LEGEND + _probed_loss_legend(rows.iloc[0]["dataset"]),
         _markdown_table([label.format(metric=metric) for _, label in LEADERBOARD_COLUMNS], body),
         f"### Remedies ranked (trainability frontier, then test {metric} at the deepest depth)",
         _markdown_table(["rank", "remedy", "deepest trainable depth", f"test {metric} at deepest depth",
