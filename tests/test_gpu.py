@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
@@ -35,6 +36,25 @@ def test_a_cell_on_one_gpu_is_deterministic_and_learns(tiny_params, tiny_data, t
     assert first.history == second.history and first.test_metric == second.test_metric
     assert first.trainable and first.environment["cuda"] is not None
     assert first.environment["gpu"] == torch.cuda.get_device_name()
+
+
+@pytest.mark.parametrize("family, dataset, remedy", [("mlp", "mnist1d", "he_relu"), ("rnn", "copy_memory", "gru")])
+def test_under_16_mixed_the_probes_read_the_gradient_of_the_loss_unscaled(family, dataset, remedy, tiny_params,
+                                                                           tiny_data_root, tmp_path):
+    """16-mixed multiplies the loss by the GradScaler's scale (65536 at first) before backward. The first training
+    probe (the same weights and batch under both precisions) reads the same ||dL/dh_t|| to float16's precision:
+    the taps take the scale out, and copy memory's recall pass applies it (unscaled, its float16 gradients
+    underflowed)."""
+    cell = next(c for c in expand(tiny_params.active) if (c.family, c.dataset, c.remedy) == (family, dataset, remedy))
+    first_probe = {}
+    for precision in ("32-true", "16-mixed"):
+        run = dataclasses.replace(cell, trainer={**cell.trainer, "accelerator": "gpu", "devices": 1,
+                                                 "precision": precision})
+        run_cell(run, data_for(run, tiny_data_root, {}), tmp_path / precision, WandbSettings(mode="disabled"))
+        records = json.loads((tmp_path / precision / "cells" / run.cell_id / "grad_profile.json").read_text())["records"]
+        first_probe[precision] = next(record for record in records if record["phase"] == "train")
+    assert first_probe["16-mixed"]["step"] == first_probe["32-true"]["step"] == 0
+    assert first_probe["16-mixed"]["dL_dh_norm"] == pytest.approx(first_probe["32-true"]["dL_dh_norm"], rel=0.05)
 
 
 @pytest.mark.parametrize("family, remedy", [("rnn", "gru"), ("rnn", "lstm"), ("resnet", "residual"),
