@@ -334,6 +334,22 @@ def test_step_costs_are_kept_and_reused(tiny_params, tmp_path, monkeypatch):
     assert rows[0] == rows[1] and rows[0]
 
 
+
+def test_step_costs_timed_by_other_training_code_are_timed_again(tmp_path, monkeypatch):
+    """A change of the model, probe or training code changes what a step costs (copy memory's probe step took a
+    pass of its own): the kept costs name the code that timed them, and other code's are not reused."""
+    import vgbench.plan as plan_module
+    from vgbench import results
+
+    path = plan_module.costs_path(tmp_path)
+    plan_module.save_costs(path, "cpu", {"shape": StepCost(1.0, 0.5, 0.25)})
+    assert plan_module.load_costs(path, "cpu") == {"shape": StepCost(1.0, 0.5, 0.25)}
+    monkeypatch.setattr(results, "code_fingerprint", lambda: "0123456789ab")
+    assert plan_module.load_costs(path, "cpu") == {}
+    plan_module.save_costs(path, "cuda", {"other": StepCost(2.0, 1.0, 0.5)})  # the old code's cpu costs go
+    assert json.loads(path.read_text()) == {"code_fingerprint": "0123456789ab", "cuda": {"other": [2.0, 1.0, 0.5]}}
+
+
 def test_vgbench_plan_command(tmp_path, capsys):
     from vgbench.cli import main
 

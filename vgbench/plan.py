@@ -43,6 +43,7 @@ from vgbench.models.recipe import Recipe
 from vgbench.pretraining.for_cell import PretrainingSettings
 from vgbench.pretraining.rbm import RBM
 from vgbench.probes.taps import ProbedModel
+from vgbench import results
 from vgbench.results import cpu_model
 from vgbench.tasks import TASKS, Task
 from vgbench.training.augment import AUGMENTATIONS
@@ -362,22 +363,26 @@ def costs_path(results_root: Path) -> Path:
     return results_root / "launch" / "step_costs.json"
 
 
-def load_costs(path: Path, device: str) -> dict[str, StepCost]:
-    """Step costs measured earlier on ``device`` ("cpu", "cuda", ...), by shape key; empty if none."""
+def _stored_costs(path: Path) -> dict:
+    """The file's costs if the current training code timed them (``code_fingerprint``: a change of the
+    model, probe or training code changes what a step costs), else none."""
     try:
-        stored = json.loads(path.read_text()).get(device, {})
+        stored = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-    return {key: StepCost(*values) for key, values in stored.items()}
+    return stored if stored.get("code_fingerprint") == results.code_fingerprint() else {}
+
+
+def load_costs(path: Path, device: str) -> dict[str, StepCost]:
+    """Step costs measured earlier on ``device`` ("cpu", "cuda", ...) by this training code, by shape key;
+    empty if none."""
+    return {key: StepCost(*values) for key, values in _stored_costs(path).get(device, {}).items()}
 
 
 def save_costs(path: Path, device: str, costs: dict[str, StepCost]) -> None:
     from vgbench import atomic
 
-    try:
-        stored = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        stored = {}
+    stored = {**_stored_costs(path), "code_fingerprint": results.code_fingerprint()}
     stored[device] = {key: [cost.train_step_seconds, cost.eval_batch_seconds, cost.probe_extra_seconds]
                       for key, cost in costs.items()}
     atomic.write_json(path, stored)
