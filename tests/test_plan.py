@@ -18,7 +18,7 @@ from vgbench.data import DATASETS, offline_names
 from vgbench.data.store import prepare
 from vgbench.matrix import expand
 from vgbench.plan import (CellEstimate, StepCost, cell_seconds, device_description, estimate, format_plan, measure,
-                          pack, plan_main, shape_key, training_steps)
+                          pack, pack_groups, plan_main, shape_key, training_steps)
 
 # Small settings (and a length, for per-length data sets) of every offline data set; awkward sizes on
 # purpose: 205 samples is not a multiple of MNIST-1D's 10 classes, and 30% of the train splits is not whole.
@@ -277,6 +277,24 @@ def test_format_plan_counts_cell_groups_of_seeds_and_rates():
     assert capped[("mlp", "mnist1d")][3] == f"{3 * len(mlp) // 9} (4)"  # each row of 9 splits into 4 + 4 + 1
     ones = _table_rows(format_plan("default", cells, estimates, "cpu", None, group_size=1))
     assert all(row[3] == f"{row[2]} (1)" for row in ones)
+
+
+
+def test_the_plan_packs_whole_cell_groups_as_the_slurm_launcher_does():
+    """The plan packed single cells into array tasks (737 for the paper profile), the launcher whole groups (at
+    most one task per group, 293 there): the plan now counts the launcher's tasks. A default-profile row of nine
+    1-minute cells is a 9-minute group: 5 minutes per task leave every group alone."""
+    cells = expand(load_params(REPO / "params.yaml", profile="default").active)
+    estimates = {cell.cell_id: CellEstimate(shape_key(cell), training_steps(cell), 60.0) for cell in cells}
+    groups = group(cells)
+    tasks = pack_groups(groups, {cell_id: e.seconds for cell_id, e in estimates.items()}, 5 * 60)
+    assert tasks == [[members] for members in groups]
+    assert len(pack([c.cell_id for c in cells], {k: e.seconds for k, e in estimates.items()}, 5 * 60)) > len(tasks)
+    text = format_plan("default", cells, estimates, "cpu", task_minutes=5)
+    assert (f"SLURM: {len(groups)} array tasks of at most 5 min, as the slurm launcher packs whole cell groups "
+            f"({len(groups)} groups estimated above that run alone; the longest group: 9.0 min)") in text
+    twenty = pack_groups(groups, {cell_id: e.seconds for cell_id, e in estimates.items()}, 20 * 60)
+    assert [len(task) for task in twenty[:3]] == [2, 2, 2] and sum(map(len, twenty)) == len(groups)
 
 
 def test_float16_mixed_precision_cells_train_one_per_group_and_the_plan_says_why():

@@ -415,6 +415,16 @@ def pack(cell_ids_in_order: list[str], seconds_by_id: dict[str, float], limit_se
     return tasks
 
 
+def pack_groups(cell_groups: list[list[CellSpec]], seconds_by_id: dict[str, float],
+                limit_seconds: float) -> list[list[list[CellSpec]]]:
+    """Array tasks of whole cell groups (a group trains as one network, so it is never split), packed by
+    ``pack`` on the sum of their cells' estimated seconds: an upper bound, since a group shares the per-step
+    cost."""
+    keys = [str(index) for index in range(len(cell_groups))]
+    seconds = {key: sum(seconds_by_id[cell.cell_id] for cell in members) for key, members in zip(keys, cell_groups)}
+    return [[cell_groups[int(key)] for key in task] for task in pack(keys, seconds, limit_seconds)]
+
+
 # -- reporting -------------------------------------------------------------------------------------
 
 def device_description(device: str, threads: int | None = None) -> str:
@@ -443,7 +453,7 @@ def format_plan(profile_name: str, cells: list[CellSpec], estimates: dict[str, C
     """A Markdown report: one row per (family, data set) with its cells, cell groups (vgbench/groups.py),
     model shapes, optimizer steps and estimated device-hours, in matrix order; a total row; the device
     measured; how each family stacks a group; and, given ``task_minutes``, how many SLURM array tasks
-    ``pack`` makes of the cells."""
+    ``pack_groups`` makes of the cell groups (as the slurm launcher does)."""
     blocks: dict[tuple[str, str], list[CellSpec]] = {}
     for cell in cells:
         blocks.setdefault((cell.family, cell.dataset), []).append(cell)
@@ -476,13 +486,14 @@ def format_plan(profile_name: str, cells: list[CellSpec], estimates: dict[str, C
         lines.append(f"RBM pretraining, included above: {_hours(pretraining)} device-hours (rough; an empty cache).")
     if task_minutes is not None:
         limit = task_minutes * 60
-        seconds = {cell.cell_id: estimates[cell.cell_id].seconds for cell in cells}
-        tasks = pack([cell.cell_id for cell in cells], seconds, limit)
-        alone = sum(1 for value in seconds.values() if value > limit)
-        longest = max(seconds.values(), default=0.0) / 60
+        cell_groups = group(cells, group_size)
+        tasks = pack_groups(cell_groups, {cell.cell_id: estimates[cell.cell_id].seconds for cell in cells}, limit)
+        seconds = [sum(estimates[cell.cell_id].seconds for cell in members) for members in cell_groups]
+        alone = sum(1 for value in seconds if value > limit)
         lines.append(f"SLURM: {len(tasks)} array task{'s' if len(tasks) != 1 else ''} of at most "
-                     f"{task_minutes:g} min ({alone} cell{'s' if alone != 1 else ''} estimated above "
-                     f"that run alone; the longest cell: {longest:.1f} min).")
+                     f"{task_minutes:g} min, as the slurm launcher packs whole cell groups ({alone} "
+                     f"group{'s' if alone != 1 else ''} estimated above that run alone; the longest group: "
+                     f"{max(seconds, default=0.0) / 60:.1f} min).")
     return "\n".join(lines) + "\n"
 
 

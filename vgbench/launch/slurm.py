@@ -137,11 +137,9 @@ def plan_units(request: LaunchRequest) -> list[WorkUnit]:
     nodes, tasks_per_node = ddp_tasks(request)
     if nodes * tasks_per_node > 1:
         return [request.unit([cell.cell_id for cell in cells]) for cells in cell_groups]
-    costs = estimate_costs(request)
-    keys = [str(index) for index in range(len(cell_groups))]
-    seconds = {key: sum(costs[cell.cell_id].seconds for cell in cells) for key, cells in zip(keys, cell_groups)}
-    tasks = plan.pack(keys, seconds, request.settings.slurm.task_minutes * 60)
-    return [request.unit([cell.cell_id for key in task for cell in cell_groups[int(key)]]) for task in tasks]
+    seconds = {cell_id: cost.seconds for cell_id, cost in estimate_costs(request).items()}
+    tasks = plan.pack_groups(cell_groups, seconds, request.settings.slurm.task_minutes * 60)
+    return [request.unit([cell.cell_id for members in task for cell in members]) for task in tasks]
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, int] | None:
