@@ -391,10 +391,11 @@ def save_costs(path: Path, device: str, costs: dict[str, StepCost]) -> None:
 # -- packing into SLURM array tasks -----------------------------------------------------------------
 
 def pack(cell_ids_in_order: list[str], seconds_by_id: dict[str, float], limit_seconds: float) -> list[list[str]]:
-    """Group cells into array tasks of at most ``limit_seconds`` estimated time each.
+    """Group ids (of cells, or of cell groups: ``pack_groups``) into array tasks of at most ``limit_seconds``
+    estimated time each.
 
     Greedy in the given (matrix) order: a task is closed when adding the next
-    cell would take it over the limit. A cell estimated above the limit on its
+    one would take it over the limit. One estimated above the limit on its
     own gets a task of its own. Every id lands in exactly one task and the
     order is kept, within and across tasks.
     """
