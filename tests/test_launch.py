@@ -358,9 +358,10 @@ def test_status_names_the_cell_folders_no_profile_holds_and_prune_removes_only_t
 
 
 def test_status_names_pretrained_stacks_no_finished_cell_read_and_prune_removes_them(tiny_data_root, tmp_path,
-                                                                                   capsys):
+                                                                                   capsys, monkeypatch):
     """A stack's key names the code and data that made it, so after such a change the old stacks stay behind in
-    results/pretrained (a DVC output) with nothing to read them. Not while a train runs (a live claim)."""
+    results/pretrained (a DVC output) with nothing to read them. Not while a train runs (a live claim), asked
+    again before each removal."""
     from vgbench.cli import main
 
     params = write_params(tmp_path)
@@ -378,6 +379,21 @@ def test_status_names_pretrained_stacks_no_finished_cell_read_and_prune_removes_
     out = capsys.readouterr().out
     assert "1 pretrained stack(s) under" in out and "rbm-mnist1d-3x16-seed0-0123456789abcdef" in out
     assert main([*status, "--only", "dbn"]) == 0 and "pretrained stack(s)" not in capsys.readouterr().out
+    shutil.copytree(root / "pretrained" / read, root / "pretrained" / "rbm-mnist1d-3x16-seed0-fedcba9876543210")
+    removals = []
+
+    def remove_and_start_a_train(path):  # a train claims a cell right after the first removal
+        removals.append(path.name)
+        real_rmtree(path)
+        removals.append(claims.try_claim(root, "some-cell", "serial"))
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(shutil, "rmtree", remove_and_start_a_train)
+    assert main([*status, "--prune"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 1 pretrained stack(s)" in out and "a train started" in out and len(removals) == 2
+    claims.release(root, removals[1])
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
     assert main([*status, "--prune"]) == 0
     assert "removed 1 pretrained stack(s)" in capsys.readouterr().out
     assert sorted(path.name for path in (root / "pretrained").iterdir()) == sorted([read, f".{read}.lock"])

@@ -354,18 +354,28 @@ def test_step_costs_are_kept_and_reused(tiny_params, tmp_path, monkeypatch):
 
 
 def test_step_costs_timed_by_other_training_code_are_timed_again(tmp_path, monkeypatch):
-    """A change of the model, probe or training code changes what a step costs (copy memory's probe step took a
-    pass of its own): the kept costs name the code that timed them, and other code's are not reused."""
+    """A change of the model, probe or training code, of the timing code in plan.py or of torch changes what a
+    step costs (copy memory's probe step took a pass of its own): the kept costs name what timed them, and other
+    code's are not reused."""
     import vgbench.plan as plan_module
     from vgbench import results
 
     path = plan_module.costs_path(tmp_path)
     plan_module.save_costs(path, "cpu", {"shape": StepCost(1.0, 0.5, 0.25)})
     assert plan_module.load_costs(path, "cpu") == {"shape": StepCost(1.0, 0.5, 0.25)}
+    original = plan_module._timing_code()
     monkeypatch.setattr(results, "code_fingerprint", lambda: "0123456789ab")
     assert plan_module.load_costs(path, "cpu") == {}
     plan_module.save_costs(path, "cuda", {"other": StepCost(2.0, 1.0, 0.5)})  # the old code's cpu costs go
-    assert json.loads(path.read_text()) == {"code_fingerprint": "0123456789ab", "cuda": {"other": [2.0, 1.0, 0.5]}}
+    assert json.loads(path.read_text()) == {"timed_by": plan_module._timing_code(), "cuda": {"other": [2.0, 1.0, 0.5]}}
+    # The timing code itself (plan.py, outside the training fingerprint) and torch count too.
+    monkeypatch.undo()
+    copy = tmp_path / "plan.py"
+    copy.write_text(Path(plan_module.__file__).read_text() + "\n# another way of timing\n")
+    monkeypatch.setattr(plan_module, "__file__", str(copy))
+    edited = plan_module._timing_code()
+    monkeypatch.setattr(plan_module.torch, "__version__", "0.0.1")
+    assert len({original, edited, plan_module._timing_code()}) == 3
 
 
 def test_vgbench_plan_command(tmp_path, capsys):

@@ -333,7 +333,10 @@ def _unread_stacks(results_root: Path, known: set[str]) -> list[Path]:
 
 
 def _report_unlisted(params: Params, args, active_cells: list) -> None:
-    """``vgbench status`` names the cell folders and pretrained stacks nothing reads; ``--prune`` removes them."""
+    """``vgbench status`` names the cell folders and pretrained stacks nothing reads; ``--prune`` removes them
+    (a stack only while no train runs, asked again before each removal: a starting train may read one)."""
+    from vgbench import claims
+
     known = _known_cell_ids(params, args.results_root, active_cells)
     unread = [(_unlisted_cell_folders(args.results_root, known, args.only), "cells",
                f"folder(s) under {args.results_root / 'cells'} (no cell of any profile in {args.params})")]
@@ -351,10 +354,15 @@ def _report_unlisted(params: Params, args, active_cells: list) -> None:
             if len(paths) > 10:
                 print(f"  ... and {len(paths) - 10} more")
             continue
+        removed = 0
         for path in paths:
+            if output == "pretrained" and claims.live_claims(args.results_root):
+                print("\na train started: the other pretrained stacks are left for a later `vgbench status --prune`")
+                break
             shutil.rmtree(path)
             path.with_name(f".{path.name}.lock").unlink(missing_ok=True)  # the cache's lock file beside it
-        print(f"\nremoved {len(paths)} {what}; `dvc commit results/{output}` (or the next `dvc repro`) records it")
+            removed += 1
+        print(f"\nremoved {removed} {what}; `dvc commit results/{output}` (or the next `dvc repro`) records it")
 
 
 def _plan(params: Params, args) -> int:

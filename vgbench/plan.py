@@ -45,6 +45,7 @@ from vgbench.pretraining.rbm import RBM
 from vgbench.probes.taps import ProbedModel
 from vgbench import results
 from vgbench.results import cpu_model
+from vgbench.source_digest import source_digest
 from vgbench.tasks import TASKS, Task
 from vgbench.training.augment import AUGMENTATIONS
 from vgbench.twins import unique_stored
@@ -363,14 +364,21 @@ def costs_path(results_root: Path) -> Path:
     return results_root / "launch" / "step_costs.json"
 
 
+def _timing_code() -> str:
+    """What a kept step cost depends on besides the device: the training code (``code_fingerprint``: the
+    model, probe and training modules), this module's timing code and torch. (The GPU model is not in it:
+    a login node reads CUDA timings made on a GPU node.)"""
+    return source_digest(Path(__file__).parent, [Path(__file__)], results.code_fingerprint(),
+                         f"torch=={torch.__version__}")
+
+
 def _stored_costs(path: Path) -> dict:
-    """The file's costs if the current training code timed them (``code_fingerprint``: a change of the
-    model, probe or training code changes what a step costs), else none."""
+    """The file's costs if the current code timed them (``_timing_code``), else none."""
     try:
         stored = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
-    return stored if stored.get("code_fingerprint") == results.code_fingerprint() else {}
+    return stored if stored.get("timed_by") == _timing_code() else {}
 
 
 def load_costs(path: Path, device: str) -> dict[str, StepCost]:
@@ -382,7 +390,7 @@ def load_costs(path: Path, device: str) -> dict[str, StepCost]:
 def save_costs(path: Path, device: str, costs: dict[str, StepCost]) -> None:
     from vgbench import atomic
 
-    stored = {**_stored_costs(path), "code_fingerprint": results.code_fingerprint()}
+    stored = {**_stored_costs(path), "timed_by": _timing_code()}
     stored[device] = {key: [cost.train_step_seconds, cost.eval_batch_seconds, cost.probe_extra_seconds]
                       for key, cost in costs.items()}
     atomic.write_json(path, stored)
