@@ -42,6 +42,7 @@ from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.pretraining.for_cell import PretrainingSettings
 from vgbench.pretraining.rbm import RBM
+from vgbench.probes.gradient_flow import probe_loss_gradients
 from vgbench.probes.taps import ProbedModel
 from vgbench import results
 from vgbench.results import cpu_model
@@ -226,8 +227,7 @@ def _measure(cell: CellSpec, device: torch.device, steps: int) -> StepCost:
                 return
             # A loss that is not the training loss (copy memory's recall): a pass of its own, then the step
             # unprobed, as GradientFlowProbe does it.
-            losses = task.probe_loss(model(x), y)
-            torch.autograd.grad(losses.sum(), [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+            probe_loss_gradients(model, task.probe_loss(model(x), y))
         finally:
             model.taps.disarm()
         train_step()

@@ -100,7 +100,7 @@ def gradient_norms(model: ProbedModel) -> tuple[list[list[float]], list[float]]:
     return per_layer.cpu().tolist(), total.cpu().tolist()
 
 
-def _probe_loss_gradients(model: ProbedModel, losses: torch.Tensor, scale: float = 1.0,
+def probe_loss_gradients(model: ProbedModel, losses: torch.Tensor, scale: float = 1.0,
                           retain_graph: bool = False) -> None:
     """Back-propagate the K probe losses (times ``scale``) into the armed taps only: the parameters' ``.grad``
     is left as it was."""
@@ -249,7 +249,7 @@ class GradientFlowProbe(L.Callback):
             losses.sum().backward()  # the taps and the weight gradients at once
             taps = model.taps.disarm()
         else:
-            _probe_loss_gradients(model, task.probe_loss(outputs, y), retain_graph=True)
+            probe_loss_gradients(model, task.probe_loss(outputs, y), retain_graph=True)
             taps = model.taps.disarm()
             # The weight gradients: the training loss's, as on a training step (the disarmed taps ignore them).
             losses.sum().backward()
@@ -287,7 +287,7 @@ class GradientFlowProbe(L.Callback):
         model.taps.arm()
         # The bare model, not the DDP wrapper: each rank's own batch, no gradient all-reduce.
         with torch.enable_grad(), trainer.precision_plugin.train_step_context():
-            _probe_loss_gradients(model, pl_module.task.probe_loss(model(x), y), self._loss_scale)
+            probe_loss_gradients(model, pl_module.task.probe_loss(model(x), y), self._loss_scale)
         taps = model.taps.disarm()
         self.seconds += time.perf_counter() - start - (model.taps.seconds - tap_seconds)
         return taps
