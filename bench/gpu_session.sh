@@ -11,8 +11,8 @@
 # limit); a stage that would start with under 20 s left is skipped.
 #
 # The device machine has PyTorch and Lightning but not vgbench's other needs: wheels of pydantic, mnist1d and
-# submitit travel in .whl/ (see the device tool's README); W&B is disabled there (not installed), so runs
-# are checked through metrics.json, not offline W&B runs.
+# submitit travel in .whl/ (bash bench/gpu_wheels.sh fetches them; the call carries .whl). W&B is disabled
+# there (not installed), so runs are checked through metrics.json, not offline W&B runs.
 set -u
 OUT=${OUT:-$PWD/gpu-session}
 mkdir -p "$OUT"
