@@ -16,6 +16,7 @@ import yaml
 from tests.conftest import REPO
 from vgbench.config import WandbSettings
 from vgbench.matrix import expand
+from vgbench.remedies import REMEDIES
 from vgbench.training.batches import IndexBatchSampler, loader
 from vgbench.training.run_group import run_cell
 
@@ -57,6 +58,30 @@ def test_ranks_partition_every_global_batch():
     assert len({len(batches) for batches in per_rank}) == 1  # same number of steps on every rank
     everything = sorted(i for batches in per_rank for batch in batches for i in batch)
     assert everything == list(range(23))
+
+
+def test_a_training_epoch_leaves_out_a_last_batch_too_small_for_batch_norm():
+    """A last training chunk of fewer than 2 samples per rank is left out (batch norm cannot train on
+    one sample); evaluation keeps every sample, and a rank's share of 1 there is fine."""
+    def sizes(size, batch, rank=0, world=1, least=1):
+        return [len(b) for b in IndexBatchSampler(size, batch, True, 0, rank, world, least)]
+
+    assert sizes(9, 4, least=2) == [4, 4] and sizes(10, 4, least=2) == [4, 4, 2] and sizes(9, 4) == [4, 4, 1]
+    assert [sizes(11, 4, rank, 2, least=2) for rank in (0, 1)] == [[4], [4]]  # 3 left: 2 + 1
+    assert [sizes(11, 4, rank, 2) for rank in (0, 1)] == [[4, 2], [4, 1]]
+    assert [sizes(12, 4, rank, 2, least=2) for rank in (0, 1)] == [[4, 2], [4, 2]]
+    assert all(len(IndexBatchSampler(n, 4, True, 0, 0, 2, 2)) == len(sizes(n, 4, 0, 2, 2)) for n in range(30))
+
+
+def test_a_batch_norm_cell_trains_where_the_last_batch_would_hold_one_sample(tiny_params, tiny_data, tmp_path):
+    n_train = len(tiny_data.splits["train"]["y"])
+    batch = next(b for b in range(n_train // 9, n_train) if n_train % b == 1)
+    he_relu = _cell(tiny_params, "he_relu", 2)
+    cell = dataclasses.replace(he_relu, remedy="batchnorm", recipe=REMEDIES.get("batchnorm").recipe("mlp").as_dict(),
+                               training={**he_relu.training, "batch_size": batch, "max_epochs": 1})
+    metrics = run_cell(cell, tiny_data, tmp_path, NO_WANDB)
+    assert metrics.status == "completed" and metrics.steps == n_train // batch
+    assert math.isfinite(metrics.test_metric) and metrics.test_metric > 0.1
 
 
 def _cell(tiny_params, remedy, depth, **changes):

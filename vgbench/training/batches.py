@@ -29,10 +29,14 @@ class TensorSplit(Dataset):
 
 
 class IndexBatchSampler(Sampler[torch.Tensor]):
+    """Index batches of ``batch_size`` per rank; a last chunk too small to give every rank
+    ``least_per_rank`` samples is left out (training asks for 2: batch norm has no statistics of one
+    sample, and torch refuses to train on them; evaluation takes every sample, with 1)."""
+
     def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, least_per_rank: int = 1):
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.least = rank, world_size, least_per_rank * world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -48,17 +52,17 @@ class IndexBatchSampler(Sampler[torch.Tensor]):
     def __len__(self) -> int:
         global_batch = self.batch_size * self.world_size
         full, rest = divmod(self.size, global_batch)
-        return full + (1 if rest >= self.world_size else 0)
+        return full + (1 if rest >= self.least else 0)
 
     def __iter__(self):
         order = self._order()
         global_batch = self.batch_size * self.world_size
         for start in range(0, self.size, global_batch):
             chunk = order[start:start + global_batch]
-            if len(chunk) < self.world_size:
-                break  # too few samples left to give every rank one
-            # Contiguous shares differing by at most one sample: every sample is used,
-            # including in evaluation, where ranks add up counts rather than means.
+            if len(chunk) < self.least:
+                break  # too few samples left to give every rank its least share
+            # Contiguous shares differing by at most one sample: every sample is used (in training,
+            # all but fewer than 2 per rank), and in evaluation ranks add up counts rather than means.
             yield torch.tensor_split(chunk, self.world_size)[self.rank]
 
 
@@ -108,7 +112,8 @@ class TensorBatches:
 
 
 def loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seeds: list[int],
-           rank: int = 0, world_size: int = 1) -> TensorBatches:
+           rank: int = 0, world_size: int = 1, least_per_rank: int = 1) -> TensorBatches:
     """Batches ``[K, B, ...]`` of ``x`` and ``y`` for the models of ``seeds``, each in its own order."""
-    sampler = GroupSampler([IndexBatchSampler(len(y), batch_size, shuffle, seed, rank, world_size) for seed in seeds])
+    sampler = GroupSampler([IndexBatchSampler(len(y), batch_size, shuffle, seed, rank, world_size, least_per_rank)
+                            for seed in seeds])
     return TensorBatches(TensorSplit(x, y), sampler)

@@ -78,13 +78,13 @@ class InMemoryData(L.LightningDataModule):
             self._on_device[split] = {key: t.to(device) for key, t in self.data.splits[split].items()}
         return self._on_device[split]
 
-    def _loader(self, split: str, shuffle: bool):
+    def _loader(self, split: str, shuffle: bool, least_per_rank: int = 1):
         tensors = self._tensors(split)
         return loader(tensors["x"], tensors["y"], self.batch_size, shuffle, self.seeds,
-                      self.trainer.global_rank, self.trainer.world_size)
+                      self.trainer.global_rank, self.trainer.world_size, least_per_rank)
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        return self._loader("train", shuffle=True, least_per_rank=2)  # no batch-norm step on one sample
 
     def val_dataloader(self):
         return self._loader("validation", shuffle=False)
