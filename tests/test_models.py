@@ -8,8 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from vgbench.activations import ACTIVATIONS
 from vgbench.models import FAMILIES, ModelIO
-from vgbench.models.recipe import ACTIVATIONS, INITS, Recipe
+from vgbench.models.recipe import INITS, Recipe
 from vgbench.models.stacked import StackedNorm
 from vgbench.remedies import REMEDIES
 
@@ -174,6 +175,18 @@ def test_remedy_outside_its_families_says_why():
     # Remedies override the family's own baseline: tanh for the RNN, sigmoid for the MLP.
     assert REMEDIES.get("small_init").recipe("rnn").activation == "tanh"
     assert REMEDIES.get("small_init").recipe("mlp").activation == "sigmoid"
+
+
+def test_no_two_remedies_of_a_family_train_the_same_network():
+    """Two names for one recipe would put the same networks in a leaderboard twice, ranked against each
+    other (highway's base recipe is tanh + Xavier, so ``xavier`` does not apply there: it is ``plain``)."""
+    for family in FAMILIES.names():
+        by_recipe: dict[str, list[str]] = {}
+        for name, entry in REMEDIES.items():
+            if family in entry.families:
+                by_recipe.setdefault(repr(sorted(entry.recipe(family).as_dict().items())), []).append(name)
+        assert [names for names in by_recipe.values() if len(names) > 1] == [], family
+        assert len(by_recipe) >= 3, family
 
 
 def test_registries_fail_loudly():

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from vgbench.matrix import expand
 from vgbench.models import FAMILIES, ModelIO
-from vgbench.models.recipe import ACTIVATIONS, Recipe
+from vgbench.activations import ACTIVATIONS
+from vgbench.models.recipe import Recipe
 from vgbench.probes.failure import failure_label, log10_ratio
 from vgbench.probes.gradient_flow import GradientFlowProbe, first_last_ratio
 from vgbench.probes.taps import SATURATION_MARGIN, Taps
@@ -90,7 +91,8 @@ def test_taps_match_autograd(recipe, models):
 @pytest.mark.parametrize("shape", [(3, 32, 8), (3, 16, 6, 5)], ids=["dense", "conv"])
 def test_the_taps_count_saturated_and_dead_units_as_defined(activation, shape):
     """The taps read both off the input z (thresholds on z, the largest z per unit); the definitions are
-    on the unit's output: within SATURATION_MARGIN of a bound, or off for every sample and position."""
+    on the unit itself: its output within SATURATION_MARGIN of a bound, or dead, passing no gradient
+    for any sample and position. Only ReLU units can die: leaky ReLU, ELU and SELU keep a slope below 0."""
     generator = torch.Generator().manual_seed(0)
     z = 4 * torch.randn(shape, generator=generator)
     z[1, :, 0] = -z[1, :, 0].abs()  # unit 0 of model 1 never fires
@@ -105,8 +107,13 @@ def test_the_taps_count_saturated_and_dead_units_as_defined(activation, shape):
         assert record.saturated_count[0].tolist() == saturated.double().tolist()
         assert 0 < saturated.min() and saturated.max() < z[0].numel()  # both kinds of unit-sample occur
     else:
-        dead = (z.transpose(1, 2).flatten(2) <= 0).all(dim=2).sum(dim=1)
-        assert record.dead_units[0].tolist() == dead.double().tolist() and dead[1] >= 1
+        z.requires_grad_(True)
+        slope, = torch.autograd.grad(spec.make()(z).sum(), z)
+        dead = (slope.transpose(1, 2).flatten(2) == 0).all(dim=2).sum(dim=1)
+        if spec.dies:
+            assert record.dead_units[0].tolist() == dead.double().tolist() and dead[1] >= 1
+        else:
+            assert dead.sum() == 0 and not record.dead_units
     assert record.units[0] == shape[2] and record.elements[0] == z[0].numel()
 
 

@@ -27,7 +27,7 @@ RELATIVE = {"mlp": 0.03, "highway": 0.03, "rnn": 0.15}
 @pytest.mark.parametrize("activation", ["sigmoid", "tanh", "relu", "elu", "selu"])
 @pytest.mark.parametrize("q", [0.01, 1.0, 4.0])
 def test_gaussian_moments_match_monte_carlo(activation, q):
-    from vgbench.models.recipe import ACTIVATIONS
+    from vgbench.activations import ACTIVATIONS
 
     z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * math.sqrt(q)
     z.requires_grad_(True)

@@ -64,7 +64,7 @@ _remedy("tanh_standard", ("glorot2010understanding",),
         "Glorot & Bengio 2010, AISTATS", families=("mlp", "rnn"), activation="tanh", init="pytorch_default")
 _remedy("xavier", ("glorot2010understanding",),
         "tanh with Glorot's normalized init (DBN: the sigmoid stack keeps sigmoid)",
-        "Glorot & Bengio 2010, AISTATS", families=("mlp", "rnn", "highway", "resnet"),
+        "Glorot & Bengio 2010, AISTATS", families=("mlp", "rnn", "resnet"),  # highway: its base recipe
         activation="tanh", init="xavier", per_family={"dbn": dict(init="xavier")})
 _remedy("orthogonal", ("saxe2014exact",),
         "tanh with orthogonal init (RNN: the recurrent weights, gain 1)",

@@ -40,8 +40,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from vgbench.activations import ACTIVATIONS
 from vgbench.models import FAMILIES, Family, ModelIO
-from vgbench.models.recipe import ACTIVATIONS, Recipe
+from vgbench.models.recipe import Recipe
 from vgbench.models.shared_calls import shared_fused_calls
 from vgbench.models.stacked import StackedLayer, StackedLinear
 from vgbench.models.streams import per_model

@@ -11,7 +11,7 @@ Labels (``None`` for a cell that trained), in the order they are tested:
 - ``exploded``: no learning, and that ratio was above ``exploded_log10_ratio`` at initialization
   or a gradient norm was not finite.
 - ``dead_units``: no learning, and at the last probe more than ``dead_fraction`` of some layer's
-  rectifier units were off for every sample.
+  ReLU units were off for every sample (leaky ReLU, ELU and SELU units keep a gradient below 0).
 - ``no_learning``: no learning and none of the above explains it.
 """
 

@@ -17,8 +17,9 @@ What it records, per probed layer l (input side first):
   the Trainer clipped them (what the optimizer actually used).
 - ``activation_variance``: Var(h_l) over batch and units (signal propagation).
 - ``saturated_fraction`` (sigmoid/tanh: unit-samples within 0.01 of a bound)
-  or ``dead_fraction`` (ReLU family: units whose input is <= 0 for every
-  sample of the batch).
+  or ``dead_fraction`` (ReLU, the one unit here with no gradient below 0:
+  units whose input is <= 0 for every sample of the batch; None for leaky
+  ReLU, ELU and SELU, whose units keep a slope there and cannot die).
 - ``gate_mean`` (gated families such as highway nets, else None): the mean
   transform-gate value T of each layer; near 0 the layer carries its input.
 - at initialization only, ``theory_log10_dL_dh_first_last``: what mean-field

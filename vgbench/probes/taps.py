@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from vgbench.models.recipe import ACTIVATIONS
+from vgbench.activations import ACTIVATIONS
 
 # A bounded unit is saturated when its output is within this margin of a bound (sigmoid: 0 or 1,
 # tanh: -1 or 1; ActivationSpec.bounds); its local derivative is then below ~4% (sigmoid) or ~2% (tanh)
@@ -108,11 +108,12 @@ class Taps:
         return t
 
     def preactivation(self, index: int, z: torch.Tensor) -> torch.Tensor:
-        """Saturation (bounded units) or death (rectifiers) from the input z of the nonlinearity.
+        """Saturation (bounded units) or death (ReLU) from the input z of the nonlinearity.
 
         Both are read off z itself, without a copy: a bounded unit is saturated where z lies
-        outside the interval that maps to within SATURATION_MARGIN of its bounds, and a rectifier
-        unit is dead where its largest input over the batch (and positions) is <= 0."""
+        outside the interval that maps to within SATURATION_MARGIN of its bounds, and a unit that
+        can die (``ActivationSpec.dies``) is dead where its largest input over the batch (and
+        positions) is <= 0."""
         if not self.armed:
             return z
         start = time.perf_counter()
@@ -124,7 +125,7 @@ class Taps:
                 middle, half_width = self.saturation
                 outside = (zd - middle).abs_() if middle else zd.abs()
                 self.record.saturated_count[index] = (outside > half_width).flatten(1).sum(dim=1).double()
-            elif self.spec.rectifier:
+            elif self.spec.dies:
                 largest = zd.amax(dim=(1, *range(3, zd.dim())))  # [K, units]
                 self.record.dead_units[index] = (largest <= 0).sum(dim=1).double()
         self.seconds += time.perf_counter() - start

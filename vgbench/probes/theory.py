@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vgbench.activations import ACTIVATIONS
+
 SOURCE = "mean field (Poole et al. 2016; Schoenholz et al. 2017)"
 CITES = ("poole2016exponential", "schoenholz2017deep")  # keys in vgbench/references.bib
 # The midpoint rule on cells that meet at 0 (an even number of them), so the jump of a rectifier's
@@ -82,8 +84,6 @@ def gaussian_moments(activation: str, q: float) -> tuple[float, float]:
 
 def gaussian_moments_of(activation: str, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``gaussian_moments`` for a [K] tensor of variances at once (one per model of a group)."""
-    from vgbench.models.recipe import ACTIVATIONS  # here: the model modules import this one
-
     step = 2 * GRID_SDS / GRID_CELLS
     centres = torch.arange(GRID_CELLS, dtype=torch.float64) * step - GRID_SDS + step / 2
     z = (centres * q.clamp_min(1e-300).sqrt()[:, None]).requires_grad_(True)  # [K, cells]
