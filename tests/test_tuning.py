@@ -63,6 +63,24 @@ def test_matrix_cells_is_expand_until_the_profile_asks_for_extension(tmp_path):
     assert len(cells) == len(expand(extended)) + 6 * len(SEEDS) and len(RATES) == 2
 
 
+def test_an_added_rate_stays_in_its_row_when_a_new_seed_leaves_the_row_unfinished(tmp_path):
+    """Extended with seeds 0 and 1, then seed 2 added to the profile (its cells not yet trained): the rates
+    added before stay in the matrix, now for seed 2 too, so `status --prune` keeps their results and the
+    leaderboard still chooses among them."""
+    two_seeds = parse_params(small_params(seeds=[0, 1], tuning={"extend_edge_rates": 1}), source="test").active
+    write_results(tmp_path, expand(two_seeds))
+    extension = matrix_cells(two_seeds, tmp_path)[len(expand(two_seeds)):]
+    assert len(extension) == 6 * 2
+    for cell in extension:  # trained (a result folder is what counts)
+        (tmp_path / "cells" / cell.cell_id).mkdir(parents=True)
+    three_seeds = parse_params(small_params(tuning={"extend_edge_rates": 1}), source="test").active
+    cells = matrix_cells(three_seeds, tmp_path)
+    added = {(c.remedy, c.depth, c.learning_rate, c.seed) for c in cells[len(expand(three_seeds)):]}
+    assert added == {(c.remedy, c.depth, c.learning_rate, s) for c in extension for s in SEEDS}
+    # Without those folders the unfinished rows add nothing: a row is extended once, when it is done.
+    assert matrix_cells(three_seeds, tmp_path / "elsewhere") == expand(three_seeds)
+
+
 def test_train_extends_an_edge_row_and_the_leaderboard_ranks_past_it(tiny_data_root, tmp_path):
     """A real run: the tiny MLP he_relu d2 row on a two-rate grid. A grid of two always chooses an edge, so
     train adds the rate beyond it (round 1), and again (round 2, the last allowed) if the new rate is

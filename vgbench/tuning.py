@@ -9,6 +9,10 @@ rounded to one significant digit where that stays beyond the edge.
 The added cells are a pure function of the results on disk (``matrix_cells``): the launcher, its
 workers, ``status`` and the leaderboard all compute the same set, and a row is extended only once all
 of its cells are done, so a worker that looks while others train sees the launcher's cells or more.
+A rate once added stays in its row's grid while any of its cells has a result folder, for every seed,
+even when the row is unfinished again (a seed added to the profile) or its choice has moved inside:
+the leaderboard keeps choosing among all of the row's rates, and ``status --prune`` never removes
+current results.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from vgbench import results
 from vgbench.config import Profile
 from vgbench.matrix import CellSpec, expand
 from vgbench.twins import stored_as
@@ -39,30 +44,30 @@ def beyond(edge: float, neighbour: float) -> float:
 
 def edge_extensions(cells: list[CellSpec], results_root: Path) -> list[CellSpec]:
     """The cells one round of extension adds to ``cells``: for each row whose cells are all done and
-    whose chosen rate sits on the upper or lower edge of its grid, every seed at the rate beyond it."""
+    whose chosen rate sits on the upper or lower edge of its grid, every seed at the rate beyond it; and
+    for any row, every seed at a rate beyond an edge where one of them has a result folder already."""
     from vgbench.report import aggregate  # pandas: only when extending
 
     table, missing = aggregate.cell_table(cells, results_root)
-    if table.empty:
-        return []
     missing = set(missing)
     unfinished = {row_of(cell) for cell in cells if stored_as(cell).cell_id in missing}
-    chosen = aggregate.choose_learning_rates(table)
+    chosen = {} if table.empty else {tuple(getattr(row, k) for k in ROW): row.lr_grid_edge
+                                     for row in aggregate.choose_learning_rates(table).itertuples()}
+    rows: dict[tuple, list[CellSpec]] = {}
+    for cell in cells:
+        rows.setdefault(row_of(cell), []).append(cell)
     known = {cell.cell_id for cell in cells}
     added = []
-    for row in chosen.itertuples():
-        key = tuple(getattr(row, k) for k in ROW)
-        if key in unfinished or row.lr_grid_edge not in ("upper", "lower"):
-            continue
-        members = [cell for cell in cells if row_of(cell) == key]
+    for key, members in rows.items():
         grid = sorted({cell.learning_rate for cell in members})
-        neighbour = grid[-2] if row.lr_grid_edge == "upper" else grid[1]
-        rate = beyond(row.learning_rate, neighbour)
-        for cell in members:
-            if cell.learning_rate == row.learning_rate:
-                new = dataclasses.replace(cell, learning_rate=rate)
-                if new.cell_id not in known:
-                    added.append(new)
+        if len(grid) < 2:
+            continue
+        for edge, neighbour, side in ((grid[-1], grid[-2], "upper"), (grid[0], grid[1], "lower")):
+            new = [dataclasses.replace(cell, learning_rate=beyond(edge, neighbour))
+                   for cell in members if cell.learning_rate == edge]
+            chosen_here = key not in unfinished and chosen.get(key) == side
+            if chosen_here or any(results.cell_dir(results_root, stored_as(cell).cell_id).is_dir() for cell in new):
+                added += [cell for cell in new if cell.cell_id not in known]
     return added
 
 
