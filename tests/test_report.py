@@ -730,27 +730,43 @@ def test_build_leaderboard_with_missing_cells(tmp_path, params, cells):
 
 
 def test_stale_and_damaged_results_are_left_out_and_named(tmp_path, params, cells):
-    """A result from other training code, a cut-short metrics.json and a missing probe file are never
-    averaged in: the rows have fewer seeds and leaderboard.md names each cell with the reason."""
+    """A result from other training code, a cut-short metrics.json, a missing probe file, a metrics.json
+    that is not text and one copied from another cell's folder are never averaged in: the rows have
+    fewer seeds and leaderboard.md names each cell with the reason."""
     write_results(tmp_path, cells)
-    rows = [c for c in cells if c.remedy == "he_relu" and c.depth == 6 and c.learning_rate == 0.1]
-    other_code, cut_short, no_profile = (results.cell_dir(tmp_path, c.cell_id) for c in rows[:3])
+    rows = [c for c in cells if c.remedy == "he_relu" and c.learning_rate == 0.1][:5]
+    other_code, cut_short, no_profile, not_text, copied = (results.cell_dir(tmp_path, c.cell_id) for c in rows)
     record = json.loads((other_code / "metrics.json").read_text())
     record["environment"]["code_fingerprint"] = "0123456789ab"
     (other_code / "metrics.json").write_text(json.dumps(record))
     (cut_short / "metrics.json").write_text((cut_short / "metrics.json").read_text()[:200])
     (no_profile / "grad_profile.json").unlink()
+    (not_text / "metrics.json").write_bytes(b"\x80\x81 damaged")
+    (copied / "metrics.json").write_text((other_code.parent / cells[0].cell_id / "metrics.json").read_text())
     frame, missing = aggregate.cell_table(cells, tmp_path)
-    assert sorted(missing) == sorted(c.cell_id for c in rows[:3]) and len(frame) == len(cells) - 3
+    assert sorted(missing) == sorted(c.cell_id for c in rows) and len(frame) == len(cells) - 5
+    states = [results.cell_state(tmp_path, c.cell_id).state for c in rows]
+    assert states == ["stale"] * 5
     build.build_leaderboard(params, tmp_path, log_to_wandb=False)
     summary = _strict_json((tmp_path / "leaderboard.json").read_text())
-    stale = summary["cells_left_out"]["stale"]
-    assert [entry.split(":")[0] for entry in stale] == [c.cell_id for c in rows[:3]]
-    assert "other vgbench training code" in stale[0] and "not valid JSON" in stale[1]
-    assert "grad_profile.json is missing" in stale[2]
+    stale = dict(entry.split(": ", 1) for entry in summary["cells_left_out"]["stale"])
+    assert sorted(stale) == sorted(c.cell_id for c in rows)
+    assert "other vgbench training code" in stale[rows[0].cell_id] and "not valid JSON" in stale[rows[1].cell_id]
+    assert "grad_profile.json is missing" in stale[rows[2].cell_id] and "not text" in stale[rows[3].cell_id]
+    assert f"holds the result of cell {cells[0].cell_id}, not of {rows[4].cell_id}" in stale[rows[4].cell_id]
     text = (tmp_path / "leaderboard.md").read_text()
-    assert "## Cells not in these tables (3 of" in text and "Stale (3):" in text
-    assert all(c.cell_id in text for c in rows[:3])
+    assert "## Cells not in these tables (5 of" in text and "Stale (5):" in text
+    assert all(c.cell_id in text for c in rows)
+
+
+@pytest.mark.parametrize("damage", [b"\x80\x81", b"null", b'{"error": "no attempt"}', b'{"attempt": 2'])
+def test_a_damaged_error_record_is_named_and_counted_as_a_first_attempt(tmp_path, damage):
+    folder = results.cell_dir(tmp_path, "some-cell")
+    folder.mkdir(parents=True)
+    (folder / "error.json").write_bytes(damage)
+    record = results.read_error(tmp_path, "some-cell")
+    assert record["attempt"] == 1 and record["error"] == f"{folder / 'error.json'} is damaged"
+    assert results.cell_state(tmp_path, "some-cell").state == "pending"
 
 
 def test_build_leaderboard_without_results(tmp_path, params):

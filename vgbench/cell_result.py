@@ -108,6 +108,8 @@ def read(path: Path) -> CellResult | None:
         text = path.read_text()
     except FileNotFoundError:
         return None
+    except UnicodeDecodeError as error:
+        raise UnreadableResultError(f"{path} is not text ({error}): damaged") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

@@ -75,8 +75,13 @@ def cell_dir(results_root: Path, cell_id: str) -> Path:
 
 
 def read_result(results_root: Path, cell_id: str) -> CellResult | None:
-    """The cell's result, None if it has none; raises ``UnreadableResultError`` for a damaged one."""
-    return cell_result.read(cell_dir(results_root, cell_id) / "metrics.json")
+    """The cell's result, None if it has none; raises ``UnreadableResultError`` for a damaged one, or for
+    one written for another cell (a folder copied or renamed by hand): its id names the config it ran."""
+    path = cell_dir(results_root, cell_id) / "metrics.json"
+    result = cell_result.read(path)
+    if result is not None and result.cell_id != cell_id:
+        raise UnreadableResultError(f"{path} holds the result of cell {result.cell_id}, not of {cell_id}")
+    return result
 
 
 def write_error(results_root: Path, cell_id: str, error: BaseException, launch: dict) -> dict:
@@ -95,11 +100,14 @@ def write_error(results_root: Path, cell_id: str, error: BaseException, launch: 
 def read_error(results_root: Path, cell_id: str) -> dict | None:
     path = cell_dir(results_root, cell_id) / "error.json"
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError:
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("attempt"), int):
         return {"cell_id": cell_id, "error": f"{path} is damaged", "attempt": 1, "code_fingerprint": None}
+    return record
 
 
 def clear_error(results_root: Path, cell_id: str) -> None:
