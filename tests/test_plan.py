@@ -17,6 +17,7 @@ from vgbench.groups import group
 from vgbench.data import DATASETS, offline_names
 from vgbench.data.store import prepare
 from vgbench.matrix import expand
+from vgbench.twins import stored_as, unique_stored
 from vgbench.plan import (CellEstimate, StepCost, cell_seconds, device_description, estimate, format_plan, measure,
                           pack, pack_groups, plan_main, shape_key, training_steps)
 
@@ -238,8 +239,15 @@ def _table_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header
 
 
+def _estimates(cells, seconds: float) -> dict[str, CellEstimate]:
+    """Every cell's estimate under the id it is stored as (a DBN twin of an MLP cell: that cell's), as
+    ``plan.estimate`` keys them."""
+    return {stored.cell_id: CellEstimate(shape_key(stored), training_steps(stored), seconds)
+            for stored in unique_stored(cells)}
+
+
 def test_format_plan_totals_add_up(tiny_cells):
-    estimates = {cell.cell_id: CellEstimate(shape_key(cell), training_steps(cell), 500.0 + 20.0 * index)
+    estimates = {stored_as(cell).cell_id: CellEstimate(shape_key(cell), training_steps(cell), 500.0 + 20.0 * index)
                  for index, cell in enumerate(tiny_cells)}
     text = format_plan("tiny", tiny_cells, estimates, "cpu: Test CPU, 2 torch threads", task_minutes=25)
     *groups, total = _table_rows(text)
@@ -258,7 +266,7 @@ def test_format_plan_totals_add_up(tiny_cells):
     assert "cpu: Test CPU, 2 torch threads" in text
     for family in ("mlp", "rnn", "dbn", "resnet", "highway"):  # how each family stacks a group
         assert f"- {family}: " in text
-    tasks = pack([c.cell_id for c in tiny_cells], {k: e.seconds for k, e in estimates.items()}, 25 * 60)
+    tasks = pack(list(estimates), {k: e.seconds for k, e in estimates.items()}, 25 * 60)
     assert len(tasks) == 7  # 8.3-12.3 min cells: two to a 25-minute task
     assert f"SLURM: {len(tasks)} array tasks of at most 25 min" in text
     assert "SLURM" not in format_plan("tiny", tiny_cells, estimates, "cpu", task_minutes=None)
@@ -267,7 +275,7 @@ def test_format_plan_totals_add_up(tiny_cells):
 def test_format_plan_counts_cell_groups_of_seeds_and_rates():
     """The default profile's rows have 3 seeds x 3 rates (MLP): groups of 9, or of at most group_size."""
     cells = expand(load_params(REPO / "params.yaml", profile="default").active)
-    estimates = {cell.cell_id: CellEstimate(shape_key(cell), training_steps(cell), 60.0) for cell in cells}
+    estimates = _estimates(cells, 60.0)
     mlp = [cell for cell in cells if cell.family == "mlp"]
     rows = {(row[0], row[1]): row for row in _table_rows(format_plan("default", cells, estimates, "cpu", None))}
     assert len({(c.seed, c.learning_rate) for c in mlp}) == 9
@@ -276,7 +284,8 @@ def test_format_plan_counts_cell_groups_of_seeds_and_rates():
                                                                        group_size=4))}
     assert capped[("mlp", "mnist1d")][3] == f"{3 * len(mlp) // 9} (4)"  # each row of 9 splits into 4 + 4 + 1
     ones = _table_rows(format_plan("default", cells, estimates, "cpu", None, group_size=1))
-    assert all(row[3] == f"{row[2]} (1)" for row in ones)
+    assert all(row[3] == f"{row[2]} (1)" for row in ones if row[0] not in ("dbn", "**total**"))
+    assert ones[-1][3] == f"{len(unique_stored(cells))} (1)"
 
 
 
@@ -285,11 +294,11 @@ def test_the_plan_packs_whole_cell_groups_as_the_slurm_launcher_does():
     most one task per group, 293 there): the plan now counts the launcher's tasks. A default-profile row of nine
     1-minute cells is a 9-minute group: 5 minutes per task leave every group alone."""
     cells = expand(load_params(REPO / "params.yaml", profile="default").active)
-    estimates = {cell.cell_id: CellEstimate(shape_key(cell), training_steps(cell), 60.0) for cell in cells}
-    groups = group(cells)
+    estimates = _estimates(cells, 60.0)
+    groups = group(unique_stored(cells))
     tasks = pack_groups(groups, {cell_id: e.seconds for cell_id, e in estimates.items()}, 5 * 60)
     assert tasks == [[members] for members in groups]
-    assert len(pack([c.cell_id for c in cells], {k: e.seconds for k, e in estimates.items()}, 5 * 60)) > len(tasks)
+    assert len(pack(list(estimates), {k: e.seconds for k, e in estimates.items()}, 5 * 60)) > len(tasks)
     text = format_plan("default", cells, estimates, "cpu", task_minutes=5)
     assert (f"SLURM: {len(groups)} array tasks of at most 5 min, as the slurm launcher packs whole cell groups "
             f"({len(groups)} groups estimated above that run alone; the longest group: 9.0 min)") in text
@@ -305,7 +314,7 @@ def test_float16_mixed_precision_cells_train_one_per_group_and_the_plan_says_why
     cells = expand(parse_params(raw, profile="tiny").active)
     mlp_row = [cell for cell in cells if cell.family == "mlp" and cell.remedy == "he_relu" and cell.depth == 2]
     assert len(mlp_row) > 1 and [len(g) for g in group(mlp_row)] == [1] * len(mlp_row)
-    estimates = {cell.cell_id: CellEstimate(shape_key(cell), training_steps(cell), 60.0) for cell in cells}
+    estimates = _estimates(cells, 60.0)
     text = format_plan("tiny", cells, estimates, "cpu", None)
     assert f"- {len(cells)} cells train one per group: trainer.precision 16-mixed" in text
     assert all(row[3] == f"{row[2]} (1)" for row in _table_rows(text))
@@ -387,3 +396,91 @@ def test_vgbench_plan_command(tmp_path, capsys):
     assert "# vgbench plan: profile `tiny`, 13 cells" in out and "Measured on cpu:" in out
     assert "SLURM: 1 array task of at most 30 min" in out
     assert (tmp_path / "launch" / "step_costs.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"null", b"[1, 2]", b"\xff\xfe damaged", b'{"timed_by": '])
+def test_a_damaged_step_cost_file_is_timed_again_not_a_traceback(tmp_path, content):
+    import vgbench.plan as plan_module
+
+    path = plan_module.costs_path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    assert plan_module.load_costs(path, "cpu") == {}
+    plan_module.save_costs(path, "cpu", {"shape": StepCost(1.0, 0.5, 0.25)})  # and replaced whole
+    assert plan_module.load_costs(path, "cpu") == {"shape": StepCost(1.0, 0.5, 0.25)}
+
+
+def test_the_plan_counts_only_this_profile_s_reused_step_costs(tiny_params, tmp_path):
+    """Costs kept for other profiles' shapes are not "reused" by this one: the count is of its own shapes found."""
+    import vgbench.plan as plan_module
+
+    shapes = sorted({shape_key(cell) for cell in unique_stored(expand(tiny_params.active))})
+    kept = {key: StepCost(0.01, 0.01, 0.01) for key in shapes[1:]}
+    kept.update({f"another profile's shape {index}": StepCost(1.0, 1.0, 1.0) for index in range(5)})
+    plan_module.save_costs(plan_module.costs_path(tmp_path), "cpu", kept)
+    text = plan_main(tiny_params, steps=1, task_minutes=30, results_root=tmp_path)
+    assert f"Step costs of {len(shapes) - 1} model shapes were reused" in text
+    assert set(plan_module.load_costs(plan_module.costs_path(tmp_path), "cpu")) == set(kept) | {shapes[0]}
+
+
+def test_the_plan_lists_twin_cells_in_their_block_and_counts_their_cost_once():
+    """The default profile's DBN rows without pretraining are MLP networks (twins.py): at depth 20 the MLP
+    block's, whose row lists them first and counts their groups, steps and hours; at depth 3 ones the MLP block
+    does not list, which the DBN row counts."""
+    cells = expand(load_params(REPO / "params.yaml", profile="default").active)
+    trained = unique_stored(cells)
+    twins = [cell for cell in cells if stored_as(cell).cell_id != cell.cell_id]
+    assert len(twins) == 54 and len(trained) == len(cells) - 27
+    estimates = _estimates(cells, 60.0)
+    text = format_plan("default", cells, estimates, "cpu", None)
+    assert text.startswith(f"# vgbench plan: profile `default`, {len(cells)} cells, {len(trained)} trained")
+    rows = {(row[0], row[1]): row for row in _table_rows(text)}
+    dbn = [cell for cell in cells if cell.family == "dbn"]
+    assert rows[("dbn", "mnist1d")][2] == str(len(dbn))
+    assert float(rows[("dbn", "mnist1d")][6]) == pytest.approx((len(dbn) - 27) * 60 / 3600, abs=5e-4)
+    assert rows[("mlp", "mnist1d")][2] == str(sum(cell.family == "mlp" for cell in cells))
+    assert rows[("**total**", "")][2] == str(len(cells))
+    assert float(rows[("**total**", "")][6]) == pytest.approx(len(trained) * 60 / 3600, abs=5e-3)
+    assert "dbn / mnist1d: 27 of its cells train another block's very network, once" in text
+
+
+def test_a_ddp_profile_s_plan_counts_one_slurm_task_per_cell_group_as_the_launcher_does():
+    """A DDP cell group runs as one array task (its ranks under srun); the plan packed them as if they were not."""
+    import vgbench.plan as plan_module
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["profiles"]["tiny"].update(trainer={"devices": 2, "strategy": "ddp"})
+    cells = expand(parse_params(raw, profile="tiny").active)
+    groups = group(unique_stored(cells))
+
+    def no_timings():
+        raise AssertionError("a DDP plan needs no timings to pack")
+
+    assert plan_module.slurm_tasks(groups, no_timings, 3600) == [[members] for members in groups]
+    text = format_plan("tiny", cells, _estimates(cells, 1.0), "cpu", task_minutes=120)
+    assert f"SLURM: {len(groups)} array tasks, one per cell group, as the slurm launcher runs a DDP group" in text
+    assert "(nodes x processes per node: 1 x 2)" in text
+
+
+@pytest.mark.parametrize("device, message", [
+    ("foo", "'foo' is not a device; allowed: cpu, cuda, cuda:N"), ("mps", "'mps': vgbench plans for cpu or cuda"),
+    ("cuda:7", "'cuda:7': torch sees"), ("cuda", "'cuda': torch sees")])
+def test_plan_refuses_a_device_it_cannot_time_on(device, message):
+    import argparse
+
+    from vgbench.cli import _timing_device
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("a GPU is visible here")
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        _timing_device(device)
+
+
+def test_a_bad_plan_device_exits_2_with_the_message_not_a_traceback():
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "vgbench", "plan", "--device", "foo"], capture_output=True,
+                         text=True, cwd=REPO)
+    assert run.returncode == 2 and "argument --device: 'foo' is not a device" in run.stderr
+    assert "Traceback" not in run.stderr

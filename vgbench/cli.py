@@ -48,6 +48,22 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results-root", type=Path, default=Path("results"), help="default: %(default)s")
 
 
+def _timing_device(text: str) -> str:
+    """An argparse type for ``plan --device``: "cpu", or "cuda" / "cuda:N" where torch sees that GPU."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; allowed: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r}: vgbench plans for cpu or cuda, not {device.type}")
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        raise argparse.ArgumentTypeError(f"{text!r}: torch sees {torch.cuda.device_count()} CUDA GPU(s) here; "
+                                         f"plan on a GPU node, or with --device cpu")
+    return text
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: an integer >= 1 (argparse names the flag and exits 2 otherwise)."""
     try:
@@ -408,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="remove the folders under results/cells that hold no cell of any profile (older ids)")
     plan = commands.add_parser("plan", help="cells, steps and estimated device-hours, from one timed step per "
                                             "model shape on this machine")
-    plan.add_argument("--device", default="cpu", help="device to time the steps on (default: %(default)s)")
+    plan.add_argument("--device", type=_timing_device, default="cpu",
+                      help="device to time the steps on: cpu, cuda or cuda:N (default: %(default)s)")
     plan.add_argument("--steps", type=_positive_int, default=3,
                       help="timed steps per model shape (default: %(default)s)")
     readme = commands.add_parser("readme", help="rewrite README.md's marked leaderboard blocks from "

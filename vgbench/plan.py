@@ -49,7 +49,7 @@ from vgbench.results import cpu_model
 from vgbench.source_digest import source_digest
 from vgbench.tasks import TASKS, Task
 from vgbench.training.augment import AUGMENTATIONS
-from vgbench.twins import unique_stored
+from vgbench.twins import stored_as, unique_stored
 
 # Everything of a cell's config that changes what one step costs; seed and learning rate do not.
 _COST_FREE_FIELDS = ("seed", "learning_rate", "remedy")  # the remedy's recipe is kept; its name changes nothing
@@ -376,9 +376,9 @@ def _stored_costs(path: Path) -> dict:
     """The file's costs if the current code timed them (``_timing_code``), else none."""
     try:
         stored = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
-    return stored if stored.get("timed_by") == _timing_code() else {}
+    except (FileNotFoundError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # a cache: what cannot be read is timed again
+    return stored if isinstance(stored, dict) and stored.get("timed_by") == _timing_code() else {}
 
 
 def load_costs(path: Path, device: str) -> dict[str, StepCost]:
@@ -424,6 +424,24 @@ def pack(cell_ids_in_order: list[str], seconds_by_id: dict[str, float], limit_se
     return tasks
 
 
+def ddp_layout(trainer: dict) -> tuple[int, int]:
+    """(nodes, processes per node) of one cell: more than one process when the trainer asks for DDP across
+    devices or nodes (``trainer.devices`` a count; a list of device ids or "auto" is one process here)."""
+    devices = trainer["devices"] if isinstance(trainer["devices"], int) else 1
+    return trainer["num_nodes"], devices
+
+
+def slurm_tasks(cell_groups: list[list[CellSpec]], seconds_by_id: Callable[[], dict[str, float]],
+                limit_seconds: float) -> list[list[list[CellSpec]]]:
+    """The SLURM array tasks the slurm launcher makes of ``cell_groups``: one group per task where a cell runs
+    as several DDP processes (the task is their ``srun``), else whole groups packed by ``pack_groups``
+    (``seconds_by_id`` is called only then: the DDP case needs no timings)."""
+    nodes, per_node = ddp_layout(cell_groups[0][0].trainer) if cell_groups else (1, 1)
+    if nodes * per_node > 1:
+        return [[members] for members in cell_groups]
+    return pack_groups(cell_groups, seconds_by_id(), limit_seconds)
+
+
 def pack_groups(cell_groups: list[list[CellSpec]], seconds_by_id: dict[str, float],
                 limit_seconds: float) -> list[list[list[CellSpec]]]:
     """Array tasks of whole cell groups (a group trains as one network, so it is never split), packed by
@@ -462,23 +480,41 @@ def format_plan(profile_name: str, cells: list[CellSpec], estimates: dict[str, C
     """A Markdown report: one row per (family, data set) with its cells, cell groups (vgbench/groups.py),
     model shapes, optimizer steps and estimated device-hours, in matrix order; a total row; the device
     measured; how each family stacks a group; and, given ``task_minutes``, how many SLURM array tasks
-    ``pack_groups`` makes of the cell groups (as the slurm launcher does)."""
-    blocks: dict[tuple[str, str], list[CellSpec]] = {}
+    the slurm launcher makes of the cell groups (``slurm_tasks``).
+
+    ``cells`` are the matrix's (``expand``); ``estimates`` are keyed by the id each is stored as. A cell
+    that trains as its twin (vgbench/twins.py: a DBN stack without pretraining is an MLP) is trained once:
+    its row lists it, and its groups, shapes, steps and hours count in the row that lists it first."""
+    blocks: dict[tuple[str, str], tuple[list[CellSpec], list[CellSpec]]] = {}  # (listed, trained here)
+    seen: set[str] = set()
     for cell in cells:
-        blocks.setdefault((cell.family, cell.dataset), []).append(cell)
-    lines = [f"# vgbench plan: profile `{profile_name}`, {len(cells)} cells", "",
+        listed, trained = blocks.setdefault((cell.family, cell.dataset), ([], []))
+        listed.append(cell)
+        stored = stored_as(cell)
+        if stored.cell_id not in seen:
+            seen.add(stored.cell_id)
+            trained.append(stored)
+    every_trained = [cell for _, trained in blocks.values() for cell in trained]
+    title = f"{len(cells)} cells" + (f", {len(every_trained)} trained" if len(every_trained) < len(cells) else "")
+    lines = [f"# vgbench plan: profile `{profile_name}`, {title}", "",
              "| family | data set | cells | groups (largest) | shapes | steps | device-hours |",
              "|---|---|---:|---:|---:|---:|---:|"]
 
-    def row(family: str, dataset: str, members: list[CellSpec]) -> str:
-        chosen = [estimates[cell.cell_id] for cell in members]
-        cell_groups = group(members, group_size)
-        return (f"| {family} | {dataset} | {len(members)} | {len(cell_groups)} "
-                f"({max(len(g) for g in cell_groups)}) | {len({e.shape for e in chosen})} | "
+    def row(family: str, dataset: str, listed: list[CellSpec], trained: list[CellSpec]) -> str:
+        chosen = [estimates[cell.cell_id] for cell in trained]
+        cell_groups = group(trained, group_size)
+        return (f"| {family} | {dataset} | {len(listed)} | {len(cell_groups)} "
+                f"({max((len(g) for g in cell_groups), default=0)}) | {len({e.shape for e in chosen})} | "
                 f"{sum(e.steps for e in chosen):,} | {_hours(sum(e.seconds for e in chosen))} |")
 
-    lines += [row(family, dataset, members) for (family, dataset), members in blocks.items()]
-    lines.append(row("**total**", "", cells))
+    lines += [row(family, dataset, *members) for (family, dataset), members in blocks.items()]
+    lines.append(row("**total**", "", cells, every_trained))
+    twins = [(family, dataset, len(listed) - len(trained)) for (family, dataset), (listed, trained) in blocks.items()
+             if len(trained) < len(listed)]
+    if twins:
+        lines += [""] + [f"{family} / {dataset}: {count} of its cells train another block's very network, "
+                         f"once, under that block's cell ids (vgbench/twins.py): they are counted in that "
+                         f"block's groups, shapes, steps and hours." for family, dataset, count in twins]
     lines += ["", "Cell groups: the seeds and learning rates of a row train as one stacked network; how each "
                   "family stacks them:"]
     lines += [f"- {name}: {FAMILIES.get(name).stacking}" for name in dict.fromkeys(c.family for c in cells)]
@@ -487,7 +523,7 @@ def format_plan(profile_name: str, cells: list[CellSpec], estimates: dict[str, C
         lines.append(f"- {len(alone)} cells train one per group: trainer.precision "
                      f"{alone[0].trainer['precision']} scales the loss, and its scaler would skip every model's "
                      f"step where one model's gradient overflowed (bf16-mixed stacks).")
-    pretraining = sum(estimates[cell.cell_id].pretraining_seconds for cell in cells)
+    pretraining = sum(estimates[cell.cell_id].pretraining_seconds for cell in every_trained)
     lines += ["", f"Measured on {device_text}: a few timed steps per model shape on random inputs of each data "
                   f"set's shape, one model at a time (a group of one): an upper bound for cells trained in groups, "
                   f"which share the per-step cost (bench/README.md); without per-cell start-up."]
@@ -495,14 +531,20 @@ def format_plan(profile_name: str, cells: list[CellSpec], estimates: dict[str, C
         lines.append(f"RBM pretraining, included above: {_hours(pretraining)} device-hours (rough; an empty cache).")
     if task_minutes is not None:
         limit = task_minutes * 60
-        cell_groups = group(cells, group_size)
-        tasks = pack_groups(cell_groups, {cell.cell_id: estimates[cell.cell_id].seconds for cell in cells}, limit)
+        cell_groups = group(every_trained, group_size)
+        tasks = slurm_tasks(cell_groups, lambda: {cell.cell_id: estimates[cell.cell_id].seconds
+                                                  for cell in every_trained}, limit)
         seconds = [sum(estimates[cell.cell_id].seconds for cell in members) for members in cell_groups]
-        alone = sum(1 for value in seconds if value > limit)
-        lines.append(f"SLURM: {len(tasks)} array task{'s' if len(tasks) != 1 else ''} of at most "
-                     f"{task_minutes:g} min, as the slurm launcher packs whole cell groups ({alone} "
-                     f"group{'s' if alone != 1 else ''} estimated above that run alone; the longest group: "
-                     f"{max(seconds, default=0.0) / 60:.1f} min).")
+        plural = "s" if len(tasks) != 1 else ""
+        if cells and math.prod(ddp_layout(cells[0].trainer)) > 1:
+            lines.append(f"SLURM: {len(tasks)} array task{plural}, one per cell group, as the slurm launcher runs a "
+                         f"DDP group (nodes x processes per node: {' x '.join(map(str, ddp_layout(cells[0].trainer)))}"
+                         f"); the longest group: {max(seconds, default=0.0) / 60:.1f} min of one device.")
+        else:
+            alone = sum(1 for value in seconds if value > limit)
+            lines.append(f"SLURM: {len(tasks)} array task{plural} of at most {task_minutes:g} min, as the slurm "
+                         f"launcher packs whole cell groups ({alone} group{'s' if alone != 1 else ''} estimated "
+                         f"above that run alone; the longest group: {max(seconds, default=0.0) / 60:.1f} min).")
     return "\n".join(lines) + "\n"
 
 
@@ -512,12 +554,14 @@ def plan_main(params, device: str = "cpu", steps: int = 3, task_minutes: float |
     ``launcher.slurm.task_minutes``). With ``results_root``, step costs measured before on this device
     are reused and the new ones kept (``results/launch/step_costs.json``)."""
     profile = params.active
-    cells = unique_stored(expand(profile))  # a DBN twin of an MLP cell is trained once (twins.py)
-    known = load_costs(costs_path(results_root), device) if results_root else {}
-    reused = len(known)
-    estimates = estimate(cells, device, steps, known)
+    cells = expand(profile)
+    trained = unique_stored(cells)  # a DBN twin of an MLP cell is trained once (twins.py)
+    kind = torch.device(device).type  # the slurm launcher reads "cuda" timings, whichever GPU made them
+    known = load_costs(costs_path(results_root), kind) if results_root else {}
+    reused = len({shape_key(cell) for cell in trained} & set(known))
+    estimates = estimate(trained, device, steps, known)
     if results_root:
-        save_costs(costs_path(results_root), device, known)
+        save_costs(costs_path(results_root), kind, known)
     if task_minutes is None:
         task_minutes = profile.launcher.slurm.task_minutes
     report = format_plan(params.profile, cells, estimates, device_description(device, profile.trainer.threads),

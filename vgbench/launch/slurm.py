@@ -81,9 +81,7 @@ def on_gpus(request: LaunchRequest) -> bool:
 
 def ddp_tasks(request: LaunchRequest) -> tuple[int, int]:
     """(nodes, tasks per node) of one cell: several when the trainer asks for DDP across devices or nodes."""
-    trainer = request.params.active.trainer
-    devices = trainer.devices if isinstance(trainer.devices, int) else 1
-    return trainer.num_nodes, devices
+    return plan.ddp_layout(request.params.active.trainer.model_dump())
 
 
 def executor_for(request: LaunchRequest) -> submitit.SlurmExecutor:
@@ -131,14 +129,13 @@ def estimate_costs(request: LaunchRequest) -> dict:
 
 
 def plan_units(request: LaunchRequest) -> list[WorkUnit]:
-    """Array tasks: one cell group each for DDP profiles, else whole cell groups (vgbench/groups.py) packed by
-    estimated cost (the sum of their cells': an upper bound, since a group shares the per-step cost)."""
+    """Array tasks (``plan.slurm_tasks``, which ``vgbench plan`` counts too): one cell group each for DDP
+    profiles, else whole cell groups (vgbench/groups.py) packed by estimated cost (the sum of their cells': an
+    upper bound, since a group shares the per-step cost)."""
     cell_groups = group(request.cells, request.settings.group_size)
-    nodes, tasks_per_node = ddp_tasks(request)
-    if nodes * tasks_per_node > 1:
-        return [request.unit([cell.cell_id for cell in cells]) for cells in cell_groups]
-    seconds = {cell_id: cost.seconds for cell_id, cost in estimate_costs(request).items()}
-    tasks = plan.pack_groups(cell_groups, seconds, request.settings.slurm.task_minutes * 60)
+    tasks = plan.slurm_tasks(cell_groups, lambda: {cell_id: cost.seconds
+                                                   for cell_id, cost in estimate_costs(request).items()},
+                             request.settings.slurm.task_minutes * 60)
     return [request.unit([cell.cell_id for members in task for cell in members]) for task in tasks]
 
 
