@@ -79,6 +79,8 @@ def test_default_profile_shows_the_phenomenon_by_design():
      ["launcher.gpus = [0, 0]", "distinct"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"slurm": {"time_minutes": 0}}),
      ["launcher.slurm.time_minutes = 0", "greater than 0"]),
+    (lambda d: d["profiles"]["tiny"].update(launcher={"slurm": {"time_minutes": 20, "task_minutes": 45}}),
+     ["task_minutes = 45 is more than time_minutes = 20", "task_minutes <= time_minutes"]),
     (lambda d: d["profiles"]["tiny"].update(launcher={"slurm": {"partiton": "gpu"}}),
      ["launcher.slurm.partiton = 'gpu': unknown key (allowed: ", "partition"]),
     (lambda d: d["profiles"]["tiny"].update(trainer={"threads": 2}, launcher={"threads": 1}),

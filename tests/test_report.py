@@ -747,6 +747,12 @@ def test_stale_and_damaged_results_are_left_out_and_named(tmp_path, params, cell
     assert sorted(missing) == sorted(c.cell_id for c in rows) and len(frame) == len(cells) - 5
     states = [results.cell_state(tmp_path, c.cell_id).state for c in rows]
     assert states == ["stale"] * 5
+    # A train retraining one of them (its live claim) makes it running, where it runs.
+    from vgbench.claims import Claim
+
+    claim = Claim(rows[0].cell_id, "token", "somehost", 4321, None, None, "local", 0.0)
+    assert results.cell_state(tmp_path, rows[0].cell_id, claim) == results.CellState(rows[0].cell_id, "running",
+                                                                                     claim.where)
     build.build_leaderboard(params, tmp_path, log_to_wandb=False)
     summary = _strict_json((tmp_path / "leaderboard.json").read_text())
     stale = dict(entry.split(": ", 1) for entry in summary["cells_left_out"]["stale"])

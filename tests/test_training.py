@@ -284,6 +284,25 @@ def test_trainer_threads_pins_torch_threads_and_is_recorded(tiny_params, tiny_da
         torch.set_num_threads(before)
 
 
+def test_a_result_records_the_cpu_and_the_instruction_set_torch_ran_on(tiny_params, tiny_data, tmp_path):
+    """Two virtual machines may both call their CPU "AMD EPYC" and still round differently (2026-12-01: another
+    generation, AVX2 only, moved 40 of the README's table lines): the result names the CPU's family and model
+    and the instruction set torch's kernels dispatched to, which ATEN_CPU_CAPABILITY can lower."""
+    from pathlib import Path
+
+    metrics = run_cell(_cell(tiny_params, "he_relu", 2), tiny_data, tmp_path, NO_WANDB)
+    first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first.splitlines()
+                                                            if ":" in line)}
+    assert metrics.environment["cpu_id"] == (f"{fields['vendor_id']} family {fields['cpu family']} model "
+                                             f"{fields['model']} stepping {fields['stepping']}")
+    assert metrics.environment["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
+    lowered = subprocess.run([sys.executable, "-c", "from vgbench import results; "
+                              "print(results.environment()['cpu_capability'])"], capture_output=True, text=True,
+                             env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}, check=True)
+    assert lowered.stdout.strip() == "DEFAULT"
+
+
 def assert_a_frozen_model_stays_and_the_others_step_as_if_alone(name: str, device: str) -> None:
     """StackedOptimizer: model 1 frozen (its gradient non-finite) is left exactly as it was, weights, moments
     and Adam's step count, while models 0 and 2 take the very step they take with nobody frozen."""

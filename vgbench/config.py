@@ -249,6 +249,14 @@ class SlurmSettings(_Strict):
         30.0, gt=0, description="a waiting launch stops waiting (exit 1, the jobs left as they are) once squeue "
                                 "has not answered for this long; null: wait however long the controller is away")
 
+    @model_validator(mode="after")
+    def _tasks_fit_their_time_limit(self) -> "SlurmSettings":
+        """Tasks packed to more estimated minutes than SLURM gives them would all time out and be requeued."""
+        if self.task_minutes > self.time_minutes:
+            raise ValueError(f"task_minutes = {self.task_minutes:g} is more than time_minutes = {self.time_minutes}, "
+                             f"the time limit each packed array task gets; allowed: task_minutes <= time_minutes")
+        return self
+
 
 class LauncherSettings(_Strict):
     """How ``vgbench train`` runs the cells (vgbench/launch/); none of it changes a cell's result."""

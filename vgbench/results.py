@@ -51,6 +51,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_id() -> str | None:
+    """Vendor, family, model and stepping (Linux /proc/cpuinfo): a virtual machine may show only "AMD EPYC" as
+    its model name, which two CPU generations that round differently share."""
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
+                      if ":" in line)
+    except OSError:
+        return None
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    if "vendor_id" not in fields:
+        return None
+    return (f"{fields['vendor_id']} family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
+            f"stepping {fields.get('stepping', '?')}")
+
+
 def environment() -> dict:
     import lightning
     import torch
@@ -65,7 +80,10 @@ def environment() -> dict:
         "tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32},
         # CPU results can depend on the thread count (reduction order): keep it with them.
         "torch_threads": torch.get_num_threads(),
-        "cpu": cpu_model(),
+        "cpu": cpu_model(), "cpu_id": cpu_id(),
+        # The vector instruction set torch's CPU kernels run (DEFAULT, AVX2, AVX512, ...): another one sums in
+        # another order, so it moves rounding like another CPU does; ATEN_CPU_CAPABILITY can lower it.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 
@@ -131,8 +149,9 @@ STATES = ("done", "running", "failed", "stale", "pending")
 
 
 def cell_state(results_root: Path, cell_id: str, claim=None) -> CellState:
-    """done: a current, readable result; running: a live claim; failed: error.json from this code;
-    stale: a result from other code or a damaged one (trained again); pending: nothing yet."""
+    """done: a current, readable result; running: a live claim (also over a stale result, being retrained);
+    failed: error.json from this code; stale: a result from other code or a damaged one (trained again);
+    pending: nothing yet."""
     try:
         result = read_result(results_root, cell_id)
     except UnreadableResultError as error:
@@ -141,12 +160,12 @@ def cell_state(results_root: Path, cell_id: str, claim=None) -> CellState:
         unreadable = ""
     if result is not None:
         if result.environment.get("code_fingerprint") != code_fingerprint():
-            return CellState(cell_id, "stale", "written by other vgbench training code")
-        damage = _probe_file_problem(cell_dir(results_root, cell_id) / "grad_profile.json")
-        if damage:
-            return CellState(cell_id, "stale", damage)
-        return CellState(cell_id, "done")
-    if claim is not None:
+            unreadable = "written by other vgbench training code"
+        else:
+            unreadable = _probe_file_problem(cell_dir(results_root, cell_id) / "grad_profile.json")
+        if not unreadable:
+            return CellState(cell_id, "done")
+    if claim is not None:  # retraining a stale result too
         return CellState(cell_id, "running", claim.where)
     error = read_error(results_root, cell_id)
     if error is not None and error.get("code_fingerprint") == code_fingerprint():
