@@ -85,3 +85,27 @@ def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_p
     assert f"params.yaml sha256 {digest}" in card and "dvc repro" in card and "36 trained cells" in card
     assert "- mlp on mnist1d: remedies" in card and "Published claims checked" in card
     assert "torch kernels " in card  # the instruction set the CPU kernels ran (cpu_capability)
+
+
+def test_without_git_or_a_commit_the_block_says_why_in_one_line(tmp_path, monkeypatch):
+    """No git on PATH (a compute node) is a reason, not a crash; git's several-line complaint about a checkout
+    without a commit is cut to its first line, so the LaTeX header stays one comment line."""
+    (tmp_path / "fresh").mkdir()
+    _git(tmp_path / "fresh", "init", "-q")
+    block = provenance._git(tmp_path / "fresh")
+    assert block["commit"] is None and block["why"].startswith("fatal: ") and "\n" not in block["why"]
+    line = provenance.one_line({"git": block, "params_sha256": None, "dvc_lock_sha256": None, "profile": "p",
+                                "cells": 0, "device_seconds": 0.0})
+    assert "\n" not in line and f"no commit ({block['why']})" in line
+    monkeypatch.setenv("PATH", str(tmp_path / "no-such-bin"))
+    assert provenance._git(tmp_path / "fresh") == {"commit": None, "dirty": None,
+                                                    "why": "git could not run (No such file or directory)"}
+
+
+def test_device_time_per_family_counts_a_twin_cell_once_under_the_family_it_trained_as():
+    table = pd.DataFrame([  # the DBN row's d20 small_init cell is the MLP cell (twins.py): one training
+        {"family": "mlp", "cell_id": "mlp-small_init-mnist1d-d20-lr0.1-s0-aa", "wall_seconds": 10.0},
+        {"family": "dbn", "cell_id": "mlp-small_init-mnist1d-d20-lr0.1-s0-aa", "wall_seconds": 10.0},
+        {"family": "dbn", "cell_id": "dbn-pretrain-mnist1d-d20-lr0.1-s0-bb", "wall_seconds": 4.0},
+    ])
+    assert provenance._seconds_by_family(table) == {"mlp": 10.0, "dbn": 4.0}

@@ -418,19 +418,38 @@ def test_frontier_threshold_and_ranking_order():
 
 
 def test_remedies_whose_intervals_overlap_share_a_rank_range():
-    rows = pd.DataFrame([
+    rows = pd.DataFrame([  # a-d train at depth 10 only; the block's deepest depth, 20, is where they compare
         _row("deep", 20, 1.0, 0.50, half_width=0.30),   # the only one that trains at 20: first, however wide
-        _row("a", 20, 0.0, 0.90), _row("a", 10, 1.0, 0.80, half_width=0.05),
-        _row("b", 20, 0.0, 0.90), _row("b", 10, 1.0, 0.75, half_width=0.04),  # overlaps a: [0.71, 0.79]
-        _row("c", 20, 0.0, 0.90), _row("c", 10, 1.0, 0.60, half_width=0.01),  # below both
-        _row("d", 20, 0.0, 0.90), _row("d", 10, 1.0, 0.59, half_width=0.0),   # overlaps c only
+        _row("a", 20, 0.0, 0.80, half_width=0.05), _row("a", 10, 1.0, 0.90),
+        _row("b", 20, 0.0, 0.75, half_width=0.04), _row("b", 10, 1.0, 0.90),  # overlaps a: [0.71, 0.79]
+        _row("c", 20, 0.0, 0.60, half_width=0.01), _row("c", 10, 1.0, 0.90),  # below both
+        _row("d", 20, 0.0, 0.59, half_width=0.0), _row("d", 10, 1.0, 0.90),   # overlaps c only
     ])
-    # The frontier reads the deepest depth's numbers (0.9 for a-d) unless only 10 rows exist: use depth 10.
-    front = aggregate.frontier(rows[rows["depth"] != 20].pipe(lambda f: pd.concat([f, rows.iloc[:1]])))
+    front = aggregate.frontier(rows)
     ranked = aggregate.ranking(front).set_index("remedy")
     assert ranked["rank"].to_dict() == {"deep": 1, "a": 2, "b": 3, "c": 4, "d": 5}
     assert ranked["rank_range"].to_dict() == {"deep": "1", "a": "2–3", "b": "2–3", "c": "4–5", "d": "4–5"}
     assert ranked.loc["c", "rank_best"] == 4 and ranked.loc["c", "rank_worst"] == 5
+
+
+def test_a_remedy_without_results_at_the_deepest_depth_is_not_ranked_on_a_shallower_one():
+    """Tables of a profile still training: c has no depth-20 row yet. Its depth-2 accuracy (0.9) must not be
+    compared with the others' depth-20 ones (it ranked first): it has no number there ("–" in the tables), and
+    ranks by what is known, its trainability frontier so far (depth 2, below a and b at 20)."""
+    rows = pd.DataFrame([
+        _row("a", 2, 1.0, 0.6), _row("a", 20, 1.0, 0.4),
+        _row("b", 2, 1.0, 0.6), _row("b", 20, 1.0, 0.2),
+        _row("c", 2, 1.0, 0.9),
+    ])
+    front = aggregate.frontier(rows).set_index("remedy")
+    assert front["deepest_depth"].tolist() == [20, 20, 20]
+    assert math.isnan(front.loc["c", "test_metric_at_deepest"]) and front.loc["c", "n_at_deepest"] == 0
+    ranked = aggregate.ranking(aggregate.frontier(rows))
+    assert ranked["remedy"].tolist() == ["a", "b", "c"]
+    assert ranked.set_index("remedy")["rank_range"].to_dict() == {"a": "1", "b": "2", "c": "3"}
+    from vgbench.report.headline import block_headline
+
+    assert block_headline(rows.assign(rate_vanished=0.0), ranked)["leader"] == "a"
 
 
 def test_in_matrix_order_follows_params(table, params):
@@ -464,6 +483,17 @@ def test_cell_table_of_an_empty_root(tmp_path, cells):
 
 
 # 5. formatters against golden files -----------------------------------------------------------------------------
+
+def test_a_metric_too_small_for_three_decimals_keeps_two_significant_digits():
+    """The adding problem's best MSE (0.0004 +- 0.00005) printed as 0.000 +- 0.000, in the tables a paper
+    copies; and a log ratio of -0.04 as "-0.0"."""
+    from vgbench.report.formats import _interval, _num, _pm, _tex_number
+
+    assert _pm(0.000414, 0.0000486) == "4.1e-04 ± 4.9e-05" and _interval(0.0003, 0.00042) == "[3.0e-04, 4.2e-04]"
+    assert _tex_number(0.000414, 3) == r"4.1 \times 10^{-4}" and _tex_number(0.167, 3) == "0.167"
+    assert [_num(v, 3) for v in (0.003, 0.0, 0.167, -0.0004)] == ["0.003", "0.000", "0.167", "-4.0e-04"]
+    assert [_num(v, 1) for v in (-0.04, -0.0, -0.4, 0.04)] == ["0.0", "0.0", "-0.4", "0.0"]
+
 
 def golden_rows() -> pd.DataFrame:
     base = {"family": "mlp", "n": 3, "wall_seconds_mean": 1.25, "metric": "accuracy", "higher_is_better": True,

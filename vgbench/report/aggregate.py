@@ -202,19 +202,27 @@ def failure_summary(labels: pd.Series) -> str:
 
 
 def frontier(rows: pd.DataFrame, majority: float = MAJORITY) -> pd.DataFrame:
-    """Per (family, data set, remedy): the deepest depth at which at least half the seeds train."""
+    """Per (family, data set, remedy): the deepest depth at which at least half the seeds train, and the test
+    metric at the block's deepest depth. A remedy with no row there yet (its cells missing or failed, as in
+    the tables of a profile still training) has none: NaN, which no interval beats or is beaten by, so its
+    rank is the widest range left, never a shallower depth's score compared with the others' deepest."""
     out = []
+    block_deepest = rows.groupby(["family", "dataset"])["depth"].max()
     for (family, dataset, remedy), group in rows.groupby(["family", "dataset", "remedy"], sort=True):
         trained = group[group["trainable_rate"] >= majority]
-        deepest = group.loc[group["depth"].idxmax()]
+        depth = int(block_deepest[(family, dataset)])
+        at = group[group["depth"] == depth]
+        deepest = at.iloc[0] if len(at) else None
+        value = (lambda key: deepest[key]) if deepest is not None else (lambda key: math.nan)
         out.append({"family": family, "dataset": dataset, "remedy": remedy,
-                    "metric": deepest["metric"], "higher_is_better": deepest["higher_is_better"],
+                    "metric": group["metric"].iloc[0], "higher_is_better": group["higher_is_better"].iloc[0],
                     "deepest_trainable_depth": int(trained["depth"].max()) if len(trained) else 0,
-                    "deepest_depth": int(deepest["depth"]),
-                    "test_metric_at_deepest": deepest["test_metric_mean"],
-                    "test_metric_std_at_deepest": deepest["test_metric_std"], "n_at_deepest": int(deepest["n"]),
-                    "test_metric_ci_low_at_deepest": deepest["test_metric_ci_low"],
-                    "test_metric_ci_high_at_deepest": deepest["test_metric_ci_high"]})
+                    "deepest_depth": depth,
+                    "test_metric_at_deepest": value("test_metric_mean"),
+                    "test_metric_std_at_deepest": value("test_metric_std"),
+                    "n_at_deepest": int(deepest["n"]) if deepest is not None else 0,
+                    "test_metric_ci_low_at_deepest": value("test_metric_ci_low"),
+                    "test_metric_ci_high_at_deepest": value("test_metric_ci_high")})
     return pd.DataFrame(out)
 
 
