@@ -156,7 +156,7 @@ def test_offline_run_grad_profile_init_table_matches_the_init_record(offline_cel
     path = run.files / reference["path"]
     assert path.is_file() and path.parent == run.files / "media" / "table"
     rows = run.table_rows(names.GRAD_PROFILE_INIT)
-    assert [row["layer"] for row in rows] == list(range(len(init["dL_dh_norm"])))
+    assert [row["layer"] for row in rows] == list(range(1, len(init["dL_dh_norm"]) + 1))  # as the figures
     assert [row["dL_dh_norm"] for row in rows] == pytest.approx(init["dL_dh_norm"], rel=1e-12)
     assert [row["weight_grad_norm"] for row in rows] == pytest.approx(init["weight_grad_norm"], rel=1e-12)
     assert [row["dead_fraction"] for row in rows] == pytest.approx(init["dead_fraction"], rel=1e-12)

@@ -32,7 +32,7 @@ PROBE_TOTAL_NORM = "probe/grad_total_norm"
 
 # Tables: a cell run's, then the leaderboard run's; figures are logged as images under FIGURES.
 GRAD_PROFILE_INIT = "grad_profile_init"  # one row per probed state: PROFILE_INDEX, then PROFILE_COLUMNS
-PROFILE_INDEX = "layer"
+PROFILE_INDEX = "layer"  # 1 = the first probed state from the input, as in the figures and dvc plots
 PROFILE_COLUMNS = ("dL_dh_norm", "weight_grad_norm", "activation_variance", "saturated_fraction", "dead_fraction",
                    "gate_mean")
 PRETRAINING = "pretraining"

@@ -66,7 +66,8 @@ def start_run(cell: CellSpec, settings: WandbSettings, group: dict, profile: str
 
 
 def profile_table(record: dict):
-    """A wandb.Table with one row per probed state (layer, time step, block) of a probe record.
+    """A wandb.Table with one row per probed state (layer, time step, block) of a probe record, numbered
+    from 1 at the input side as the figures and ``dvc plots`` number them.
 
     A column whose list is not one value per state stays empty: an RNN's two
     weight matrices are shared by all time steps (their norms are in grad_profile.json).
@@ -76,7 +77,7 @@ def profile_table(record: dict):
     states = len(record["dL_dh_norm"])
     rows = []
     for layer in range(states):
-        row = [layer]
+        row = [layer + 1]
         for column in names.PROFILE_COLUMNS:
             values = record.get(column)
             row.append(values[layer] if values and len(values) == states else None)
