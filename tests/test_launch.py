@@ -466,9 +466,10 @@ def test_a_killed_cell_resumes_from_its_checkpoint_with_identical_metrics(tiny_d
     runs = sorted(wandb_dir.glob("wandb/offline-run-*"))
     # One W&B run, resumed: the killed process's directory (its log cut short by SIGKILL) and the
     # restarted one's carry the same run id.
-    assert len(runs) == 2 and all(run.name.endswith(cell_run_id(cell.cell_id)) for run in runs)
+    run_id = cell_run_id(cell.cell_id, results.code_fingerprint())
+    assert len(runs) == 2 and all(run.name.endswith(run_id) for run in runs)
     restarted = read_run(runs[-1])
-    assert restarted.run.run_id == cell_run_id(cell.cell_id) == result["wandb"]["run_id"]
+    assert restarted.run.run_id == run_id == result["wandb"]["run_id"]
     assert restarted.summary["test_metric"] == pytest.approx(result["test_metric"])
 
 

@@ -261,3 +261,14 @@ def test_the_keys_the_report_plots_are_in_a_real_cell_run(offline_cell):
     assert names.GRAD_PROFILE_INIT in run.summary
     columns = run.table(names.GRAD_PROFILE_INIT)["columns"]  # what the report's profile chart plots
     assert columns == [names.PROFILE_INDEX, *names.PROFILE_COLUMNS] and "dL_dh_norm" in columns
+
+
+def test_a_cell_retrained_by_other_code_is_another_w_and_b_run():
+    """The run id is the cell id and the training code's fingerprint: a stale cell's retraining is a new run
+    (with the cell id alone, `wandb sync` appended it to the old one); the config hash survives shortening."""
+    short = "mlp-he_relu-mnist1d-d20-lr0.1-s0-0123456789"
+    assert names.cell_run_id(short, "abcdef123456") == "mlp-he_relu-mnist1d-d20-lr0_1-s0-0123456789-abcdef"
+    assert names.cell_run_id(short, "abcdef123456") != names.cell_run_id(short, "fedcba654321")
+    long = "resnet-residual_bn-perm_seq_mnist-d110-lr0.0003-s12-" + "f" * 10
+    run_id = names.cell_run_id(long, "abcdef123456")
+    assert len(run_id) == names.RUN_ID_LIMIT and run_id.endswith("-" + "f" * 10 + "-abcdef")

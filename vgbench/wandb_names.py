@@ -43,16 +43,20 @@ FIGURES = "figures/"
 HEADLINE = "headline"  # the leaderboard run's summary: results/metrics.json (vgbench/report/headline.py)
 
 
-def cell_run_id(cell_id: str) -> str:
-    """The cell id with characters W&B does not allow in ids (the dots of ``lr0.1``) as ``_``.
+def cell_run_id(cell_id: str, code_fingerprint: str) -> str:
+    """The cell id with characters W&B does not allow in ids (the dots of ``lr0.1``) as ``_``, then the first 6
+    characters of the training code's fingerprint: a cell retrained after a code change (its result stale) is
+    another W&B run, where with the cell id alone ``wandb sync`` would append it to the old one. A resumed
+    training (same code) keeps its run.
 
     The config hash at the end of a cell id is kept whole when the id must be shortened.
     """
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", cell_id)
-    if len(safe) <= RUN_ID_LIMIT:
-        return safe
+    tag = f"-{code_fingerprint[:6]}"
+    if len(safe) + len(tag) <= RUN_ID_LIMIT:
+        return safe + tag
     prefix, _, config_hash = safe.rpartition("-")
-    return f"{prefix[:RUN_ID_LIMIT - len(config_hash) - 1]}-{config_hash}"
+    return f"{prefix[:RUN_ID_LIMIT - len(config_hash) - len(tag) - 1]}-{config_hash}{tag}"
 
 
 def group(profile: str, family: str) -> str:
