@@ -65,10 +65,16 @@ def test_run_sets_filter_this_profile_s_groups_and_panels_use_logged_keys(built)
     spec, _, _, data = built
     grids = [b for b in spec["blocks"] if b["type"] == "panel_grid"]
     families = list(dict.fromkeys(data.rows["family"]))
-    assert len(grids) == 1 + len(families)
+    pairs = list(data.rows[["family", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
+    assert len(grids) == 1 + len(pairs)
     groups = {f.value for g in grids for f in expr_to_filters(g["runset"]["filters"]).filters
               if f.key.name == "group"}
     assert groups == {names.group("synthetic", family) for family in families}
+    # A line per remedy and depth, over one data set's runs: never shallow and deep nets, or tasks, averaged.
+    for grid, (family, dataset) in zip(grids[1:], pairs):
+        keys = {(f.key.section, f.key.name): f.value for f in expr_to_filters(grid["runset"]["filters"]).filters}
+        assert keys[("run", "group")] == names.group("synthetic", family) and keys[("config", "dataset")] == dataset
+        assert grid["runset"]["groupby"] == ["config.remedy", "config.depth"]
     logged = {names.STEP, names.PROBE_LOG10_RATIO, names.TRAIN_LOSS, names.val_metric("accuracy")}
     tables = {names.LEADERBOARD, names.RANKING, names.CLAIMS, names.GRAD_PROFILE_INIT}
     for grid in grids:
@@ -150,3 +156,20 @@ def test_rank_one_means_a_range_that_starts_at_one_not_ten():
     ranked = pd.DataFrame([{"family": "mlp", "dataset": "d", "remedy": r, "rank_range": text}
                            for r, text in (("a", "1–2"), ("b", "1–2"), ("c", "10–12"))])
     assert wandb_report.family_summary(rows, ranked, "mlp", "d").endswith("test accuracy: a, b.")
+
+
+def test_a_report_refuses_a_leaderboard_built_from_other_results(tmp_path, params, cells):
+    """The report summarizes the cells now and quotes leaderboard.md: built from other results (here a row's
+    cell moved away since), the two would contradict each other in one published report."""
+    results = tmp_path / "results"
+    write_results(results, cells)
+    build.build_leaderboard(params, results, log_to_wandb=False)
+    shutil.move(results / "cells" / cells[0].cell_id, tmp_path / "aside")
+    data = build.aggregate_results(params, results)
+    with pytest.raises(wandb_report.ReportError, match=r"leaderboard.json was built from other results .*\("
+                                                       r"1 row\(s\) differ, e.g. mlp/mnist1d/small_init/d2\)"):
+        wandb_report.write(params, results, data.rows, data.ranked)
+    assert not (results / "report").exists()
+    build.build_leaderboard(params, results, log_to_wandb=False)  # rebuilt: the report follows
+    assert [p.name for p in wandb_report.write(params, results, data.rows, data.ranked)[1]] == ["report.json",
+                                                                                                 "report.md"]

@@ -39,6 +39,11 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return [{k: _jsonable(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
 
 
+def row_records(rows: pd.DataFrame) -> dict[str, dict]:
+    """leaderboard.json's ``rows``: each leaderboard row by "family/data set/remedy/d<depth>"."""
+    return {f"{r['family']}/{r['dataset']}/{r['remedy']}/d{r['depth']}": r for r in _records(rows)}
+
+
 def _tex(text: str) -> str:
     return formats.tex_escape(text)
 
@@ -117,7 +122,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
     summary = {
         "profile": params.profile,
         "cells": len(cells), "cells_missing": missing, "cells_left_out": left_out,
-        "rows": {f"{r['family']}/{r['dataset']}/{r['remedy']}/d{r['depth']}": r for r in _records(rows)},
+        "rows": row_records(rows),
         "frontier": {f"{r['family']}/{r['dataset']}/{r['remedy']}": r for r in _records(ranked)},
         "claims": {r["claim"]: r for r in _records(claims)},
         "provenance": source,

@@ -49,11 +49,14 @@ def family_summary(rows: pd.DataFrame, ranked: pd.DataFrame, family: str, datase
             f"{', '.join(leaders) if leaders else 'none'}.")
 
 
-def _runset(params: Params, family: str) -> dict:
-    return {"name": f"{params.profile}/{family} cells", "entity": params.wandb.entity, "project": params.wandb.project,
+def _runset(params: Params, family: str, dataset: str) -> dict:
+    """One (family, data set)'s cell runs, a line per (remedy, depth): one line per remedy averaged shallow and
+    deep nets (a probe ratio of -1.7 with one of -32) and, in the RNN family, tasks of different losses."""
+    return {"name": f"{params.profile}/{family} cells on {dataset}", "entity": params.wandb.entity,
+            "project": params.wandb.project,
             "filters": f"Metric('Group') == '{names.group(params.profile, family)}' and "
-                       f"Metric('JobType') == '{names.CELL_JOB}'",
-            "groupby": ["config.remedy"]}
+                       f"Metric('JobType') == '{names.CELL_JOB}' and Config('dataset') == '{dataset}'",
+            "groupby": ["config.remedy", "config.depth"]}
 
 
 def _leaderboard_runset(params: Params) -> dict:
@@ -80,11 +83,17 @@ def specification(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, lead
         {"type": "markdown", "text": leaderboard_md},
         {"type": "markdown", "text": claims_md},
     ]
-    for family in dict.fromkeys(rows["family"]):
-        metric = rows[rows["family"] == family]["metric"].iloc[0]
+    from vgbench.models import FAMILIES
+
+    for family, dataset in rows[["family", "dataset"]].drop_duplicates().itertuples(index=False):
+        metric = rows[(rows["family"] == family) & (rows["dataset"] == dataset)]["metric"].iloc[0]
+        twin_of = FAMILIES.get(family).trains_as
         blocks += [
-            {"type": "h2", "text": f"{family}: gradient flow and training, per remedy"},
-            {"type": "panel_grid", "runset": _runset(params, family), "panels": [
+            {"type": "h2", "text": f"{family} on {dataset}: gradient flow and training, per remedy and depth"},
+            *([{"type": "p", "text": f"Rows of {family} that train the very network of a {twin_of} cell (no "
+                                     f"pretraining; vgbench/twins.py) ran once, as that cell: their runs are in "
+                                     f"the {twin_of} panels."}] if twin_of else []),
+            {"type": "panel_grid", "runset": _runset(params, family, dataset), "panels": [
                 {"type": "line", "title": "log10 ||dL/dh_first|| / ||dL/dh_last|| at probe steps",
                  "x": names.STEP, "y": [names.PROBE_LOG10_RATIO]},
                 {"type": "line", "title": f"validation {metric}", "x": names.STEP, "y": [names.val_metric(metric)]},
@@ -157,11 +166,31 @@ class ReportError(RuntimeError):
     """The report cannot be built or saved; the message says what to do."""
 
 
+def _check_leaderboard_is_current(results_root: Path, rows: pd.DataFrame) -> None:
+    """The report quotes leaderboard.md and claims.md and summarizes ``rows`` (the cells now): refuse where the
+    leaderboard was built from other results (cells since trained, moved or retrained), which would make the
+    report contradict itself."""
+    from vgbench.report.build import row_records
+
+    path = results_root / "leaderboard.json"
+    try:
+        built = json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ReportError(f"{path} cannot be read ({error}): run `vgbench leaderboard` (or `dvc repro`) first") from None
+    now = {key: (row["n"], row["test_metric_mean"]) for key, row in row_records(rows).items()}
+    then = {key: (row.get("n"), row.get("test_metric_mean")) for key, row in built.items()}
+    differ = sorted(key for key in now.keys() | then.keys() if now.get(key) != then.get(key))
+    if differ:
+        raise ReportError(f"{path} was built from other results than {results_root / 'cells'} holds now ({len(differ)} "
+                          f"row(s) differ, e.g. {differ[0]}): run `vgbench leaderboard` (or `dvc repro`) first")
+
+
 def write(params: Params, results_root: Path, rows: pd.DataFrame, ranked: pd.DataFrame) -> tuple[dict, list[Path]]:
     """results/report/report.json and report.md, from the leaderboard's own Markdown and the rows."""
     for name in ("leaderboard.md", "claims.md"):
         if not (results_root / name).is_file():
             raise ReportError(f"{results_root / name} is missing: run `vgbench leaderboard` (or `dvc repro`) first")
+    _check_leaderboard_is_current(results_root, rows)
     spec = specification(params, rows, ranked, (results_root / "leaderboard.md").read_text(),
                          (results_root / "claims.md").read_text())
     folder = results_root / "report"
