@@ -205,6 +205,10 @@ def test_dvc_lock_records_the_three_stages(pipeline):
     outs = {out["path"] for out in lock["stages"]["leaderboard"]["outs"]}
     assert {"results/leaderboard.json", "results/metrics.json", "results/leaderboard.csv",
             "results/plots/grad_profile.csv"} <= outs
+    # The tables name the cells they were built from as the final dvc.lock does (built mid-repro).
+    cells_md5 = next(out["md5"] for out in lock["stages"]["train"]["outs"] if out["path"] == "results/cells")
+    board = json.loads((pipeline.root / "results" / "leaderboard.json").read_text())
+    assert board["provenance"]["dvc_lock_cells_md5"] == cells_md5 and cells_md5.endswith(".dir")
 
 
 def _numbers(tree, prefix: str = "") -> dict:

@@ -48,7 +48,7 @@ def test_git_commit_and_dirty_flag_come_from_a_real_checkout(tmp_path):
 
 def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_path, params, cells, monkeypatch):
     # The build reads git and dvc.lock from the working directory, as `dvc repro` runs it: a checkout here.
-    lock_text = "schema: '2.0'\nstages: {}\n"
+    lock_text = "schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: results/cells\n      md5: 0123456789abcdef.dir\n"
     head = _committed_checkout(tmp_path, {"dvc.lock": lock_text})
     monkeypatch.chdir(tmp_path)
     results, data = tmp_path / "results", tmp_path / "data"
@@ -68,7 +68,7 @@ def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_p
     assert block["device_seconds"] == round(sum(walls), 1) and block["device_seconds_by_family"] == {"mlp": block["device_seconds"]}
     assert len(block["environments"]) == 1 and block["environments"][0]["torch"] == "x"
     assert block["git"] == {"commit": head, "dirty": False, "changed": []}  # results/, data/: untracked
-    assert block["dvc_lock_sha256"] == hashlib.sha256(lock_text.encode()).hexdigest()
+    assert block["dvc_lock_cells_md5"] == "0123456789abcdef.dir"  # the line a reader finds in dvc.lock
     line = provenance.one_line(block)
     assert f"params.yaml sha256 {digest[:12]}" in line and "36 cells" in line
     assert (results / "leaderboard.md").read_text().rstrip().endswith("one page: CARD.md).")
@@ -94,7 +94,7 @@ def test_without_git_or_a_commit_the_block_says_why_in_one_line(tmp_path, monkey
     _git(tmp_path / "fresh", "init", "-q")
     block = provenance._git(tmp_path / "fresh")
     assert block["commit"] is None and block["why"].startswith("fatal: ") and "\n" not in block["why"]
-    line = provenance.one_line({"git": block, "params_sha256": None, "dvc_lock_sha256": None, "profile": "p",
+    line = provenance.one_line({"git": block, "params_sha256": None, "dvc_lock_cells_md5": None, "profile": "p",
                                 "cells": 0, "device_seconds": 0.0})
     assert "\n" not in line and f"no commit ({block['why']})" in line
     monkeypatch.setenv("PATH", str(tmp_path / "no-such-bin"))
