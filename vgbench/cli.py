@@ -343,8 +343,15 @@ def _unread_stacks(results_root: Path, known: set[str]) -> list[Path]:
     folder = results_root / "pretrained"
     if not folder.is_dir() or claims.live_claims(results_root):
         return []
-    read = {json.loads(record.read_text())["key"] for cell_id in known
-            for record in [results_root / "cells" / cell_id / "pretraining.json"] if record.is_file()}
+    read = set()
+    for cell_id in known:
+        record = results_root / "cells" / cell_id / "pretraining.json"
+        try:
+            read.add(json.loads(record.read_text())["key"])
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError, KeyError, TypeError):  # damaged: the stack it named is unknown, so keep all
+            return []
     return sorted(path for path in folder.iterdir() if path.is_dir() and path.name not in read)
 
 
