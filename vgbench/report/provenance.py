@@ -176,7 +176,8 @@ dvc repro            # params.yaml sha256 {block['params_sha256']}
 
 {manifests}
 
-Bit for bit: the same numbers on the same hardware and software (torch, CPU or GPU model, thread count).
+Bit for bit: the same numbers on the same hardware and software (torch, CPU model and family or GPU model, the
+instruction set torch's CPU kernels run, thread count).
 On another machine: within the reported intervals (float rounding moves some cells; README, "Pipeline
 stability", measured how many).
 
