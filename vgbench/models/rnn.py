@@ -34,6 +34,7 @@ to float rounding.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -159,9 +160,14 @@ class RecurrentNet(ProbedModel):
     def _fused_call(self, inputs: torch.Tensor, weights: Sequence[torch.Tensor], models: int) -> torch.Tensor:
         """One fused call of one net (one model, or ``models`` as one block-diagonal net) over ``inputs``
         ``[N, T, models*F]``: the states ``[models, N, T, H]``."""
-        h0 = inputs.new_zeros(1, inputs.shape[0], models * self.hidden_size)
-        hx = (h0, h0) if self.cell == "lstm" else h0
-        states = self.fused(inputs, hx, list(weights), True, 1, 0.0, self.training, False, True)[0]
+        weights = list(weights)
+        low = _lower_precision_onednn_lacks(inputs) if self.cell == "lstm" else None
+        with torch.autocast("cpu", enabled=False) if low is not None else contextlib.nullcontext():
+            if low is not None:
+                inputs, weights = inputs.to(low), [w.to(low) for w in weights]
+            h0 = inputs.new_zeros(1, inputs.shape[0], models * self.hidden_size)
+            hx = (h0, h0) if self.cell == "lstm" else h0
+            states = self.fused(inputs, hx, weights, True, 1, 0.0, self.training, False, True)[0]
         return states.unflatten(2, (models, self.hidden_size)).permute(2, 0, 1, 3)
 
     def uses_fused(self, x: torch.Tensor) -> bool:
@@ -193,6 +199,22 @@ class RecurrentNet(ProbedModel):
             return "rectifier units in an RNN keep their on/off pattern from step to step (not independent steps)"
         return Recurrent(self.rnn.weight_ih, self.rnn.weight_hh, self.rnn.bias_ih + self.rnn.bias_hh,
                          self.taps.activation)
+
+
+def _lower_precision_onednn_lacks(inputs: torch.Tensor) -> torch.dtype | None:
+    """The CPU autocast dtype (bf16-mixed, 16-mixed) when this CPU's oneDNN has no LSTM primitive for it
+    (CPUs without AVX-512 BF16/FP16: AVX2 machines, the CI's among them), else None.
+
+    torch's CPU autocast casts the fused LSTM's oneDNN call to the lower precision without asking whether
+    oneDNN can run it there, and the call fails ("could not create a primitive descriptor for the LSTM
+    forward propagation primitive"; nn.LSTM fails alike). Given the inputs and weights already cast, torch
+    asks and picks its native kernel: the same LSTM in the same precision, where autocast had meant it."""
+    if inputs.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None
+    dtype = torch.get_autocast_dtype("cpu")
+    supported = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
+                 torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}.get(dtype)
+    return dtype if supported is not None and not supported() else None
 
 
 def build_rnn(io: ModelIO, depth: int, recipe: Recipe, hparams: RNNHParams, models: int) -> RecurrentNet:
