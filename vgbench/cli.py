@@ -33,7 +33,7 @@ from vgbench.config import ConfigError, Params, load_params, updated
 from vgbench.data.store import DataNotReadyError
 from vgbench.launch.request import LaunchError
 from vgbench.registry import UnknownNameError
-from vgbench.report.build import NoResultsError
+from vgbench.report import NoResultsError
 from vgbench.report.readme import ReadmeError
 from vgbench.report.wandb_report import ReportError
 

@@ -42,7 +42,6 @@ from vgbench.models import FAMILIES, ModelIO
 from vgbench.models.recipe import Recipe
 from vgbench.pretraining.for_cell import PretrainingSettings
 from vgbench.pretraining.rbm import RBM
-from vgbench.probes.gradient_flow import probe_loss_gradients
 from vgbench.probes.taps import ProbedModel
 from vgbench import results
 from vgbench.results import cpu_model
@@ -226,7 +225,10 @@ def _measure(cell: CellSpec, device: torch.device, steps: int) -> StepCost:
                 train_step()  # the step's own backward fills the taps
                 return
             # A loss that is not the training loss (copy memory's recall): a pass of its own, then the step
-            # unprobed, as GradientFlowProbe does it.
+            # unprobed, as GradientFlowProbe does it. (Imported here: its module imports Lightning, ~6 s
+            # on this project's CPU, which `vgbench status` and every command that plans nothing would pay.)
+            from vgbench.probes.gradient_flow import probe_loss_gradients
+
             probe_loss_gradients(model, task.probe_loss(model(x), y))
         finally:
             model.taps.disarm()

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 import torch
-from mnist1d.data import get_dataset_args, get_templates, make_dataset
 from pydantic import Field
 
 from vgbench.data import DATASETS, DataShape, DatasetSettings, DatasetSpec, RawSplits
@@ -27,6 +26,8 @@ class MNIST1DSettings(DatasetSettings):
 def build(settings: MNIST1DSettings, raw_dir: Path, length: int | None = None) -> RawSplits:
     """The published generator; ``length`` resamples each signal to that many steps
     (the package's ``final_seq_length``, 40 by default)."""
+    from mnist1d.data import get_dataset_args, make_dataset  # here: it imports scipy and pyplot (~2 s)
+
     args = get_dataset_args()
     args.num_samples = settings.num_samples
     args.seed = settings.seed
@@ -51,6 +52,8 @@ def build(settings: MNIST1DSettings, raw_dir: Path, length: int | None = None) -
 def shape(settings: MNIST1DSettings, length: int | None = None) -> DataShape:
     """What ``build`` gives, by the package's own arithmetic: ``make_dataset`` draws
     ``num_samples // classes`` signals per class and keeps ``int(total * train_split)`` for train."""
+    from mnist1d.data import get_dataset_args, get_templates
+
     args = get_dataset_args()
     classes = len(get_templates()["y"])
     total = settings.num_samples // classes * classes

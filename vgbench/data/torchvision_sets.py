@@ -7,11 +7,11 @@ to put the raw files by hand (torchvision's own layout under ``data/raw/``).
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import datasets as tv
 
 from vgbench.data import DATASETS, DataShape, DatasetSettings, DatasetSpec, RawSplits, offline_names
 
@@ -22,34 +22,37 @@ class DatasetUnavailableError(RuntimeError):
 
 # Where torchvision keeps each data set's files under data/raw/ (the raw files, and what older torchvision
 # versions made from them, or the downloaded archive), and the raw files' names, for the by-hand instructions.
-_FOLDERS = {tv.MNIST: ("MNIST/raw", "MNIST/processed"), tv.FashionMNIST: ("FashionMNIST/raw", "FashionMNIST/processed"),
-            tv.CIFAR10: ("cifar-10-batches-py",)}
-_ARCHIVES = {tv.CIFAR10: "cifar-10-python.tar.gz"}
+# By torchvision's class name: torchvision is imported when a data set is opened, not with vgbench (its import
+# costs about 3 s here, in every `vgbench` command and worker that never reads an image).
+_FOLDERS = {"MNIST": ("MNIST/raw", "MNIST/processed"), "FashionMNIST": ("FashionMNIST/raw", "FashionMNIST/processed"),
+            "CIFAR10": ("cifar-10-batches-py",)}
+_ARCHIVES = {"CIFAR10": "cifar-10-python.tar.gz"}
 _RAW_FILES = {
-    tv.MNIST: "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
-    tv.FashionMNIST: "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
-    tv.CIFAR10: "{data_batch_1..5,test_batch,batches.meta}",
+    "MNIST": "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    "FashionMNIST": "{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+    "CIFAR10": "{data_batch_1..5,test_batch,batches.meta}",
 }
 
 
-def _files_on_disk(cls, raw_dir: Path) -> list[str]:
+def _files_on_disk(name: str, raw_dir: Path) -> list[str]:
     """What of this data set is already under ``raw_dir``, relative to it."""
-    found = [f"{name}/{path.name}" for name in _FOLDERS[cls] if (raw_dir / name).is_dir()
-             for path in sorted((raw_dir / name).iterdir())]
-    return found + [name for name in [_ARCHIVES.get(cls)] if name and (raw_dir / name).is_file()]
+    found = [f"{folder}/{path.name}" for folder in _FOLDERS[name] if (raw_dir / folder).is_dir()
+             for path in sorted((raw_dir / folder).iterdir())]
+    return found + [archive for archive in [_ARCHIVES.get(name)] if archive and (raw_dir / archive).is_file()]
 
 
-def _open(cls, raw_dir: Path, train: bool):
-    """torchvision's data set from the files on disk, else through its download, which also completes what is
-    there: it unpacks archives placed by hand (MNIST's .gz files, CIFAR's tarball) without the network and
-    fetches only files whose checksum fails. When that fails too, the error says whether files were there
+def _open(name: str, raw_dir: Path, train: bool):
+    """torchvision's data set ``name`` from the files on disk, else through its download, which also completes
+    what is there: it unpacks archives placed by hand (MNIST's .gz files, CIFAR's tarball) without the network
+    and fetches only files whose checksum fails. When that fails too, the error says whether files were there
     (then they cannot be used as they are) or nothing was (then the download is what failed)."""
-    by_hand = raw_dir / _FOLDERS[cls][0] / _RAW_FILES[cls]
+    cls = getattr(importlib.import_module("torchvision.datasets"), name)
+    by_hand = raw_dir / _FOLDERS[name][0] / _RAW_FILES[name]
     try:
         return cls(root=str(raw_dir), train=train, download=False)
     except Exception:  # not there, incomplete, or unreadable: torchvision's download sorts out which
         pass
-    present = _files_on_disk(cls, raw_dir)
+    present = _files_on_disk(name, raw_dir)
     try:
         return cls(root=str(raw_dir), train=train, download=True)
     except Exception as error:  # URLError, HTTPError, socket errors, files it cannot read
@@ -77,10 +80,10 @@ def _as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return x, y
 
 
-def _builder(cls):
+def _builder(torchvision_name: str):
     def build(settings: DatasetSettings, raw_dir: Path, length: int | None = None) -> RawSplits:
-        train_x, train_y = _as_tensors(_open(cls, raw_dir, train=True))
-        test_x, test_y = _as_tensors(_open(cls, raw_dir, train=False))
+        train_x, train_y = _as_tensors(_open(torchvision_name, raw_dir, train=True))
+        test_x, test_y = _as_tensors(_open(torchvision_name, raw_dir, train=False))
         return RawSplits(train_x, train_y, test_x, test_y, num_classes=10)
 
     return build
@@ -95,14 +98,14 @@ def _fixed_shape(shape: DataShape):
 
 BUILDERS = {}  # name -> build, also read by the pixel-sequence data sets
 SHAPES = {}  # name -> shape hook, likewise
-for _name, _cls, _summary, _shape, _cites in [
-    ("mnist", tv.MNIST, "MNIST handwritten digits, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10),
+for _name, _torchvision_name, _summary, _shape, _cites in [
+    ("mnist", "MNIST", "MNIST handwritten digits, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10),
      ("lecun1998gradient",)),
-    ("fashion_mnist", tv.FashionMNIST, "Fashion-MNIST clothing, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10),
+    ("fashion_mnist", "FashionMNIST", "Fashion-MNIST clothing, 28x28 grey", DataShape((1, 28, 28), 60000, 10000, 10),
      ("xiao2017fashion",)),
-    ("cifar10", tv.CIFAR10, "CIFAR-10 natural images, 32x32 colour", DataShape((3, 32, 32), 50000, 10000, 10),
+    ("cifar10", "CIFAR10", "CIFAR-10 natural images, 32x32 colour", DataShape((3, 32, 32), 50000, 10000, 10),
      ("krizhevsky2009learning",)),
 ]:
-    BUILDERS[_name], SHAPES[_name] = _builder(_cls), _fixed_shape(_shape)
+    BUILDERS[_name], SHAPES[_name] = _builder(_torchvision_name), _fixed_shape(_shape)
     DATASETS.add(_name, DatasetSpec(_name, _summary, DatasetSettings, BUILDERS[_name], offline=False, kind="image",
                                     shape=SHAPES[_name], cites=_cites))

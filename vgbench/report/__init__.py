@@ -5,6 +5,11 @@
 MAJORITY = 0.5
 
 
+class NoResultsError(RuntimeError):
+    """The active profile has no finished cell to aggregate. (Here, not in build.py: the command line catches
+    it, and importing build.py's pandas, SciPy and matplotlib would cost every command ~3 s.)"""
+
+
 def at_deepest(rows) -> tuple[int, list[str], list[str]]:
     """One (family, data set)'s leaderboard rows at their deepest depth: (that depth, the remedies trainable
     there, the remedies whose gradient vanished there), each by the verdict of at least half its seeds."""

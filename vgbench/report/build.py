@@ -24,7 +24,7 @@ from vgbench.data import DATASETS
 from vgbench.models import FAMILIES
 from vgbench.probes import theory
 from vgbench.references import BIB_PATH, latex_cite
-from vgbench.report import aggregate, figures, formats, provenance
+from vgbench.report import NoResultsError, aggregate, figures, formats, provenance
 from vgbench.report.headline import headline
 from vgbench.tuning import matrix_cells
 
@@ -66,10 +66,6 @@ def _latex_caption(params: Params, family: str, dataset: str, rows: pd.DataFrame
             f"rank: tie-aware, by the deepest depth trained by at least half the seeds, then the test metric at "
             f"the deepest depth (remedies whose 95\\% intervals overlap share a range; $^\\sim$: a 90\\% "
             f"or 99\\% interval would change it). vgbench profile {_tex(params.profile)}.")
-
-
-class NoResultsError(RuntimeError):
-    """The active profile has no finished cell to aggregate."""
 
 
 @dataclass(frozen=True)
