@@ -30,6 +30,9 @@ from vgbench.config import load_params
 from vgbench.matrix import expand
 from vgbench.twins import unique_stored
 
+# One pytest-xdist worker runs them all: they share module fixtures that run `dvc repro` (about a minute each).
+pytestmark = pytest.mark.xdist_group("dvc_repro")
+
 TIMEOUT = 600
 STAGES = ("fetch", "train", "leaderboard")
 LEFT_OUT = {"dvc.lock"}  # the copy must make its own
