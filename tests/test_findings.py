@@ -81,6 +81,11 @@ def test_selu_reads_the_init_activation_variance_against_theorem_1s_interval():
         "klambauer2017_selu_unit_variance"] == HOLDS
     assert verdicts(rows, profile("mlp", "selu_lecun", 20, [1.0, 0.95, 1.6]))[
         "klambauer2017_selu_unit_variance"] == FAILS
+    # A variance that is not a number (a probe that overflowed) is neither inside nor outside: undetermined, and
+    # so is a block without probe rows for the cell, rather than a silent pass or a failure.
+    assert verdicts(rows, profile("mlp", "selu_lecun", 20, [1.0, math.nan, 1.1]))[
+        "klambauer2017_selu_unit_variance"] == UNDETERMINED
+    assert verdicts(rows, profile("mlp", "selu_lecun", 2, [1.0]))["klambauer2017_selu_unit_variance"] == UNDETERMINED
 
 
 def test_degradation_needs_a_rising_plain_loss_with_healthy_gradients_and_a_flat_residual_loss():

@@ -182,10 +182,14 @@ def _selu(block: Block) -> tuple[bool | None, str]:
     layers = block.profiles[(block.profiles["remedy"] == "selu_lecun") & (block.profiles["depth"] == depth)]
     variances = layers["activation_variance"]
     low, high = SELU_VARIANCE
-    outside = int(((variances < low) | (variances > high)).sum())
-    return (len(variances) > 0 and outside == 0,
-            f"selu_lecun d{depth}: activation variance at init from {variances.min():.2f} to {variances.max():.2f} "
-            f"over {len(variances)} layers ({outside} outside [{low}, {high}])")
+    if variances.empty:  # no probe rows for this cell: nothing to read, not a failure
+        return None, f"selu_lecun d{depth}: no activation variances recorded"
+    outside = int(((variances < low) | (variances > high)).sum())  # a NaN is neither: _decided makes it undetermined
+    unmeasured = int(variances.isna().sum())
+    return (_decided(outside == 0, *variances),
+            f"selu_lecun d{depth}: activation variance at init from {_num(variances.min(), 2)} to "
+            f"{_num(variances.max(), 2)} over {len(variances)} layers ({outside} outside [{low}, {high}]"
+            + (f", {unmeasured} not finite" if unmeasured else "") + ")")
 
 
 @_claim("srivastava2015_highway_trains_deep", ("srivastava2015training",),
