@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vgbench.config import LauncherSettings, Params
@@ -51,7 +51,6 @@ class LaunchRequest:
     retry_failed: bool = False
     not_before: float | None = None
     detach: bool = False
-    started: float = field(default_factory=time.time)
 
     @property
     def cells_pin_threads(self) -> bool:

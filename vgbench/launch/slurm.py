@@ -155,19 +155,38 @@ def squeue_states(job_ids: list[str]) -> dict[str, int] | None:
     return dict(Counter(out.stdout.split()))
 
 
-def file_progress(request: LaunchRequest) -> dict[str, int]:
-    """Done and failed cells of the launch, from the cell files alone (cheap: existence checks)."""
+def _mtime_ns(path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def result_marks(request: LaunchRequest) -> dict[str, tuple[int | None, int | None]]:
+    """Each launched cell's metrics.json and error.json modification times at submission (None: absent).
+    Every launched cell needed training, so a file still carrying its mark is an old one (a stale result,
+    one --force replaces, an earlier failure); comparing marks, not clocks, also holds where the nodes'
+    and the file server's clocks disagree."""
+    return {cell.cell_id: tuple(_mtime_ns(results.cell_dir(request.results_root, cell.cell_id) / name)
+                                for name in ("metrics.json", "error.json")) for cell in request.cells}
+
+
+def file_progress(request: LaunchRequest, marks: dict[str, tuple[int | None, int | None]]) -> dict[str, int]:
+    """Done and failed cells of the launch, from the cell files alone (cheap: one stat each): a file counts
+    once it differs from its mark (``result_marks``)."""
     done = failed = 0
     for cell in request.cells:
         folder = results.cell_dir(request.results_root, cell.cell_id)
-        if results.written_since(request.results_root, cell.cell_id, request.not_before):
+        metrics_mark, error_mark = marks[cell.cell_id]
+        metrics, error = _mtime_ns(folder / "metrics.json"), _mtime_ns(folder / "error.json")
+        if metrics is not None and metrics != metrics_mark:
             done += 1
-        elif (folder / "error.json").exists() and (folder / "error.json").stat().st_mtime >= request.started:
+        elif error is not None and error != error_mark:
             failed += 1
     return {"done": done, "failed": failed}
 
 
-def wait(request: LaunchRequest, array_ids: list[str]) -> None:
+def wait(request: LaunchRequest, array_ids: list[str], marks: dict[str, tuple[int | None, int | None]]) -> None:
     """Print progress until squeue knows none of the arrays. A controller that does not answer proves
     nothing (a restart takes minutes): keep asking, up to ``slurm.unanswered_minutes`` in a row."""
     total, last, unanswered_since = len(request.cells), None, None
@@ -179,7 +198,7 @@ def wait(request: LaunchRequest, array_ids: list[str]) -> None:
             unanswered_since = asked
         elif queue is not None:
             unanswered_since = None
-        progress = file_progress(request)
+        progress = file_progress(request, marks)
         tasks = ("unknown (squeue did not answer; asking again)" if queue is None else
                  ", ".join(f"{n} {state.lower()}" for state, n in sorted(queue.items())) or "none queued")
         line = f"slurm: {progress['done']}/{total} cells done, {progress['failed']} failed; tasks {tasks}"
@@ -208,6 +227,7 @@ def launch_slurm(request: LaunchRequest) -> bool:
     if request.settings.slurm.max_array_size:
         limit = min(limit, request.settings.slurm.max_array_size)
     executor = executor_for(request)
+    marks = result_marks(request)
     arrays = []
     for part in chunks(units, limit):
         jobs = executor.map_array(CellTask(), part)
@@ -224,5 +244,5 @@ def launch_slurm(request: LaunchRequest) -> bool:
         print(f"slurm: detached; watch with `vgbench status`, logs in {request.folder}; "
               f"`scancel {' '.join(array_ids)}` cancels", flush=True)
         return False
-    wait(request, array_ids)
+    wait(request, array_ids, marks)
     return True
