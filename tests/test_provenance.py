@@ -46,11 +46,12 @@ def test_git_commit_and_dirty_flag_come_from_a_real_checkout(tmp_path):
     assert outside["commit"] is None and outside["why"]
 
 
-def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_path, params, cells, monkeypatch):
-    # The build reads git and dvc.lock from the working directory, as `dvc repro` runs it: a checkout here.
+def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_path, tmp_path_factory, params, cells,
+                                                                          monkeypatch):
+    # The build reads git and dvc.lock from the params file's project (a checkout here), wherever it runs from.
     lock_text = "schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: results/cells\n      md5: 0123456789abcdef.dir\n"
     head = _committed_checkout(tmp_path, {"dvc.lock": lock_text})
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # not a checkout: it named no commit, no dvc.lock
     results, data = tmp_path / "results", tmp_path / "data"
     write_results(results, cells)
     (data / "mnist1d").mkdir(parents=True)

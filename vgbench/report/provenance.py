@@ -78,10 +78,13 @@ def _environments(cell_results: list[CellResult]) -> list[dict]:
 
 
 def build(params: Params, results_root: Path, table: pd.DataFrame, params_path: Path | None = None,
-          data_root: Path | None = None, repo: Path = Path(".")) -> dict:
-    """The provenance block of a leaderboard built from ``table`` (aggregate.cell_table's done cells)."""
+          data_root: Path | None = None) -> dict:
+    """The provenance block of a leaderboard built from ``table`` (aggregate.cell_table's done cells). The
+    git checkout and dvc.lock are the params file's project's (params.yaml, dvc.yaml and dvc.lock sit at its
+    root), not the working directory's: a leaderboard built from elsewhere named no commit, or another one."""
     from vgbench import results
 
+    repo = params_path.resolve().parent if params_path is not None else Path(".")
     cell_ids = sorted(set(table["cell_id"]))
     cell_results = [results.read_result(results_root, cell_id) for cell_id in cell_ids]  # each read once
     wandb_runs = [result.wandb["run_id"] for result in cell_results if result.wandb]
