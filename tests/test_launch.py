@@ -23,7 +23,7 @@ import yaml
 
 from tests.conftest import REPO
 from tests.wandb_offline import read_run
-from vgbench import claims, results
+from vgbench import atomic, claims, results
 from vgbench.config import load_params
 from vgbench.groups import group_id
 from vgbench.matrix import expand
@@ -587,3 +587,44 @@ def test_a_ddp_profile_asks_slurm_for_srun_tasks_one_cell_at_a_time(tiny_params,
     assert "#SBATCH --nodes=2" in script and "#SBATCH --ntasks-per-node=4" in script
     assert "#SBATCH --gpus-per-node=4" in script
     assert "\nsrun " in script  # Lightning reads the ranks of srun's tasks
+
+
+def test_progress_counts_a_cell_once_its_files_change_not_by_clocks(tiny_params, tmp_path):
+    """The waiting launcher's "n/N cells done" counted any metrics.json, so a stale result (other code) being
+    retrained read as done from the first poll; failures were dated against the login node's clock, which a
+    file server's clock ahead of it turned into failures at once. Marks taken at submission fix both."""
+    from vgbench.launch.request import LaunchRequest
+    from vgbench.launch.slurm import file_progress, result_marks
+
+    stale, failed_before, fresh = expand(tiny_params.active)[:3]
+    root = tmp_path / "results"
+    ahead = time.time() + 3600  # files dated by a clock an hour ahead of this one
+    for cell, name in ((stale, "metrics.json"), (failed_before, "error.json")):
+        path = results.cell_dir(root, cell.cell_id) / name
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+        os.utime(path, (ahead, ahead))
+    request = LaunchRequest(params=tiny_params, params_path=tmp_path / "params.yaml", profile="tiny",
+                            cells=[stale, failed_before, fresh], data_root=tmp_path, results_root=root,
+                            folder=tmp_path, settings=tiny_params.active.launcher)
+    marks = result_marks(request)
+    assert file_progress(request, marks) == {"done": 0, "failed": 0}
+    for cell, name in ((stale, "metrics.json"), (failed_before, "metrics.json"), (fresh, "error.json")):
+        path = results.cell_dir(root, cell.cell_id) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    # the stale cell and the failed one retrained; the new one failed (its error.json is new)
+    assert file_progress(request, marks) == {"done": 2, "failed": 1}
+
+    # A file system that keeps whole seconds, or a node whose clock lags: the rewrite carries the old
+    # modification time. It is still another file (written beside and renamed in), so it counts.
+    again = expand(tiny_params.active)[3]
+    path = results.cell_dir(root, again.cell_id) / "metrics.json"
+    atomic.write_text(path, "{}")
+    old_times = path.stat()
+    request.cells.append(again)
+    marks = result_marks(request)
+    atomic.write_text(path, "{}")
+    os.utime(path, ns=(old_times.st_atime_ns, old_times.st_mtime_ns))
+    assert path.stat().st_mtime_ns == old_times.st_mtime_ns
+    assert file_progress(request, marks) == {"done": 1, "failed": 0}  # the others' files carry the new marks

@@ -234,34 +234,6 @@ def test_a_waiting_launch_gives_up_on_a_controller_that_stays_away(tiny_params, 
     assert "tasks unknown (squeue did not answer; asking again)" in capsys.readouterr().out
 
 
-def test_progress_counts_a_cell_once_its_files_change_not_by_clocks(tiny_params, tmp_path):
-    """The waiting launcher's "n/N cells done" counted any metrics.json, so a stale result (other code) being
-    retrained read as done from the first poll; failures were dated against the login node's clock, which a
-    file server's clock ahead of it turned into failures at once. Marks taken at submission fix both."""
-    from vgbench.launch.request import LaunchRequest
-    from vgbench.launch.slurm import file_progress, result_marks
-
-    stale, failed_before, fresh = expand(tiny_params.active)[:3]
-    root = tmp_path / "results"
-    ahead = time.time() + 3600  # files dated by a clock an hour ahead of this one
-    for cell, name in ((stale, "metrics.json"), (failed_before, "error.json")):
-        path = results.cell_dir(root, cell.cell_id) / name
-        path.parent.mkdir(parents=True)
-        path.write_text("{}")
-        os.utime(path, (ahead, ahead))
-    request = LaunchRequest(params=tiny_params, params_path=tmp_path / "params.yaml", profile="tiny",
-                            cells=[stale, failed_before, fresh], data_root=tmp_path, results_root=root,
-                            folder=tmp_path, settings=tiny_params.active.launcher)
-    marks = result_marks(request)
-    assert file_progress(request, marks) == {"done": 0, "failed": 0}
-    for cell, name in ((stale, "metrics.json"), (failed_before, "metrics.json"), (fresh, "error.json")):
-        path = results.cell_dir(root, cell.cell_id) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("{}")
-    # the stale cell and the failed one retrained; the new one failed (its error.json is new)
-    assert file_progress(request, marks) == {"done": 2, "failed": 1}
-
-
 def test_a_launch_without_a_controller_stops_with_a_message_and_leaves_nothing(tiny_data_root, tmp_path):
     params = write_params(tmp_path, launcher=SLURM)
     root = tmp_path / "results"

@@ -155,30 +155,37 @@ def squeue_states(job_ids: list[str]) -> dict[str, int] | None:
     return dict(Counter(out.stdout.split()))
 
 
-def _mtime_ns(path) -> int | None:
+FileMark = tuple[int, int] | None  # (inode, modification time in ns) of a file; None: absent
+
+
+def _file_mark(path) -> FileMark:
+    """Which file is at ``path`` now. Every result file is written beside and renamed into place
+    (``atomic.write_text``), so a rewrite brings a new inode even where the modification time repeats (a
+    file system that keeps whole seconds, a node whose clock lags the file server's)."""
     try:
-        return path.stat().st_mtime_ns
+        status = path.stat()
     except FileNotFoundError:
         return None
+    return status.st_ino, status.st_mtime_ns
 
 
-def result_marks(request: LaunchRequest) -> dict[str, tuple[int | None, int | None]]:
-    """Each launched cell's metrics.json and error.json modification times at submission (None: absent).
-    Every launched cell needed training, so a file still carrying its mark is an old one (a stale result,
-    one --force replaces, an earlier failure); comparing marks, not clocks, also holds where the nodes'
-    and the file server's clocks disagree."""
-    return {cell.cell_id: tuple(_mtime_ns(results.cell_dir(request.results_root, cell.cell_id) / name)
+def result_marks(request: LaunchRequest) -> dict[str, tuple[FileMark, FileMark]]:
+    """Each launched cell's metrics.json and error.json marks before submission. Every launched cell needed
+    training, so a file still carrying its mark is an old one (a stale result, one --force replaces, an
+    earlier failure); comparing marks, not clocks, also holds where the nodes' and the file server's clocks
+    disagree."""
+    return {cell.cell_id: tuple(_file_mark(results.cell_dir(request.results_root, cell.cell_id) / name)
                                 for name in ("metrics.json", "error.json")) for cell in request.cells}
 
 
-def file_progress(request: LaunchRequest, marks: dict[str, tuple[int | None, int | None]]) -> dict[str, int]:
+def file_progress(request: LaunchRequest, marks: dict[str, tuple[FileMark, FileMark]]) -> dict[str, int]:
     """Done and failed cells of the launch, from the cell files alone (cheap: one stat each): a file counts
     once it differs from its mark (``result_marks``)."""
     done = failed = 0
     for cell in request.cells:
         folder = results.cell_dir(request.results_root, cell.cell_id)
         metrics_mark, error_mark = marks[cell.cell_id]
-        metrics, error = _mtime_ns(folder / "metrics.json"), _mtime_ns(folder / "error.json")
+        metrics, error = _file_mark(folder / "metrics.json"), _file_mark(folder / "error.json")
         if metrics is not None and metrics != metrics_mark:
             done += 1
         elif error is not None and error != error_mark:
@@ -186,7 +193,7 @@ def file_progress(request: LaunchRequest, marks: dict[str, tuple[int | None, int
     return {"done": done, "failed": failed}
 
 
-def wait(request: LaunchRequest, array_ids: list[str], marks: dict[str, tuple[int | None, int | None]]) -> None:
+def wait(request: LaunchRequest, array_ids: list[str], marks: dict[str, tuple[FileMark, FileMark]]) -> None:
     """Print progress until squeue knows none of the arrays. A controller that does not answer proves
     nothing (a restart takes minutes): keep asking, up to ``slurm.unanswered_minutes`` in a row."""
     total, last, unanswered_since = len(request.cells), None, None
@@ -222,12 +229,12 @@ def launch_slurm(request: LaunchRequest) -> bool:
     if missing:
         raise LaunchError(f"the slurm launcher needs SLURM's commands on PATH; missing: {', '.join(missing)} "
                           f"(run on a cluster's login node, or `.ci/slurm-up` for a one-node test cluster)")
+    marks = result_marks(request)  # before planning, which may take minutes: a cell finishing then counts
     limit = cluster_max_array_size()
     units = plan_units(request)
     if request.settings.slurm.max_array_size:
         limit = min(limit, request.settings.slurm.max_array_size)
     executor = executor_for(request)
-    marks = result_marks(request)
     arrays = []
     for part in chunks(units, limit):
         jobs = executor.map_array(CellTask(), part)
