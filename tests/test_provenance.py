@@ -56,8 +56,10 @@ def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_p
     write_results(results, cells)
     (data / "mnist1d").mkdir(parents=True)
     (data / "mnist1d" / "manifest.json").write_text(json.dumps({"sha256": {"train.pt": "ab"}}))
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text("profile: synthetic\n")
+    params_file = tmp_path / "params.yaml"  # linked in from a shared folder: still this checkout's
+    shared = tmp_path_factory.mktemp("shared") / "params.yaml"
+    shared.write_text("profile: synthetic\n")
+    params_file.symlink_to(shared)
     build.build_leaderboard(params, results, log_to_wandb=False, params_path=params_file, data_root=data)
 
     block = json.loads((results / "leaderboard.json").read_text())["provenance"]

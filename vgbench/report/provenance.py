@@ -11,6 +11,7 @@ never guessed.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -81,10 +82,12 @@ def build(params: Params, results_root: Path, table: pd.DataFrame, params_path: 
           data_root: Path | None = None) -> dict:
     """The provenance block of a leaderboard built from ``table`` (aggregate.cell_table's done cells). The
     git checkout and dvc.lock are the params file's project's (params.yaml, dvc.yaml and dvc.lock sit at its
-    root), not the working directory's: a leaderboard built from elsewhere named no commit, or another one."""
+    root), not the working directory's: a leaderboard built from elsewhere named no commit, or another one.
+    The path is made absolute without following links: a params.yaml linked in from a shared folder still
+    belongs to the checkout it sits in. With no params file, the working directory is taken for the project."""
     from vgbench import results
 
-    repo = params_path.resolve().parent if params_path is not None else Path(".")
+    repo = Path(os.path.abspath(params_path)).parent if params_path is not None else Path(".")
     cell_ids = sorted(set(table["cell_id"]))
     cell_results = [results.read_result(results_root, cell_id) for cell_id in cell_ids]  # each read once
     wandb_runs = [result.wandb["run_id"] for result in cell_results if result.wandb]
