@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
 
+from vgbench import results
 from vgbench.findings import ABSENT, CLAIMS, FAILS, HOLDS, UNDETERMINED, VERDICTS, check_all
 from vgbench.references import references
+from vgbench.report.figures import init_profiles
 
 
 def row(family, remedy, depth, test=0.5, ci=0.05, trainable=1.0, ratio=0.0, loss=1.0, dataset=None, higher=True):
@@ -86,6 +89,27 @@ def test_selu_reads_the_init_activation_variance_against_theorem_1s_interval():
     assert verdicts(rows, profile("mlp", "selu_lecun", 20, [1.0, math.nan, 1.1]))[
         "klambauer2017_selu_unit_variance"] == UNDETERMINED
     assert verdicts(rows, profile("mlp", "selu_lecun", 2, [1.0]))["klambauer2017_selu_unit_variance"] == UNDETERMINED
+    # ... but a layer outside the interval fails the claim, whatever an unmeasured one would have read
+    assert verdicts(rows, profile("mlp", "selu_lecun", 20, [1.0, math.nan, 1.6]))[
+        "klambauer2017_selu_unit_variance"] == FAILS
+
+
+def test_a_seed_whose_probe_read_nan_is_not_averaged_away(tmp_path):
+    """The init profile averages each layer over the seeds; pandas skips NaN by default, so one overflowed
+    seed vanished from the average and the SELU claim held on the others."""
+    cells = []
+    for seed, variances in enumerate(([1.0, 1.1], [1.0, math.nan])):
+        cell_id = f"mlp-selu_lecun-mnist1d-d20-lr0.1-s{seed}-0"
+        folder = results.cell_dir(tmp_path, cell_id)
+        folder.mkdir(parents=True)
+        (folder / "grad_profile.json").write_text(json.dumps(
+            {"records": [{"dL_dh_norm": [1.0, 2.0], "activation_variance": variances}]}))
+        cells.append({"cell_id": cell_id, "remedy": "selu_lecun", "family": "mlp", "dataset": "mnist1d", "depth": 20})
+    layers = init_profiles(pd.DataFrame(cells), tmp_path)
+    assert layers["activation_variance"].iloc[0] == 1.0 and math.isnan(layers["activation_variance"].iloc[1])
+    assert layers["log10_dL_dh_norm"].round(6).tolist() == [0.0, 0.30103]
+    rows = both_depths("mlp", "selu_lecun", {}, {})
+    assert verdicts(rows, layers)["klambauer2017_selu_unit_variance"] == UNDETERMINED
 
 
 def test_degradation_needs_a_rising_plain_loss_with_healthy_gradients_and_a_flat_residual_loss():

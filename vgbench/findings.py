@@ -184,12 +184,15 @@ def _selu(block: Block) -> tuple[bool | None, str]:
     low, high = SELU_VARIANCE
     if variances.empty:  # no probe rows for this cell: nothing to read, not a failure
         return None, f"selu_lecun d{depth}: no activation variances recorded"
-    outside = int(((variances < low) | (variances > high)).sum())  # a NaN is neither: _decided makes it undetermined
+    outside = int(((variances < low) | (variances > high)).sum())  # a NaN is neither inside nor outside
     unmeasured = int(variances.isna().sum())
-    return (_decided(outside == 0, *variances),
+    # one layer outside fails "every layer inside" whatever the others read; an unmeasured layer (NaN) among
+    # layers all inside leaves it undetermined, not held
+    holds = False if outside else (None if unmeasured else True)
+    return (holds,
             f"selu_lecun d{depth}: activation variance at init from {_num(variances.min(), 2)} to "
             f"{_num(variances.max(), 2)} over {len(variances)} layers ({outside} outside [{low}, {high}]"
-            + (f", {unmeasured} not finite" if unmeasured else "") + ")")
+            + (f", {unmeasured} not measured (NaN)" if unmeasured else "") + ")")
 
 
 @_claim("srivastava2015_highway_trains_deep", ("srivastava2015training",),

@@ -20,7 +20,8 @@ PROFILE_KEYS = ["family", "dataset", "depth", "remedy", "layer"]
 
 def init_profiles(cells: pd.DataFrame, results_root: Path) -> pd.DataFrame:
     """Per layer at initialization, over the cells given: ||dL/dh_l|| averaged in log10, and the
-    activation variance averaged."""
+    activation variance averaged. A seed whose probe read NaN makes its layer's average NaN: skipping it
+    would let the other seeds speak for a cell that overflowed (the SELU claim would hold on them)."""
     rows = []
     for _, cell in cells.iterrows():
         path = results.cell_dir(results_root, cell["cell_id"]) / "grad_profile.json"
@@ -33,7 +34,8 @@ def init_profiles(cells: pd.DataFrame, results_root: Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.groupby(PROFILE_KEYS, as_index=False, sort=False)[["log10_dL_dh_norm", "activation_variance"]].mean()
+    return frame.groupby(PROFILE_KEYS, as_index=False, sort=False)[["log10_dL_dh_norm", "activation_variance"]].mean(
+        skipna=False)
 
 
 def plot_grad_profile(profile: pd.DataFrame, path: Path, title: str, probed_state: str = "hidden layer",
