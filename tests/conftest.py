@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,6 +13,18 @@ from vgbench.config import load_params
 from vgbench.data.store import ensure, load
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the README's `-n 2`), torch in each worker, and in the `vgbench` processes the tests
+    start, runs one thread unless OMP_NUM_THREADS says otherwise. With torch's default of one thread per core,
+    two workers (and their subprocesses) put more spinning OpenMP threads than cores on a 2-core machine: a
+    test that takes 5 s alone took 173 s in CI beside another worker's training."""
+    if hasattr(config, "workerinput") and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
