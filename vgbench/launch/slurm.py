@@ -169,13 +169,18 @@ def _file_mark(path) -> FileMark:
     return status.st_ino, status.st_mtime_ns
 
 
+def _cell_marks(request: LaunchRequest, cell_id: str) -> tuple[FileMark, FileMark]:
+    """The marks of a cell's metrics.json and error.json, in that order."""
+    folder = results.cell_dir(request.results_root, cell_id)
+    return _file_mark(folder / "metrics.json"), _file_mark(folder / "error.json")
+
+
 def result_marks(request: LaunchRequest) -> dict[str, tuple[FileMark, FileMark]]:
     """Each launched cell's metrics.json and error.json marks before submission. Every launched cell needed
     training, so a file still carrying its mark is an old one (a stale result, one --force replaces, an
     earlier failure); comparing marks, not clocks, also holds where the nodes' and the file server's clocks
     disagree."""
-    return {cell.cell_id: tuple(_file_mark(results.cell_dir(request.results_root, cell.cell_id) / name)
-                                for name in ("metrics.json", "error.json")) for cell in request.cells}
+    return {cell.cell_id: _cell_marks(request, cell.cell_id) for cell in request.cells}
 
 
 def file_progress(request: LaunchRequest, marks: dict[str, tuple[FileMark, FileMark]]) -> dict[str, int]:
@@ -183,9 +188,8 @@ def file_progress(request: LaunchRequest, marks: dict[str, tuple[FileMark, FileM
     once it differs from its mark (``result_marks``)."""
     done = failed = 0
     for cell in request.cells:
-        folder = results.cell_dir(request.results_root, cell.cell_id)
         metrics_mark, error_mark = marks[cell.cell_id]
-        metrics, error = _file_mark(folder / "metrics.json"), _file_mark(folder / "error.json")
+        metrics, error = _cell_marks(request, cell.cell_id)
         if metrics is not None and metrics != metrics_mark:
             done += 1
         elif error is not None and error != error_mark:
