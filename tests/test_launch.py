@@ -592,11 +592,12 @@ def test_a_ddp_profile_asks_slurm_for_srun_tasks_one_cell_at_a_time(tiny_params,
 def test_progress_counts_a_cell_once_its_files_change_not_by_clocks(tiny_params, tmp_path):
     """The waiting launcher's "n/N cells done" counted any metrics.json, so a stale result (other code) being
     retrained read as done from the first poll; failures were dated against the login node's clock, which a
-    file server's clock ahead of it turned into failures at once. Marks taken at submission fix both."""
+    file server's clock ahead of it turned into failures at once. The request's marks, taken before
+    anything is submitted, fix both."""
     from vgbench.launch.request import LaunchRequest
-    from vgbench.launch.slurm import file_progress, result_marks
+    from vgbench.launch.slurm import file_progress
 
-    stale, failed_before, fresh = expand(tiny_params.active)[:3]
+    stale, failed_before, fresh, again = expand(tiny_params.active)[:4]
     root = tmp_path / "results"
     ahead = time.time() + 3600  # files dated by a clock an hour ahead of this one
     for cell, name in ((stale, "metrics.json"), (failed_before, "error.json")):
@@ -604,27 +605,75 @@ def test_progress_counts_a_cell_once_its_files_change_not_by_clocks(tiny_params,
         path.parent.mkdir(parents=True)
         path.write_text("{}")
         os.utime(path, (ahead, ahead))
-    request = LaunchRequest(params=tiny_params, params_path=tmp_path / "params.yaml", profile="tiny",
-                            cells=[stale, failed_before, fresh], data_root=tmp_path, results_root=root,
-                            folder=tmp_path, settings=tiny_params.active.launcher)
-    marks = result_marks(request)
-    assert file_progress(request, marks) == {"done": 0, "failed": 0}
+    # A file system that keeps whole seconds, or a node whose clock lags: a rewrite carries the old
+    # modification time. It is still another file (written beside and renamed in), so it must count.
+    same_time = results.cell_dir(root, again.cell_id) / "metrics.json"
+    atomic.write_text(same_time, "{}")
+    old_times = same_time.stat()
+
+    def request():
+        return LaunchRequest(params=tiny_params, params_path=tmp_path / "params.yaml", profile="tiny",
+                             cells=[stale, failed_before, fresh, again], data_root=tmp_path, results_root=root,
+                             folder=tmp_path, settings=tiny_params.active.launcher)
+
+    launched = request()
+    assert file_progress(launched) == {"done": 0, "failed": 0}
     for cell, name in ((stale, "metrics.json"), (failed_before, "metrics.json"), (fresh, "error.json")):
         path = results.cell_dir(root, cell.cell_id) / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
     # the stale cell and the failed one retrained; the new one failed (its error.json is new)
-    assert file_progress(request, marks) == {"done": 2, "failed": 1}
+    assert file_progress(launched) == {"done": 2, "failed": 1}
+    assert file_progress(request()) == {"done": 0, "failed": 0}  # a later request's marks are these files
 
-    # A file system that keeps whole seconds, or a node whose clock lags: the rewrite carries the old
-    # modification time. It is still another file (written beside and renamed in), so it counts.
-    again = expand(tiny_params.active)[3]
-    path = results.cell_dir(root, again.cell_id) / "metrics.json"
-    atomic.write_text(path, "{}")
-    old_times = path.stat()
-    request.cells.append(again)
-    marks = result_marks(request)
-    atomic.write_text(path, "{}")
-    os.utime(path, ns=(old_times.st_atime_ns, old_times.st_mtime_ns))
-    assert path.stat().st_mtime_ns == old_times.st_mtime_ns
-    assert file_progress(request, marks) == {"done": 1, "failed": 0}  # the others' files carry the new marks
+    atomic.write_text(same_time, "{}")
+    os.utime(same_time, ns=(old_times.st_atime_ns, old_times.st_mtime_ns))
+    assert same_time.stat().st_mtime_ns == old_times.st_mtime_ns
+    assert file_progress(launched) == {"done": 3, "failed": 1}
+
+
+def test_force_retrains_whatever_the_clocks_of_the_file_server_and_the_nodes_say(tiny_data_root, tmp_path):
+    """``train --force`` compared each metrics.json's modification time with this process's clock. A result
+    dated by a file server an hour ahead read as already retrained: the workers skipped every cell and the
+    command said all were done. A retrain written by a node whose clock lags read as not retrained: "failed".
+    It now compares the file the launch found with the file there now (launch/marks.py)."""
+    from vgbench.cli import _forced_but_not_retrained
+    from vgbench.launch.marks import metrics_mark
+    from vgbench.launch.request import WorkUnit
+    from vgbench.launch.worker import _is_done
+
+    params = write_params(tmp_path, seeds=[0, 1])
+    root = tmp_path / "results"
+    only = ("--only", "he_relu-mnist1d-d2")
+    assert vgbench(params, tiny_data_root, root, "train", *only).returncode == 0
+    before = metrics_of(root)
+    assert len(before) == 2
+    ahead = time.time() + 3600
+    for cell_id in before:
+        os.utime(results.cell_dir(root, cell_id) / "metrics.json", (ahead, ahead))
+    found = {cell_id: metrics_mark(root, cell_id) for cell_id in before}
+
+    forced = vgbench(params, tiny_data_root, root, "train", *only, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert f"{len(before)} to train" in forced.stdout and f"all {len(before)} cells done" in forced.stdout
+    after = metrics_of(root)
+    for cell_id in before:
+        assert metrics_mark(root, cell_id) != found[cell_id], f"{cell_id} was not retrained"
+        assert comparable(after[cell_id]) == comparable(before[cell_id])  # the same config, the same numbers
+
+    # A node whose clock lags an hour writes the retrained result of the first cell; the second keeps the
+    # result the launch found.
+    first, second = sorted(before)[:2]
+    found = {cell_id: metrics_mark(root, cell_id) for cell_id in before}
+    path = results.cell_dir(root, first) / "metrics.json"
+    behind = time.time() - 3600
+    atomic.write_text(path, path.read_text())
+    os.utime(path, (behind, behind))
+    unit = WorkUnit(params_path=str(params), profile="tiny", data_root=str(tiny_data_root),
+                    results_root=str(root), cell_ids=tuple(before), launcher="serial", replaces=found)
+    assert _is_done(root, first, unit) and not _is_done(root, second, unit)
+    cells = [cell for cell in expand(load_params(params).active) if cell.cell_id in (first, second)]
+    states = {cell.cell_id: results.cell_state(root, cell.cell_id) for cell in cells}
+    assert {cell_id: state.state for cell_id, state in states.items()} == {first: "done", second: "done"}
+    not_retrained = _forced_but_not_retrained(cells, states, {first, second}, root, found)
+    assert list(not_retrained) == [second] and not_retrained[second].state == "failed"

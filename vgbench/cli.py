@@ -25,7 +25,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -169,7 +168,7 @@ def _train(params: Params, args) -> int:
     _check_writable(args.results_root)
     check_online_login(params.wandb)
     launched: set[str] = set()
-    forced_since = time.time() if args.force else None
+    replaced: dict = {}  # --force: each launched cell's metrics.json mark at its launch (launch/marks.py)
     # One launch, then one more per round of learning-rate grid extension that adds cells (tuning.py).
     for round_ in range(1 + profile.tuning.extend_edge_rates):
         cells, states = _states(params, args.results_root, args.only)
@@ -191,7 +190,9 @@ def _train(params: Params, args) -> int:
             request = LaunchRequest(params=params, params_path=snapshot, profile=params.profile, cells=todo,
                                     data_root=args.data_root, results_root=args.results_root, folder=folder,
                                     settings=settings, retry_failed=args.retry_failed or args.force,
-                                    not_before=forced_since, detach=args.detach)
+                                    force=args.force, detach=args.detach)
+            if args.force:
+                replaced |= {cell_id: marks[0] for cell_id, marks in request.marks.items()}
             try:
                 finished = launch(request)
             except LaunchError:
@@ -202,8 +203,8 @@ def _train(params: Params, args) -> int:
                 return 0  # detached, or a DDP rank > 0 (rank 0 writes the results and reports)
     cells, states = _states(params, args.results_root, args.only)
     not_done = {cell_id: s for cell_id, s in states.items() if s.state != "done"}
-    if forced_since is not None:
-        not_done |= _forced_but_not_retrained(cells, states, launched, args.results_root, forced_since)
+    if args.force:
+        not_done |= _forced_but_not_retrained(cells, states, launched, args.results_root, replaced)
     if not_done:
         by_state: dict[str, list[str]] = {}
         for cell_id, state in not_done.items():
@@ -211,7 +212,7 @@ def _train(params: Params, args) -> int:
         print(f"error: {len(not_done)} of {len(cells)} cells are not done ("
               + "; ".join(f"{len(ids)} {state}: {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
                           for state, ids in sorted(by_state.items()))
-              + ("); `vgbench status` says why" if forced_since is None else
+              + ("); `vgbench status` says why" if not args.force else
                  "); `vgbench status` says why, and for a failed --force retrain the cell's error.json"),
               file=sys.stderr)
         return 1
@@ -220,17 +221,19 @@ def _train(params: Params, args) -> int:
 
 
 def _forced_but_not_retrained(cells: list, states: dict, launched: set[str], results_root: Path,
-                              since: float) -> dict:
-    """``train --force``: the launched cells whose result is older than the launch: "running" where another
-    process holds the cell now, else "failed" (the retraining failed, its error.json says why, and the older
-    result stays: "done" to ``status``, but not what this command was asked to do)."""
+                              replaced: dict) -> dict:
+    """``train --force``: the launched cells whose result is still the one their launch found (``replaced``:
+    its mark then): "running" where another process holds the cell now, else "failed" (the retraining
+    failed, its error.json says why, and the older result stays: "done" to ``status``, but not what this
+    command was asked to do)."""
     from vgbench import claims
-    from vgbench.results import CellState, written_since
+    from vgbench.launch.marks import metrics_mark
+    from vgbench.results import CellState
     from vgbench.twins import stored_as
 
     held = claims.live_claims(results_root)
     not_replaced = [cell for cell in cells if cell.cell_id in launched and states[cell.cell_id].state == "done"
-                    and not written_since(results_root, stored_as(cell).cell_id, since)]
+                    and metrics_mark(results_root, stored_as(cell).cell_id) == replaced[stored_as(cell).cell_id]]
     return {cell.cell_id: (CellState(cell.cell_id, "running", held[stored_as(cell).cell_id].where)
                            if stored_as(cell).cell_id in held else
                            CellState(cell.cell_id, "failed", "retrained with --force, which failed (its error.json "

@@ -173,13 +173,6 @@ def cell_state(results_root: Path, cell_id: str, claim=None) -> CellState:
     return CellState(cell_id, "stale" if unreadable else "pending", unreadable)
 
 
-def written_since(results_root: Path, cell_id: str, since: float | None) -> bool:
-    """The cell's metrics.json exists and (``since`` given: under ``train --force``) was written at or after
-    ``since``: an older one is a result the forced launch has not (yet) replaced."""
-    metrics = cell_dir(results_root, cell_id) / "metrics.json"
-    return metrics.exists() and (since is None or metrics.stat().st_mtime >= since)
-
-
 def _probe_file_problem(path: Path) -> str:
     """Why a cell's grad_profile.json cannot be used ('' when it can): the leaderboard's figures read its
     first record, so a missing, cut-short or emptied file makes the cell stale (retrained), not done."""

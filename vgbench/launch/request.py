@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vgbench.config import LauncherSettings, Params
+from vgbench.launch.marks import FileMark, cell_marks
 from vgbench.matrix import CellSpec
 
 
@@ -34,7 +35,9 @@ class WorkUnit:
     threads: int | None = None  # torch threads where the cell's trainer.threads is null
     worker: int | None = None
     retry_failed: bool = False
-    not_before: float | None = None  # --force: results older than this launch are not done
+    # --force: each cell's metrics.json mark when the launch began (launch/marks.py); a result still carrying
+    # it is the one this launch replaces, not done.
+    replaces: dict[str, FileMark] | None = None
     report_path: str | None = None
 
 
@@ -49,8 +52,14 @@ class LaunchRequest:
     folder: Path  # results/launch/<timestamp>/: snapshot, logs, reports
     settings: LauncherSettings
     retry_failed: bool = False
-    not_before: float | None = None
+    force: bool = False  # train --force: retrain the cells even where they are done
     detach: bool = False
+    # Each cell's (metrics.json, error.json) marks when the request was made, before anything was launched: a
+    # file that still carries its mark is not this launch's.
+    marks: dict[str, tuple[FileMark, FileMark]] = field(init=False)
+
+    def __post_init__(self):
+        self.marks = {cell.cell_id: cell_marks(self.results_root, cell.cell_id) for cell in self.cells}
 
     @property
     def cells_pin_threads(self) -> bool:
@@ -64,7 +73,8 @@ class LaunchRequest:
             data_root=str(self.data_root.resolve()), results_root=str(self.results_root.resolve()),
             cell_ids=tuple(cell_ids), launcher=self.settings.name, checkpoint_every=self.settings.checkpoint_every,
             group_size=self.settings.group_size,
-            threads=threads, retry_failed=self.retry_failed, not_before=self.not_before)
+            threads=threads, retry_failed=self.retry_failed,
+            replaces={cell_id: self.marks[cell_id][0] for cell_id in cell_ids} if self.force else None)
         return replace(unit, **changes)
 
 

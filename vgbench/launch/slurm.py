@@ -40,9 +40,10 @@ from collections import Counter
 
 import submitit
 
-from vgbench import atomic, plan, results
+from vgbench import atomic, plan
 from vgbench.groups import group
 from vgbench.launch import LAUNCHERS
+from vgbench.launch.marks import cell_marks
 from vgbench.launch.request import LaunchError, LaunchRequest, WorkUnit
 from vgbench.launch.worker import run_unit
 
@@ -155,49 +156,23 @@ def squeue_states(job_ids: list[str]) -> dict[str, int] | None:
     return dict(Counter(out.stdout.split()))
 
 
-FileMark = tuple[int, int] | None  # (inode, modification time in ns) of a file; None: absent
-
-
-def _file_mark(path) -> FileMark:
-    """Which file is at ``path`` now. Every result file is written beside and renamed into place
-    (``atomic.write_text``), so a rewrite brings a new inode even where the modification time repeats (a
-    file system that keeps whole seconds, a node whose clock lags the file server's)."""
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        return None
-    return status.st_ino, status.st_mtime_ns
-
-
-def _cell_marks(request: LaunchRequest, cell_id: str) -> tuple[FileMark, FileMark]:
-    """The marks of a cell's metrics.json and error.json, in that order."""
-    folder = results.cell_dir(request.results_root, cell_id)
-    return _file_mark(folder / "metrics.json"), _file_mark(folder / "error.json")
-
-
-def result_marks(request: LaunchRequest) -> dict[str, tuple[FileMark, FileMark]]:
-    """Each launched cell's metrics.json and error.json marks before submission. Every launched cell needed
-    training, so a file still carrying its mark is an old one (a stale result, one --force replaces, an
-    earlier failure); comparing marks, not clocks, also holds where the nodes' and the file server's clocks
-    disagree."""
-    return {cell.cell_id: _cell_marks(request, cell.cell_id) for cell in request.cells}
-
-
-def file_progress(request: LaunchRequest, marks: dict[str, tuple[FileMark, FileMark]]) -> dict[str, int]:
+def file_progress(request: LaunchRequest) -> dict[str, int]:
     """Done and failed cells of the launch, from the cell files alone (cheap: one stat each): a file counts
-    once it differs from its mark (``result_marks``)."""
+    once it differs from its mark in the request (``request.marks``, taken before submission). Every
+    launched cell needed training, so a file still carrying its mark is an old one (a stale result, one
+    --force replaces, an earlier failure)."""
     done = failed = 0
     for cell in request.cells:
-        metrics_mark, error_mark = marks[cell.cell_id]
-        metrics, error = _cell_marks(request, cell.cell_id)
-        if metrics is not None and metrics != metrics_mark:
+        metrics_then, error_then = request.marks[cell.cell_id]
+        metrics, error = cell_marks(request.results_root, cell.cell_id)
+        if metrics is not None and metrics != metrics_then:
             done += 1
-        elif error is not None and error != error_mark:
+        elif error is not None and error != error_then:
             failed += 1
     return {"done": done, "failed": failed}
 
 
-def wait(request: LaunchRequest, array_ids: list[str], marks: dict[str, tuple[FileMark, FileMark]]) -> None:
+def wait(request: LaunchRequest, array_ids: list[str]) -> None:
     """Print progress until squeue knows none of the arrays. A controller that does not answer proves
     nothing (a restart takes minutes): keep asking, up to ``slurm.unanswered_minutes`` in a row."""
     total, last, unanswered_since = len(request.cells), None, None
@@ -209,7 +184,7 @@ def wait(request: LaunchRequest, array_ids: list[str], marks: dict[str, tuple[Fi
             unanswered_since = asked
         elif queue is not None:
             unanswered_since = None
-        progress = file_progress(request, marks)
+        progress = file_progress(request)
         tasks = ("unknown (squeue did not answer; asking again)" if queue is None else
                  ", ".join(f"{n} {state.lower()}" for state, n in sorted(queue.items())) or "none queued")
         line = f"slurm: {progress['done']}/{total} cells done, {progress['failed']} failed; tasks {tasks}"
@@ -233,7 +208,6 @@ def launch_slurm(request: LaunchRequest) -> bool:
     if missing:
         raise LaunchError(f"the slurm launcher needs SLURM's commands on PATH; missing: {', '.join(missing)} "
                           f"(run on a cluster's login node, or `.ci/slurm-up` for a one-node test cluster)")
-    marks = result_marks(request)  # before planning, which may take minutes: a cell finishing then counts
     limit = cluster_max_array_size()
     units = plan_units(request)
     if request.settings.slurm.max_array_size:
@@ -255,5 +229,5 @@ def launch_slurm(request: LaunchRequest) -> bool:
         print(f"slurm: detached; watch with `vgbench status`, logs in {request.folder}; "
               f"`scancel {' '.join(array_ids)}` cancels", flush=True)
         return False
-    wait(request, array_ids, marks)
+    wait(request, array_ids)
     return True

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from vgbench import atomic, claims, results
+from vgbench.launch.marks import metrics_mark
 from vgbench.launch.request import WorkUnit
 
 
@@ -43,9 +44,9 @@ def _launch_info(unit: WorkUnit, attempt: int, pinned_threads: int | None):
 
 
 def _is_done(results_root: Path, cell_id: str, unit: WorkUnit, state: results.CellState | None = None) -> bool:
-    """Done, and (under --force) written by this launch."""
+    """Done, and (under --force) not the result the launch found (its metrics.json changed since)."""
     return ((state or results.cell_state(results_root, cell_id)).state == "done"
-            and results.written_since(results_root, cell_id, unit.not_before))
+            and (unit.replaces is None or metrics_mark(results_root, cell_id) != unit.replaces[cell_id]))
 
 
 def _summary_line(done: int, total: int, result) -> str:
