@@ -386,3 +386,38 @@ def test_a_folder_replacement_that_fails_at_the_last_rename_leaves_the_old_folde
             (tmp / "train.pt").write_text("new")
     monkeypatch.undo()
     assert (folder / "train.pt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
+
+
+def test_every_file_reaches_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """A rename can reach the disk before the data it names: after a power cut, XFS or a network file system
+    could show an empty metrics.json under its final name, a result that reads as damaged. Each file written
+    through vgbench.atomic (by it, or into its staging folders by savefig or torch.save) is fsynced first."""
+    from vgbench import atomic
+
+    synced: set[int] = set()
+    renamed_unsynced: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        real_fsync(fd)
+        synced.add(os.fstat(fd).st_ino)
+
+    def replace(source, target):
+        files = [Path(source)] if Path(source).is_file() else [p for p in Path(source).rglob("*") if p.is_file()]
+        renamed_unsynced.extend(str(path) for path in files if path.stat().st_ino not in synced)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic.write_json(tmp_path / "cells" / "metrics.json", {"test_metric": 0.5})
+    with atomic.replace_dir(tmp_path / "dataset") as folder:
+        (folder / "train.pt").write_bytes(b"x" * 1000)
+    with atomic.staged(tmp_path / "board", whole_folders=("figures",)) as out:
+        (out / "leaderboard.md").write_text("| a |")
+        (out / "figures").mkdir()
+        (out / "figures" / "depth.png").write_bytes(b"png")
+    monkeypatch.undo()
+    assert renamed_unsynced == []
+    assert len(synced) == 4  # metrics.json, train.pt, leaderboard.md, depth.png
+    assert json.loads((tmp_path / "cells" / "metrics.json").read_text()) == {"test_metric": 0.5}
+    assert (tmp_path / "board" / "figures" / "depth.png").read_bytes() == b"png"

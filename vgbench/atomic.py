@@ -1,7 +1,11 @@
 """Write files and folders so that a reader never sees half of one.
 
 Everything vgbench writes goes to a temporary sibling first and is renamed into
-place, so an interrupted run leaves either the old file or the new one.
+place, so an interrupted run leaves either the old file or the new one. The
+data reaches the disk (``fsync``) before the rename: otherwise a power cut can
+leave the rename done and the data not, an empty file under the final name, on
+file systems that order the two freely (XFS, ext4 with ``noauto_da_alloc``,
+many network file systems).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ def write_text(path: Path | str, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
         os.replace(tmp, path)
     except OSError as error:
@@ -38,6 +44,18 @@ def write_json(path: Path | str, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+def _sync_files(folder: Path) -> None:
+    """Put every file under ``folder`` on the disk (written by others: savefig, torch.save) before it is
+    renamed into place."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 @contextmanager
 def replace_dir(path: Path | str) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` as a whole."""
@@ -46,6 +64,7 @@ def replace_dir(path: Path | str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
+        _sync_files(tmp)
         os.chmod(tmp, 0o755)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -75,6 +94,7 @@ def staged(root: Path | str, whole_folders: tuple[str, ...] = ()) -> Iterator[Pa
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".staged."))
     try:
         yield tmp
+        _sync_files(tmp)
         files = sorted(p for p in tmp.rglob("*") if p.is_file() and p.relative_to(tmp).parts[0] not in whole_folders)
         for path in files:  # every destination folder exists (or fails) before the first rename
             (root / path.relative_to(tmp)).parent.mkdir(parents=True, exist_ok=True)
