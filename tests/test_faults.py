@@ -388,27 +388,43 @@ def test_a_folder_replacement_that_fails_at_the_last_rename_leaves_the_old_folde
     assert (folder / "train.pt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]
 
 
-def test_every_file_reaches_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+def test_every_file_reaches_the_disk_before_it_is_renamed_into_place(workspace, tmp_path, monkeypatch):
     """A rename can reach the disk before the data it names: after a power cut, XFS or a network file system
-    could show an empty metrics.json under its final name, a result that reads as damaged. Each file written
-    through vgbench.atomic (by it, or into its staging folders by savefig or torch.save) is fsynced first."""
+    could show an empty metrics.json under its final name (a result that reads as damaged), an empty
+    last.ckpt (every resume fails on it) or an empty claim (read as another host's, live forever). Each file
+    renamed or linked into place, whoever wrote it (vgbench.atomic, savefig or torch.save into its staging
+    folders, Lightning's checkpoint), is fsynced first: here a real training with a checkpoint every epoch."""
     from vgbench import atomic
 
     synced: set[int] = set()
-    renamed_unsynced: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
+    placed: list[str] = []
+    unsynced: list[str] = []
+    real_fsync, real_replace, real_link = os.fsync, os.replace, os.link
 
     def fsync(fd):
         real_fsync(fd)
         synced.add(os.fstat(fd).st_ino)
 
+    def check(source, target):
+        if Path(source).is_file():
+            files = [Path(source)]
+            placed.append(Path(target).name)
+        else:
+            files = [path for path in Path(source).rglob("*") if path.is_file()]
+            placed.extend(path.name for path in files)
+        unsynced.extend(str(path) for path in files if path.stat().st_ino not in synced)
+
     def replace(source, target):
-        files = [Path(source)] if Path(source).is_file() else [p for p in Path(source).rglob("*") if p.is_file()]
-        renamed_unsynced.extend(str(path) for path in files if path.stat().st_ino not in synced)
+        check(source, target)
         real_replace(source, target)
+
+    def link(source, target):
+        check(source, target)
+        real_link(source, target)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "link", link)
     atomic.write_json(tmp_path / "cells" / "metrics.json", {"test_metric": 0.5})
     with atomic.replace_dir(tmp_path / "dataset") as folder:
         (folder / "train.pt").write_bytes(b"x" * 1000)
@@ -416,8 +432,12 @@ def test_every_file_reaches_the_disk_before_it_is_renamed_into_place(tmp_path, m
         (out / "leaderboard.md").write_text("| a |")
         (out / "figures").mkdir()
         (out / "figures" / "depth.png").write_bytes(b"png")
+    workspace.edit_params(lambda raw: raw["profiles"]["tiny"].setdefault("launcher", {}).update(
+        name="serial", checkpoint_every=1))
+    assert workspace.run("train", "--only", "mlp-he_relu-mnist1d-d2").returncode == 0
     monkeypatch.undo()
-    assert renamed_unsynced == []
-    assert len(synced) == 4  # metrics.json, train.pt, leaderboard.md, depth.png
+    assert unsynced == []
+    assert {"metrics.json", "train.pt", "leaderboard.md", "grad_profile.json", "last.ckpt"} <= set(placed)
+    assert any(name.endswith(".json") and name.startswith("mlp-he_relu") for name in placed)  # the claim
     assert json.loads((tmp_path / "cells" / "metrics.json").read_text()) == {"test_metric": 0.5}
     assert (tmp_path / "board" / "figures" / "depth.png").read_bytes() == b"png"

@@ -228,7 +228,7 @@ def test_a_waiting_launch_gives_up_on_a_controller_that_stays_away(tiny_params, 
                             data_root=tmp_path, results_root=tmp_path, folder=tmp_path, settings=settings)
     monkeypatch.setenv("SLURM_CONF", str(_no_controller(tmp_path)))
     with pytest.raises(LaunchError) as error:
-        wait(request, ["4242", "4243"], {})
+        wait(request, ["4242", "4243"])
     assert str(error.value).startswith("squeue has not answered for 0.001 minutes (launcher.slurm.unanswered_minutes)")
     assert "arrays 4242, 4243 were submitted" in str(error.value) and "`scancel 4242 4243`" in str(error.value)
     assert "tasks unknown (squeue did not answer; asking again)" in capsys.readouterr().out

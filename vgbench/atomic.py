@@ -1,11 +1,13 @@
 """Write files and folders so that a reader never sees half of one.
 
-Everything vgbench writes goes to a temporary sibling first and is renamed into
-place, so an interrupted run leaves either the old file or the new one. The
-data reaches the disk (``fsync``) before the rename: otherwise a power cut can
-leave the rename done and the data not, an empty file under the final name, on
-file systems that order the two freely (XFS, ext4 with ``noauto_da_alloc``,
-many network file systems).
+Every file vgbench keeps (results, data sets, RBM stacks, reports) goes to a
+temporary sibling first and is renamed into place, so an interrupted run leaves
+either the old file or the new one. The data reaches the disk (``fsync``)
+before the rename: otherwise a power cut can leave the rename done and the data
+not, an empty file under the final name, on file systems that order the two
+freely (XFS, ext4 with ``noauto_da_alloc``, many network file systems). The
+epoch checkpoint, which Lightning writes, and a claim (claims.py, linked into
+place) are synced with ``sync_file`` first.
 """
 
 from __future__ import annotations
@@ -44,16 +46,20 @@ def write_json(path: Path | str, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
-def _sync_files(folder: Path) -> None:
-    """Put every file under ``folder`` on the disk (written by others: savefig, torch.save) before it is
+def sync_file(path: Path | str) -> None:
+    """Put a file another writer made (savefig, torch.save, Lightning's checkpoint) on the disk before it is
     renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_files(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink():
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            sync_file(path)
 
 
 @contextmanager

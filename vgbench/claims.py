@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
+from vgbench import atomic
+
 ALIVE_SLURM_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
                       "REQUEUE_FED", "RESIZING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
 
@@ -187,6 +189,8 @@ def _create(path: Path, claim: Claim) -> bool:
     tmp = path.with_name(f".{path.name}.{claim.token}.tmp")
     tmp.write_text(json.dumps(asdict(claim), indent=2) + "\n")
     try:
+        # On the disk before its link: a claim a power cut emptied would read as another host's, live forever.
+        atomic.sync_file(tmp)
         os.link(tmp, path)  # atomic, and fails if a claim is there
         return True
     except FileExistsError:

@@ -87,6 +87,7 @@ class EpochCheckpoint(Checkpoint):
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             atomic.write_text(self.folder / WRITTEN_BY, code_fingerprint() + "\n")
+            atomic.sync_file(tmp)  # else a power cut can leave an empty last.ckpt, which every resume then fails on
             os.replace(tmp, self.folder / LAST)
 
     def state_dict(self) -> dict:
