@@ -677,3 +677,26 @@ def test_force_retrains_whatever_the_clocks_of_the_file_server_and_the_nodes_say
     assert {cell_id: state.state for cell_id, state in states.items()} == {first: "done", second: "done"}
     not_retrained = _forced_but_not_retrained(cells, states, {first, second}, root, found)
     assert list(not_retrained) == [second] and not_retrained[second].state == "failed"
+
+
+def test_workers_that_import_other_vgbench_code_than_the_launcher_refuse_to_train(tiny_data_root, tmp_path):
+    """The `vgbench` command imports the installed package; its local workers (`python -m vgbench.launch`)
+    import the one in their working folder first. A checkout there with other training code (`pip install .`
+    and then an edit, or an editable install of another checkout) trained every cell with that code, after
+    which the launcher found all of them written by other code: "N stale", the whole training wasted. The
+    workers now refuse before training, naming both packages."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO / "vgbench", checkout / "vgbench", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(checkout / "vgbench" / "models" / "mlp.py", "a") as handle:
+        handle.write("# an edit in the checkout\n")
+    params = write_params(tmp_path, launcher={"name": "local", "jobs": 2, "threads": 1}, seeds=[0, 1])
+    # As the console script runs: its own folder, not the working folder, first on the import path.
+    command = [sys.executable, "-c", "import sys; sys.path.pop(0); from vgbench.cli import main; sys.exit(main())",
+               "train", "--only", "mlp-he_relu-mnist1d-d2", "--params", str(params), "--data-root",
+               str(tiny_data_root), "--results-root", str(tmp_path / "results")]
+    mixed = subprocess.run(command, cwd=checkout, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert mixed.returncode == 1, mixed.stderr
+    assert mixed.stdout.count(f"this worker imports vgbench from {checkout / 'vgbench'}") == 2, mixed.stdout
+    assert f"the launcher from {REPO / 'vgbench'}" in mixed.stdout
+    assert "2 pending" in mixed.stderr and not list((tmp_path / "results").rglob("metrics.json"))

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from vgbench import results
 from vgbench.config import LauncherSettings, Params
 from vgbench.launch.marks import FileMark, cell_marks
 from vgbench.matrix import CellSpec
@@ -39,6 +40,10 @@ class WorkUnit:
     # it is the one this launch replaces, not done.
     replaces: dict[str, FileMark] | None = None
     report_path: str | None = None
+    # The launcher's vgbench (its folder, its training-code fingerprint): a worker that imports another
+    # refuses to train (worker.check_same_code).
+    package_dir: str | None = None
+    code_fingerprint: str | None = None
 
 
 @dataclass
@@ -74,7 +79,8 @@ class LaunchRequest:
             cell_ids=tuple(cell_ids), launcher=self.settings.name, checkpoint_every=self.settings.checkpoint_every,
             group_size=self.settings.group_size,
             threads=threads, retry_failed=self.retry_failed,
-            replaces={cell_id: self.marks[cell_id][0] for cell_id in cell_ids} if self.force else None)
+            replaces={cell_id: self.marks[cell_id][0] for cell_id in cell_ids} if self.force else None,
+            package_dir=str(results.PACKAGE_DIR), code_fingerprint=results.code_fingerprint())
         return replace(unit, **changes)
 
 

@@ -43,6 +43,24 @@ def _launch_info(unit: WorkUnit, attempt: int, pinned_threads: int | None):
                       threads=pinned_threads or torch.get_num_threads(), attempt=attempt)
 
 
+class MixedCodeError(RuntimeError):
+    """The worker imports other vgbench training code than the launcher that started it."""
+
+
+def check_same_code(unit: WorkUnit) -> None:
+    """Refuse to train with other code than the launcher's. ``python -m`` puts the working folder first on
+    the import path, so a worker started in a checkout imports that checkout's vgbench, while the ``vgbench``
+    command imports the installed one: after ``pip install .`` (not ``-e``) and an edit, or with an
+    editable install of another checkout, the workers trained with one code and the launcher then found
+    every result written by other code, stale, after the whole training."""
+    if unit.code_fingerprint is not None and unit.code_fingerprint != results.code_fingerprint():
+        raise MixedCodeError(
+            f"this worker imports vgbench from {results.PACKAGE_DIR} (training code {results.code_fingerprint()}), "
+            f"the launcher from {unit.package_dir} (training code {unit.code_fingerprint}): the two must run the "
+            f"same code. Workers import the package in their working folder first; install the checkout you "
+            f"run in (`pip install -e .` there), or run `vgbench` from a folder that holds no other vgbench")
+
+
 def _is_done(results_root: Path, cell_id: str, unit: WorkUnit, state: results.CellState | None = None) -> bool:
     """Done, and (under --force) not the result the launch found (its metrics.json changed since)."""
     return ((state or results.cell_state(results_root, cell_id)).state == "done"
@@ -67,6 +85,7 @@ def run_unit(unit: WorkUnit) -> dict[str, list[str]]:
     from vgbench.tuning import matrix_cells
     from vgbench.twins import unique_stored
 
+    check_same_code(unit)
     params = load_params(unit.params_path, unit.profile)
     by_id = {cell.cell_id: cell for cell in unique_stored(matrix_cells(params.active, Path(unit.results_root)))}
     unknown = [cell_id for cell_id in unit.cell_ids if cell_id not in by_id]
@@ -154,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     unit = WorkUnit(**{**fields, "cell_ids": tuple(fields["cell_ids"])})
     # SIGTERM from the launcher (or a user) ends the worker through Python, so claims are released.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    report = run_unit(unit)
+    try:
+        report = run_unit(unit)
+    except MixedCodeError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return 2
     return 1 if report["failed"] else 0
 
