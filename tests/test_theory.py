@@ -157,3 +157,21 @@ def test_a_loss_over_more_steps_than_the_sequence_has_counts_the_paths_that_exis
         rate = 10 ** (one / 4)
         assert value == pytest.approx(0.5 * math.log10(sum(rate ** (2 * i) for i in range(5))), rel=1e-9)
         assert 0 < value < 0.5 * math.log10(5)  # between one path (the first state's own) and five equal ones
+
+
+@pytest.mark.parametrize("below_one", [3e-7, 1e-6, 1e-5])
+def test_an_orthogonal_recurrent_matrix_rounded_below_radius_one_is_not_predicted(below_one):
+    """float32 rounding leaves an orthogonal W_hh's spectral radius about 1e-7 from 1, above it on one CPU and
+    below on another: the orthogonal RNN rows were predicted on an AVX-512 VM and not on the AVX2 ones. A
+    radius within 1e-4 of 1 is an orthogonal matrix, not a contraction: not predicted on any CPU."""
+    model = _net("rnn", Recipe(activation="tanh", recurrent_init="orthogonal"), 5, 8, (5, 2), 1)
+    with torch.no_grad():
+        weights = model.mean_field().weight_hh
+        for k in range(weights.shape[0]):
+            weights[k] /= torch.linalg.eigvals(weights[k].double()).abs().max().float()
+            weights[k] *= 1 - below_one
+    radii = [float(torch.linalg.eigvals(w.double()).abs().max()) for w in weights]
+    assert all(1 - 2e-5 < radius < 1 for radius in radii), radii
+    prediction = predict(model.mean_field(), torch.randn(16, 5, 2), model.models)
+    assert all(math.isnan(value) for value in prediction.log10_first_last)
+    assert all("spectral radius 1.00 >= 1" in note for note in prediction.notes), prediction.notes
