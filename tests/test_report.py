@@ -495,6 +495,23 @@ def test_a_metric_too_small_for_three_decimals_keeps_two_significant_digits():
     assert [_num(v, 1) for v in (-0.04, -0.0, -0.4, 0.04)] == ["0.0", "0.0", "-0.4", "0.0"]
 
 
+
+def test_a_latex_mean_with_a_tiny_spread_takes_the_spreads_decimals_not_powers_of_ten():
+    """In LaTeX, 0.169 +- 4.4e-4 printed as 0.169 \\pm 4.4 \\times 10^{-4}: with three such rows, the default
+    profile's RNN table was 70 pt wider than a plain article's text width. Mean, spread and interval now
+    take as many decimals as the spread's first significant digit needs; three where it needs fewer."""
+    from vgbench.report.formats import _tex_mean_and_interval
+
+    def texts(*values):
+        return re.findall(r"\$([^$]*)\$", _tex_mean_and_interval(*values))
+
+    assert texts(0.1690, 0.00044, 0.16802, 0.17007) == [r"0.1690 \pm 0.0004", "[0.1680, 0.1701]"]
+    assert texts(0.000414, 0.0000486, 0.00029, 0.00053) == [r"0.00041 \pm 0.00005", "[0.00029, 0.00053]"]
+    assert texts(0.465, 0.032, 0.385, 0.546) == [r"0.465 \pm 0.032", "[0.385, 0.546]"]  # as before
+    assert texts(0.1, 0.0, 0.1, 0.1) == [r"0.100 \pm 0.000", "[0.100, 0.100]"]  # equal seeds
+    assert texts(3e-9, 1e-9, 1e-9, 5e-9) == [r"3.0 \times 10^{-9} \pm 1.0 \times 10^{-9}",
+                                             r"[1.0 \times 10^{-9}, 5.0 \times 10^{-9}]"]  # past 6 decimals
+
 def golden_rows() -> pd.DataFrame:
     base = {"family": "mlp", "n": 3, "wall_seconds_mean": 1.25, "metric": "accuracy", "higher_is_better": True,
             "baseline_metric": 0.1, "final_train_loss_mean": 1.5, "lr_grid_edge": "", "converged_rate": 1.0,

@@ -181,12 +181,23 @@ def _tex_over(main: str, under: str) -> str:
     return rf"\begin{{tabular}}[t]{{@{{}}r@{{}}}}{main}\\{{\scriptsize {under}}}\end{{tabular}}"
 
 
+def _decimals_for(std: float) -> int:
+    """3, or as many decimals as the spread's first significant digit needs (up to 6): 0.1690 +- 0.0004 and
+    0.00041 +- 0.00005 where 3 decimals would print 0.000 and powers of ten would widen the column by a
+    third (the default profile's RNN table was 70 pt wider than a plain article's text width)."""
+    if not math.isfinite(std) or std <= 0:
+        return 3
+    return min(6, max(3, -math.floor(math.log10(std))))
+
+
 def _tex_mean_and_interval(mean: float, std: float, low: float, high: float, mark: str = "") -> str:
-    """mean +- std (then ``mark``), the 95% interval under it; no interval where it is undefined."""
-    text = rf"${_tex_number(mean, 3)} \pm {_tex_number(std, 3)}${mark}"
+    """mean +- std (then ``mark``), the 95% interval under it, all to the spread's decimals; no interval
+    where it is undefined."""
+    digits = _decimals_for(std)
+    text = rf"${_tex_number(mean, digits)} \pm {_tex_number(std, digits)}${mark}"
     if math.isnan(low) or math.isnan(high):
         return text
-    return _tex_over(text, f"$[{_tex_number(low, 3)}, {_tex_number(high, 3)}]$")
+    return _tex_over(text, f"$[{_tex_number(low, digits)}, {_tex_number(high, digits)}]$")
 
 
 FEWER_SEEDS_MARK = r"$^\dagger$"
