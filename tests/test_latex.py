@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 
+import pandas as pd
 import pytest
 
 from tests.test_report import cells, golden_rows, params, write_results  # noqa: F401 (fixtures)
@@ -98,3 +99,40 @@ def test_a_loss_table_with_a_diverged_row_and_a_row_short_of_seeds_compiles_and_
         assert done.returncode == 0, done.stdout[-3000:]
     log = (paper / "paper.log").read_text(errors="replace")
     assert "invalid in math mode" not in log and "Missing $" not in log and "Overfull \\hbox" not in log
+
+
+def test_a_table_as_wide_as_the_default_profiles_rnn_block_fits_a_plain_article(tmp_path, params):
+    """The default profile's RNN table, with ten cited remedies (`modern` cites six) and spreads below 0.001,
+    was 70 pt wider than a plain article's text width (345 pt): spreads printed as powers of ten and
+    citations beside the names. Here every row carries the widest entries that table had, so this table is
+    at least as wide as it; it must compile without an overfull box."""
+    _tools()
+    remedies = ("small_init", "tanh_standard", "xavier", "orthogonal", "irnn", "grad_clip", "layernorm", "lstm",
+                "gru", "modern")
+    base = golden_rows().iloc[0].to_dict() | {"family": "rnn", "dataset": "adding", "metric": "mse",
+                                              "higher_is_better": False, "baseline_metric": 0.167}
+    rows = pd.DataFrame([
+        base | {"remedy": remedy, "depth": depth, "test_metric_mean": mean, "test_metric_std": std,
+                "test_metric_ci_low": low, "test_metric_ci_high": high,
+                "init_log10_dL_dh_first_last": measured, "theory_log10_dL_dh_first_last": predicted}
+        for remedy in remedies
+        for depth, mean, std, low, high, measured, predicted in (
+            (10, 0.000414, 0.0000486, 0.00029, 0.00053, -11.4, -11.3),
+            (50, 0.1692, 0.00044, 0.1681, 0.1703, -61.8, -61.4))])
+    ranked = pd.DataFrame([{"dataset": "adding", "remedy": remedy, "rank_range": "7–10",
+                            "rank_level_sensitive": True} for remedy in remedies])
+    table = formats.leaderboard_latex(rows, caption=build._latex_caption(params, "rnn", "adding", rows, n_seeds=3),
+                                      ranked=ranked, seeds=3)
+    assert r"\cite{he2015delving,ioffe2015batch,he2016deep,pascanu2013difficulty,cho2014learning,saxe2014exact}" in table
+    assert r"$0.00041 \pm 0.00005$" in table and r"$0.1692 \pm 0.0004$" in table
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "leaderboard.tex").write_text(table)
+    shutil.copy(build.BIB_PATH, paper / "references.bib")
+    (paper / "paper.tex").write_text(DOCUMENT.replace(r"\input{claims.tex}" + "\n", ""))
+    latex = ("pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex")
+    for command in (latex, ("bibtex", "paper"), latex):
+        done = _run(paper, *command)
+        assert done.returncode == 0, done.stdout[-3000:]
+    log = (paper / "paper.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log, re.findall(r"Overfull \\hbox \([^)]*\)", log)

@@ -617,17 +617,17 @@ def test_leaderboard_latex_golden():
     assert lines.index(r"\toprule") < lines.index(r"\midrule") < lines.index(r"\bottomrule")
     assert r"\cmidrule(lr){2-3}\cmidrule(lr){4-5}" in lines
 
-    def over(main: str, under: str) -> str:  # the interval (or prediction) small, under the number
-        return rf"\begin{{tabular}}[t]{{@{{}}r@{{}}}}{main}\\{{\scriptsize {under}}}\end{{tabular}}"
+    def over(main: str, under: str, align: str = "r") -> str:  # the interval, prediction or citation small, under
+        return rf"\begin{{tabular}}[t]{{@{{}}{align}@{{}}}}{main}\\{{\scriptsize {under}}}\end{{tabular}}"
 
     body = lines[lines.index(r"\midrule") + 1:lines.index(r"\bottomrule")]
     assert body == [
-        r"small\_init~\cite{hochreiter1991untersuchungen,bengio1994learning,hinton2010practical} & "
+        over(r"small\_init", r"\cite{hochreiter1991untersuchungen,bengio1994learning,hinton2010practical}", "l") + " & "
         + over(r"$0.420 \pm 0.020$", "$[0.370, 0.470]$") + " & " + over("$-1.2$", "($-1.2$)") + " & "
         + over(r"$0.100 \pm 0.000$", "$[0.100, 0.100]$") + " & " + over(r"$-\infty$", "($-32.3$)") + r" \\",
-        r"he\_relu~\cite{glorot2011deep,he2015delving} & " + over(r"$0.700 \pm 0.050$", "$[0.576, 0.824]$")
+        over(r"he\_relu", r"\cite{glorot2011deep,he2015delving}", "l") + " & " + over(r"$0.700 \pm 0.050$", "$[0.576, 0.824]$")
         + " & $0.0$ & " + over(r"$0.500 \pm 0.408$", "$[-0.514, 1.514]$") + r" & -- \\",
-        r"grad\_clip~\cite{pascanu2013difficulty} & $0.568 \pm 0.012$ & $-1.0$ & -- & -- \\",
+        over(r"grad\_clip", r"\cite{pascanu2013difficulty}", "l") + r" & $0.568 \pm 0.012$ & $-1.0$ & -- & -- \\",
     ]
     assert "he_relu" not in text and "grad_clip" not in text  # underscores escaped
     assert "±" not in text and "–" not in text  # ASCII LaTeX only
@@ -713,7 +713,8 @@ def test_build_leaderboard(tmp_path, params, cells):
     assert "| 1–2 | he_relu | 6 | 0.600 ± 0.000 | [0.600, 0.600] |" in md
     assert "| 1–2 | grad_clip | 6 | 0.500 ± 0.436 | [-0.583, 1.583] |" in md and "| 3 | small_init | 2 |" in md
     tex = (tmp_path / "leaderboard.tex").read_text()
-    assert (r"he\_relu~\cite{glorot2011deep,he2015delving} & \begin{tabular}[t]{@{}r@{}}$0.700 \pm 0.050$\\"
+    assert (r"he\_relu\\{\scriptsize \cite{glorot2011deep,he2015delving}}\end{tabular} & "
+            r"\begin{tabular}[t]{@{}r@{}}$0.700 \pm 0.050$\\"
             r"{\scriptsize $[0.576, 0.824]$}\end{tabular} & $0.2$ & \begin{tabular}[t]{@{}r@{}}$0.600 \pm 0.000$\\"
             r"{\scriptsize $[0.600, 0.600]$}\end{tabular} & $-\infty$ & 1--2 \\") in tex  # ranked as in the .md
     assert r"\label{tab:vgbench-mlp-mnist1d}" in tex and "over 3 seeds" in tex and "rank: tie-aware" in tex
