@@ -170,7 +170,7 @@ def test_an_orthogonal_recurrent_matrix_rounded_below_radius_one_is_not_predicte
         for k in range(weights.shape[0]):
             weights[k] /= torch.linalg.eigvals(weights[k].double()).abs().max().float()
             weights[k] *= 1 - below_one
-    radii = [float(torch.linalg.eigvals(w.double()).abs().max()) for w in weights]
+    radii = [float(torch.linalg.eigvals(w.detach().double()).abs().max()) for w in weights]
     assert all(1 - 2e-5 < radius < 1 for radius in radii), radii
     prediction = predict(model.mean_field(), torch.randn(16, 5, 2), model.models)
     assert all(math.isnan(value) for value in prediction.log10_first_last)
