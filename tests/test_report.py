@@ -509,6 +509,8 @@ def test_a_latex_mean_with_a_tiny_spread_takes_the_spreads_decimals_not_powers_o
     assert texts(0.000414, 0.0000486, 0.00029, 0.00053) == [r"0.00041 \pm 0.00005", "[0.00029, 0.00053]"]
     assert texts(0.465, 0.032, 0.385, 0.546) == [r"0.465 \pm 0.032", "[0.385, 0.546]"]  # as before
     assert texts(0.1, 0.0, 0.1, 0.1) == [r"0.100 \pm 0.000", "[0.100, 0.100]"]  # equal seeds
+    # Near 0 the mean and the interval keep the spread's decimals too (not 4.0 x 10^{-7}), never "-0.00000".
+    assert texts(6e-5, 2.4e-5, -1e-6, 1.2e-4) == [r"0.00006 \pm 0.00002", "[0.00000, 0.00012]"]
     assert texts(3e-9, 1e-9, 1e-9, 5e-9) == [r"3.0 \times 10^{-9} \pm 1.0 \times 10^{-9}",
                                              r"[1.0 \times 10^{-9}, 5.0 \times 10^{-9}]"]  # past 6 decimals
 

@@ -182,22 +182,30 @@ def _tex_over(main: str, under: str, align: str = "r") -> str:
 
 
 def _decimals_for(std: float) -> int:
-    """3, or as many decimals as the spread's first significant digit needs (up to 6): 0.1690 +- 0.0004 and
+    """3, or as many decimals as the spread's first significant digit needs (4 to 6): 0.1690 +- 0.0004 and
     0.00041 +- 0.00005 where 3 decimals would print 0.000 and powers of ten would widen the column by a
     third (the default profile's RNN table was 70 pt wider than a plain article's text width)."""
     if not math.isfinite(std) or std <= 0:
         return 3
-    return min(6, max(3, -math.floor(math.log10(std))))
+    needed = -math.floor(math.log10(std))
+    return 3 if needed > 6 else max(3, needed)  # below a millionth: powers of ten throughout, as in Markdown
 
 
 def _tex_mean_and_interval(mean: float, std: float, low: float, high: float, mark: str = "") -> str:
     """mean +- std (then ``mark``), the 95% interval under it, all to the spread's decimals; no interval
     where it is undefined."""
     digits = _decimals_for(std)
-    text = rf"${_tex_number(mean, digits)} \pm {_tex_number(std, digits)}${mark}"
+
+    def fixed(value: float) -> str:  # at the spread's decimals, never a power of ten near 0 (0.00006, 0.00000)
+        if digits == 3 or not math.isfinite(value):
+            return _tex_number(value, digits)
+        text = f"{value:.{digits}f}"
+        return text.lstrip("-") if float(text) == 0 else text
+
+    text = rf"${fixed(mean)} \pm {_tex_number(std, digits)}${mark}"
     if math.isnan(low) or math.isnan(high):
         return text
-    return _tex_over(text, f"$[{_tex_number(low, digits)}, {_tex_number(high, digits)}]$")
+    return _tex_over(text, f"$[{fixed(low)}, {fixed(high)}]$")
 
 
 FEWER_SEEDS_MARK = r"$^\dagger$"
