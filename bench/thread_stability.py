@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from vgbench.report import MAJORITY
+from vgbench.report import MAJORITY, seeds_disagree
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +62,7 @@ def compare(one: Path, two: Path) -> dict:
     verdicts = []  # (text, "soft" | "firm" | "")
     for key in rows:
         a, b = first["rows"][key], second["rows"][key]
-        mixed = "soft" if _seeds_disagree(a) else "firm"
+        mixed = "soft" if seeds_disagree(a) else "firm"
         for what, get, kind in (("trainable", lambda r: r["trainable_rate"] >= MAJORITY, mixed),
                                 ("failures", lambda r: r["failures"], mixed),
                                 ("learning rate", lambda r: r["learning_rate"], "")):
@@ -93,17 +93,10 @@ def compare(one: Path, two: Path) -> dict:
             continue
         row = first["rows"].get("{}/{}/{}/d{}".format(*key[:4]))
         moved[_placed(row, float(b["test_metric"]), float(a["test_metric"]))] += 1
-    soft = {"rows with seeds that disagree": sum(map(_seeds_disagree, (first["rows"][k] for k in rows))),
+    soft = {"rows with seeds that disagree": sum(map(seeds_disagree, (first["rows"][k] for k in rows))),
             "level-sensitive rank ranges": sum(bool(r["rank_level_sensitive"]) for r in first["frontier"].values())}
     return {"rows": len(rows), "ranks": len(first["frontier"]), "verdict_changes": verdicts, "cells": moved,
             "row_means": rows_moved, "soft_in_threads_1": soft}
-
-
-def _seeds_disagree(row: dict) -> bool:
-    """Do the row's seeds differ in outcome: some trainable and some not, or a failure label that some
-    seeds have and others not (the row's ``rate_<label>`` shares)?"""
-    shares = [row["trainable_rate"], *(value for key, value in row.items() if key.startswith("rate_"))]
-    return any(0 < share < 1 for share in shares)
 
 
 def _placed(row: dict | None, value: float, before: float | None = None) -> str:

@@ -67,6 +67,36 @@ def test_a_claim_without_its_rows_is_not_in_this_profile():
     assert set(result["verdict"]) <= set(VERDICTS) and len(result) == len(CLAIMS.names())
 
 
+
+def test_a_verdict_resting_on_a_row_whose_seeds_disagree_names_that_row():
+    """The batch-norm claim held on a row trainable for 3 of 3 seeds on one CPU and failed on another where
+    1 of 3 were: a verdict read from seeds that disagree is the first to move. check_all names such rows
+    (the rows the check read, in the block it read them from); none where the seeds agree."""
+    empty_profiles = pd.DataFrame(columns=["family", "dataset", "depth", "remedy", "layer", "log10_dL_dh_norm",
+                                           "activation_variance"])
+
+    def deep(family, remedy, depths=(2, 20), **fields) -> list[dict]:
+        shallow, deepest = both_depths(family, remedy, {}, {}, depths)
+        return [shallow, deepest | fields]
+
+    def batchnorm_claim(mlp_batchnorm: dict, dbn_small_init: dict) -> pd.Series:
+        rows = (deep("mlp", "batchnorm", **mlp_batchnorm) + deep("mlp", "small_init", trainable_rate=0.0)
+                + deep("dbn", "batchnorm", (3, 20)) + deep("dbn", "small_init", (3, 20), **dbn_small_init))
+        return check_all(pd.DataFrame(rows), empty_profiles).set_index("claim").loc["ioffe2015_batchnorm_trains_sigmoid"]
+
+    one_of_three = batchnorm_claim(dict(trainable_rate=1 / 3, rate_weak=2 / 3), dict(trainable_rate=0.0))
+    assert one_of_three["verdict"] == FAILS and one_of_three["soft_rows"] == "mlp batchnorm d20"
+    agreeing = batchnorm_claim(dict(trainable_rate=1.0, rate_weak=0.0), dict(trainable_rate=0.0))
+    assert agreeing["verdict"] == HOLDS and agreeing["soft_rows"] == ""
+    # A failure label that one seed of three has makes a row soft too, in whichever block the check read it.
+    labelled = batchnorm_claim(dict(trainable_rate=1.0), dict(trainable_rate=0.0, rate_dead_units=1 / 3))
+    assert labelled["verdict"] == HOLDS and labelled["soft_rows"] == "dbn small_init d20"
+    # A row the check did not read (another remedy's) never marks it.
+    table = check_all(pd.DataFrame(deep("mlp", "he_relu") + deep("mlp", "elu", trainable_rate=2 / 3)), empty_profiles)
+    he = table.set_index("claim").loc["he2015_relu_he_init"]
+    assert he["verdict"] == HOLDS and he["soft_rows"] == ""
+
+
 def test_batch_norm_is_checked_in_every_block_that_has_it_and_fails_if_one_fails():
     rows = (both_depths("mlp", "batchnorm", {}, dict(trainable=0.0)) + both_depths("mlp", "small_init", {}, dict(trainable=0.0))
             + both_depths("dbn", "batchnorm", {}, dict(trainable=1.0), depths=(3, 20))

@@ -21,13 +21,13 @@ evidence's ``converged`` share shows.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import pandas as pd
 
 from vgbench.references import check_keys
-from vgbench.report import MAJORITY
+from vgbench.report import MAJORITY, seeds_disagree
 from vgbench.registry import Registry
 
 HOLDS, FAILS, UNDETERMINED, ABSENT = "holds", "fails", "undetermined", "not in this profile"
@@ -42,6 +42,9 @@ FLAT_LOG10 = 1.0  # within a factor of 10 either way: no vanishing, no explosion
 class Verdict:
     status: str  # one of VERDICTS
     evidence: str
+    # The rows it read whose seeds disagree ("mlp batchnorm d20"): a verdict resting on them moves with
+    # another CPU's rounding more often than one resting on rows whose seeds agree (README, "Across machines").
+    soft_rows: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,17 @@ class Block:
     dataset: str
     rows: pd.DataFrame  # leaderboard rows of this block
     profiles: pd.DataFrame  # per layer at init: remedy, depth, layer, log10_dL_dh_norm, activation_variance
+    read: list = field(default_factory=list, compare=False, repr=False)  # the rows ``row`` handed out
 
     def row(self, remedy: str, depth: str = "deepest") -> pd.Series | None:
         """The row of ``remedy`` at the block's deepest (or shallowest) depth; None if absent."""
         depths = self.rows["depth"]
         wanted = depths.max() if depth == "deepest" else depths.min()
         found = self.rows[(self.rows["remedy"] == remedy) & (depths == wanted)]
-        return None if found.empty else found.iloc[0]
+        if found.empty:
+            return None
+        self.read.append(found.iloc[0])
+        return found.iloc[0]
 
 
 @dataclass(frozen=True)
@@ -302,7 +309,9 @@ def _applies(claim: Claim, block: Block) -> bool:
 
 
 def verdict(claim: Claim, all_blocks: list[Block]) -> Verdict:
-    checked = [(block, *claim.check(block)) for block in all_blocks if _applies(claim, block)]
+    # Each check reads its own copy of a block, so that the rows it read are its own.
+    checked = [(block, *claim.check(block))
+               for block in (replace(block, read=[]) for block in all_blocks if _applies(claim, block))]
     if not checked:
         where = "/".join(claim.families) + (f" on {'/'.join(claim.datasets)}" if claim.datasets else "")
         return Verdict(ABSENT, f"needs {', '.join(claim.needs)} in a {where} block")
@@ -313,16 +322,20 @@ def verdict(claim: Claim, all_blocks: list[Block]) -> Verdict:
     overall = FAILS if FAILS in outcomes else UNDETERMINED if UNDETERMINED in outcomes else HOLDS
     evidence = " | ".join(f"{block.family} on {block.dataset} ({status(holds)}): {text}"
                           for block, holds, text in checked)
-    return Verdict(overall, evidence)
+    soft = dict.fromkeys(f"{block.family} {row['remedy']} d{int(row['depth'])}"
+                         for block, _, _ in checked for row in block.read if seeds_disagree(row))
+    return Verdict(overall, evidence, tuple(soft))
 
 
 def check_all(rows: pd.DataFrame, profiles: pd.DataFrame) -> pd.DataFrame:
-    """One row per registered claim: name, sources, statement, thresholds, verdict and evidence."""
+    """One row per registered claim: name, sources, statement, thresholds, verdict, evidence and the rows it
+    read whose seeds disagree."""
     all_blocks = blocks(rows, profiles)
     records = []
     for name in CLAIMS:
         claim = CLAIMS.get(name)
         result = verdict(claim, all_blocks)
         records.append({"claim": name, "cites": ",".join(claim.cites), "statement": claim.statement,
-                        "thresholds": claim.thresholds, "verdict": result.status, "evidence": result.evidence})
+                        "thresholds": claim.thresholds, "verdict": result.status, "evidence": result.evidence,
+                        "soft_rows": ", ".join(result.soft_rows)})
     return pd.DataFrame(records)

@@ -5,6 +5,14 @@
 MAJORITY = 0.5
 
 
+def seeds_disagree(row) -> bool:
+    """Do a leaderboard row's seeds differ in outcome: some trainable and some not, or a failure label that
+    some seeds have and others not (its ``rate_<label>`` shares)? Such a row's verdicts are *soft*: another
+    reduction order or another CPU moves them most often (README, "Across machines")."""
+    shares = [row["trainable_rate"], *(value for key, value in row.items() if str(key).startswith("rate_"))]
+    return any(0 < share < 1 for share in shares)
+
+
 class NoResultsError(RuntimeError):
     """The active profile has no finished cell to aggregate. (Here, not in build.py: the command line catches
     it, and importing build.py's pandas, SciPy and matplotlib would cost every command ~3 s.)"""

@@ -280,12 +280,16 @@ def leaderboard_latex(rows: pd.DataFrame, caption: str, label: str = "tab:vgbenc
 CLAIMS_INTRO = ("Each published claim is checked against this profile's leaderboard (vgbench/findings.py): "
                 "holds, fails, undetermined (a number it needs is undefined, e.g. one seed has no interval), or "
                 "not in this profile, with the numbers it used. Thresholds are the papers' "
-                "where they give one; a failing claim is reported, never tuned away.")
+                "where they give one; a failing claim is reported, never tuned away. \"Seeds disagree\" after a "
+                "verdict names the rows it read whose seeds differ in outcome (some trainable, some not, or a failure "
+                "label some have): such verdicts moved most often with another CPU or thread count, so check one on "
+                "a second machine before citing it.")
 
 
 def claims_markdown(claims: pd.DataFrame, profile: str) -> str:
     """The published claims with their verdicts and evidence, one row each."""
-    body = [[f"`{r['claim']}`", r["statement"], r["cites"].replace(",", ", "), f"**{r['verdict']}**",
+    body = [[f"`{r['claim']}`", r["statement"], r["cites"].replace(",", ", "),
+             f"**{r['verdict']}**" + (f" (seeds disagree: {r['soft_rows']})" if r.get("soft_rows") else ""),
              r["evidence"].replace("|", "/")] for _, r in claims.iterrows()]
     counts = claims["verdict"].value_counts()
     tally = ", ".join(f"{counts[v]} {v}" for v in VERDICTS if v in counts)
@@ -293,14 +297,22 @@ def claims_markdown(claims: pd.DataFrame, profile: str) -> str:
                         _markdown_table(["claim", "statement", "sources", "verdict", "evidence"], body)]) + "\n"
 
 
+SOFT_CLAIM_MARK = r"$^\ast$"
+
+
 def claims_latex(claims: pd.DataFrame, profile: str) -> str:
-    """A longtable-free booktabs table: claim, sources cited, verdict (evidence stays in claims.md)."""
+    """A longtable-free booktabs table: claim, sources cited, verdict, marked where it rests on a row whose seeds
+    disagree (evidence and those rows stay in claims.md)."""
     lines = [r"\begin{table}[t]", r"\centering", r"\small", r"\begin{tabular}{p{0.62\linewidth}l}", r"\toprule",
              r"published claim & verdict \\", r"\midrule"]
     for _, row in claims.iterrows():
         lines.append(tex_escape(row["statement"]) + latex_cite(tuple(row["cites"].split(","))) + " & "
-                     + tex_escape(row["verdict"]) + r" \\")
+                     + tex_escape(row["verdict"]) + (SOFT_CLAIM_MARK if row.get("soft_rows") else "") + r" \\")
+    marked = any(bool(row.get("soft_rows")) for _, row in claims.iterrows())
+    legend = (rf"; {SOFT_CLAIM_MARK}: the verdict rests on a row whose seeds disagree, check it on a second machine"
+              if marked else "")
     lines += [r"\bottomrule", r"\end{tabular}",
               rf"\caption{{Published claims checked against the vgbench profile {tex_escape(profile)} "
-              r"(thresholds and numbers: results/claims.md).}", r"\label{tab:vgbench-claims}", r"\end{table}"]
+              rf"(thresholds and numbers: results/claims.md){legend}.}}", r"\label{tab:vgbench-claims}",
+              r"\end{table}"]
     return "\n".join(lines) + "\n"
