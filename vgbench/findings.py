@@ -12,6 +12,9 @@ seeds), and returns a verdict with the numbers it used:
   no interval; a gradient ratio that was not measured), so it can neither hold nor fail there;
 - ``not in this profile``: no block has the rows the check needs (another profile has them).
 
+With each verdict come the rows its check read whose seeds disagree (``report.seeds_disagree``): such a
+verdict is the first to move with another CPU's rounding, so the claims table names them.
+
 The thresholds are the papers' where they give one; otherwise they are stated with the reason. A
 claim that fails is reported as failing, never tuned away: the default profile is a CPU budget (8 to
 30 epochs per block), and a claim about what trains at depth can fail there for lack of epochs, which the
