@@ -30,12 +30,11 @@ def file_mark(path: Path) -> FileMark:
     return f"{status.st_ino}:{status.st_mtime_ns}"
 
 
-def cell_marks(results_root: Path, cell_id: str) -> tuple[FileMark, FileMark]:
-    """The marks of a cell's metrics.json and error.json, in that order."""
-    folder = results.cell_dir(results_root, cell_id)
-    return file_mark(folder / "metrics.json"), file_mark(folder / "error.json")
-
-
 def metrics_mark(results_root: Path, cell_id: str) -> FileMark:
     """The mark of a cell's metrics.json."""
     return file_mark(results.cell_dir(results_root, cell_id) / "metrics.json")
+
+
+def cell_marks(results_root: Path, cell_id: str) -> tuple[FileMark, FileMark]:
+    """The marks of a cell's metrics.json and error.json, in that order."""
+    return metrics_mark(results_root, cell_id), file_mark(results.cell_dir(results_root, cell_id) / "error.json")
