@@ -38,6 +38,22 @@ def _run(folder, *command: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=120)
 
 
+def _compile_alone(tmp_path, table: str, every_reference: bool = False) -> str:
+    """Compile ``table`` as a paper's only table (pdflatex, BibTeX, and the second pass after it, where the
+    citations resolve); the log. ``every_reference``: number every bibliography entry (\\nocite{*})."""
+    paper = tmp_path / "paper"
+    paper.mkdir()
+    (paper / "leaderboard.tex").write_text(table)
+    shutil.copy(build.BIB_PATH, paper / "references.bib")
+    (paper / "paper.tex").write_text(DOCUMENT.replace(r"\input{claims.tex}" + "\n",
+                                                      r"\nocite{*}" + "\n" if every_reference else ""))
+    latex = ("pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex")
+    for command in (latex, ("bibtex", "paper"), latex, latex):
+        done = _run(paper, *command)
+        assert done.returncode == 0, done.stdout[-3000:]
+    return (paper / "paper.log").read_text(errors="replace")
+
+
 def test_the_leaderboard_and_claims_tables_compile_with_every_citation_resolved(tmp_path, params, cells):
     _tools()
     results = tmp_path / "results"
@@ -88,16 +104,7 @@ def test_a_loss_table_with_a_diverged_row_and_a_row_short_of_seeds_compiles_and_
     assert r"$\infty \pm \mbox{--}$" in table  # not the plain-text "inf ± –" in math mode
     assert table.count(formats.FEWER_SEEDS_MARK) == 1 + 1  # the short row, and the caption's legend
     assert rf"{formats.FEWER_SEEDS_MARK}: over fewer" in caption and "(1 of 5 entries" in caption
-    paper = tmp_path / "paper"
-    paper.mkdir()
-    (paper / "leaderboard.tex").write_text(table)
-    shutil.copy(build.BIB_PATH, paper / "references.bib")
-    (paper / "paper.tex").write_text(DOCUMENT.replace(r"\input{claims.tex}" + "\n", ""))
-    latex = ("pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex")
-    for command in (latex, ("bibtex", "paper"), latex):
-        done = _run(paper, *command)
-        assert done.returncode == 0, done.stdout[-3000:]
-    log = (paper / "paper.log").read_text(errors="replace")
+    log = _compile_alone(tmp_path, table)
     assert "invalid in math mode" not in log and "Missing $" not in log and "Overfull \\hbox" not in log
 
 
@@ -125,17 +132,7 @@ def test_a_table_as_wide_as_the_default_profiles_rnn_block_fits_a_plain_article(
                                       ranked=ranked, seeds=3)
     assert r"\cite{he2015delving,ioffe2015batch,he2016deep,pascanu2013difficulty,cho2014learning,saxe2014exact}" in table
     assert r"$0.00041 \pm 0.00005$" in table and r"$0.1692 \pm 0.0004$" in table
-    paper = tmp_path / "paper"
-    paper.mkdir()
-    (paper / "leaderboard.tex").write_text(table)
-    shutil.copy(build.BIB_PATH, paper / "references.bib")
-    # Every entry of the bibliography numbered (\nocite{*}), so the citation labels are as wide as they get;
-    # measured after the citations resolve (the second pass after BibTeX).
-    (paper / "paper.tex").write_text(DOCUMENT.replace(r"\input{claims.tex}" + "\n", r"\nocite{*}" + "\n"))
-    latex = ("pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex")
-    for command in (latex, ("bibtex", "paper"), latex, latex):
-        done = _run(paper, *command)
-        assert done.returncode == 0, done.stdout[-3000:]
-    log = (paper / "paper.log").read_text(errors="replace")
+    # Every entry of the bibliography numbered, so the citation labels are as wide as they get.
+    log = _compile_alone(tmp_path, table, every_reference=True)
     assert not re.findall(r"Citation `[^']+' .*undefined", log)
     assert "Overfull \\hbox" not in log, re.findall(r"Overfull \\hbox \([^)]*\)", log)
