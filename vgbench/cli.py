@@ -7,6 +7,7 @@
     vgbench cells                list the cells of the active profile and their state
     vgbench status               per family: done, running (where), failed (why), pending
     vgbench plan                 cells, steps and estimated device-hours of the active profile
+    vgbench compare FIRST SECOND two runs' leaderboards (another machine's): numbers and verdicts that moved
 
 ``train`` exits 1 unless every cell of the selection is done (so DVC never
 records a partial run), naming what is not done and why.
@@ -32,6 +33,7 @@ from vgbench.config import ConfigError, Params, load_params, updated
 from vgbench.data.store import DataNotReadyError
 from vgbench.launch.request import LaunchError
 from vgbench.registry import UnknownNameError
+from vgbench.report.compare import CompareError
 from vgbench.report import NoResultsError
 from vgbench.report.readme import ReadmeError
 from vgbench.report.wandb_report import ReportError
@@ -398,6 +400,19 @@ def _plan(params: Params, args) -> int:
     return 0
 
 
+def _compare(params: None, args) -> int:
+    from vgbench import atomic
+    from vgbench.report import compare
+
+    text = compare.markdown(compare.compare(compare.read_run(args.first), compare.read_run(args.second)))
+    if args.out:
+        atomic.write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _readme(params: Params, args) -> int:
     from vgbench.report.readme import update_readme
 
@@ -441,6 +456,11 @@ def build_parser() -> argparse.ArgumentParser:
     readme = commands.add_parser("readme", help="rewrite README.md's marked leaderboard blocks from "
                                                 "results/leaderboard.md")
     readme.add_argument("--readme", type=Path, default=Path("README.md"), help="default: %(default)s")
+    compare = commands.add_parser("compare", help="two runs of one profile (say, two machines') side by side: "
+                                                  "the numbers and verdicts the second kept and moved")
+    compare.add_argument("first", type=Path, help="a results folder or its leaderboard.json")
+    compare.add_argument("second", type=Path, help="the other run's results folder or leaderboard.json")
+    compare.add_argument("--out", type=Path, help="write the Markdown report here instead of printing it")
     for sub in (fetch, train, board, commands.choices["claims"], report, commands.choices["cells"], status, plan,
                 readme):
         _common(sub)
@@ -448,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 HANDLERS = {"fetch": _fetch, "train": _train, "leaderboard": _leaderboard, "claims": _claims, "report": _report,
-            "cells": _cells, "status": _status, "plan": _plan, "readme": _readme}
+            "cells": _cells, "status": _status, "plan": _plan, "readme": _readme, "compare": _compare}
+NO_PARAMS = {"compare"}  # commands that read only the files they are given
 
 
 class Stopped(SystemExit):
@@ -479,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     params = None
     try:
-        params = load_params(args.params, args.profile)
+        params = None if args.command in NO_PARAMS else load_params(args.params, args.profile)
         if args.command == "train":  # a stopped run must not look finished (DVC would lock a partial stage)
             signal.signal(signal.SIGTERM, _stop)
             signal.signal(signal.SIGINT, _stop)
@@ -489,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(_stopped_message(params, args, stopped), file=sys.stderr, flush=True)
         return stopped.code
-    except (ConfigError, UnknownNameError) as error:
+    except (ConfigError, UnknownNameError, CompareError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (DataNotReadyError, NoResultsError, LaunchError, ReadmeError, ReportError) as error:
