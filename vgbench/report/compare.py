@@ -200,15 +200,20 @@ def _machine(board: dict) -> dict[str, str]:
     source = board["provenance"]
     environments = source.get("environments") or [{}]
 
-    def each(*keys: str) -> str:
-        values = {" ".join(str(env.get(k)) for k in keys if env.get(k) not in (None, "")) for env in environments}
-        return "; ".join(sorted(v for v in values if v)) or "–"
+    def each(describe) -> str:
+        return "; ".join(sorted({text for env in environments if (text := describe(env))})) or "–"
+
+    def kernels(env: dict) -> str:
+        capped = f", oneDNN at most {env['onednn_max_cpu_isa']}" if env.get("onednn_max_cpu_isa") else ""
+        return f"{env['cpu_capability']} kernels{capped}" if env.get("cpu_capability") else ""
 
     git = source.get("git") or {}
     commit = (git.get("commit") or "–")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
     return {"profile": str(source.get("profile") or board.get("profile")), "commit": commit,
-            "training code": each("code_fingerprint"), "CPU": each("cpu_id", "cpu_capability"),
-            "GPU": each("gpu"), "torch": each("torch"), "torch threads": each("torch_threads"),
+            "training code": each(lambda env: env.get("code_fingerprint")), "CPU": each(lambda env: env.get("cpu_id")),
+            "CPU kernels": each(kernels), "GPU": each(lambda env: env.get("gpu")),
+            "torch": each(lambda env: env.get("torch")),
+            "torch threads": each(lambda env: str(env.get("torch_threads") or "")),
             "cells": str(source.get("cells", "–"))}
 
 
