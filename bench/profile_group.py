@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from vgbench import cpu_kernels
 from vgbench.config import WandbSettings, load_params
 from vgbench.data.store import ensure
 from vgbench.groups import group_id
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     profile, cells = row_cells(args.params, args.profile, args.row, args.epochs, args.device)
+    cpu_kernels.pin_this_process(cells[0].trainer.get("cpu_capability"))  # before the first torch operation
     ensure(profile, args.data_root, [cells[0].dataset])  # every length the profile uses: cheap
     data = data_for(cells[0], args.data_root, {})
     warm = [dataclasses.replace(c, training={**c.training, "max_epochs": 1}) for c in cells]

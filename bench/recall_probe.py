@@ -31,6 +31,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from stacking import vgbench_group  # noqa: E402  (the same run_group call and unprobed variant)
 
+from vgbench import cpu_kernels  # noqa: E402
 from vgbench.config import load_params  # noqa: E402
 from vgbench.data.store import ensure  # noqa: E402
 from vgbench.matrix import expand  # noqa: E402
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="vgbench-recall-") as tmp:
         profile = copy_memory_profile(args.params, args.delay, args.remedies.split(","), args.epochs, Path(tmp))
+        cpu_kernels.pin_this_process(profile.trainer.cpu_capability)  # before the first torch operation
         ensure(profile, Path(tmp) / "data")
         cells = expand(profile)
         k = sum(cell.remedy == cells[0].remedy for cell in cells)

@@ -83,6 +83,7 @@ from torch import nn
 warnings.filterwarnings("ignore")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+from vgbench import cpu_kernels  # noqa: E402
 from vgbench.config import WandbSettings, load_params  # noqa: E402
 from vgbench.data.store import ensure  # noqa: E402
 from vgbench.matrix import CellSpec, expand  # noqa: E402
@@ -390,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     profile = load_params(args.params, "default").active
+    cpu_kernels.pin_this_process(profile.trainer.cpu_capability)  # before the first torch operation
     ensure(profile, args.data_root)
     all_cells, cache = expand(profile), {}
     chosen = [case for wanted in args.only.split(",") for case in CASES if wanted in label_of(case)]

@@ -48,6 +48,7 @@ import torch
 warnings.filterwarnings("ignore")
 os.environ.setdefault("WANDB_SILENT", "true")
 
+from vgbench import cpu_kernels  # noqa: E402
 from vgbench.config import WandbSettings, load_params  # noqa: E402
 from vgbench.matrix import CellSpec, expand  # noqa: E402
 from vgbench.models import FAMILIES, ModelIO  # noqa: E402
@@ -225,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     cell = pick_cell(expand(load_params(args.params, args.profile).active), args.cell)
+    cpu_kernels.pin_this_process(cell.trainer.get("cpu_capability"))  # before the first torch operation
     if args.threads:  # run_group sets the cell's threads; the raw loop runs with the same
         cell = dataclasses.replace(cell, trainer={**cell.trainer, "threads": args.threads})
     torch.set_num_threads(cell.trainer.get("threads") or torch.get_num_threads())

@@ -152,6 +152,15 @@ def _check_data(cells, profile, args) -> None:
                                 + f": run `{_fetch_command(args, names)}` first (it rebuilds what is wrong)")
 
 
+def _check_cpu_kernels(profile, settings) -> None:
+    """Refuse a profile pinning CPU kernels this machine cannot run, before anything trains (a SLURM node may
+    be another machine: each group checks its own there)."""
+    from vgbench import cpu_kernels
+
+    if settings.name != "slurm" and (why := cpu_kernels.unavailable(profile.trainer.cpu_capability)):
+        raise ConfigError(why)
+
+
 def _train(params: Params, args) -> int:
     from vgbench import claims
     from vgbench.launch import LAUNCHERS
@@ -185,6 +194,8 @@ def _train(params: Params, args) -> int:
               f"{count['running']} running elsewhere; {len(todo)} to train with the {settings.name} launcher"
               + (f" (learning-rate grid extension, round {round_})" if round_ else ""), flush=True)
         _check_data(todo, profile, args)
+        if todo and not round_:
+            _check_cpu_kernels(profile, settings)
         if todo:
             trained = {t.cell_id for t in todo}
             launched |= {c.cell_id for c in cells if stored_as(c).cell_id in trained}
@@ -394,7 +405,10 @@ def _report_unlisted(params: Params, args, active_cells: list) -> None:
 
 
 def _plan(params: Params, args) -> int:
+    from vgbench import cpu_kernels
     from vgbench.plan import plan_main
+
+    cpu_kernels.pin_this_process(params.active.trainer.cpu_capability)  # time the kernels the cells will run
 
     print(plan_main(params, args.device, args.steps, params.active.launcher.slurm.task_minutes, args.results_root))
     return 0

@@ -189,8 +189,13 @@ class MatrixBlock(_Strict):
         return FAMILIES.get(self.family).hparams.model_validate(self.model)
 
 
+# The trainer settings vgbench applies itself (run_group.build); lightning.Trainer gets the others.
+VGBENCH_TRAINER_SETTINGS = ("threads", "cpu_capability")
+
+
 class TrainerSettings(_Strict):
-    """Passed to ``lightning.Trainer`` as they are, except ``threads`` (``torch.set_num_threads``)."""
+    """Passed to ``lightning.Trainer`` as they are, except ``threads`` (``torch.set_num_threads``) and
+    ``cpu_capability`` (the ``ATEN_CPU_CAPABILITY`` the launchers give their workers)."""
 
     accelerator: Literal["cpu", "gpu", "cuda", "mps", "auto"] = "cpu"
     devices: int | Literal["auto"] = 1
@@ -201,6 +206,10 @@ class TrainerSettings(_Strict):
     threads: int | None = Field(
         None, gt=0, description="torch intra-op CPU threads per process (null: torch's default). CPU results "
                                 "depend on it (reduction order), so the default profile pins it")
+    cpu_capability: Literal["default", "avx2", "avx512"] | None = Field(
+        None, description="the vector kernels torch's CPU operations run on an x86-64 CPU (null: the best it has). "
+                          "CPU results depend on them (an AVX-512 CPU sums in another order than an AVX2 one), so "
+                          "the default profile pins avx2, which CPUs of the last decade run (vgbench/cpu_kernels.py)")
 
     @field_validator("devices")
     @classmethod

@@ -84,6 +84,8 @@ def environment() -> dict:
         # The vector instruction set torch's CPU kernels run (DEFAULT, AVX2, AVX512, ...): another one sums in
         # another order, so it moves rounding like another CPU does; ATEN_CPU_CAPABILITY can lower it.
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # oneDNN's cap for its convolutions (vgbench/cpu_kernels.py): None where nothing capped them.
+        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 

@@ -23,7 +23,7 @@ import threading
 from dataclasses import asdict
 from pathlib import Path
 
-from vgbench import atomic
+from vgbench import atomic, cpu_kernels
 from vgbench.launch import LAUNCHERS
 from vgbench.launch.request import LaunchError, LaunchRequest
 
@@ -48,7 +48,7 @@ def worker_threads(request: LaunchRequest, workers: int) -> int | None:
 
 
 def worker_environment(request: LaunchRequest, slot: int) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {**os.environ, **cpu_kernels.environment(request.params.active.trainer.cpu_capability)}
     if request.settings.gpus:
         env["CUDA_VISIBLE_DEVICES"] = str(request.settings.gpus[slot % len(request.settings.gpus)])
     return env

@@ -40,7 +40,7 @@ from collections import Counter
 
 import submitit
 
-from vgbench import atomic, plan
+from vgbench import atomic, cpu_kernels, plan
 from vgbench.groups import group
 from vgbench.launch import LAUNCHERS
 from vgbench.launch.marks import cell_marks
@@ -94,7 +94,10 @@ def executor_for(request: LaunchRequest) -> submitit.SlurmExecutor:
     parameters = {
         "job_name": f"vgbench-{request.profile}", "time": settings.time_minutes,
         "cpus_per_task": settings.cpus_per_task, "nodes": nodes, "ntasks_per_node": tasks_per_node,
-        "array_parallelism": settings.array_parallelism, "setup": list(settings.setup),
+        "array_parallelism": settings.array_parallelism,
+        # The kernel pin goes into the job script: a cluster may not pass the submitting shell's environment on.
+        "setup": [*settings.setup, *(f"export {key}={value}" for key, value in
+                                     cpu_kernels.environment(request.params.active.trainer.cpu_capability).items())],
         "additional_parameters": dict(settings.sbatch),
         "partition": settings.partition, "account": settings.account, "qos": settings.qos,
         "gpus_per_node": gpus or None,

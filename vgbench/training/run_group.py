@@ -25,9 +25,9 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-from vgbench import atomic, results
+from vgbench import atomic, cpu_kernels, results
 from vgbench.cell_result import CellResult, GroupInfo, LaunchInfo
-from vgbench.config import WandbSettings, milestone_epochs
+from vgbench.config import VGBENCH_TRAINER_SETTINGS, WandbSettings, milestone_epochs
 from vgbench.data import DATASETS
 from vgbench.data.store import StoredDataset, load, settings_hash
 from vgbench.groups import group_id
@@ -110,7 +110,7 @@ def _best(values: list[float], task: Task) -> float:
 
 
 def build_trainer(cell: CellSpec, callbacks) -> L.Trainer:
-    lightning_settings = {key: value for key, value in cell.trainer.items() if key != "threads"}
+    lightning_settings = {key: value for key, value in cell.trainer.items() if key not in VGBENCH_TRAINER_SETTINGS}
     # Under SLURM, requeueing is submitit's job (vgbench/launch/slurm.py): Lightning's own
     # auto-requeue on SIGUSR1 would fight it.
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
@@ -169,6 +169,7 @@ def build(cells: list[CellSpec], data: StoredDataset, results_root: Path, wandb:
     first = cells[0]
     if first.trainer.get("threads"):
         torch.set_num_threads(first.trainer["threads"])
+    cpu_kernels.check(first.trainer.get("cpu_capability"))
     seeds = [cell.seed for cell in cells]
     L.seed_everything(seeds[0], workers=True, verbose=False)  # nothing draws from it; kept for third parties
     recipe = Recipe(**first.recipe)

@@ -1,0 +1,121 @@
+"""Which vector kernels torch's CPU operations run, pinned where a profile asks (``trainer.cpu_capability``).
+
+torch dispatches its CPU operations to the best instruction set the CPU has: AVX-512 on one machine, AVX2
+on another, and the two sum in another order, so the same cell rounds differently and its row can move
+(README, "Across machines"). Two libraries choose for themselves: ATen's vectorized kernels (elementwise
+operations, reductions, the optimizer), capped by ``ATEN_CPU_CAPABILITY``, and oneDNN's convolutions, capped
+by ``ONEDNN_MAX_CPU_ISA``. Pinning both makes CPUs of different generations run the same kernels: on an
+AVX-512 Zen 5, ATen at AVX2 gave the AVX2 machines' (Zen 1, Zen 3) MLP, RNN, DBN and highway tables in
+every printed digit (its own AVX-512 kernels had moved 23 of 68 rows), and oneDNN at AVX2 the ResNet
+rows too. MKL's matrix products keep their own dispatch, by CPU vendor: the same on those three AMD CPUs,
+not known for an Intel one (README, "Across machines").
+
+Both libraries read their variable once, at a process's first operation of their kind, so the pin must be
+in a process's environment before it computes anything: the launchers put it there for their workers
+(``environment``, ``pinned``), and every group checks what it got (``check``) instead of recording results
+under a config they did not run with. x86-64 only: other architectures have other kernel families (NEON,
+SVE), and there the pin does not apply; each result records the kernels that ran (``cpu_capability``,
+``onednn_max_cpu_isa``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+ENV = "ATEN_CPU_CAPABILITY"
+ONEDNN_ENV = "ONEDNN_MAX_CPU_ISA"
+LEVELS = ("default", "avx2", "avx512")  # ATen's x86 levels, lowest first ("default": no vector kernels)
+ONEDNN_LEVELS = {"default": "SSE41", "avx2": "AVX2", "avx512": "AVX512_CORE"}  # oneDNN's name for each (its floor
+# is SSE4.1; AVX512_CORE is the float32 level, where VNNI, BF16 and AMX speed up only other types)
+X86_64 = {"x86_64", "amd64"}
+
+
+class CpuKernelsError(RuntimeError):
+    """A process runs other CPU kernels than its cells' ``trainer.cpu_capability`` names."""
+
+
+def applies() -> bool:
+    """Does a pin apply on this machine (an x86-64 CPU)?"""
+    return platform.machine().lower() in X86_64
+
+
+def environment(capability: str | None) -> dict[str, str]:
+    """The variables a worker process needs for ``capability`` (none where the profile does not pin one).
+    Set whatever the launching machine is: a SLURM node may be another one, and checks for itself."""
+    return {ENV: capability, ONEDNN_ENV: ONEDNN_LEVELS[capability]} if capability else {}
+
+
+def pin_this_process(capability: str | None) -> None:
+    """For a process that trains or times cells itself (``vgbench plan``, the bench/ scripts): call it before
+    the process's first torch operation, as a worker's environment has the pin from its start."""
+    os.environ.update(environment(capability))
+
+
+@contextmanager
+def pinned(capability: str | None) -> Iterator[None]:
+    """This process's environment with the pin, restored afterwards (the serial launcher trains in the
+    command's own process; its subprocesses, W&B's included, must not keep the setting)."""
+    before = {key: os.environ.get(key) for key in environment(capability)}
+    os.environ.update(environment(capability))
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def running() -> str:
+    """The kernels torch runs in this process, lower case ("avx2"), as ``trainer.cpu_capability`` spells them."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+def check(capability: str | None) -> None:
+    """Raise unless this process runs ``capability``'s kernels (where a pin applies). ATen says which it
+    runs; oneDNN does not, so its variable is checked instead: none of its primitives ran before a group's
+    first convolution, in a worker or in the command's own process."""
+    if not capability or not applies():
+        return
+    now, onednn = running(), os.environ.get(ONEDNN_ENV)
+    if now != capability:
+        why = (f"this CPU has no {capability} kernels, or torch had already run an operation when {ENV} was set"
+               if os.environ.get(ENV) == capability else
+               f"{ENV} is {os.environ.get(ENV)!r}: it must be {capability!r} before torch runs its first operation "
+               f"(vgbench's launchers set it for their workers; in your own Python, export it before starting)")
+        raise CpuKernelsError(f"trainer.cpu_capability is {capability!r} but torch runs {now} kernels in this "
+                              f"process: {why}")
+    if onednn != ONEDNN_LEVELS[capability]:
+        raise CpuKernelsError(f"trainer.cpu_capability is {capability!r} but {ONEDNN_ENV} is {onednn!r}, not "
+                              f"{ONEDNN_LEVELS[capability]!r}: oneDNN's convolutions would run other kernels "
+                              f"(vgbench's launchers set it for their workers; in your own Python, export it "
+                              f"before starting)")
+
+
+def best_here() -> str:
+    """The best level this machine's torch runs, asked of a fresh process (this one's may already be pinned)."""
+    env = {key: value for key, value in os.environ.items() if key != ENV}
+    completed = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                               env=env, capture_output=True, text=True, check=True)
+    return completed.stdout.strip().lower()
+
+
+def unavailable(capability: str | None, best: str | None = None) -> str | None:
+    """Why ``capability`` cannot be pinned on a machine whose torch runs ``best`` at most (this one's where
+    None), or None where it can or no pin applies: the command line refuses such a profile before training."""
+    if not capability or not applies() or capability not in LEVELS:
+        return None
+    best = best or best_here()
+    if best in LEVELS and LEVELS.index(capability) > LEVELS.index(best):
+        allowed = ", ".join(LEVELS[:LEVELS.index(best) + 1])
+        return (f"trainer.cpu_capability = {capability!r}: this CPU runs at most {best} kernels; allowed here: "
+                f"{allowed}, or null for the best it has")
+    return None
