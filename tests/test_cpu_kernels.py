@@ -7,7 +7,6 @@ is a real change of kernels on any CI machine.
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -117,22 +116,3 @@ def test_a_pin_outside_the_allowed_levels_is_a_configuration_error(tmp_path, cap
     assert main(["cells", "--params", str(params)]) == 2
     err = capsys.readouterr().err
     assert "cpu_capability" in err and "avx1024" in err and "'default', 'avx2' or 'avx512'" in err, err
-
-
-def test_slurm_jobs_get_the_pin_in_their_script(tiny_params, tmp_path):
-    """A cluster need not pass the submitting shell's environment on (sbatch --export=NONE)."""
-    from vgbench.config import load_params
-    from vgbench.launch.request import LaunchRequest
-    from vgbench.launch.slurm import executor_for
-
-    params = write_params(tmp_path, {"name": "slurm", "slurm": {"setup": ["module load cuda"]}})
-    raw = yaml.safe_load(params.read_text())
-    raw["profiles"]["tiny"]["trainer"] = {"cpu_capability": "avx2"}
-    params.write_text(yaml.safe_dump(raw))
-    loaded = load_params(params)
-    request = LaunchRequest(params=loaded, params_path=params, profile="tiny", cells=[], data_root=tmp_path,
-                            results_root=tmp_path, folder=tmp_path, settings=loaded.active.launcher)
-    script = executor_for(request)._make_submission_file_text("echo", "0")
-    assert (script.index("module load cuda") < script.index("export ATEN_CPU_CAPABILITY=avx2")
-            < script.index("export ONEDNN_MAX_CPU_ISA=AVX2"))
-    assert json.dumps(loaded.active.trainer.model_dump())  # the pin is part of every cell's config

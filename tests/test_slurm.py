@@ -12,11 +12,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from submitit.slurm.slurm import SlurmJob
 
 from tests.test_launch import comparable, metrics_of, vgbench, write_params
@@ -112,6 +114,31 @@ def test_slurm_arrays_give_the_serial_results_and_leaderboard(tiny_params, tiny_
     pd.testing.assert_frame_equal(boards[0], boards[1])
     assert (slurm_dir / "results" / "leaderboard.md").read_text().count("## ") == \
         (tmp_path / "serial" / "results" / "leaderboard.md").read_text().count("## ")
+
+
+def test_a_pinned_profile_s_kernels_reach_the_node_through_the_job_script(tiny_data_root, tmp_path):
+    """The submitting shell has no ATEN_CPU_CAPABILITY or ONEDNN_MAX_CPU_ISA; the job script exports the
+    profile's pin ("default", below every x86-64 CPU's best), so the node's group runs those kernels instead
+    of refusing to train (vgbench/cpu_kernels.py)."""
+    from vgbench import cpu_kernels
+
+    if not cpu_kernels.applies():
+        pytest.skip("the pin applies to x86-64 CPUs only")
+    params = write_params(tmp_path, SLURM)
+    raw = yaml.safe_load(params.read_text())
+    raw["profiles"]["tiny"]["trainer"] = {"threads": 1, "cpu_capability": "default"}
+    params.write_text(yaml.safe_dump(raw))
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in (cpu_kernels.ENV, cpu_kernels.ONEDNN_ENV)}
+    done = subprocess.run(
+        [sys.executable, "-m", "vgbench", "train", "--only", "mlp-he_relu-mnist1d-d2", "--params", str(params),
+         "--data-root", str(tiny_data_root), "--results-root", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=environment)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (metrics,) = metrics_of(tmp_path / "results").values()
+    assert metrics["launch"]["launcher"] == "slurm" and metrics["launch"]["slurm_job_id"]
+    assert (metrics["environment"]["cpu_capability"], metrics["environment"]["onednn_max_cpu_isa"]) == \
+        ("DEFAULT", "SSE41")
 
 
 def _slow_cell_params(folder: Path) -> Path:
