@@ -148,6 +148,11 @@ def card(block: dict, params: Params, claims: pd.DataFrame) -> str:
         for env in block["environments"])
     blocks = "\n".join(f"- {b.family} on {b.dataset}: remedies {', '.join(b.remedies)}; depths "
                        f"{', '.join(map(str, b.depths))}" for b in profile.matrix)
+    kernels = (f"the profile pins the CPU kernels (`trainer.cpu_capability: {profile.trainer.cpu_capability}`), so "
+               f"AMD CPUs of other generations give them too (README, \"Five machines\"; Intel untested)."
+               if profile.trainer.cpu_capability else
+               "the profile leaves the CPU kernels to each CPU (`trainer.cpu_capability: null`), so another CPU's "
+               "may round differently.")
     tally = claims["verdict"].value_counts()
     checkout = (f"git checkout {git['commit']}" if git["commit"] else "(no git commit recorded)") + (
         "   # the tree was dirty: these results include uncommitted changes" if git["dirty"] else "")
@@ -185,9 +190,9 @@ dvc repro            # params.yaml sha256 {block['params_sha256']}
 {manifests}
 
 Bit for bit: the same numbers on the same hardware and software (torch, CPU model and family or GPU model, the
-instruction set torch's CPU kernels run, thread count).
-On another machine: within the reported intervals (float rounding moves some cells; README, "Pipeline
-stability", measured how many).
+vector kernels torch's CPU operations run, thread count); {kernels}
+On another machine otherwise: within the reported intervals (float rounding moves some cells; README,
+"Pipeline", measured how many); `vgbench compare` places another machine's run against this one.
 
 W&B: project `{block['wandb']['project']}`, mode `{block['wandb']['mode']}`, {block['wandb']['cell_runs']} cell runs
 (ids in leaderboard.json's provenance); offline runs upload with `wandb sync wandb/offline-run-*`.
