@@ -149,7 +149,7 @@ def card(block: dict, params: Params, claims: pd.DataFrame) -> str:
     blocks = "\n".join(f"- {b.family} on {b.dataset}: remedies {', '.join(b.remedies)}; depths "
                        f"{', '.join(map(str, b.depths))}" for b in profile.matrix)
     kernels = (f"the profile pins the CPU kernels (`trainer.cpu_capability: {profile.trainer.cpu_capability}`), so "
-               f"AMD CPUs of other generations give them too (README, \"Five machines\"; Intel untested)."
+               f"AMD CPUs of other generations give the same numbers (README, \"Five machines\"; Intel untested)."
                if profile.trainer.cpu_capability else
                "the profile leaves the CPU kernels to each CPU (`trainer.cpu_capability: null`), so another CPU's "
                "may round differently.")
