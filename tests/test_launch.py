@@ -27,7 +27,7 @@ from vgbench import atomic, claims, results
 from vgbench.config import load_params
 from vgbench.groups import group_id
 from vgbench.matrix import expand
-from vgbench.wandb_names import cell_run_id
+from vgbench.wandb_names import cell_run_id, machine_tag
 
 # Timings and provenance; `group` too: which cells shared a cell's group changes none of its numbers.
 IGNORED = {"fit_seconds", "wall_seconds", "probe_seconds", "probe_overhead_fraction", "environment", "launch",
@@ -471,7 +471,7 @@ def test_a_killed_cell_resumes_from_its_checkpoint_with_identical_metrics(tiny_d
     runs = sorted(wandb_dir.glob("wandb/offline-run-*"))
     # One W&B run, resumed: the killed process's directory (its log cut short by SIGKILL) and the
     # restarted one's carry the same run id.
-    run_id = cell_run_id(cell.cell_id, results.code_fingerprint())
+    run_id = cell_run_id(cell.cell_id, results.code_fingerprint(), machine_tag(results.environment()))
     assert len(runs) == 2 and all(run.name.endswith(run_id) for run in runs)
     restarted = read_run(runs[-1])
     assert restarted.run.run_id == run_id == result["wandb"]["run_id"]

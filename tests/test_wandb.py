@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from vgbench.config import WandbSettings
 from vgbench.matrix import expand
 from vgbench.probes.theory import SOURCE as THEORY_SOURCE
 from vgbench.report.build import build_leaderboard
+from vgbench import results
 from vgbench.results import cell_state
 from vgbench.training.run_group import run_cell
 
@@ -81,7 +83,8 @@ def test_offline_run_config_and_group_identify_the_cell(offline_cell):
     assert run.run.display_name == cell.cell_id
     # Grouped by profile and family, tagged for run-set filters (vgbench/wandb_names.py owns the names).
     assert run.run.run_group == names.group("tiny", cell.family) == "tiny/mlp"
-    assert list(run.run.tags) == ["profile:tiny", "remedy:he_relu", "dataset:mnist1d", "depth:6"]
+    assert list(run.run.tags) == ["profile:tiny", "remedy:he_relu", "dataset:mnist1d", "depth:6",
+                                  f"machine:{names.machine_tag(results.environment())}"]
     assert run.run.job_type == names.CELL_JOB
     assert run.config["cell_id"] == cell.cell_id
     assert run.config["recipe"] == cell.recipe
@@ -263,12 +266,24 @@ def test_the_keys_the_report_plots_are_in_a_real_cell_run(offline_cell):
     assert columns == [names.PROFILE_INDEX, *names.PROFILE_COLUMNS] and "dL_dh_norm" in columns
 
 
-def test_a_cell_retrained_by_other_code_is_another_w_and_b_run():
-    """The run id is the cell id and the training code's fingerprint: a stale cell's retraining is a new run
-    (with the cell id alone, `wandb sync` appended it to the old one); the config hash survives shortening."""
+def test_a_cell_retrained_by_other_code_or_on_another_machine_is_another_w_and_b_run():
+    """The run id is the cell id, the training code's fingerprint and the machine's tag: a stale cell's
+    retraining is a new run (with the cell id alone, `wandb sync` appended it to the old one), and so is a
+    second machine's training of the same cell (synced to one project, the two merged into one run); the
+    config hash survives shortening."""
     short = "mlp-he_relu-mnist1d-d20-lr0.1-s0-0123456789"
-    assert names.cell_run_id(short, "abcdef123456") == "mlp-he_relu-mnist1d-d20-lr0_1-s0-0123456789-abcdef"
-    assert names.cell_run_id(short, "abcdef123456") != names.cell_run_id(short, "fedcba654321")
+    assert names.cell_run_id(short, "abcdef123456", "9c1e") == "mlp-he_relu-mnist1d-d20-lr0_1-s0-0123456789-abcdef-9c1e"
+    assert names.cell_run_id(short, "abcdef123456", "9c1e") != names.cell_run_id(short, "fedcba654321", "9c1e")
     long = "resnet-residual_bn-perm_seq_mnist-d110-lr0.0003-s12-" + "f" * 10
-    run_id = names.cell_run_id(long, "abcdef123456")
-    assert len(run_id) == names.RUN_ID_LIMIT and run_id.endswith("-" + "f" * 10 + "-abcdef")
+    run_id = names.cell_run_id(long, "abcdef123456", "9c1e")
+    assert len(run_id) == names.RUN_ID_LIMIT and run_id.endswith("-" + "f" * 10 + "-abcdef-9c1e")
+    # Two machines: the Zen 5 and the Intel VM of the README, as results.environment() records them. The
+    # machine's number of threads or visible GPUs is the cell's or the launch's business, not the tag's.
+    zen5 = {"cpu_id": "AuthenticAMD family 26 model 2 stepping 1", "cpu_capability": "AVX2",
+            "onednn_max_cpu_isa": "AVX2", "gpu": None, "torch": "2.14.1+cu130", "torch_threads": 1}
+    intel = {**zen5, "cpu_id": "GenuineIntel family 6 model 167 stepping 1"}
+    tags = {names.machine_tag(env) for env in (zen5, intel, {**zen5, "cpu_capability": "AVX512"},
+                                               {**zen5, "torch": "2.15.0"}, {**zen5, "gpu": "NVIDIA H200"})}
+    assert len(tags) == 5 and all(re.fullmatch(r"[0-9a-f]{4}", tag) for tag in tags)
+    assert names.machine_tag({**zen5, "torch_threads": 2, "cuda_visible_devices": "3"}) == names.machine_tag(zen5)
+    assert names.machine_tag(results.environment()) == names.machine_tag(results.environment())

@@ -4,16 +4,19 @@ The cell runs (training/wandb_run.py, training/module.py, probes/gradient_flow.p
 run (report/wandb_tables.py), the report builder and the tests all spell W&B names through this
 module, so a rename cannot leave one of them behind:
 
-- a cell's **run id** is derived from its cell id, so a restarted or rerun cell resumes the same run
-  instead of making a second one of the same name;
-- runs are **grouped** ``<profile>/<family>`` and **tagged** with their remedy, data set, depth and
-  profile, so a run set can be filtered to one profile and family;
+- a cell's **run id** is derived from its cell id, the training code and the machine, so a restarted or
+  rerun cell resumes the same run instead of making a second one of the same name, and another
+  machine's or another code's training of it is another run;
+- runs are **grouped** ``<profile>/<family>`` and **tagged** with their remedy, data set, depth, profile
+  and machine tag, so a run set can be filtered to one profile and family, or one machine;
 - **job types** tell cell runs from the leaderboard run;
 - **metric and table keys**: what the runs log, as the report's panels and the tests read them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 
 RUN_ID_LIMIT = 64  # W&B's limit on a run id
@@ -43,16 +46,27 @@ FIGURES = "figures/"
 HEADLINE = "headline"  # the leaderboard run's summary: results/metrics.json (vgbench/report/headline.py)
 
 
-def cell_run_id(cell_id: str, code_fingerprint: str) -> str:
+def machine_tag(environment: dict) -> str:
+    """4 hex characters naming the hardware and software a cell's numbers are bit for bit on (CPU, its
+    kernels, GPU, torch; results.environment): the same cell trained on two machines is two W&B runs."""
+    keys = ("cpu_id", "cpu_capability", "onednn_max_cpu_isa", "gpu", "torch")
+    text = json.dumps({key: environment.get(key) for key in keys}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:4]
+
+
+def cell_run_id(cell_id: str, code_fingerprint: str, machine: str) -> str:
     """The cell id with characters W&B does not allow in ids (the dots of ``lr0.1``) as ``_``, then the first 6
-    characters of the training code's fingerprint: a cell retrained after a code change (its result stale) is
-    another W&B run, where with the cell id alone ``wandb sync`` would append it to the old one. A resumed
-    training (same code) keeps its run.
+    characters of the training code's fingerprint and the ``machine_tag``. A cell retrained after a code
+    change (its result stale) is another W&B run, where with the cell id alone ``wandb sync`` would append
+    it to the old one; so is the same cell trained on another machine (a second machine's check of a
+    table, README "Checking a verdict on a second machine"), where both machines' offline runs synced to
+    one project would otherwise be merged into one. A resumed training (same code, same machine) keeps
+    its run.
 
     The config hash at the end of a cell id is kept whole when the id must be shortened.
     """
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", cell_id)
-    tag = f"-{code_fingerprint[:6]}"
+    tag = f"-{code_fingerprint[:6]}-{machine}"
     if len(safe) + len(tag) <= RUN_ID_LIMIT:
         return safe + tag
     prefix, _, config_hash = safe.rpartition("-")
@@ -63,8 +77,8 @@ def group(profile: str, family: str) -> str:
     return f"{profile}/{family}"
 
 
-def cell_tags(profile: str, remedy: str, dataset: str, depth: int) -> list[str]:
-    return [f"profile:{profile}", f"remedy:{remedy}", f"dataset:{dataset}", f"depth:{depth}"]
+def cell_tags(profile: str, remedy: str, dataset: str, depth: int, machine: str) -> list[str]:
+    return [f"profile:{profile}", f"remedy:{remedy}", f"dataset:{dataset}", f"depth:{depth}", f"machine:{machine}"]
 
 
 def leaderboard_run_name(profile: str) -> str:

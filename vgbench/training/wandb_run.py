@@ -22,7 +22,7 @@ import os
 from vgbench.config import ConfigError, WandbSettings
 from vgbench.matrix import CellSpec
 from vgbench.pretraining.stack import EPOCH_MONITORS
-from vgbench.results import code_fingerprint
+from vgbench.results import code_fingerprint, environment
 from vgbench import wandb_names as names
 
 
@@ -51,12 +51,15 @@ def start_run(cell: CellSpec, settings: WandbSettings, group: dict, profile: str
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
+    machine = names.machine_tag(environment())
+
     run = wandb.init(
         # `dir` beats WANDB_DIR; hand WANDB_DIR on so cell runs land where the leaderboard run does.
         dir=os.environ.get("WANDB_DIR") or ".",
         project=settings.project, entity=settings.entity, mode=settings.mode,
-        name=cell.cell_id, id=names.cell_run_id(cell.cell_id, code_fingerprint()), resume="allow", group=names.group(profile, cell.family),
-        job_type=names.CELL_JOB, tags=names.cell_tags(profile, cell.remedy, cell.dataset, cell.depth),
+        name=cell.cell_id, id=names.cell_run_id(cell.cell_id, code_fingerprint(), machine), resume="allow",
+        group=names.group(profile, cell.family), job_type=names.CELL_JOB,
+        tags=names.cell_tags(profile, cell.remedy, cell.dataset, cell.depth, machine),
         config={**cell.as_dict(), "cell_id": cell.cell_id, "cell_group": group},
         reinit="create_new",
         settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, silent=True),
