@@ -5,6 +5,12 @@
 MAJORITY = 0.5
 
 
+def row_key(family: str, dataset: str, remedy: str, depth) -> str:
+    """A leaderboard row's key in leaderboard.json ("mlp/mnist1d/he_relu/d20"): build.py writes it, and
+    compare.py finds a cell's row by it."""
+    return f"{family}/{dataset}/{remedy}/d{depth}"
+
+
 def seeds_disagree(row) -> bool:
     """Do a leaderboard row's seeds differ in outcome: some trainable and some not, or a failure label that
     some seeds have and others not (its ``rate_<label>`` shares)? Such a row's verdicts are *soft*: another

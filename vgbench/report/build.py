@@ -24,7 +24,7 @@ from vgbench.data import DATASETS
 from vgbench.models import FAMILIES
 from vgbench.probes import theory
 from vgbench.references import BIB_PATH, latex_cite
-from vgbench.report import NoResultsError, aggregate, figures, formats, provenance
+from vgbench.report import NoResultsError, aggregate, figures, formats, provenance, row_key
 from vgbench.report.headline import headline
 from vgbench.tuning import matrix_cells
 
@@ -41,7 +41,7 @@ def _records(frame: pd.DataFrame) -> list[dict]:
 
 def row_records(rows: pd.DataFrame) -> dict[str, dict]:
     """leaderboard.json's ``rows``: each leaderboard row by "family/data set/remedy/d<depth>"."""
-    return {f"{r['family']}/{r['dataset']}/{r['remedy']}/d{r['depth']}": r for r in _records(rows)}
+    return {row_key(r["family"], r["dataset"], r["remedy"], r["depth"]): r for r in _records(rows)}
 
 
 def _tex(text: str) -> str:

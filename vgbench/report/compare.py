@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vgbench.report import MAJORITY, seeds_disagree
+from vgbench.report import MAJORITY, row_key, seeds_disagree
 
 LEADERBOARD = "leaderboard.json"
 KEYS = ("rows", "frontier", "claims", "provenance")  # what a leaderboard.json must hold to be compared
@@ -92,6 +92,11 @@ def placed(row: dict | None, value: float, before: float | None = None) -> str:
     return "within interval" if low <= value <= high else "beyond interval"
 
 
+def _tally() -> Counter:
+    """Every place at 0, so that the report names each one even where none landed there."""
+    return Counter(dict.fromkeys(PLACES, 0))
+
+
 def _same_numbers(a: dict, b: dict) -> bool:
     def key(row):
         return tuple(number(row.get(k)) for k in ("test_metric_mean", "test_metric_ci_low", "test_metric_ci_high"))
@@ -100,8 +105,8 @@ def _same_numbers(a: dict, b: dict) -> bool:
 
 def outcome(row: dict) -> str:
     """What a row's seeds did: the share that trained and the failure labels with their counts."""
-    share = round(row["trainable_rate"] * row["n"]) if row.get("n") else row["trainable_rate"]
-    trained = f"trainable {share}/{row['n']}" if row.get("n") else f"trainable {row['trainable_rate']:.0%}"
+    n = row.get("n")
+    trained = f"trainable {round(row['trainable_rate'] * n)}/{n}" if n else f"trainable {row['trainable_rate']:.0%}"
     return ", ".join(filter(None, [trained, row.get("failures") or ""]))
 
 
@@ -125,7 +130,7 @@ class Comparison:
     shared_rows: list[str] = field(default_factory=list)
     only_first: list[str] = field(default_factory=list)
     only_second: list[str] = field(default_factory=list)
-    row_means: Counter = field(default_factory=Counter)  # PLACES -> rows
+    row_means: Counter = field(default_factory=_tally)  # PLACES -> rows
     rates: list[tuple[str, object, object]] = field(default_factory=list)
     outcomes: list[Change] = field(default_factory=list)
     firm_and_same: list[str] = field(default_factory=list)
@@ -140,7 +145,6 @@ def compare(first: Run, second: Run) -> Comparison:
     result = Comparison(first, second, shared_rows=[key for key in a_rows if key in b_rows],
                         only_first=[key for key in a_rows if key not in b_rows],
                         only_second=[key for key in b_rows if key not in a_rows])
-    result.row_means = Counter({place: 0 for place in PLACES})
     for key in result.shared_rows:
         a, b = a_rows[key], b_rows[key]
         result.row_means["identical" if _same_numbers(a, b) else placed(a, number(b["test_metric_mean"]))] += 1
@@ -168,7 +172,7 @@ def compare(first: Run, second: Run) -> Comparison:
                                         bool(a.get("soft_rows")), bool(b.get("soft_rows"))))
     if first.cells is not None and second.cells is not None:
         seconds = _by_training(second.cells)
-        result.cells = cell_moves((a_rows.get(_row_key(a)), number(b.get("test_metric")), number(a.get("test_metric")))
+        result.cells = cell_moves((a_rows.get(_cell_row(a)), number(b.get("test_metric")), number(a.get("test_metric")))
                                   for key, a in _by_training(first.cells).items()
                                   if (b := seconds.get(key)) is not None)
     return result
@@ -177,19 +181,20 @@ def compare(first: Run, second: Run) -> Comparison:
 def _by_training(cells: dict[str, dict]) -> dict[tuple, dict]:
     """Cells by what they train (row, seed and learning rate), not by id: the id hashes the whole config, the
     torch thread count included, and two machines may run the profile with different counts."""
-    return {(_row_key(result), result["cell"].get("seed"), result["cell"].get("learning_rate")): result
+    return {(_cell_row(result), result["cell"].get("seed"), result["cell"].get("learning_rate")): result
             for result in cells.values() if isinstance(result.get("cell"), dict)}
 
 
-def _row_key(result: dict) -> str:
+def _cell_row(result: dict) -> str:
+    """The key of the leaderboard row a cell's result belongs to."""
     cell = result["cell"]
-    return f"{cell.get('family')}/{cell.get('dataset')}/{cell.get('remedy')}/d{cell.get('depth')}"
+    return row_key(cell.get("family"), cell.get("dataset"), cell.get("remedy"), cell.get("depth"))
 
 
 def cell_moves(pairs) -> Counter:
     """How many cells' test metrics were identical, within or beyond their row's interval in the first run,
     from (first run's row, second value, first value) triples."""
-    moves = Counter({place: 0 for place in PLACES})
+    moves = _tally()
     for row, after, before in pairs:
         moves[placed(row, after, before)] += 1
     return moves
