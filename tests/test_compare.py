@@ -139,6 +139,17 @@ def test_rank_ranges_and_claims_that_moved_are_named_with_what_each_run_rested_o
             "no in the first, yes in the second).") in text
 
 
+def test_a_row_whose_mean_is_equal_but_whose_interval_moved_is_not_identical():
+    """Test accuracy on 1000 samples comes in steps of 0.001, so two machines' seeds can average to the same
+    mean with another spread: that row moved within the first run's interval, it is not identical."""
+    first = _board({"same": (1.0, "", {}), "narrower": (1.0, "", {})}, {}, {}, {})
+    second = json.loads(json.dumps(first))
+    second["rows"]["narrower"].update(test_metric_ci_low=0.45, test_metric_ci_high=0.55)
+    result = compare(Run("a", first), Run("b", second))
+    assert dict(result.row_means) == {"identical": 1, "within interval": 1, "beyond interval": 0,
+                                      "not comparable": 0}
+
+
 @pytest.mark.parametrize("content, says", [
     (None, "no such file; give a leaderboard.json or the results folder that holds one"),
     ("{not json", "not a readable leaderboard.json"),

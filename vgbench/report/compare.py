@@ -80,13 +80,17 @@ def number(value) -> float:
     return math.nan if value is None else float(value)
 
 
-def placed(row: dict | None, value: float, before: float | None = None) -> str:
-    """Where ``value`` lies against the first run: identical to ``before`` (the row's mean where None),
-    within the first run's row's 95% interval, beyond it, or not comparable (no interval, NaN)."""
-    before = number(row["test_metric_mean"]) if before is None and row else before
-    low, high = (number(row.get(key)) if row else math.nan for key in ("test_metric_ci_low", "test_metric_ci_high"))
-    if value == before or (math.isnan(value) and before is not None and math.isnan(before)):
+def placed(row: dict | None, value: float, before: float) -> str:
+    """Where a cell's ``value`` in the second run lies against the first run: identical to its value there
+    (``before``), else as ``against_interval`` says."""
+    if value == before or (math.isnan(value) and math.isnan(before)):
         return "identical"
+    return against_interval(row, value)
+
+
+def against_interval(row: dict | None, value: float) -> str:
+    """Within the first run's row's 95% interval, beyond it, or not comparable (no interval, NaN)."""
+    low, high = (number(row.get(key)) if row else math.nan for key in ("test_metric_ci_low", "test_metric_ci_high"))
     if math.isnan(low) or math.isnan(value):
         return "not comparable"
     return "within interval" if low <= value <= high else "beyond interval"
@@ -147,7 +151,9 @@ def compare(first: Run, second: Run) -> Comparison:
                         only_second=[key for key in b_rows if key not in a_rows])
     for key in result.shared_rows:
         a, b = a_rows[key], b_rows[key]
-        result.row_means["identical" if _same_numbers(a, b) else placed(a, number(b["test_metric_mean"]))] += 1
+        # Identical only with the interval too: an equal mean over other seeds' values is a move within it.
+        place = "identical" if _same_numbers(a, b) else against_interval(a, number(b["test_metric_mean"]))
+        result.row_means[place] += 1
         if a.get("learning_rate") != b.get("learning_rate"):
             result.rates.append((key, a.get("learning_rate"), b.get("learning_rate")))
         soft = seeds_disagree(a), seeds_disagree(b)
