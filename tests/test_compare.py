@@ -134,7 +134,8 @@ def test_rank_ranges_and_claims_that_moved_are_named_with_what_each_run_rested_o
     assert "| CPU | AuthenticAMD family 23 model 1 stepping 2 | GenuineIntel family 6 model 167 stepping 1 |" in text
     assert "| CPU kernels | AVX2 kernels | AVX512 kernels, oneDNN at most AVX512_CORE |" in text
     assert "The training code differs (fingerprints above)" in text
-    assert "Rank ranges that moved: 2 of 3: a 1–5 → 1–4 (~ in the first); b 2 → 3 (not level-sensitive in the first)." in text
+    assert ("Rank ranges that moved: 2 of 3: a 1–5 → 1–4 (~ in the first); b 2 → 3 (not level-sensitive in the "
+            "first).") in text
     assert ("Claims whose verdict changed: 1 of 2: batchnorm holds → fails (resting on rows whose seeds disagree: "
             "no in the first, yes in the second).") in text
 

@@ -33,8 +33,8 @@ from vgbench.config import ConfigError, Params, load_params, updated
 from vgbench.data.store import DataNotReadyError
 from vgbench.launch.request import LaunchError
 from vgbench.registry import UnknownNameError
-from vgbench.report.compare import CompareError
 from vgbench.report import NoResultsError
+from vgbench.report.compare import CompareError
 from vgbench.report.readme import ReadmeError
 from vgbench.report.wandb_report import ReportError
 
@@ -194,9 +194,9 @@ def _train(params: Params, args) -> int:
               f"{count['running']} running elsewhere; {len(todo)} to train with the {settings.name} launcher"
               + (f" (learning-rate grid extension, round {round_})" if round_ else ""), flush=True)
         _check_data(todo, profile, args)
-        if todo and not round_:
-            _check_cpu_kernels(profile, settings)
         if todo:
+            if not round_:
+                _check_cpu_kernels(profile, settings)
             trained = {t.cell_id for t in todo}
             launched |= {c.cell_id for c in cells if stored_as(c).cell_id in trained}
             folder, snapshot = launch_folder(args.results_root, args.params)

@@ -142,7 +142,8 @@ def card(block: dict, params: Params, claims: pd.DataFrame) -> str:
     environments = "\n".join(
         f"- {env['platform']}; CPU {env.get('cpu') or 'unrecorded'} ({env.get('cpu_id') or 'id unrecorded'}; "
         f"torch kernels {env.get('cpu_capability') or 'unrecorded'}, oneDNN's "
-        f"{'capped at ' + env['onednn_max_cpu_isa'] if env.get('onednn_max_cpu_isa') else 'uncapped'}); GPU {env.get('gpu') or 'none'}; Python "
+        f"{'capped at ' + env['onednn_max_cpu_isa'] if env.get('onednn_max_cpu_isa') else 'uncapped'}); "
+        f"GPU {env.get('gpu') or 'none'}; Python "
         f"{env['python']}, torch {env['torch']}, Lightning {env['lightning']}, CUDA {env['cuda'] or 'none'}; "
         f"{env['torch_threads']} torch thread(s); code fingerprint {env['code_fingerprint']}"
         for env in block["environments"])
