@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from vgbench import cpu_kernels
 from vgbench.data import DATASETS
 from vgbench.models import FAMILIES
 from vgbench.pretraining.for_cell import PretrainingSettings
@@ -206,7 +207,7 @@ class TrainerSettings(_Strict):
     threads: int | None = Field(
         None, gt=0, description="torch intra-op CPU threads per process (null: torch's default). CPU results "
                                 "depend on it (reduction order), so the default profile pins it")
-    cpu_capability: Literal["default", "avx2", "avx512"] | None = Field(
+    cpu_capability: Literal[cpu_kernels.LEVELS] | None = Field(
         None, description="the vector kernels torch's CPU operations run on an x86-64 CPU (null: the best it has). "
                           "CPU results depend on them (an AVX-512 CPU sums in another order than an AVX2 one), so "
                           "the default profile pins avx2, which CPUs of the last decade run (vgbench/cpu_kernels.py)")

@@ -29,9 +29,10 @@ from typing import Iterator
 
 ENV = "ATEN_CPU_CAPABILITY"
 ONEDNN_ENV = "ONEDNN_MAX_CPU_ISA"
-LEVELS = ("default", "avx2", "avx512")  # ATen's x86 levels, lowest first ("default": no vector kernels)
-ONEDNN_LEVELS = {"default": "SSE41", "avx2": "AVX2", "avx512": "AVX512_CORE"}  # oneDNN's name for each (its floor
-# is SSE4.1; AVX512_CORE is the float32 level, where VNNI, BF16 and AMX speed up only other types)
+# ATen's x86 levels, lowest first ("default": no vector kernels), each with oneDNN's name for it (its floor is
+# SSE4.1; AVX512_CORE is the float32 level, where VNNI, BF16 and AMX speed up only other types).
+ONEDNN_LEVELS = {"default": "SSE41", "avx2": "AVX2", "avx512": "AVX512_CORE"}
+LEVELS = tuple(ONEDNN_LEVELS)  # what trainer.cpu_capability allows (config.py), in order
 X86_64 = {"x86_64", "amd64"}
 
 

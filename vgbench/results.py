@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import vgbench
-from vgbench import atomic, cell_result
+from vgbench import atomic, cell_result, cpu_kernels
 from vgbench.cell_result import CellResult, UnreadableResultError
 from vgbench.source_digest import source_digest
 
@@ -85,7 +85,7 @@ def environment() -> dict:
         # another order, so it moves rounding like another CPU does; ATEN_CPU_CAPABILITY can lower it.
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         # oneDNN's cap for its convolutions (vgbench/cpu_kernels.py): None where nothing capped them.
-        "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+        "onednn_max_cpu_isa": os.environ.get(cpu_kernels.ONEDNN_ENV),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 

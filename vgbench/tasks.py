@@ -12,6 +12,7 @@ the differences fit in these few functions).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -34,6 +35,9 @@ class Task:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]        # (outputs, y) -> [K] mean losses
     sums: Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]  # (outputs, y) -> additive [K] sums
     finish: Callable[[list[float]], dict[str, float]]                 # summed sums -> metrics incl. "loss"
+    # The values the headline metric can take: a t interval over seeds is clipped to them (an accuracy
+    # interval past 1 or a loss interval below 0 is arithmetic, not a possible outcome; report/statistics.py).
+    metric_range: tuple[float, float]
     scalar_output: bool = False  # one real output instead of one logit per class
     # Per-step tasks: the gradient-flow probes follow back the loss of the last ``probed_steps`` steps only
     # (``probe_loss``). A loss at every step gives each state a direct term from its own step, which hides
@@ -99,7 +103,7 @@ def _classification_sums(logits, y):
 TASKS.add("classification", Task(
     "classification", "one class per sample; accuracy against chance 1/C", "accuracy", True, False,
     loss=lambda logits, y: _cross_entropy(logits, y).mean(dim=1), sums=_classification_sums,
-    finish=lambda s: {"loss": s[0] / s[2], "accuracy": s[1] / s[2]}))
+    finish=lambda s: {"loss": s[0] / s[2], "accuracy": s[1] / s[2]}, metric_range=(0.0, 1.0)))
 
 
 # -- regression: one real target per sample (adding problem) ---------------------------------------
@@ -111,7 +115,8 @@ TASKS.add("regression", Task(
     "regression", "one real target per sample; MSE against the constant predictor's (the target variance)",
     "mse", False, False, loss=lambda out, y: _squared_errors(out, y).mean(dim=1),
     sums=lambda out, y: [_squared_errors(out, y).sum(dim=1), _count(y)],
-    finish=lambda s: {"loss": s[0] / s[1], "mse": s[0] / s[1]}, scalar_output=True))
+    finish=lambda s: {"loss": s[0] / s[1], "mse": s[0] / s[1]}, metric_range=(0.0, math.inf),
+    scalar_output=True))
 
 
 # -- copy memory: one symbol per time step, scored on the recall ----------------------------------
@@ -129,6 +134,7 @@ TASKS.add("copy_memory", Task(
     "copy_memory", "one symbol per time step; cross-entropy against the memoryless 10 ln 8 / (T + 20), "
     "and accuracy on the recall positions", "cross_entropy", False, True, loss=_copy_loss, sums=_copy_sums,
     finish=lambda s: {"loss": s[0] / s[1], "cross_entropy": s[0] / s[1], "recall_accuracy": s[2] / s[3]},
+    metric_range=(0.0, math.inf),
     # What must travel back T + 10 steps is the recall's gradient to the steps that showed the symbols.
     probed_steps=RECALL_LENGTH,
     probed_loss=f"the recall: the cross-entropy of the last {RECALL_LENGTH} steps"))
