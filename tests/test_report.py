@@ -153,7 +153,8 @@ def write_cell(root: Path, cell: CellSpec, result: dict, cell_group: list[CellSp
                         "code_fingerprint": results.code_fingerprint(), "cuda": None, "cudnn": None},
         "group": {"id": group_id(cell_group), "size": len(cell_group), "index": cell_group.index(cell),
                   "cells": [member.cell_id for member in cell_group]},
-        "wandb": None,
+        # The W&B run a training would have logged (the report's run sets list them); none for W&B off.
+        "wandb": {"run_id": f"{cell.cell_id}-run", "run_dir": f"wandb/offline-run-{cell.cell_id}"},
     }
     atomic.write_json(folder / "grad_profile.json", {"cell_id": cell.cell_id, "records": records})
     atomic.write_json(folder / "metrics.json", metrics)
@@ -709,11 +710,12 @@ def test_build_leaderboard(tmp_path, params, cells):
 
     md = (tmp_path / "leaderboard.md").read_text()
     assert md.startswith("## mlp on mnist1d (profile synthetic)\n")
-    assert ("| grad_clip | 6 | 0.1 ↑ | 0.500 ± 0.436 | [-0.583, 1.583] | 3 | 67% | 67% | -0.3 | – | inf | 2.0 "
+    assert ("| grad_clip | 6 | 0.1 ↑ | 0.500 ± 0.436 | [0.000, 1.000] | 3 | 67% | 67% | -0.3 | – | inf | 2.0 "
             "| diverged 1/3 |" in md)
-    # he_relu (0.6 at every seed) and grad_clip (0.5 ± 0.44) both train at depth 6: their intervals overlap.
+    # he_relu (0.6 at every seed) and grad_clip (0.5 ± 0.44, its t interval [-0.58, 1.58] clipped to accuracy's range)
+    # both train at depth 6: their intervals overlap.
     assert "| 1–2 | he_relu | 6 | 0.600 ± 0.000 | [0.600, 0.600] |" in md
-    assert "| 1–2 | grad_clip | 6 | 0.500 ± 0.436 | [-0.583, 1.583] |" in md and "| 3 | small_init | 2 |" in md
+    assert "| 1–2 | grad_clip | 6 | 0.500 ± 0.436 | [0.000, 1.000] |" in md and "| 3 | small_init | 2 |" in md
     tex = (tmp_path / "leaderboard.tex").read_text()
     assert (r"he\_relu\\{\scriptsize \cite{glorot2011deep,he2015delving}}\end{tabular} & "
             r"\begin{tabular}[t]{@{}r@{}}$0.700 \pm 0.050$\\"
@@ -861,6 +863,36 @@ def test_t_interval_of_seeds():
     assert all(map(math.isnan, t_interval(pd.Series([0.1, math.inf]))))    # a diverged loss: none either
 
 
+def test_an_interval_is_clipped_to_the_values_its_metric_can_take():
+    """Seeds that split (one trains, two stay at chance) give a t interval past both ends of the accuracy
+    range; a loss near 0 one below 0. The row reports the part a metric can reach, and the rank rule, which
+    compares intervals, reads the clipped ends."""
+    from vgbench.report.statistics import t_interval
+
+    split = pd.Series([0.1, 0.1, 0.9])
+    raw_low, raw_high = t_interval(split)
+    assert raw_low < 0 and raw_high > 1                                  # the arithmetic of t(0.975, 2) = 4.30
+    assert t_interval(split, (0.0, 1.0)) == (0.0, 1.0)
+    losses = pd.Series([0.001, 0.002, 0.05])
+    assert t_interval(losses, (0.0, math.inf)) == (0.0, pytest.approx(t_interval(losses)[1]))
+    assert t_interval(pd.Series([0.5, 0.6, 0.7]), (0.0, 1.0)) == t_interval(pd.Series([0.5, 0.6, 0.7]))
+
+    base = {"family": "rnn", "dataset": "d", "remedy": "r", "depth": 10, "learning_rate": 0.1, "val_metric": 0.5,
+            "failure": None, "converged": True, "trainable": True, "init_log10_dL_dh_first_last": 0.0,
+            "init_log10_weight_grad_first_last": 0.0, "epochs_to_target": None, "final_train_loss": 1.0,
+            "theory_log10_dL_dh_first_last": math.nan, "theory": "not predicted: test", "wall_seconds": 1.0}
+    accuracy = {**base, "task": "classification", "metric": "accuracy", "higher_is_better": True,
+                "baseline_metric": 0.1}
+    mse = {**base, "task": "regression", "metric": "mse", "higher_is_better": False, "baseline_metric": 0.167,
+           "dataset": "adding"}
+    frame = pd.DataFrame([{**accuracy, "seed": k, "test_metric": v} for k, v in enumerate(split)]
+                         + [{**mse, "seed": k, "test_metric": v} for k, v in enumerate(losses)])
+    rows = aggregate.leaderboard_rows(frame).set_index("dataset")
+    assert (rows.loc["d", "test_metric_ci_low"], rows.loc["d", "test_metric_ci_high"]) == (0.0, 1.0)
+    assert rows.loc["adding", "test_metric_ci_low"] == 0.0
+    assert rows.loc["adding", "test_metric_ci_high"] == pytest.approx(t_interval(losses)[1])
+
+
 def test_rows_carry_their_interval(rows, table):
     from scipy import stats
 
@@ -876,7 +908,8 @@ def test_rows_carry_their_interval(rows, table):
 def test_trainable_is_relative_to_the_best_shallow_row():
     """Best shallow gain over chance: remedy b at depth 2, 0.9 - 0.1 = 0.8; half of it is 0.4, so a deep
     cell needs accuracy 0.5. A cell at 0.35 passes the absolute bar (chance + 0.1) but is 'weak'."""
-    base = {"family": "mlp", "dataset": "d", "metric": "accuracy", "higher_is_better": True, "baseline_metric": 0.1,
+    base = {"family": "mlp", "dataset": "d", "task": "classification", "metric": "accuracy", "higher_is_better": True,
+            "baseline_metric": 0.1,
             "seed": 0, "learning_rate": 0.1, "val_metric": 0.5, "failure": None, "converged": True,
             "init_log10_dL_dh_first_last": 0.0, "init_log10_weight_grad_first_last": 0.0, "epochs_to_target": None,
             "theory_log10_dL_dh_first_last": math.nan, "theory": "not predicted: test",

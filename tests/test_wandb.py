@@ -186,6 +186,8 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
 
     run = _single_run(wandb_dir, names.LEADERBOARD_JOB)
     assert run.run.display_name == names.leaderboard_run_name("tiny") == "leaderboard-tiny"
+    # Its id names the leaderboard it logs (the W&B Report's leaderboard panels filter to that id).
+    assert run.run.run_id == names.leaderboard_run_id("tiny", (trained_results / "leaderboard.json").read_bytes())
     assert run.config["profile"] == "tiny"
     assert run.exit_code == 0
     rows = run.table_rows(names.LEADERBOARD)
@@ -223,6 +225,13 @@ def test_leaderboard_tables_match_leaderboard_csv(tiny_params, trained_results, 
     assert all((run.files / run.summary[figure]["path"]).is_file() for figure in figures)
     # The headline numbers, as DVC's metrics file has them, in the run's summary (W&B's runs table).
     assert run.summary[names.HEADLINE] == json.loads((trained_results / "metrics.json").read_text())
+
+    # The same results reported again are the same leaderboard: logged into the same run (wandb sync resumes
+    # it), where a name alone would have made a second run of that name.
+    with wandb_dir_env(tmp_path / "wandb-root"):
+        build_leaderboard(params, trained_results, log_to_wandb=True)
+    again = [read_run(folder) for folder in offline_runs(wandb_dir)]
+    assert len(again) == 2 and {r.run.run_id for r in again} == {run.run.run_id}
     assert run.summary[names.HEADLINE]["mlp/mnist1d"]["leader"] == "he_relu"
 
 

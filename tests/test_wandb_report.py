@@ -22,7 +22,7 @@ def built(tmp_path_factory, params, cells):
     write_results(results, cells)
     build.build_leaderboard(params, results, log_to_wandb=False)
     data = build.aggregate_results(params, results)
-    spec, written = wandb_report.write(params, results, data.rows, data.ranked)
+    spec, written = wandb_report.write(params, results, data.rows, data.ranked, data.table)
     return spec, written, results, data
 
 
@@ -88,7 +88,40 @@ def test_run_sets_filter_this_profile_s_groups_and_panels_use_logged_keys(built)
                     names.GRAD_PROFILE_INIT, names.PROFILE_INDEX, "dL_dh_norm")
                 assert panel["y"] in names.PROFILE_COLUMNS
     board = grids[0]["runset"]["filters"]
-    assert f"'{names.leaderboard_run_name('synthetic')}'" in board and f"'{names.LEADERBOARD_JOB}'" in board
+    assert f"'{names.LEADERBOARD_JOB}'" in board
+
+
+def test_run_sets_hold_exactly_the_runs_behind_this_leaderboard(built, params):
+    """A project holds other commits', machines' and leaderboards' runs of the same groups and names: each run
+    set lists the runs of the leaderboard's own cells (and its own leaderboard run), so none of those is
+    drawn, and a cell trained with W&B off is left out of the list rather than matched by a name."""
+    spec, _, results, data = built
+    grids = [b for b in spec["blocks"] if b["type"] == "panel_grid"]
+    board = {(f.key.section, f.key.name): f.value for f in expr_to_filters(grids[0]["runset"]["filters"]).filters}
+    expected_id = names.leaderboard_run_id("synthetic", (results / "leaderboard.json").read_bytes())
+    assert board[("run", "name")] == [expected_id] == grids[0]["runset"]["run_ids"]  # W&B calls a run's id "name"
+    assert expected_id.startswith("leaderboard-synthetic-") and len(expected_id) == len("leaderboard-synthetic-") + 8
+    pairs = list(data.rows[["family", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
+    for grid, (family, dataset) in zip(grids[1:], pairs):
+        ids = {(f.key.section, f.key.name): f.value for f in expr_to_filters(grid["runset"]["filters"]).filters}
+        cells = data.table[(data.table["family"] == family) & (data.table["dataset"] == dataset)]
+        assert sorted(ids[("run", "name")]) == sorted(f"{c}-run" for c in set(cells["cell_id"])) == grid["runset"][
+            "run_ids"]
+        assert len(grid["runset"]["run_ids"]) == cells["cell_id"].nunique() > 1
+    text = (results / "report" / "report.md").read_text()
+    assert f"(run `{expected_id}`, among Metric('JobType') == 'leaderboard'" in text
+    assert f"(the {len(grids[1]['runset']['run_ids'])} runs of this leaderboard's cells, among " in text
+
+    # A cell trained with W&B off has no run: the list leaves it out, and a block of such cells says so.
+    some_off = data.table.assign(wandb_run_id=data.table["wandb_run_id"].where(data.table["seed"] != 0))
+    all_off = data.table.assign(wandb_run_id=None)
+    for off, runs in ((some_off, lambda cells: cells[cells["seed"] != 0]), (all_off, lambda cells: cells[:0])):
+        grid = [b for b in wandb_report.specification(params, data.rows, data.ranked, off, expected_id, "", "")[
+            "blocks"] if b["type"] == "panel_grid"][1]
+        cells = data.table[(data.table["family"] == pairs[0][0]) & (data.table["dataset"] == pairs[0][1])]
+        assert grid["runset"]["run_ids"] == sorted(set(runs(cells)["wandb_run_id"]))
+    assert "(no run: these cells were trained with W&B off, among " in wandb_report.markdown(
+        wandb_report.specification(params, data.rows, data.ranked, all_off, expected_id, "", ""))
 
 
 def test_wandb_workspaces_builds_the_report_offline(built):
@@ -168,8 +201,8 @@ def test_a_report_refuses_a_leaderboard_built_from_other_results(tmp_path, param
     data = build.aggregate_results(params, results)
     with pytest.raises(wandb_report.ReportError, match=r"leaderboard.json was built from other results .*\("
                                                        r"1 row\(s\) differ, e.g. mlp/mnist1d/small_init/d2\)"):
-        wandb_report.write(params, results, data.rows, data.ranked)
+        wandb_report.write(params, results, data.rows, data.ranked, data.table)
     assert not (results / "report").exists()
     build.build_leaderboard(params, results, log_to_wandb=False)  # rebuilt: the report follows
-    assert [p.name for p in wandb_report.write(params, results, data.rows, data.ranked)[1]] == ["report.json",
-                                                                                                 "report.md"]
+    written = wandb_report.write(params, results, data.rows, data.ranked, data.table)[1]
+    assert [p.name for p in written] == ["report.json", "report.md"]

@@ -281,7 +281,7 @@ def _report(params: Params, args) -> int:
     from vgbench.training.wandb_run import check_online_login
 
     data = aggregate_results(params, args.results_root)
-    spec, written = wandb_report.write(params, args.results_root, data.rows, data.ranked)
+    spec, written = wandb_report.write(params, args.results_root, data.rows, data.ranked, data.table)
     for path in written:
         print(f"wrote {path}")
     if args.publish:

@@ -9,6 +9,7 @@ module, so a rename cannot leave one of them behind:
   machine's or another code's training of it is another run;
 - runs are **grouped** ``<profile>/<family>`` and **tagged** with their remedy, data set, depth, profile
   and machine tag, so a run set can be filtered to one profile and family, or one machine;
+- the **leaderboard run's id** is derived from the leaderboard it logs, so a report names exactly that run;
 - **job types** tell cell runs from the leaderboard run;
 - **metric and table keys**: what the runs log, as the report's panels and the tests read them.
 """
@@ -83,6 +84,15 @@ def cell_tags(profile: str, remedy: str, dataset: str, depth: int, machine: str)
 
 def leaderboard_run_name(profile: str) -> str:
     return f"leaderboard-{profile}"
+
+
+def leaderboard_run_id(profile: str, leaderboard_json: bytes) -> str:
+    """The leaderboard run's id: its name and 8 hex characters of ``leaderboard.json`` (rows, ranks, claims and
+    provenance: commit, params, dvc.lock, machines). The report stage rerun on the same results logs into
+    the same run instead of adding one, and the W&B Report filters its leaderboard panels to exactly the
+    leaderboard it was written with, not every machine's and commit's run of that name."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", leaderboard_run_name(profile))
+    return f"{safe}-{hashlib.sha256(leaderboard_json).hexdigest()[:8]}"
 
 
 def val_metric(metric: str) -> str:

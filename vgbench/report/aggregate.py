@@ -6,7 +6,8 @@ the rate with the best mean final-epoch *validation* metric over seeds is
 chosen (the task's metric: accuracy, MSE or cross-entropy, in its direction; a
 diverged seed counts as the worst value, accuracy 0 or loss +inf; ties go to
 the smaller rate), and only that rate's *test* results are reported,
-aggregated over seeds with their spread and a 95% t interval (statistics.py).
+aggregated over seeds with their spread and a 95% t interval, clipped to the metric's range
+(statistics.py).
 No test number ever influences the choice. A rate chosen at the edge of its
 grid is marked (``lr_grid_edge``): a wider grid might have done better there.
 """
@@ -24,6 +25,7 @@ from vgbench.matrix import CellSpec
 from vgbench.probes.failure import FAILURE_LABELS
 from vgbench.report import MAJORITY
 from vgbench.report.statistics import level_sensitive, rank_ranges, rank_text, t_interval
+from vgbench.tasks import TASKS
 from vgbench.tuning import ROW
 from vgbench.twins import stored_as
 
@@ -35,7 +37,8 @@ def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame,
     also the ids of the cells left out (``not_in_table`` says why)."""
     rows, missing, seen = [], [], set()
     for cell in cells:
-        stored = stored_as(cell).cell_id  # a DBN twin reads its MLP cell's result (twins.py)
+        trained_as = stored_as(cell)  # a DBN twin reads its MLP cell's result (twins.py)
+        stored = trained_as.cell_id
         if results.cell_state(results_root, stored).state != "done":
             if stored not in seen:
                 seen.add(stored)
@@ -45,7 +48,7 @@ def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame,
         rows.append({
             "cell_id": stored, "family": cell.family, "dataset": cell.dataset, "remedy": cell.remedy,
             "depth": cell.depth, "seed": cell.seed, "learning_rate": cell.learning_rate,
-            "metric": result.metric, "higher_is_better": result.higher_is_better,
+            "task": result.task, "metric": result.metric, "higher_is_better": result.higher_is_better,
             "baseline_metric": result.baseline_metric,
             "val_metric": result.val_metric, "test_metric": result.test_metric,
             "trainable": result.trainable, "failure": result.failure, "converged": result.converged,
@@ -54,6 +57,8 @@ def cell_table(cells: list[CellSpec], results_root: Path) -> tuple[pd.DataFrame,
             "init_log10_weight_grad_first_last": result.init_log10_weight_grad_first_last,
             "epochs_to_target": result.epochs_to_target, "final_train_loss": result.final_train_loss,
             "wall_seconds": result.wall_seconds,
+            # The W&B run its training logged (None: W&B was off), under the family it trained as.
+            "trained_as": trained_as.family, "wandb_run_id": (result.wandb or {}).get("run_id"),
         })
     return pd.DataFrame(rows), missing
 
@@ -174,7 +179,8 @@ def leaderboard_rows(cells: pd.DataFrame, fraction_of_shallow: float = 0.5) -> p
             "selection_val_metric": group["selection_val_metric"].iloc[0],
             "n": len(group),
             "test_metric_mean": float(test.mean()), "test_metric_std": _std(test),
-            **dict(zip(("test_metric_ci_low", "test_metric_ci_high"), t_interval(test))),
+            **dict(zip(("test_metric_ci_low", "test_metric_ci_high"),
+                       t_interval(test, TASKS.get(group["task"].iloc[0]).metric_range))),
             "trainable_rate": float(group["trainable"].mean()),
             "converged_rate": float((group["converged"] == True).mean()),  # noqa: E712 (None: not converged)
             "init_log10_dL_dh_first_last": _mean_of_measured(group["init_log10_dL_dh_first_last"]),

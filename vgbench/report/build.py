@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from vgbench import atomic, findings
+from vgbench import wandb_names as names
 from vgbench.config import Params
 from vgbench.data import DATASETS
 from vgbench.models import FAMILIES
@@ -59,8 +60,8 @@ def _latex_caption(params: Params, family: str, dataset: str, rows: pd.DataFrame
         f"entries; the cells and n per row are in leaderboard.md)" if fewer else "")
     return (f"{family} on {_tex(dataset)}{latex_cite(DATASETS.get(dataset).cites)}: "
             f"{_tex(formats.metric_title(rows))} "
-            f"(mean $\\pm$ std {seeds}, in brackets Student's t 95\\% interval of the mean; "
-            f"learning rate chosen on the validation metric) "
+            f"(mean $\\pm$ std {seeds}, in brackets Student's t 95\\% interval of the mean, clipped to the "
+            f"metric's range; learning rate chosen on the validation metric) "
             f"and log10 of the first/last hidden-state gradient norm ratio at initialization{_tex(gradient_of)} "
             f"(in parentheses: the mean-field prediction{latex_cite(theory.CITES)} where it applies); "
             f"rank: tie-aware, by the deepest depth trained by at least half the seeds, then the test metric at "
@@ -186,5 +187,6 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
     if log_to_wandb and params.wandb.mode != "disabled":
         from vgbench.report.wandb_tables import log_leaderboard
 
-        log_leaderboard(params, rows, ranked, claims, head, [p for p in written if p.suffix == ".png"])
+        run_id = names.leaderboard_run_id(params.profile, (results_root / "leaderboard.json").read_bytes())
+        log_leaderboard(params, run_id, rows, ranked, claims, head, [p for p in written if p.suffix == ".png"])
     return written

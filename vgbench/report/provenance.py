@@ -166,7 +166,7 @@ def card(block: dict, params: Params, claims: pd.DataFrame) -> str:
 
 {block['cells']} trained cells (a cell: one network, one seed, one learning rate): seeds
 {list(profile.seeds)}, learning rates chosen on validation from each block's grid; every row reports
-mean, std, n and a Student's t 95% interval over its seeds.
+mean, std, n and a Student's t 95% interval over its seeds (clipped to the metric's range).
 
 {blocks}
 

@@ -1,9 +1,10 @@
 """Intervals over seeds and tie-aware ranks: what a leaderboard may claim from a handful of seeds.
 
-A row's 95% confidence interval is Student's t interval of its seeds' mean, mean ± t(0.975, n−1) · s / √n:
-with 3 to 5 seeds a bootstrap over seeds has too few distinct resamples to be trusted, and t is what
-benchmark papers report. It is undefined (NaN) for one seed or a non-finite value (a loss of +inf from a
-diverged seed), and the table shows "–".
+A row's 95% confidence interval is Student's t interval of its seeds' mean, mean ± t(0.975, n−1) · s / √n,
+clipped to the values its metric can take (accuracy in [0, 1], a loss at least 0): with 3 to 5 seeds a
+bootstrap over seeds has too few distinct resamples to be trusted, and t is what benchmark papers report.
+It is undefined (NaN) for one seed or a non-finite value (a loss of +inf from a diverged seed), and the
+table shows "–".
 
 Ranks are ranges, as in benchmark papers that rank with intervals (e.g. Chatbot Arena): remedy i is
 *beaten* by j when j trains deeper (a deeper trainability frontier), or trains as deep and j's interval
@@ -33,13 +34,20 @@ def t_half_width(std: float, n: int, level: float = LEVEL) -> float:
     return float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n) if n >= 2 else math.nan
 
 
-def t_interval(values: pd.Series) -> tuple[float, float]:
-    """(low, high) of the 95% t interval of the mean of ``values``; (nan, nan) when undefined."""
+def t_interval(values: pd.Series, within: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float]:
+    """(low, high) of the 95% t interval of the mean of ``values``, clipped to ``within`` (the metric's
+    range, ``Task.metric_range``); (nan, nan) when undefined.
+
+    With three seeds t(0.975, 2) = 4.3, so a row whose seeds split (one trains, two stay at chance) gets an
+    accuracy interval such as [-0.69, 1.34]: arithmetic, not a possible outcome, and a reader copying it
+    into a paper would print an accuracy below 0. Clipping never changes a rank: every mean lies inside the
+    range, so an interval that clears another's clears it clipped too, and one that overlaps still does."""
     n = len(values)
     if n < 2 or not all(map(math.isfinite, values)):
         return math.nan, math.nan
     mean, half = float(values.mean()), t_half_width(float(values.std(ddof=1)), n)
-    return mean - half, mean + half
+    low, high = within
+    return max(mean - half, low), min(mean + half, high)
 
 
 def _bounds(row: pd.Series) -> tuple[float, float]:

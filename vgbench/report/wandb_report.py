@@ -5,8 +5,8 @@ Markdown rendering of the same content in ``report.md``): title and profile, a s
 written from the leaderboard rows (what vanished, what trained, the frontier), the leaderboard,
 ranking and claims tables (from the leaderboard run), line plots of each family's gradient ratio
 and validation metric per remedy, each cell's gradient profile at initialization (a line chart of its
-``grad_profile_init`` table), the figures, and one run set per family filtered to this
-profile's group, so a reader can open every cell's run. Every name in it (groups, job types,
+``grad_profile_init`` table), the figures, and one run set per family holding exactly the runs of this
+leaderboard's cells, so a reader can open every cell's run (and no other machine's or commit's). Every name in it (groups, job types,
 metric and table keys) comes from vgbench/wandb_names.py, the module the runs are logged with.
 
 ``to_report`` turns the specification into ``wandb_workspaces`` objects; ``publish`` saves them
@@ -49,26 +49,36 @@ def family_summary(rows: pd.DataFrame, ranked: pd.DataFrame, family: str, datase
             f"{', '.join(leaders) if leaders else 'none'}.")
 
 
-def _runset(params: Params, family: str, dataset: str) -> dict:
+def _runset(params: Params, name: str, where: str, run_ids: list[str], groupby: list[str]) -> dict:
+    """A run set of exactly ``run_ids`` (the runs behind this leaderboard) among the runs ``where`` selects.
+    A project holds more runs of the same names and groups: other commits' (a stale cell is retrained into
+    a run of its own), other machines' (a second machine's check of a table, README "Checking a verdict on
+    a second machine"), other leaderboards'; filtered by group alone, the panels would draw them all."""
+    return {"name": name, "entity": params.wandb.entity, "project": params.wandb.project, "where": where,
+            "run_ids": run_ids, "filters": f"{where} and Metric('ID') in {run_ids!r}", "groupby": groupby}
+
+
+def _cells_runset(params: Params, family: str, dataset: str, table: pd.DataFrame) -> dict:
     """One (family, data set)'s cell runs, a line per (remedy, depth): one line per remedy averaged shallow and
-    deep nets (a probe ratio of -1.7 with one of -32) and, in the RNN family, tasks of different losses."""
-    return {"name": f"{params.profile}/{family} cells on {dataset}", "entity": params.wandb.entity,
-            "project": params.wandb.project,
-            "filters": f"Metric('Group') == '{names.group(params.profile, family)}' and "
-                       f"Metric('JobType') == '{names.CELL_JOB}' and Config('dataset') == '{dataset}'",
-            "groupby": ["config.remedy", "config.depth"]}
+    deep nets (a probe ratio of -1.7 with one of -32) and, in the RNN family, tasks of different losses. A
+    twin row's run is its twin family's (``trained_as``), in that family's panels."""
+    cells = table[(table["trained_as"] == family) & (table["dataset"] == dataset)]
+    run_ids = sorted(set(cells["wandb_run_id"].dropna()))
+    return _runset(params, f"{params.profile}/{family} cells on {dataset}",
+                   f"Metric('Group') == '{names.group(params.profile, family)}' and "
+                   f"Metric('JobType') == '{names.CELL_JOB}' and Config('dataset') == '{dataset}'",
+                   run_ids, ["config.remedy", "config.depth"])
 
 
-def _leaderboard_runset(params: Params) -> dict:
-    return {"name": f"{params.profile} leaderboard", "entity": params.wandb.entity, "project": params.wandb.project,
-            "filters": f"Metric('Name') == '{names.leaderboard_run_name(params.profile)}' and "
-                       f"Metric('JobType') == '{names.LEADERBOARD_JOB}'",
-            "groupby": []}
+def _leaderboard_runset(params: Params, run_id: str) -> dict:
+    return _runset(params, f"{params.profile} leaderboard", f"Metric('JobType') == '{names.LEADERBOARD_JOB}'",
+                   [run_id], [])
 
 
-def specification(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, leaderboard_md: str,
-                  claims_md: str) -> dict:
-    """The report as plain data: blocks in order; panels name their run set, x/y keys or table."""
+def specification(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, table: pd.DataFrame,
+                  leaderboard_run_id: str, leaderboard_md: str, claims_md: str) -> dict:
+    """The report as plain data: blocks in order; panels name their run set, x/y keys or table. ``table`` is
+    the leaderboard's cells (aggregate.cell_table), whose W&B runs the family panels draw."""
     blocks: list[dict] = [
         {"type": "h1", "text": f"vgbench: the {params.profile} profile"},
         {"type": "p", "text": params.active.description},
@@ -76,7 +86,7 @@ def specification(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, lead
         *({"type": "p", "text": family_summary(rows, ranked, family, dataset)}
           for family, dataset in rows[["family", "dataset"]].drop_duplicates().itertuples(index=False)),
         {"type": "h2", "text": "Leaderboard, ranking and published claims"},
-        {"type": "panel_grid", "runset": _leaderboard_runset(params), "panels": [
+        {"type": "panel_grid", "runset": _leaderboard_runset(params, leaderboard_run_id), "panels": [
             {"type": "table", "table": names.LEADERBOARD}, {"type": "table", "table": names.RANKING},
             {"type": "table", "table": names.CLAIMS},
             {"type": "media", "key_prefix": names.FIGURES}]},
@@ -93,7 +103,7 @@ def specification(params: Params, rows: pd.DataFrame, ranked: pd.DataFrame, lead
             *([{"type": "p", "text": f"Rows of {family} that train the very network of a {twin_of} cell (no "
                                      f"pretraining; vgbench/twins.py) ran once, as that cell: their runs are in "
                                      f"the {twin_of} panels."}] if twin_of else []),
-            {"type": "panel_grid", "runset": _runset(params, family, dataset), "panels": [
+            {"type": "panel_grid", "runset": _cells_runset(params, family, dataset, table), "panels": [
                 {"type": "line", "title": "log10 ||dL/dh_first|| / ||dL/dh_last|| at probe steps",
                  "x": names.STEP, "y": [names.PROBE_LOG10_RATIO]},
                 {"type": "line", "title": f"validation {metric}", "x": names.STEP, "y": [names.val_metric(metric)]},
@@ -117,7 +127,10 @@ def markdown(spec: dict) -> str:
             lines += [block["text"].strip(), ""]
         else:
             runset = block["runset"]
-            lines.append(f"Panels over run set *{runset['name']}* ({runset['filters']}; grouped by "
+            ids = runset["run_ids"]
+            which = (f"run `{ids[0]}`" if len(ids) == 1 else f"the {len(ids)} runs of this leaderboard's cells"
+                     if ids else "no run: these cells were trained with W&B off")
+            lines.append(f"Panels over run set *{runset['name']}* ({which}, among {runset['where']}; grouped by "
                          f"{', '.join(runset['groupby']) or 'nothing'}):")
             for panel in block["panels"]:
                 what = (f"line plot of {', '.join(panel['y'])} against {panel['x']}" if panel["type"] == "line"
@@ -185,13 +198,16 @@ def _check_leaderboard_is_current(results_root: Path, rows: pd.DataFrame) -> Non
                           f"row(s) differ, e.g. {differ[0]}): run `vgbench leaderboard` (or `dvc repro`) first")
 
 
-def write(params: Params, results_root: Path, rows: pd.DataFrame, ranked: pd.DataFrame) -> tuple[dict, list[Path]]:
-    """results/report/report.json and report.md, from the leaderboard's own Markdown and the rows."""
-    for name in ("leaderboard.md", "claims.md"):
+def write(params: Params, results_root: Path, rows: pd.DataFrame, ranked: pd.DataFrame,
+          table: pd.DataFrame) -> tuple[dict, list[Path]]:
+    """results/report/report.json and report.md, from the leaderboard's own Markdown and the rows (and
+    ``table``, their cells)."""
+    for name in ("leaderboard.md", "claims.md", "leaderboard.json"):
         if not (results_root / name).is_file():
             raise ReportError(f"{results_root / name} is missing: run `vgbench leaderboard` (or `dvc repro`) first")
     _check_leaderboard_is_current(results_root, rows)
-    spec = specification(params, rows, ranked, (results_root / "leaderboard.md").read_text(),
+    run_id = names.leaderboard_run_id(params.profile, (results_root / "leaderboard.json").read_bytes())
+    spec = specification(params, rows, ranked, table, run_id, (results_root / "leaderboard.md").read_text(),
                          (results_root / "claims.md").read_text())
     folder = results_root / "report"
     atomic.write_text(folder / "report.json", json.dumps(spec, indent=2) + "\n")
