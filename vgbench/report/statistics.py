@@ -40,8 +40,10 @@ def t_interval(values: pd.Series, within: tuple[float, float] = (-math.inf, math
 
     With three seeds t(0.975, 2) = 4.3, so a row whose seeds split (one trains, two stay at chance) gets an
     accuracy interval such as [-0.69, 1.34]: arithmetic, not a possible outcome, and a reader copying it
-    into a paper would print an accuracy below 0. Clipping never changes a rank: every mean lies inside the
-    range, so an interval that clears another's clears it clipped too, and one that overlaps still does."""
+    into a paper would print an accuracy below 0. Clipping keeps the interval's coverage (the true mean lies
+    in the range, so the clipped interval holds it whenever the t interval does) and never changes a rank:
+    every mean lies inside the range, so an interval that clears another's clears it clipped too, and one
+    that overlaps still does."""
     n = len(values)
     if n < 2 or not all(map(math.isfinite, values)):
         return math.nan, math.nan
