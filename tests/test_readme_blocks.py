@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
+from collections import Counter
+
+import pandas as pd
 import pytest
 
+from tests.conftest import REPO
 from vgbench.cli import main
-from vgbench.report.readme import ReadmeError, fill
+from vgbench.report import formats
+from vgbench.report.readme import BLOCK, REFERENCE_DIR, ReadmeError, fill
 
 LEADERBOARD = """## mlp on mnist1d (profile default)
 
@@ -66,15 +73,57 @@ def test_a_block_without_a_section_names_itself_and_what_exists():
         fill("<!-- leaderboard:paper:mlp -->\n<!-- /leaderboard:paper:mlp -->\n", LEADERBOARD)
 
 
-def test_the_command_rewrites_the_file_and_fails_cleanly_without_a_leaderboard(tmp_path, capsys):
-    readme, results = tmp_path / "README.md", tmp_path / "results"
+BOARD = {"profile": "default", "rows": {"mlp/mnist1d/he_relu/d20": {"test_metric_mean": 0.465}}, "frontier": {},
+         "claims": {}, "provenance": {"git": {"commit": "0123456789ab"},
+                                      "wandb": {"mode": "offline", "cell_runs": 2, "cell_run_ids": ["r1", "r2"]}}}
+
+
+def test_the_command_rewrites_the_file_and_keeps_the_numbers_behind_it(tmp_path, capsys):
+    readme, results, reference = tmp_path / "README.md", tmp_path / "results", tmp_path / "reference"
+    args = ["readme", "--readme", str(readme), "--results-root", str(results), "--reference", str(reference)]
     readme.write_text(README)
-    assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 1
+    assert main(args) == 1
     assert "leaderboard.md is missing" in capsys.readouterr().err and readme.read_text() == README
     results.mkdir()
     (results / "leaderboard.md").write_text(LEADERBOARD)
-    assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 0
+    assert main(args) == 1  # the tables without their numbers: nothing written
+    assert "leaderboard.json cannot be read" in capsys.readouterr().err and readme.read_text() == README
+    assert not reference.exists()
+    (results / "leaderboard.json").write_text(json.dumps(BOARD))
+    assert main(args) == 0
     assert "| he_relu | 20 |" in readme.read_text() and "2 block(s) rewritten" in capsys.readouterr().out
+    # The whole leaderboard, bar the run ids of offline runs that live on the machine that trained them.
+    kept = json.loads((reference / "default.leaderboard.json").read_text())
+    assert kept["rows"] == BOARD["rows"] and kept["provenance"]["git"] == BOARD["provenance"]["git"]
+    assert kept["provenance"]["wandb"] == {"mode": "offline", "cell_runs": 2}
+
+
+def _numbers(row: dict) -> pd.Series:
+    """A leaderboard.json row as the tables were rendered from it (JSON's null and "inf" back to floats)."""
+    return pd.Series({key: math.nan if value is None else float(value) if value in ("inf", "-inf") else value
+                      for key, value in row.items()})
+
+
+def test_the_committed_reference_holds_the_numbers_of_the_committed_readme_tables():
+    """bench/reference/default.leaderboard.json is what `vgbench compare` checks a machine against: it must
+    be the leaderboard the README's tables were written from, row for row and claim for claim (a README
+    rewritten from another run without its reference fails here)."""
+    readme = (REPO / "README.md").read_text()
+    board = json.loads((REPO / REFERENCE_DIR / "default.leaderboard.json").read_text())
+    blocks = {match["key"]: match["body"] for match in BLOCK.finditer(readme)}
+    assert set(blocks) == {f"default:{family}" for family in ("mlp", "rnn", "dbn", "resnet", "highway")}
+    for key, row in board["rows"].items():
+        line = "| " + " | ".join(formats._cells(_numbers(row))) + " |"
+        assert line in blocks[f"default:{row['family']}"].splitlines(), (key, line)
+    assert sum(line.startswith("| ") and not line.startswith(("| remedy", "| rank", "|---"))
+               and not line.split(" | ")[0].strip("| ~").replace("–", "").isdigit()
+               for body in blocks.values() for line in body.splitlines()) == len(board["rows"])
+    claims = readme.split("<!-- claims:default -->")[1].split("<!-- /claims:default -->")[0]
+    shown = claims.strip().split(".**")[0].strip("*")  # "8 holds, 2 fails"
+    assert Counter({verdict: int(n) for n, verdict in (part.split(" ", 1) for part in shown.split(", "))}) == Counter(
+        claim["verdict"] for claim in board["claims"].values())
+    for name, claim in board["claims"].items():
+        assert f"| `{name}` | {claim['statement']} |" in claims and f"| **{claim['verdict']}** |" in claims
 
 
 CLAIMS = """## Published claims (profile default): 1 holds, 1 fails
@@ -94,14 +143,16 @@ def test_the_claims_block_comes_from_claims_md_with_its_tally(tmp_path, capsys):
     readme.write_text(README + "\n<!-- claims:default -->\nold\n<!-- /claims:default -->\n")
     results.mkdir()
     (results / "leaderboard.md").write_text(LEADERBOARD)
-    assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 1
+    (results / "leaderboard.json").write_text(json.dumps(BOARD))
+    args = ["readme", "--readme", str(readme), "--results-root", str(results), "--reference", str(tmp_path / "ref")]
+    assert main(args) == 1
     assert "claims.md is missing" in capsys.readouterr().err
     (results / "claims.md").write_text(CLAIMS)
-    assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 0
+    assert main(args) == 0
     assert "3 block(s) rewritten" in capsys.readouterr().out
     block = readme.read_text().split("<!-- claims:default -->\n")[1].split("<!-- /claims:default -->")[0]
     assert block.startswith("**1 holds, 1 fails.** Each published claim") and "| `a` | A. |" in block
     assert "\nold\n" not in block and "## Published" not in block and "Provenance" not in block
     (results / "claims.md").write_text(CLAIMS.replace("profile default", "profile paper"))
-    assert main(["readme", "--readme", str(readme), "--results-root", str(results)]) == 1
+    assert main(args) == 1
     assert "claims file is for profile 'paper'" in capsys.readouterr().err

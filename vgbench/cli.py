@@ -35,7 +35,7 @@ from vgbench.launch.request import LaunchError
 from vgbench.registry import UnknownNameError
 from vgbench.report import NoResultsError
 from vgbench.report.compare import CompareError
-from vgbench.report.readme import ReadmeError
+from vgbench.report.readme import REFERENCE_DIR, ReadmeError
 from vgbench.report.wandb_report import ReportError
 
 
@@ -430,9 +430,9 @@ def _compare(params: None, args) -> int:
 def _readme(params: Params, args) -> int:
     from vgbench.report.readme import update_readme
 
-    replaced = update_readme(args.readme, args.results_root / "leaderboard.md")
+    replaced = update_readme(args.readme, args.results_root / "leaderboard.md", args.reference)
     print(f"{args.readme}: {len(replaced)} block(s) rewritten from {args.results_root}/leaderboard.md and "
-          f"claims.md: {', '.join(replaced) or 'none found'}")
+          f"claims.md: {', '.join(replaced) or 'none found'}; the numbers behind them in {args.reference}/")
     return 0
 
 
@@ -470,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     readme = commands.add_parser("readme", help="rewrite README.md's marked leaderboard blocks from "
                                                 "results/leaderboard.md")
     readme.add_argument("--readme", type=Path, default=Path("README.md"), help="default: %(default)s")
+    readme.add_argument("--reference", type=Path, default=REFERENCE_DIR,
+                        help="where the leaderboard.json behind the tables goes, as <profile>.leaderboard.json "
+                             "(`vgbench compare` checks another machine against it; default: %(default)s)")
     compare = commands.add_parser("compare", help="two runs of one profile (say, two machines') side by side: "
                                                   "the numbers and verdicts the second kept and moved")
     compare.add_argument("first", type=Path, help="a results folder or its leaderboard.json")

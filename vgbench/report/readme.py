@@ -7,14 +7,24 @@ named data set or its only one), so the tables a reader sees are the ones the
 last ``vgbench leaderboard`` produced, not a copy that drifted. Likewise a block between
 ``<!-- claims:PROFILE -->`` and ``<!-- /claims:PROFILE -->`` gets that profile's published claims
 and verdicts from ``results/claims.md``.
+
+The same command keeps the numbers behind those tables: ``bench/reference/<profile>.leaderboard.json``, a
+copy of the run's ``leaderboard.json`` (every row, rank and claim at full precision, with its provenance:
+commit, CPU, kernels), so that anyone can check a machine of their own against the tables this README
+shows with ``vgbench compare bench/reference/default.leaderboard.json results`` (README, "Checking a
+verdict on a second machine"). The one thing left out is the list of the run's W&B run ids, which name
+offline runs on the machine that trained them.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 from vgbench import atomic
+
+REFERENCE_DIR = Path("bench/reference")  # the leaderboards behind the README's tables, one per profile
 
 BLOCK = re.compile(r"(<!-- leaderboard:(?P<key>[\w:.-]+) -->\n)(?P<body>.*?)(<!-- /leaderboard:(?P=key) -->)", re.S)
 CLAIMS_BLOCK = re.compile(r"(<!-- claims:(?P<key>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /claims:(?P=key) -->)", re.S)
@@ -78,9 +88,17 @@ def fill_claims(readme: str, claims_md: str) -> tuple[str, list[str]]:
     return CLAIMS_BLOCK.sub(body_for, readme), replaced
 
 
-def update_readme(readme_path: Path, leaderboard_path: Path) -> list[str]:
+def reference(board: dict) -> dict:
+    """``leaderboard.json``'s content as the README's reference keeps it: all of it but the W&B run ids."""
+    wandb = {key: value for key, value in board["provenance"]["wandb"].items() if key != "cell_run_ids"}
+    return {**board, "provenance": {**board["provenance"], "wandb": wandb}}
+
+
+def update_readme(readme_path: Path, leaderboard_path: Path, reference_dir: Path | None = None) -> list[str]:
     """Rewrite ``readme_path``'s leaderboard blocks from ``leaderboard_path`` and its claims block from
-    ``claims.md`` beside it (atomically); the keys replaced."""
+    ``claims.md`` beside it, and write the ``reference`` of ``leaderboard.json`` beside it into
+    ``reference_dir`` as ``<profile>.leaderboard.json`` (each atomically, nothing written unless every
+    input is there); the keys replaced."""
     if not leaderboard_path.is_file():
         raise ReadmeError(f"{leaderboard_path} is missing: run `vgbench leaderboard` (or `dvc repro`) first")
     text, replaced = fill(readme_path.read_text(), leaderboard_path.read_text())
@@ -90,5 +108,15 @@ def update_readme(readme_path: Path, leaderboard_path: Path) -> list[str]:
             raise ReadmeError(f"{claims_path} is missing: run `vgbench leaderboard` (or `dvc repro`) first")
         text, more = fill_claims(text, claims_path.read_text())
         replaced += more
+    board = None
+    if reference_dir is not None:
+        board_path = leaderboard_path.with_name("leaderboard.json")
+        try:
+            board = reference(json.loads(board_path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ReadmeError(f"{board_path} cannot be read ({error}): run `vgbench leaderboard` (or "
+                              f"`dvc repro`) first") from None
     atomic.write_text(readme_path, text)
+    if board is not None:
+        atomic.write_json(reference_dir / f"{board['profile']}.leaderboard.json", board)
     return replaced
