@@ -104,7 +104,7 @@ def test_run_sets_hold_exactly_the_runs_behind_this_leaderboard(built, params):
     pairs = list(data.rows[["family", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
     for grid, (family, dataset) in zip(grids[1:], pairs):
         ids = {(f.key.section, f.key.name): f.value for f in expr_to_filters(grid["runset"]["filters"]).filters}
-        cells = data.table[(data.table["family"] == family) & (data.table["dataset"] == dataset)]
+        cells = data.table[(data.table["trained_as"] == family) & (data.table["dataset"] == dataset)]
         assert sorted(ids[("run", "name")]) == sorted(f"{c}-run" for c in set(cells["cell_id"])) == grid["runset"][
             "run_ids"]
         assert len(grid["runset"]["run_ids"]) == cells["cell_id"].nunique() > 1
@@ -118,10 +118,13 @@ def test_run_sets_hold_exactly_the_runs_behind_this_leaderboard(built, params):
     for off, runs in ((some_off, lambda cells: cells[cells["seed"] != 0]), (all_off, lambda cells: cells[:0])):
         grid = [b for b in wandb_report.specification(params, data.rows, data.ranked, off, expected_id, "", "")[
             "blocks"] if b["type"] == "panel_grid"][1]
-        cells = data.table[(data.table["family"] == pairs[0][0]) & (data.table["dataset"] == pairs[0][1])]
+        cells = data.table[(data.table["trained_as"] == pairs[0][0]) & (data.table["dataset"] == pairs[0][1])]
         assert grid["runset"]["run_ids"] == sorted(set(runs(cells)["wandb_run_id"]))
-    assert "(no run: these cells were trained with W&B off, among " in wandb_report.markdown(
-        wandb_report.specification(params, data.rows, data.ranked, all_off, expected_id, "", ""))
+    unlogged = wandb_report.specification(params, data.rows, data.ranked, all_off, expected_id, "", "")
+    assert "(no run: these cells were trained with W&B off, among " in wandb_report.markdown(unlogged)
+    # wandb-workspaces takes an empty list as a run set that matches nothing (not as no filter at all).
+    grid = [g for g in wandb_report.to_report(unlogged).blocks if hasattr(g, "runsets")][1]
+    assert expr_to_filters(grid.runsets[0].filters).filters[-1].value == []
 
 
 def test_wandb_workspaces_builds_the_report_offline(built):

@@ -41,11 +41,11 @@ def _interval(low: float, high: float) -> str:
 EDGE_MARKS = {"upper": " ↑", "lower": " ↓", "only": " ·", "": ""}
 EDGE_LEGEND = ("lr: the rate chosen on validation; ↑/↓ it is the largest/smallest of its grid "
                "(a wider grid might do better), · the grid has one rate. CI: Student's t 95% interval of the "
-               "mean over the n seeds, clipped to the metric's range. Mean-field prediction: what signal-propagation theory gives for the "
-               "same weights and batch (– where it does not apply: normalization, skips, gates, convolutions, "
-               "pretrained weights). Rank: remedies whose intervals overlap share a range; ~ marks a range that "
-               "a 90% or 99% interval would change (intervals that nearly touch: another CPU may move its "
-               "edges).")
+               "mean over the n seeds, clipped to the metric's range. Mean-field prediction: what "
+               "signal-propagation theory gives for the same weights and batch (– where it does not apply: "
+               "normalization, skips, gates, convolutions, pretrained weights). Rank: remedies whose intervals "
+               "overlap share a range; ~ marks a range that a 90% or 99% interval would change (intervals that "
+               "nearly touch: another CPU may move its edges).")
 
 
 def probed_loss_of(dataset: str) -> str | None:

@@ -6,8 +6,9 @@ written from the leaderboard rows (what vanished, what trained, the frontier), t
 ranking and claims tables (from the leaderboard run), line plots of each family's gradient ratio
 and validation metric per remedy, each cell's gradient profile at initialization (a line chart of its
 ``grad_profile_init`` table), the figures, and one run set per family holding exactly the runs of this
-leaderboard's cells, so a reader can open every cell's run (and no other machine's or commit's). Every name in it (groups, job types,
-metric and table keys) comes from vgbench/wandb_names.py, the module the runs are logged with.
+leaderboard's cells, so a reader can open every cell's run (and no other machine's or commit's). Every
+name in it (groups, job types, metric and table keys) comes from vgbench/wandb_names.py, the module the
+runs are logged with.
 
 ``to_report`` turns the specification into ``wandb_workspaces`` objects; ``publish`` saves them
 (``wandb.mode: online``, after ``wandb sync`` of offline runs) and returns the report's URL.
