@@ -161,7 +161,7 @@ class RecurrentNet(ProbedModel):
         """One fused call of one net (one model, or ``models`` as one block-diagonal net) over ``inputs``
         ``[N, T, models*F]``: the states ``[models, N, T, H]``."""
         weights = list(weights)
-        low = _lower_precision_onednn_lacks(inputs) if self.cell == "lstm" else None
+        low = _precision_to_cast_by_hand(inputs, self.cell)
         with torch.autocast("cpu", enabled=False) if low is not None else contextlib.nullcontext():
             if low is not None:
                 inputs, weights = inputs.to(low), [w.to(low) for w in weights]
@@ -201,20 +201,28 @@ class RecurrentNet(ProbedModel):
                          self.taps.activation)
 
 
-def _lower_precision_onednn_lacks(inputs: torch.Tensor) -> torch.dtype | None:
-    """The CPU autocast dtype (bf16-mixed, 16-mixed) when this CPU's oneDNN has no LSTM primitive for it
-    (CPUs without AVX-512 BF16/FP16: AVX2 machines, the CI's among them), else None.
+def _precision_to_cast_by_hand(inputs: torch.Tensor, cell: str) -> torch.dtype | None:
+    """The CPU autocast dtype (bf16-mixed, 16-mixed) where the fused call must be given inputs and weights
+    already cast, else None (then autocast casts it, or no autocast is on).
 
-    torch's CPU autocast casts the fused LSTM's oneDNN call to the lower precision without asking whether
-    oneDNN can run it there, and the call fails ("could not create a primitive descriptor for the LSTM
-    forward propagation primitive"; nn.LSTM fails alike). Given the inputs and weights already cast, torch
-    asks and picks its native kernel: the same LSTM in the same precision, where autocast had meant it."""
+    - GRU: torch's CPU autocast lists no GRU op, so the fused GRU would run in float32 while the fused
+      LSTM (which autocast casts whole) and every network's matrix products ran in the lower precision: a
+      bf16 row of GRUs beside a bf16 row of LSTMs would not be one precision. Given cast inputs, torch
+      runs its GRU kernel in that precision, as it runs the LSTM's.
+    - LSTM, on CPUs whose oneDNN has no LSTM primitive in that precision (no AVX-512 BF16/FP16: AVX2
+      machines, the CI's among them): autocast casts the fused LSTM's oneDNN call without asking whether
+      oneDNN can run it there, and the call fails ("could not create a primitive descriptor for the LSTM
+      forward propagation primitive"; nn.LSTM fails alike). Given the inputs and weights already cast,
+      torch asks and picks its native kernel: the same LSTM in the same precision, where autocast had
+      meant it."""
     if inputs.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return None
     dtype = torch.get_autocast_dtype("cpu")
+    if cell == "gru":
+        return dtype
     supported = {torch.bfloat16: torch.ops.mkldnn._is_mkldnn_bf16_supported,
                  torch.float16: torch.ops.mkldnn._is_mkldnn_fp16_supported}.get(dtype)
-    return dtype if supported is not None and not supported() else None
+    return dtype if cell == "lstm" and supported is not None and not supported() else None
 
 
 def build_rnn(io: ModelIO, depth: int, recipe: Recipe, hparams: RNNHParams, models: int) -> RecurrentNet:
