@@ -104,10 +104,10 @@ def test_run_sets_hold_exactly_the_runs_behind_this_leaderboard(built, params):
     pairs = list(data.rows[["family", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
     for grid, (family, dataset) in zip(grids[1:], pairs):
         ids = {(f.key.section, f.key.name): f.value for f in expr_to_filters(grid["runset"]["filters"]).filters}
-        cells = data.table[(data.table["trained_as"] == family) & (data.table["dataset"] == dataset)]
-        assert sorted(ids[("run", "name")]) == sorted(f"{c}-run" for c in set(cells["cell_id"])) == grid["runset"][
-            "run_ids"]
-        assert len(grid["runset"]["run_ids"]) == cells["cell_id"].nunique() > 1
+        block_cells = data.table[(data.table["trained_as"] == family) & (data.table["dataset"] == dataset)]
+        assert sorted(ids[("run", "name")]) == sorted(f"{c}-run" for c in set(block_cells["cell_id"])) == grid[
+            "runset"]["run_ids"]
+        assert len(grid["runset"]["run_ids"]) == block_cells["cell_id"].nunique() > 1
     text = (results / "report" / "report.md").read_text()
     assert f"(run `{expected_id}`, among Metric('JobType') == 'leaderboard'" in text
     assert f"(the {len(grids[1]['runset']['run_ids'])} runs of this leaderboard's cells, among " in text
@@ -115,11 +115,11 @@ def test_run_sets_hold_exactly_the_runs_behind_this_leaderboard(built, params):
     # A cell trained with W&B off has no run: the list leaves it out, and a block of such cells says so.
     some_off = data.table.assign(wandb_run_id=data.table["wandb_run_id"].where(data.table["seed"] != 0))
     all_off = data.table.assign(wandb_run_id=None)
-    for off, runs in ((some_off, lambda cells: cells[cells["seed"] != 0]), (all_off, lambda cells: cells[:0])):
+    first_block = data.table[(data.table["trained_as"] == pairs[0][0]) & (data.table["dataset"] == pairs[0][1])]
+    for off, logged in ((some_off, first_block[first_block["seed"] != 0]), (all_off, first_block[:0])):
         grid = [b for b in wandb_report.specification(params, data.rows, data.ranked, off, expected_id, "", "")[
             "blocks"] if b["type"] == "panel_grid"][1]
-        cells = data.table[(data.table["trained_as"] == pairs[0][0]) & (data.table["dataset"] == pairs[0][1])]
-        assert grid["runset"]["run_ids"] == sorted(set(runs(cells)["wandb_run_id"]))
+        assert grid["runset"]["run_ids"] == sorted(set(logged["wandb_run_id"]))
     unlogged = wandb_report.specification(params, data.rows, data.ranked, all_off, expected_id, "", "")
     assert "(no run: these cells were trained with W&B off, among " in wandb_report.markdown(unlogged)
     # wandb-workspaces takes an empty list as a run set that matches nothing (not as no filter at all).

@@ -55,6 +55,11 @@ def machine_tag(environment: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:4]
 
 
+def _allowed_in_ids(text: str) -> str:
+    """``text`` with the characters W&B does not allow in run ids (the dots of ``lr0.1``) as ``_``."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
 def cell_run_id(cell_id: str, code_fingerprint: str, machine: str) -> str:
     """The cell id with characters W&B does not allow in ids (the dots of ``lr0.1``) as ``_``, then the first 6
     characters of the training code's fingerprint and the ``machine_tag``. A cell retrained after a code
@@ -66,7 +71,7 @@ def cell_run_id(cell_id: str, code_fingerprint: str, machine: str) -> str:
 
     The config hash at the end of a cell id is kept whole when the id must be shortened.
     """
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", cell_id)
+    safe = _allowed_in_ids(cell_id)
     tag = f"-{code_fingerprint[:6]}-{machine}"
     if len(safe) + len(tag) <= RUN_ID_LIMIT:
         return safe + tag
@@ -91,8 +96,7 @@ def leaderboard_run_id(profile: str, leaderboard_json: bytes) -> str:
     provenance: commit, params, dvc.lock, machines). The report stage rerun on the same results logs into
     the same run instead of adding one, and the W&B Report filters its leaderboard panels to exactly the
     leaderboard it was written with, not every machine's and commit's run of that name."""
-    safe = re.sub(r"[^A-Za-z0-9_-]", "_", leaderboard_run_name(profile))
-    return f"{safe}-{hashlib.sha256(leaderboard_json).hexdigest()[:8]}"
+    return f"{_allowed_in_ids(leaderboard_run_name(profile))}-{hashlib.sha256(leaderboard_json).hexdigest()[:8]}"
 
 
 def val_metric(metric: str) -> str:

@@ -45,6 +45,13 @@ def row_records(rows: pd.DataFrame) -> dict[str, dict]:
     return {row_key(r["family"], r["dataset"], r["remedy"], r["depth"]): r for r in _records(rows)}
 
 
+def leaderboard_run_id(profile: str, results_root: Path) -> str:
+    """The W&B run id of the leaderboard in ``results_root`` (``wandb_names.leaderboard_run_id`` of its
+    leaderboard.json): the run the leaderboard stage logs it to, and the one the W&B Report's leaderboard
+    panels show."""
+    return names.leaderboard_run_id(profile, (results_root / "leaderboard.json").read_bytes())
+
+
 def _tex(text: str) -> str:
     return formats.tex_escape(text)
 
@@ -187,6 +194,6 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
     if log_to_wandb and params.wandb.mode != "disabled":
         from vgbench.report.wandb_tables import log_leaderboard
 
-        run_id = names.leaderboard_run_id(params.profile, (results_root / "leaderboard.json").read_bytes())
-        log_leaderboard(params, run_id, rows, ranked, claims, head, [p for p in written if p.suffix == ".png"])
+        log_leaderboard(params, leaderboard_run_id(params.profile, results_root), rows, ranked, claims, head,
+                        [p for p in written if p.suffix == ".png"])
     return written

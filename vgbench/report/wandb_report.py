@@ -203,12 +203,14 @@ def write(params: Params, results_root: Path, rows: pd.DataFrame, ranked: pd.Dat
           table: pd.DataFrame) -> tuple[dict, list[Path]]:
     """results/report/report.json and report.md, from the leaderboard's own Markdown and the rows (and
     ``table``, their cells)."""
-    for name in ("leaderboard.md", "claims.md", "leaderboard.json"):
+    from vgbench.report.build import leaderboard_run_id
+
+    for name in ("leaderboard.md", "claims.md"):
         if not (results_root / name).is_file():
             raise ReportError(f"{results_root / name} is missing: run `vgbench leaderboard` (or `dvc repro`) first")
     _check_leaderboard_is_current(results_root, rows)
-    run_id = names.leaderboard_run_id(params.profile, (results_root / "leaderboard.json").read_bytes())
-    spec = specification(params, rows, ranked, table, run_id, (results_root / "leaderboard.md").read_text(),
+    spec = specification(params, rows, ranked, table, leaderboard_run_id(params.profile, results_root),
+                         (results_root / "leaderboard.md").read_text(),
                          (results_root / "claims.md").read_text())
     folder = results_root / "report"
     atomic.write_text(folder / "report.json", json.dumps(spec, indent=2) + "\n")
