@@ -120,6 +120,7 @@ def test_rank_ranges_and_claims_that_moved_are_named_with_what_each_run_rested_o
     zen = {"cpu_id": "AuthenticAMD family 23 model 1 stepping 2", "cpu_capability": "AVX2", "torch": "2.14.1",
            "code_fingerprint": "838ff92aa7b2"}
     intel = {**zen, "cpu_id": "GenuineIntel family 6 model 167 stepping 1", "cpu_capability": "AVX512",
+             "onednn_isa": "Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions",
              "onednn_max_cpu_isa": "AVX512_CORE", "code_fingerprint": "0123456789ab"}
     first = Run("zen", _board({"r": (1.0, "", {})}, {"a": ("1–5", True), "b": ("2", False), "c": ("3", False)},
                               {"batchnorm": ("holds", ""), "he": ("holds", ""), "gone": ("fails", "")}, zen))
@@ -132,7 +133,8 @@ def test_rank_ranges_and_claims_that_moved_are_named_with_what_each_run_rested_o
     assert result.only_second == ["new"] and result.cells is None
     text = markdown(result)
     assert "| CPU | AuthenticAMD family 23 model 1 stepping 2 | GenuineIntel family 6 model 167 stepping 1 |" in text
-    assert "| CPU kernels | AVX2 kernels | AVX512 kernels, oneDNN at most AVX512_CORE |" in text
+    assert ("| CPU kernels | AVX2 kernels | AVX512 kernels, oneDNN Intel AVX-512 with AVX512BW, AVX512VL, and "
+            "AVX512DQ extensions (at most AVX512_CORE) |") in text
     assert "The training code differs (fingerprints above)" in text
     assert ("Rank ranges that moved: 2 of 3: a 1–5 → 1–4 (~ in the first); b 2 → 3 (not level-sensitive in the "
             "first).") in text

@@ -8,6 +8,8 @@ is a real change of kernels on any CI machine.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -45,10 +47,11 @@ def test_every_worker_runs_the_kernels_its_profile_pins_whatever_the_shell_says(
         roots[capability] = metrics_of(folder / "results")
     pinned, native = roots["default"], roots[None]
     assert len(pinned) == len(native) >= 1
-    assert {(m["environment"]["cpu_capability"], m["environment"]["onednn_max_cpu_isa"])
-            for m in pinned.values()} == {("DEFAULT", "SSE41")}
+    assert {(m["environment"]["cpu_capability"], m["environment"]["onednn_isa"],
+             m["environment"]["onednn_max_cpu_isa"]) for m in pinned.values()} == {("DEFAULT", "Intel SSE4.1", "SSE41")}
     assert {(m["environment"]["cpu_capability"], m["environment"]["onednn_max_cpu_isa"])
             for m in native.values()} == {(cpu_kernels.best_here().upper(), None)}
+    assert {m["environment"]["onednn_isa"] for m in native.values()} == {_onednn_best_here()} != {"Intel SSE4.1"}
     assert {m["cell"]["trainer"]["cpu_capability"] for m in pinned.values()} == {"default"}
     losses = {(m["cell"]["remedy"], m["cell"]["depth"]): m["final_train_loss"] for m in native.values()}
     assert any(m["final_train_loss"] != losses[(m["cell"]["remedy"], m["cell"]["depth"])] for m in pinned.values())
@@ -73,14 +76,63 @@ def test_a_process_running_other_kernels_refuses_with_what_to_do(monkeypatch):
         cpu_kernels.check("default")
     now = cpu_kernels.running()
     monkeypatch.setenv(cpu_kernels.ENV, now)
-    with pytest.raises(cpu_kernels.CpuKernelsError) as no_onednn:  # oneDNN's variable is checked too
-        cpu_kernels.check(now)
-    assert str(no_onednn.value).startswith(f"trainer.cpu_capability is {now!r} but ONEDNN_MAX_CPU_ISA is None, not "
-                                           f"{cpu_kernels.ONEDNN_LEVELS[now]!r}: oneDNN's convolutions would run "
-                                           f"other kernels")
-    monkeypatch.setenv(cpu_kernels.ONEDNN_ENV, cpu_kernels.ONEDNN_LEVELS[now])
-    cpu_kernels.check(now)  # what it runs passes
-    cpu_kernels.check(None)  # as does no pin
+    # oneDNN chose its instruction set at this process's first primitive, with no variable set: its best, which
+    # is the pinned level's only where that level is the CPU's best in every extension (an AVX2 CPU without
+    # VNNI). Elsewhere it is refused, the variable unset or set too late (the next test shows it on any CPU).
+    isa, wanted = cpu_kernels.onednn_isa(), cpu_kernels.ONEDNN_ISA_NAMES[cpu_kernels.ONEDNN_LEVELS[now]]
+    for late in (None, cpu_kernels.ONEDNN_LEVELS[now]):
+        if late:
+            monkeypatch.setenv(cpu_kernels.ONEDNN_ENV, late)
+        if isa == wanted:
+            cpu_kernels.check(now)
+            continue
+        with pytest.raises(cpu_kernels.CpuKernelsError) as refused:
+            cpu_kernels.check(now)
+        assert str(refused.value) == (
+            f"trainer.cpu_capability is {now!r} but oneDNN runs {isa!r}, not {wanted!r}, in this process: "
+            f"ONEDNN_MAX_CPU_ISA is {late!r}; " + ("oneDNN had already run a primitive when it was set" if late else
+                                                   f"it must be {cpu_kernels.ONEDNN_LEVELS[now]!r} before oneDNN runs "
+                                                   f"its first primitive (vgbench's launchers set it for their "
+                                                   f"workers; in your own Python, export it before starting)"))
+    cpu_kernels.check(None)  # no pin passes
+
+
+def _onednn_best_here() -> str:
+    """oneDNN's words for this CPU's best instruction set, asked of a fresh process with no cap."""
+    env = {key: value for key, value in os.environ.items() if key not in (cpu_kernels.ENV, cpu_kernels.ONEDNN_ENV)}
+    return subprocess.run([sys.executable, "-c", "from vgbench import cpu_kernels; print(cpu_kernels.onednn_isa())"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_a_variable_set_after_onednn_s_first_primitive_is_caught():
+    """ATen pinned from the start, oneDNN's variable set only after a convolution ran: the variable says
+    SSE4.1 and the results would say so, but oneDNN keeps the instruction set it chose first, and the check
+    (which asks oneDNN) refuses. "default" is below every x86-64 CPU's best, so this fails on any of them.
+    Set before the first primitive, the same variable is read back and passes."""
+    convolve = "torch.ops.aten.mkldnn_convolution(torch.ones(1, 8, 8, 8), torch.ones(8, 8, 3, 3), None, [1, 1], " \
+               "[1, 1], [1, 1], 1)"
+    set_late, set_first = (f"{convolve}; os.environ[cpu_kernels.ONEDNN_ENV] = 'SSE41'",
+                           f"os.environ[cpu_kernels.ONEDNN_ENV] = 'SSE41'; {convolve}")
+    answers = {order: _checked_in_a_fresh_process(order) for order in (set_late, set_first)}
+    assert answers[set_late] == (
+        f"trainer.cpu_capability is 'default' but oneDNN runs {_onednn_best_here()!r}, not 'Intel SSE4.1', in this "
+        f"process: ONEDNN_MAX_CPU_ISA is 'SSE41'; oneDNN had already run a primitive when it was set")
+    assert answers[set_first] == "passed: Intel SSE4.1"
+
+
+def _checked_in_a_fresh_process(before: str) -> str:
+    """What ``check('default')`` says in a new process pinned for ATen only, after running ``before``."""
+    script = ("import os, torch\n"
+              "from vgbench import cpu_kernels\n"
+              f"{before}\n"
+              "try:\n"
+              "    cpu_kernels.check('default')\n"
+              "    print('passed:', cpu_kernels.onednn_isa())\n"
+              "except cpu_kernels.CpuKernelsError as error:\n"
+              "    print(error)\n")
+    env = {key: value for key, value in os.environ.items() if key != cpu_kernels.ONEDNN_ENV}
+    return subprocess.run([sys.executable, "-c", script], env={**env, cpu_kernels.ENV: "default"},
+                          capture_output=True, text=True, check=True).stdout.strip()
 
 
 def test_a_level_above_the_cpus_best_is_refused_before_anything_trains(tiny_data_root, tmp_path, monkeypatch,

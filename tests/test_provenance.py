@@ -87,7 +87,8 @@ def test_every_output_carries_the_block_and_the_card_says_how_to_reproduce(tmp_p
     assert card.startswith("# Results card: vgbench profile `synthetic`")
     assert f"params.yaml sha256 {digest}" in card and "dvc repro" in card and "36 trained cells" in card
     assert "- mlp on mnist1d: remedies" in card and "Published claims checked" in card
-    assert "torch kernels " in card  # the instruction set the CPU kernels ran (cpu_capability)
+    # The instruction sets the CPU kernels ran (cpu_capability; oneDNN's in its words) and the cap asked for.
+    assert "torch kernels AVX2, oneDNN's Intel AVX2 (capped at AVX2)" in card
 
 
 def test_without_git_or_a_commit_the_block_says_why_in_one_line(tmp_path, monkeypatch):

@@ -150,7 +150,8 @@ def write_cell(root: Path, cell: CellSpec, result: dict, cell_group: list[CellSp
         "num_parameters": 1000, "steps": 16, "fit_seconds": result["wall"] * 0.8,
         "wall_seconds": result["wall"], "probe_seconds": 0.01, "probe_overhead_fraction": 0.0125,
         "environment": {"python": "3.11", "platform": "test", "torch": "x", "lightning": "x", "vgbench": "x",
-                        "code_fingerprint": results.code_fingerprint(), "cuda": None, "cudnn": None},
+                        "code_fingerprint": results.code_fingerprint(), "cuda": None, "cudnn": None,
+                        "cpu_capability": "AVX2", "onednn_isa": "Intel AVX2", "onednn_max_cpu_isa": "AVX2"},
         "group": {"id": group_id(cell_group), "size": len(cell_group), "index": cell_group.index(cell),
                   "cells": [member.cell_id for member in cell_group]},
         # The W&B run a training would have logged (the report's run sets list them); none for W&B off.

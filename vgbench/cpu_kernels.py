@@ -13,19 +13,23 @@ not known for an Intel one (README, "Across machines").
 Both libraries read their variable once, at a process's first operation of their kind, so the pin must be
 in a process's environment before it computes anything: the launchers put it there for their workers
 (``environment``, ``pinned``), and every group checks what it got (``check``) instead of recording results
-under a config they did not run with. x86-64 only: other architectures have other kernel families (NEON,
-SVE), and there the pin does not apply; each result records the kernels that ran (``cpu_capability``,
-``onednn_max_cpu_isa``).
+under a config they did not run with. The check asks each library what it runs, not what its variable
+says: a process whose oneDNN ran a primitive before the variable was set keeps its first choice, and only
+oneDNN's own report (``onednn_isa``) shows it. x86-64 only: other architectures have other kernel families
+(NEON, SVE), and there the pin does not apply; each result records the kernels that ran (``cpu_capability``,
+``onednn_isa``) and the cap asked for (``onednn_max_cpu_isa``).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 ENV = "ATEN_CPU_CAPABILITY"
 ONEDNN_ENV = "ONEDNN_MAX_CPU_ISA"
@@ -33,6 +37,10 @@ ONEDNN_ENV = "ONEDNN_MAX_CPU_ISA"
 # SSE4.1; AVX512_CORE is the float32 level, where VNNI, BF16 and AMX speed up only other types).
 ONEDNN_LEVELS = {"default": "SSE41", "avx2": "AVX2", "avx512": "AVX512_CORE"}
 LEVELS = tuple(ONEDNN_LEVELS)  # what trainer.cpu_capability allows (config.py), in order
+# What oneDNN calls those levels when it says what it runs (the "isa:" line of its verbose log; oneDNN 3).
+ONEDNN_ISA_NAMES = {"SSE41": "Intel SSE4.1", "AVX2": "Intel AVX2",
+                    "AVX512_CORE": "Intel AVX-512 with AVX512BW, AVX512VL, and AVX512DQ extensions"}
+ISA_MARK = ",info,cpu,isa:"  # in the header line "onednn_verbose,v1,info,cpu,isa:Intel AVX2"
 X86_64 = {"x86_64", "amd64"}
 
 
@@ -80,10 +88,60 @@ def running() -> str:
     return torch.backends.cpu.get_cpu_capability().lower()
 
 
+@functools.cache
+def onednn_isa() -> str | None:
+    """The instruction set oneDNN's primitives run in this process, in oneDNN's words ("Intel AVX2"); None
+    where this torch has no oneDNN.
+
+    torch exposes no getter, but oneDNN names its instruction set once per process, in the header of its
+    verbose log, which it writes to standard output at the first primitive run while verbose is on: one
+    small convolution (called through oneDNN directly, so torch's choice of backend cannot route around
+    it) under verbose, its output caught at the file descriptor, reads that line. Cached, as oneDNN fixes
+    its choice at its first primitive: asked again later in the process, the answer cannot differ."""
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return None
+
+    def convolve() -> None:
+        with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+            torch.ops.aten.mkldnn_convolution(torch.ones(1, 8, 8, 8), torch.ones(8, 8, 3, 3), None, [1, 1],
+                                              [1, 1], [1, 1], 1)
+
+    lines = _standard_output_of(convolve).splitlines()
+    # Anything else written meanwhile (another thread's output) goes on to where it was going.
+    sys.stdout.write("".join(f"{line}\n" for line in lines if not line.startswith("onednn_verbose")))
+    names = [line.partition(ISA_MARK)[2] for line in lines
+             if line.startswith("onednn_verbose") and ISA_MARK in line]
+    if not names:
+        raise CpuKernelsError("oneDNN did not say which instruction set it runs: its verbose header was written "
+                              "before vgbench asked (ONEDNN_VERBOSE is set and a primitive ran earlier in this "
+                              "process; unset it, vgbench reads the header itself)")
+    return names[0]
+
+
+def _standard_output_of(action: Callable[[], None]) -> str:
+    """What this process writes to file descriptor 1 (oneDNN writes there from C) while ``action`` runs."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 1)
+        try:
+            action()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+        caught.seek(0)
+        return caught.read().decode(errors="replace")
+
+
 def check(capability: str | None) -> None:
-    """Raise unless this process runs ``capability``'s kernels (where a pin applies). ATen says which it
-    runs; oneDNN does not, so its variable is checked instead: none of its primitives ran before a group's
-    first convolution, in a worker or in the command's own process."""
+    """Raise unless this process runs ``capability``'s kernels (where a pin applies), asking ATen
+    (``running``) and oneDNN (``onednn_isa``) what they run: a variable set too late is caught too.
+
+    Called before a group's first primitive, it reads oneDNN's answer pinned or not: the result records it
+    (``results.environment``) after the fit, when a verbose log (``ONEDNN_VERBOSE``) has spent its header."""
+    isa = onednn_isa()
     if not capability or not applies():
         return
     now, onednn = running(), os.environ.get(ONEDNN_ENV)
@@ -94,11 +152,13 @@ def check(capability: str | None) -> None:
                f"(vgbench's launchers set it for their workers; in your own Python, export it before starting)")
         raise CpuKernelsError(f"trainer.cpu_capability is {capability!r} but torch runs {now} kernels in this "
                               f"process: {why}")
-    if onednn != ONEDNN_LEVELS[capability]:
-        raise CpuKernelsError(f"trainer.cpu_capability is {capability!r} but {ONEDNN_ENV} is {onednn!r}, not "
-                              f"{ONEDNN_LEVELS[capability]!r}: oneDNN's convolutions would run other kernels "
-                              f"(vgbench's launchers set it for their workers; in your own Python, export it "
-                              f"before starting)")
+    wanted = ONEDNN_ISA_NAMES[ONEDNN_LEVELS[capability]]
+    if isa not in (wanted, None):
+        why = ("oneDNN had already run a primitive when it was set" if onednn == ONEDNN_LEVELS[capability] else
+               f"it must be {ONEDNN_LEVELS[capability]!r} before oneDNN runs its first primitive (vgbench's "
+               f"launchers set it for their workers; in your own Python, export it before starting)")
+        raise CpuKernelsError(f"trainer.cpu_capability is {capability!r} but oneDNN runs {isa!r}, not {wanted!r}, "
+                              f"in this process: {ONEDNN_ENV} is {onednn!r}; {why}")
 
 
 def best_here() -> str:

@@ -84,8 +84,9 @@ def environment() -> dict:
         # The vector instruction set torch's CPU kernels run (DEFAULT, AVX2, AVX512, ...): another one sums in
         # another order, so it moves rounding like another CPU does; ATEN_CPU_CAPABILITY can lower it.
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        # oneDNN's cap for its convolutions (vgbench/cpu_kernels.py): None where nothing capped them.
-        "onednn_max_cpu_isa": os.environ.get(cpu_kernels.ONEDNN_ENV),
+        # oneDNN's cap for its convolutions and fused RNNs (vgbench/cpu_kernels.py): None where nothing capped
+        # them; and the instruction set it runs, in its own words ("Intel AVX2"), which the cap and the CPU set.
+        "onednn_max_cpu_isa": os.environ.get(cpu_kernels.ONEDNN_ENV), "onednn_isa": cpu_kernels.onednn_isa(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
 

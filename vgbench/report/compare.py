@@ -215,8 +215,11 @@ def _machine(board: dict) -> dict[str, str]:
         return "; ".join(sorted({text for env in environments if (text := describe(env))})) or "–"
 
     def kernels(env: dict) -> str:
-        capped = f", oneDNN at most {env['onednn_max_cpu_isa']}" if env.get("onednn_max_cpu_isa") else ""
-        return f"{env['cpu_capability']} kernels{capped}" if env.get("cpu_capability") else ""
+        if not env.get("cpu_capability"):
+            return ""
+        isa, cap = env.get("onednn_isa"), env.get("onednn_max_cpu_isa")  # older results: the cap only
+        onednn = f"{isa} (at most {cap})" if isa and cap else isa or (f"at most {cap}" if cap else "")
+        return f"{env['cpu_capability']} kernels" + (f", oneDNN {onednn}" if onednn else "")
 
     git = source.get("git") or {}
     commit = (git.get("commit") or "–")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")

@@ -73,7 +73,7 @@ def _environments(cell_results: list[CellResult]) -> list[dict]:
     for result in cell_results:
         keep = {key: result.environment.get(key) for key in ("python", "platform", "torch", "lightning", "cuda",
                                                              "cudnn", "gpu", "cpu", "cpu_id", "cpu_capability",
-                                                             "onednn_max_cpu_isa", "torch_threads",
+                                                             "onednn_isa", "onednn_max_cpu_isa", "torch_threads",
                                                              "code_fingerprint")}
         seen.setdefault(repr(sorted(keep.items())), keep)
     return list(seen.values())
@@ -141,8 +141,8 @@ def card(block: dict, params: Params, claims: pd.DataFrame) -> str:
     git = block["git"]
     environments = "\n".join(
         f"- {env['platform']}; CPU {env.get('cpu') or 'unrecorded'} ({env.get('cpu_id') or 'id unrecorded'}; "
-        f"torch kernels {env.get('cpu_capability') or 'unrecorded'}, oneDNN's "
-        f"{'capped at ' + env['onednn_max_cpu_isa'] if env.get('onednn_max_cpu_isa') else 'uncapped'}); "
+        f"torch kernels {env.get('cpu_capability') or 'unrecorded'}, oneDNN's {env.get('onednn_isa') or 'unrecorded'} "
+        f"({'capped at ' + env['onednn_max_cpu_isa'] if env.get('onednn_max_cpu_isa') else 'uncapped'})); "
         f"GPU {env.get('gpu') or 'none'}; Python "
         f"{env['python']}, torch {env['torch']}, Lightning {env['lightning']}, CUDA {env['cuda'] or 'none'}; "
         f"{env['torch_threads']} torch thread(s); code fingerprint {env['code_fingerprint']}"
