@@ -109,10 +109,8 @@ def test_a_variable_set_after_onednn_s_first_primitive_is_caught():
     SSE4.1 and the results would say so, but oneDNN keeps the instruction set it chose first, and the check
     (which asks oneDNN) refuses. "default" is below every x86-64 CPU's best, so this fails on any of them.
     Set before the first primitive, the same variable is read back and passes."""
-    convolve = "torch.ops.aten.mkldnn_convolution(torch.ones(1, 8, 8, 8), torch.ones(8, 8, 3, 3), None, [1, 1], " \
-               "[1, 1], [1, 1], 1)"
-    set_late, set_first = (f"{convolve}; os.environ[cpu_kernels.ONEDNN_ENV] = 'SSE41'",
-                           f"os.environ[cpu_kernels.ONEDNN_ENV] = 'SSE41'; {convolve}")
+    set_late, set_first = (f"{CONVOLVE}; os.environ[cpu_kernels.ONEDNN_ENV] = 'SSE41'",
+                           f"os.environ[cpu_kernels.ONEDNN_ENV] = 'SSE41'; {CONVOLVE}")
     answers = {order: _checked_in_a_fresh_process(order) for order in (set_late, set_first)}
     assert answers[set_late] == (
         f"trainer.cpu_capability is 'default' but oneDNN runs {_onednn_best_here()!r}, not 'Intel SSE4.1', in this "
@@ -120,8 +118,25 @@ def test_a_variable_set_after_onednn_s_first_primitive_is_caught():
     assert answers[set_first] == "passed: Intel SSE4.1"
 
 
-def _checked_in_a_fresh_process(before: str) -> str:
-    """What ``check('default')`` says in a new process pinned for ATen only, after running ``before``."""
+def test_a_pin_onednn_cannot_confirm_is_refused():
+    """With ONEDNN_VERBOSE set, oneDNN writes its header at the first primitive, to the log, and never again:
+    a convolution before the check spends it. The pin was set in time, but nothing can confirm it, so the
+    group refuses rather than record kernels it did not see (an unpinned run records None instead)."""
+    spent = _checked_in_a_fresh_process(f"os.environ[cpu_kernels.ONEDNN_ENV] = 'SSE41'; {CONVOLVE}",
+                                        ONEDNN_VERBOSE="1")
+    assert spent == (
+        "trainer.cpu_capability is 'default' but oneDNN did not say which instruction set it runs in this process, "
+        "so its pin (ONEDNN_MAX_CPU_ISA) cannot be confirmed: its verbose header was spent before vgbench asked "
+        "(unset ONEDNN_VERBOSE), or this torch was built without oneDNN's verbose log")
+
+
+CONVOLVE = ("torch.ops.aten.mkldnn_convolution(torch.ones(1, 8, 8, 8), torch.ones(8, 8, 3, 3), None, [1, 1], [1, 1], "
+            "[1, 1], 1)")  # straight into oneDNN, whatever torch's choice of backend
+
+
+def _checked_in_a_fresh_process(before: str, **env: str) -> str:
+    """What ``check('default')`` says (its last line of output) in a new process pinned for ATen only, with
+    ``env`` added, after running ``before``."""
     script = ("import os, torch\n"
               "from vgbench import cpu_kernels\n"
               f"{before}\n"
@@ -130,9 +145,9 @@ def _checked_in_a_fresh_process(before: str) -> str:
               "    print('passed:', cpu_kernels.onednn_isa())\n"
               "except cpu_kernels.CpuKernelsError as error:\n"
               "    print(error)\n")
-    env = {key: value for key, value in os.environ.items() if key != cpu_kernels.ONEDNN_ENV}
-    return subprocess.run([sys.executable, "-c", script], env={**env, cpu_kernels.ENV: "default"},
-                          capture_output=True, text=True, check=True).stdout.strip()
+    inherited = {key: value for key, value in os.environ.items() if key != cpu_kernels.ONEDNN_ENV}
+    return subprocess.run([sys.executable, "-c", script], env={**inherited, cpu_kernels.ENV: "default", **env},
+                          capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
 
 
 def test_a_level_above_the_cpus_best_is_refused_before_anything_trains(tiny_data_root, tmp_path, monkeypatch,

@@ -91,7 +91,8 @@ def running() -> str:
 @functools.cache
 def onednn_isa() -> str | None:
     """The instruction set oneDNN's primitives run in this process, in oneDNN's words ("Intel AVX2"); None
-    where this torch has no oneDNN.
+    where this torch has no oneDNN, or where oneDNN did not say (a build without its verbose log, or a header
+    spent earlier in the process by ``ONEDNN_VERBOSE``), which ``check`` refuses under a pin.
 
     torch exposes no getter, but oneDNN names its instruction set once per process, in the header of its
     verbose log, which it writes to standard output at the first primitive run while verbose is on: one
@@ -113,11 +114,7 @@ def onednn_isa() -> str | None:
     sys.stdout.write("".join(f"{line}\n" for line in lines if not line.startswith("onednn_verbose")))
     names = [line.partition(ISA_MARK)[2] for line in lines
              if line.startswith("onednn_verbose") and ISA_MARK in line]
-    if not names:
-        raise CpuKernelsError("oneDNN did not say which instruction set it runs: its verbose header was written "
-                              "before vgbench asked (ONEDNN_VERBOSE is set and a primitive ran earlier in this "
-                              "process; unset it, vgbench reads the header itself)")
-    return names[0]
+    return names[0] if names else None
 
 
 def _standard_output_of(action: Callable[[], None]) -> str:
@@ -141,6 +138,8 @@ def check(capability: str | None) -> None:
 
     Called before a group's first primitive, it reads oneDNN's answer pinned or not: the result records it
     (``results.environment``) after the fit, when a verbose log (``ONEDNN_VERBOSE``) has spent its header."""
+    import torch
+
     isa = onednn_isa()
     if not capability or not applies():
         return
@@ -153,12 +152,18 @@ def check(capability: str | None) -> None:
         raise CpuKernelsError(f"trainer.cpu_capability is {capability!r} but torch runs {now} kernels in this "
                               f"process: {why}")
     wanted = ONEDNN_ISA_NAMES[ONEDNN_LEVELS[capability]]
-    if isa not in (wanted, None):
-        why = ("oneDNN had already run a primitive when it was set" if onednn == ONEDNN_LEVELS[capability] else
-               f"it must be {ONEDNN_LEVELS[capability]!r} before oneDNN runs its first primitive (vgbench's "
-               f"launchers set it for their workers; in your own Python, export it before starting)")
-        raise CpuKernelsError(f"trainer.cpu_capability is {capability!r} but oneDNN runs {isa!r}, not {wanted!r}, "
-                              f"in this process: {ONEDNN_ENV} is {onednn!r}; {why}")
+    if isa == wanted or not torch.backends.mkldnn.is_available():  # no oneDNN: nothing of it to pin
+        return
+    if isa is None:
+        raise CpuKernelsError(f"trainer.cpu_capability is {capability!r} but oneDNN did not say which instruction "
+                              f"set it runs in this process, so its pin ({ONEDNN_ENV}) cannot be confirmed: its "
+                              f"verbose header was spent before vgbench asked (unset ONEDNN_VERBOSE), or this torch "
+                              f"was built without oneDNN's verbose log")
+    why = ("oneDNN had already run a primitive when it was set" if onednn == ONEDNN_LEVELS[capability] else
+           f"it must be {ONEDNN_LEVELS[capability]!r} before oneDNN runs its first primitive (vgbench's launchers "
+           f"set it for their workers; in your own Python, export it before starting)")
+    raise CpuKernelsError(f"trainer.cpu_capability is {capability!r} but oneDNN runs {isa!r}, not {wanted!r}, in "
+                          f"this process: {ONEDNN_ENV} is {onednn!r}; {why}")
 
 
 def best_here() -> str:
