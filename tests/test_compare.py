@@ -8,6 +8,7 @@ interval, one beyond it with every seed's verdict flipped, one seed's label, one
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -71,7 +72,7 @@ def test_a_second_machines_run_is_placed_against_the_first_row_by_row_and_cell_b
             "1 beyond interval, 0 not comparable.") in text
     # 36 cells: 3 of small_init d2 lr 0.01 beyond their row's interval; 1 of he_relu d2 lr 0.1 within; the rest
     # (he_relu d6's relabelled seed and grad_clip's validation-only change included) bit-identical.
-    assert ("36 cells in both results folders (matched by row, seed and learning rate). Each one's test metric in "
+    assert ("36 cells in both runs (matched by row, seed and learning rate). Each one's test metric in "
             "the second run, against its row's 95% interval in the first: 32 bit-identical, 1 within interval, "
             "3 beyond interval, 0 not comparable.") in text
     assert "Learning rates chosen differently: 1 of 6 rows: mlp/mnist1d/grad_clip/d2 0.1 → 0.01." in text
@@ -89,16 +90,27 @@ def test_a_second_machines_run_is_placed_against_the_first_row_by_row_and_cell_b
 
 
 def test_a_run_against_itself_is_identical_everywhere_and_out_writes_the_same_report(runs, tmp_path, capsys):
+    """A bare leaderboard.json (as bench/reference/ keeps one) against its results folder: its cells' metrics
+    travel in it, so the cell-by-cell count needs no results folder; a folder's cells that its leaderboard
+    does not list (another profile's) are not counted."""
     first, _ = runs
+    folder = tmp_path / "first"
+    shutil.copytree(first, folder)
+    result = json.loads(next((folder / "cells").glob("*/metrics.json")).read_text())
+    stray = folder / "cells" / "mlp-another-profile" / "metrics.json"  # same row, seed and rate, another number
+    stray.parent.mkdir()
+    stray.write_text(json.dumps({**result, "cell_id": "mlp-another-profile", "test_metric": 0.0123}))
     out = tmp_path / "compare.md"
-    assert main(["compare", str(first / "leaderboard.json"), str(first), "--out", str(out)]) == 0
+    assert main(["compare", str(first / "leaderboard.json"), str(folder), "--out", str(out)]) == 0
     assert capsys.readouterr().out == f"wrote {out}\n"
     text = out.read_text()
     assert "against the first run's 95% interval: 6 identical (mean and interval), 0 within" in text
-    assert "cells in both results folders" not in text  # a bare leaderboard.json brings no cells
+    assert ("36 cells in both runs (matched by row, seed and learning rate). Each one's test metric in the second "
+            "run, against its row's 95% interval in the first: 36 bit-identical, 0 within interval, 0 beyond "
+            "interval, 0 not comparable.") in text
     assert "Rows with the same outcome (trainable share and failure labels) on both: 6 of 6" in text
     assert "Rank ranges that moved: 0 of 3." in text and "Firm on both machines and still changed" not in text
-    assert [p.name for p in tmp_path.iterdir()] == ["compare.md"]  # no temporary file left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare.md", "first"]  # no temporary file beside it
 
 
 def _board(rows: dict, ranks: dict, claims: dict, environment: dict) -> dict:
@@ -130,8 +142,10 @@ def test_rank_ranges_and_claims_that_moved_are_named_with_what_each_run_rested_o
     result = compare(first, second)
     assert result.ranks == [Change("a", "1–5", "1–4", True, True), Change("b", "2", "3", False, False)]
     assert result.claims == [Change("batchnorm", "holds", "fails", False, True)] and result.claims_compared == 2
-    assert result.only_second == ["new"] and result.cells is None
+    assert result.only_second == ["new"] and result.cells is None  # leaderboards that list no cells
     text = markdown(result)
+    assert ("Cells not compared: zen and intel list no cell metrics (a leaderboard.json written before vgbench "
+            "listed them; `vgbench leaderboard` on its results folder rebuilds it).") in text
     assert "| CPU | AuthenticAMD family 23 model 1 stepping 2 | GenuineIntel family 6 model 167 stepping 1 |" in text
     assert ("| CPU kernels | AVX2 kernels | AVX512 kernels, oneDNN Intel AVX-512 with AVX512BW, AVX512VL, and "
             "AVX512DQ extensions (at most AVX512_CORE) |") in text

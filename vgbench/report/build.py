@@ -45,6 +45,16 @@ def row_records(rows: pd.DataFrame) -> dict[str, dict]:
     return {row_key(r["family"], r["dataset"], r["remedy"], r["depth"]): r for r in _records(rows)}
 
 
+def cell_metrics(table: pd.DataFrame) -> dict[str, dict]:
+    """leaderboard.json's ``cell_metrics``: each cell it aggregates, once (a twin row reads its trained cell's
+    result), with its test metric and what it trained (row, seed, learning rate), which ``vgbench compare``
+    pairs cells by. A leaderboard alone (the README's ``bench/reference/``) is then enough to tell a
+    bit-for-bit reproduction from another machine's cell by cell."""
+    return {r["cell_id"]: {"row": row_key(r["family"], r["dataset"], r["remedy"], r["depth"]), "seed": r["seed"],
+                           "learning_rate": r["learning_rate"], "test_metric": r["test_metric"]}
+            for r in _records(table.drop_duplicates("cell_id"))}
+
+
 def leaderboard_run_id(profile: str, results_root: Path) -> str:
     """The W&B run id of the leaderboard in ``results_root`` (``wandb_names.leaderboard_run_id`` of its
     leaderboard.json): the run the leaderboard stage logs it to, and the one the W&B Report's leaderboard
@@ -129,6 +139,7 @@ def build_leaderboard(params: Params, results_root: Path, log_to_wandb: bool = T
         "rows": row_records(rows),
         "frontier": {f"{r['family']}/{r['dataset']}/{r['remedy']}": r for r in _records(ranked)},
         "claims": {r["claim"]: r for r in _records(claims)},
+        "cell_metrics": cell_metrics(table),
         "provenance": source,
     }
     head = headline(params.profile, len(cells), len(missing), rows, ranked, claims)

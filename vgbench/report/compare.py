@@ -14,8 +14,9 @@ second machine, and this module is that check (``vgbench compare``). Given two r
   both machines are the ones a citation can lean on;
 - rank ranges that moved (soft where the first run marks them level-sensitive, ``~``) and claims whose
   verdict changed;
-- where both folders hold their cells, each cell's test metric: bit-identical, within its row's interval,
-  or beyond, which tells a same-machine reproduction (every cell identical) from another machine's.
+- each cell's test metric (``leaderboard.json`` lists them, ``cell_metrics``): bit-identical, within its
+  row's interval, or beyond, which tells a same-machine reproduction (every cell identical) from another
+  machine's, against a results folder or a bare leaderboard such as the README's ``bench/reference/``.
 
 ``bench/thread_stability.py`` compares its threads-1 and threads-2 arms with the same functions.
 """
@@ -28,7 +29,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vgbench.report import MAJORITY, row_key, seeds_disagree
+from vgbench.report import MAJORITY, seeds_disagree
 
 LEADERBOARD = "leaderboard.json"
 KEYS = ("rows", "frontier", "claims", "provenance")  # what a leaderboard.json must hold to be compared
@@ -41,8 +42,8 @@ class CompareError(ValueError):
 
 @dataclass(frozen=True)
 class Run:
-    """One side of a comparison: its leaderboard and, where it was given as a results folder, its cells'
-    metrics by cell id (None for a bare leaderboard.json)."""
+    """One side of a comparison: its leaderboard and its cells' test metrics by cell id (the leaderboard's
+    ``cell_metrics``; None for a leaderboard written before it listed them)."""
 
     label: str
     board: dict
@@ -50,7 +51,8 @@ class Run:
 
 
 def read_run(path: Path) -> Run:
-    """A results folder (its leaderboard.json and cells/*/metrics.json) or a leaderboard.json alone."""
+    """A results folder (its leaderboard.json) or a leaderboard.json alone: the leaderboard lists its cells,
+    so a folder's other cells (another profile's, a stale run's) never enter the comparison."""
     file = path / LEADERBOARD if path.is_dir() else path
     try:
         board = json.loads(file.read_text())
@@ -63,16 +65,7 @@ def read_run(path: Path) -> Run:
     if missing:
         raise CompareError(f"{file}: not a vgbench leaderboard.json: it lacks {', '.join(missing)} (a leaderboard "
                            f"holds {', '.join(KEYS)})")
-    cells = None
-    if path.is_dir() and (path / "cells").is_dir():
-        cells = {}
-        for metrics in sorted((path / "cells").glob("*/metrics.json")):
-            try:
-                result = json.loads(metrics.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                continue  # a damaged or half-copied result: the leaderboard left it out as well
-            cells[result.get("cell_id", metrics.parent.name)] = result
-    return Run(str(path), board, cells)
+    return Run(str(path), board, board.get("cell_metrics"))
 
 
 def number(value) -> float:
@@ -141,7 +134,7 @@ class Comparison:
     ranks: list[Change] = field(default_factory=list)
     claims: list[Change] = field(default_factory=list)
     claims_compared: int = 0
-    cells: Counter | None = None  # PLACES -> cells, where both runs hold their cells
+    cells: Counter | None = None  # PLACES -> cells, where both leaderboards list their cells
 
 
 def compare(first: Run, second: Run) -> Comparison:
@@ -178,7 +171,7 @@ def compare(first: Run, second: Run) -> Comparison:
                                         bool(a.get("soft_rows")), bool(b.get("soft_rows"))))
     if first.cells is not None and second.cells is not None:
         seconds = _by_training(second.cells)
-        result.cells = cell_moves((a_rows.get(_cell_row(a)), number(b.get("test_metric")), number(a.get("test_metric")))
+        result.cells = cell_moves((a_rows.get(a["row"]), number(b["test_metric"]), number(a["test_metric"]))
                                   for key, a in _by_training(first.cells).items()
                                   if (b := seconds.get(key)) is not None)
     return result
@@ -187,14 +180,7 @@ def compare(first: Run, second: Run) -> Comparison:
 def _by_training(cells: dict[str, dict]) -> dict[tuple, dict]:
     """Cells by what they train (row, seed and learning rate), not by id: the id hashes the whole config, the
     torch thread count included, and two machines may run the profile with different counts."""
-    return {(_cell_row(result), result["cell"].get("seed"), result["cell"].get("learning_rate")): result
-            for result in cells.values() if isinstance(result.get("cell"), dict)}
-
-
-def _cell_row(result: dict) -> str:
-    """The key of the leaderboard row a cell's result belongs to."""
-    cell = result["cell"]
-    return row_key(cell.get("family"), cell.get("dataset"), cell.get("remedy"), cell.get("depth"))
+    return {(cell["row"], cell["seed"], cell["learning_rate"]): cell for cell in cells.values()}
 
 
 def cell_moves(pairs) -> Counter:
@@ -254,9 +240,14 @@ def markdown(result: Comparison) -> str:
               f"only in the second). Each row's mean test metric in the second run, against the first run's 95% "
               f"interval: " + _counts(result.row_means, "identical (mean and interval)") + "."]
     if result.cells is not None:
-        lines += ["", f"{sum(result.cells.values())} cells in both results folders (matched by row, seed and "
+        lines += ["", f"{sum(result.cells.values())} cells in both runs (matched by row, seed and "
                       f"learning rate). Each one's test metric in the second run, against its row's 95% interval in "
                       f"the first: " + _counts(result.cells, "bit-identical") + "."]
+    else:
+        older = [run.label for run in (result.first, result.second) if run.cells is None]
+        lines += ["", f"Cells not compared: {' and '.join(older)} list{'s' if len(older) == 1 else ''} no cell "
+                      f"metrics (a leaderboard.json written before vgbench listed them; `vgbench leaderboard` on its "
+                      f"results folder rebuilds it)."]
     lines += ["", f"Learning rates chosen differently: {len(result.rates)} of {shared} rows"
               + (": " + "; ".join(f"{key} {a} → {b}" for key, a, b in result.rates) if result.rates else "") + ".",
               "", "## Verdicts", "",
