@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections import Counter
 
 import pandas as pd
@@ -124,6 +125,18 @@ def test_the_committed_reference_holds_the_numbers_of_the_committed_readme_table
         claim["verdict"] for claim in board["claims"].values())
     for name, claim in board["claims"].items():
         assert f"| `{name}` | {claim['statement']} |" in claims and f"| **{claim['verdict']}** |" in claims
+    # Its cells (what `vgbench compare` counts bit for bit) are the rows' cells: every row's mean is the mean of
+    # its chosen rate's seeds among them, but a DBN twin's, whose cells stand once, under their MLP row.
+    assert len(board["cell_metrics"]) == board["provenance"]["cells"]
+    seeds: dict[tuple, list[float]] = {}
+    for cell in board["cell_metrics"].values():
+        seeds.setdefault((cell["row"], cell["learning_rate"]), []).append(_numbers(cell)["test_metric"])
+    for key, row in board["rows"].items():
+        mean = _numbers(row)["test_metric_mean"]
+        if values := seeds.get((key, row["learning_rate"])):
+            assert statistics.fmean(values) == pytest.approx(mean, rel=1e-12, nan_ok=True), key
+        else:
+            assert key.startswith("dbn/") and _numbers(board["rows"]["mlp/" + key[4:]])["test_metric_mean"] == mean
 
 
 CLAIMS = """## Published claims (profile default): 1 holds, 1 fails
