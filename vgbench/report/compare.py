@@ -42,12 +42,16 @@ class CompareError(ValueError):
 
 @dataclass(frozen=True)
 class Run:
-    """One side of a comparison: its leaderboard and its cells' test metrics by cell id (the leaderboard's
-    ``cell_metrics``; None for a leaderboard written before it listed them)."""
+    """One side of a comparison: its leaderboard, under a label."""
 
     label: str
     board: dict
-    cells: dict[str, dict] | None = None
+
+    @property
+    def cells(self) -> dict[str, dict] | None:
+        """Its cells' test metrics by cell id (the leaderboard's ``cell_metrics``; None for a leaderboard
+        written before it listed them)."""
+        return self.board.get("cell_metrics")
 
 
 def read_run(path: Path) -> Run:
@@ -65,7 +69,7 @@ def read_run(path: Path) -> Run:
     if missing:
         raise CompareError(f"{file}: not a vgbench leaderboard.json: it lacks {', '.join(missing)} (a leaderboard "
                            f"holds {', '.join(KEYS)})")
-    return Run(str(path), board, board.get("cell_metrics"))
+    return Run(str(path), board)
 
 
 def number(value) -> float:
